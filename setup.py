@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="reloop2-tf",
+    version="0.1.0",
+    description="ReLoop2 error-compensation memories for Keras, TFX and TF Serving",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["reloop2_tf", "reloop2_tf.*", "tfx_pipeline", "tfx_pipeline.*",
+                                    "serving", "serving.*"]),
+    package_data={"serving": ["*.config", "*.pbtxt", "*.yaml"]},
+    install_requires=[
+        "tensorflow>=2.16,<2.17",
+        "tf-keras>=2.16,<2.17",
+        "tensorflow-recommenders>=0.7.7",
+        "tensorflow-serving-api>=2.16,<2.17",
+        "grpcio",
+        "numpy<2",
+        "pandas",
+        "scikit-learn",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"tfx": ["tfx[kfp]==1.16.0"], "faiss": ["faiss-cpu"]},
+    entry_points={"console_scripts": ["reloop2=reloop2_tf.cli:main"]},
+)
