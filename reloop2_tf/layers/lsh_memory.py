@@ -1,0 +1,194 @@
+"""The LSH sketch error memory (SPEC section 2): O(1) reads and writes, constant footprint."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from reloop2_tf._keras import keras, tf
+from reloop2_tf.layers.memory_base import ErrorMemory
+
+# Below this global scale the stored values are folded back into true units, so float32 never
+# overflows: the fold costs one pass over the table every ~20 half-lives of rows.
+_MIN_SCALE = 1e-6
+_CHANNELS = ("weight_sum", "label_sum", "base_sum")
+
+
+@keras.saving.register_keras_serializable(package="reloop2_tf")
+class LSHErrorMemory(ErrorMemory):
+    """Error memory held in a signed-random-projection (SRP) sketch.
+
+    ``num_tables`` tables of ``2**num_bits`` buckets each store ``(weight_sum, label_sum,
+    base_sum)``. A row's bucket in table ``k`` is ``sum_j [ (h - center) . P[k, :, j] > 0 ] * 2**j``.
+    Reading a row averages the label and base prediction stored in its ``num_tables`` buckets.
+
+    Args:
+        num_tables: int. Number of hash tables K. Defaults to `64`.
+        num_bits: int. SRP bits per table L; each table has ``2**num_bits`` buckets.
+            Defaults to `12`.
+        seed: int. Seed of the N(0, 1) projections. Defaults to `0`.
+        half_life: optional float. If set, older rows fade exponentially: a row's weight halves
+            after ``half_life`` further rows are written. Costs O(1) per write. Defaults to `None`.
+
+    Example:
+
+    >>> mem = LSHErrorMemory(num_tables=4, num_bits=3, seed=0)
+    >>> mem.update(tf.ones([2, 8]), labels=[1.0, 0.0], base_probs=[0.5, 0.5])
+    >>> mem.lookup(tf.ones([1, 8]))["label_mean"]   # [1, 4] of 0.5
+    """
+
+    def __init__(self, num_tables: int = 64, num_bits: int = 12, seed: int = 0,
+                 half_life: float | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(num_tables, int) or num_tables < 1:
+            raise ValueError(f"`num_tables` should be an int >= 1. Received: num_tables={num_tables!r}")
+        if not isinstance(num_bits, int) or not 1 <= num_bits <= 24:
+            raise ValueError(f"`num_bits` should be an int in [1, 24]. Received: num_bits={num_bits!r}")
+        if half_life is not None and not (half_life > 0 and math.isfinite(half_life)):
+            raise ValueError(f"`half_life` should be a positive number or None. Received: half_life={half_life!r}")
+        self.num_tables = num_tables
+        self.num_bits = num_bits
+        self.seed = int(seed)
+        self.half_life = None if half_life is None else float(half_life)
+
+    @property
+    def num_buckets(self) -> int:
+        return 2**self.num_bits
+
+    def _build_state(self, dim: int) -> None:
+        k, l = self.num_tables, self.num_bits
+        # Drawn with NumPy so that the projections depend only on `seed`, not on TF's RNG version.
+        values = np.random.default_rng(self.seed).standard_normal((k, dim, l)).astype(np.float32)
+        self.projections = self.add_weight(
+            name="projections", shape=[k, dim, l], trainable=False,
+            initializer=keras.initializers.Constant(values),
+        )
+        self.sketch = self.add_weight(
+            name="sketch", shape=[k, self.num_buckets, 3], initializer="zeros", trainable=False
+        )
+        # True sketch = sketch * scale. Only half-life forgetting moves it away from 1.
+        self.scale = self.add_weight(name="scale", shape=[], initializer="ones", trainable=False)
+        self._bit_values = tf.constant([2**j for j in range(l)], dtype=tf.int32)
+
+    def call(self, hidden):
+        return self.lookup(hidden)
+
+    def bucket_ids(self, hidden) -> tf.Tensor:
+        """int32 ``[B, K]``: the bucket of every row in every table."""
+        hidden = self._check_hidden(hidden)
+        k, l = self.num_tables, self.num_bits
+        # One fused [d, K*L] matmul instead of K small ones.
+        fused = tf.reshape(tf.transpose(self.projections, [1, 0, 2]), [self.dim, k * l])
+        proj = tf.reshape(tf.matmul(hidden - self.center, fused), [-1, k, l])
+        bits = tf.cast(proj > 0.0, tf.int32)
+        return tf.reduce_sum(bits * self._bit_values, axis=-1)
+
+    def _indices(self, hidden) -> tf.Tensor:
+        buckets = self.bucket_ids(hidden)
+        tables = tf.broadcast_to(tf.range(self.num_tables, dtype=tf.int32), tf.shape(buckets))
+        return tf.stack([tables, buckets], axis=-1)  # [B, K, 2]
+
+    def _write(self, hidden, labels, base_probs, sample_weight) -> tf.Tensor:
+        indices = self._indices(hidden)
+        if self.half_life is not None:
+            rows = tf.reduce_sum(tf.cast(sample_weight > 0, tf.float32))
+            self.scale.assign(self.scale * tf.pow(0.5, rows / self.half_life))
+        w = sample_weight / self.scale
+        values = tf.stack([w, w * labels, w * base_probs], axis=-1)  # [B, 3]
+        updates = tf.broadcast_to(values[:, None, :], [tf.shape(values)[0], self.num_tables, 3])
+        self.sketch.scatter_nd_add(indices, updates)
+        if self.half_life is not None:
+            tf.cond(self.scale < _MIN_SCALE, self._fold_scale, tf.no_op)
+        return tf.reduce_sum(sample_weight)
+
+    def _fold_scale(self):
+        self.sketch.assign(self.sketch * self.scale)
+        self.scale.assign(1.0)
+        return tf.no_op()
+
+    def lookup(self, hidden) -> dict[str, tf.Tensor]:
+        """Reads the buckets of ``hidden``: ``weight``, ``label_mean``, ``base_mean``, each ``[B, K]``.
+
+        Means are 0 where a bucket is empty (weight 0).
+        """
+        stats = tf.gather_nd(self.sketch, self._indices(hidden)) * self.scale  # [B, K, 3]
+        weight = stats[..., 0]
+        return {
+            "weight": weight,
+            "label_mean": tf.math.divide_no_nan(stats[..., 1], weight),
+            "base_mean": tf.math.divide_no_nan(stats[..., 2], weight),
+        }
+
+    def estimate(self, hidden, temperature: float) -> dict[str, tf.Tensor]:
+        # Attention over tables with similarity s_k = log c_k: a_k = c_k^(1/tau) / sum_j c_j^(1/tau).
+        stats = self.lookup(hidden)
+        weight = stats["weight"]
+        filled = weight > 0.0
+        scores = tf.where(filled, tf.math.log(tf.where(filled, weight, 1.0)) / temperature, 0.0)
+        scores -= tf.reduce_max(tf.where(filled, scores, -np.inf), axis=-1, keepdims=True)
+        attention = tf.where(filled, tf.exp(tf.where(filled, scores, 0.0)), 0.0)
+        attention = tf.math.divide_no_nan(attention, tf.reduce_sum(attention, -1, keepdims=True))
+        return {
+            "label_mean": tf.reduce_sum(attention * stats["label_mean"], axis=-1),
+            "base_mean": tf.reduce_sum(attention * stats["base_mean"], axis=-1),
+            "support": tf.reduce_sum(weight, axis=-1) / self.num_tables,
+        }
+
+    def total_weight(self) -> tf.Tensor:
+        return tf.reduce_sum(self.sketch[0, :, 0]) * self.scale
+
+    def reset(self) -> None:
+        """Forgets everything."""
+        self.sketch.assign(tf.zeros_like(self.sketch))
+        self.scale.assign(1.0)
+
+    def decay(self, factor) -> None:
+        """Multiplies every stored weight by ``factor`` in (0, 1]."""
+        factor = float(factor)
+        if not 0.0 < factor <= 1.0:
+            raise ValueError(f"`factor` should be in (0, 1]. Received: factor={factor!r}")
+        self.scale.assign(self.scale * factor)
+        tf.cond(self.scale < _MIN_SCALE, self._fold_scale, tf.no_op)
+
+    def snapshot(self) -> tf.Tensor:
+        """The sketch in true units, ``[K, 2**L, 3]``: what ``restore`` and ``merge`` take."""
+        return self.sketch * self.scale
+
+    def _check_state(self, state) -> tf.Tensor:
+        state = tf.convert_to_tensor(state, tf.float32)
+        expected = [self.num_tables, self.num_buckets, 3]
+        if state.shape.is_fully_defined() and state.shape.as_list() != expected:
+            raise ValueError(f"`state` must have shape {expected}. Received: shape={state.shape}")
+        checks = [
+            tf.debugging.assert_equal(tf.shape(state), tf.constant(expected),
+                                      message=f"`state` must have shape {expected}"),
+            tf.debugging.assert_all_finite(state, "`state` contains NaN or Inf"),
+            tf.debugging.assert_non_negative(state[..., 0], "`state` has negative weights"),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(state)
+
+    def restore(self, state) -> None:
+        """Replaces the sketch with ``state`` (from ``snapshot``)."""
+        state = self._check_state(state)
+        self.sketch.assign(state)
+        self.scale.assign(1.0)
+
+    def merge(self, other) -> None:
+        """Adds another sketch (an ``LSHErrorMemory`` or a ``snapshot``) built on the same projections."""
+        if isinstance(other, LSHErrorMemory):
+            if (other.num_tables, other.num_bits, other.dim) != (self.num_tables, self.num_bits, self.dim):
+                raise ValueError("`other` must have the same num_tables, num_bits and width d.")
+            if not bool(tf.reduce_all(other.projections == self.projections)):
+                raise ValueError("`other` must share this memory's projections (same seed and d).")
+            other = other.snapshot()
+        state = self._check_state(other)
+        self.sketch.assign(self.sketch * self.scale + state)
+        self.scale.assign(1.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_tables=self.num_tables, num_bits=self.num_bits, seed=self.seed,
+                      half_life=self.half_life)
+        return config

@@ -1,0 +1,119 @@
+"""ReLoop2Model: any Keras CTR model plus an error memory, with ``predict`` and ``update_memory``."""
+
+from __future__ import annotations
+
+from reloop2_tf._keras import keras, tf
+from reloop2_tf.layers.compensation import ErrorCompensation, probability_to_logit
+
+
+@keras.saving.register_keras_serializable(package="reloop2_tf")
+class ReLoop2Model(keras.Model):
+    """Wraps a base model so that its output is corrected by an error memory.
+
+    The base model either returns ``(logits, hidden)``, or returns its output and names the layer
+    whose output is the hidden vector (``hidden_layer``; the zoo models call it ``"hidden"``).
+
+    Args:
+        base_model: a functional ``keras.Model``.
+        hidden_layer: name of the layer that gives the hidden vector, or `None` if the base model
+            returns ``[logits, hidden]``. Defaults to `"hidden"`.
+        compensation: an ``ErrorCompensation``. Defaults to `ErrorCompensation()`.
+        output_is_logits: whether the base output is a logit (`True`) or a probability.
+            Defaults to `True`.
+
+    Example:
+
+    >>> model = ReLoop2Model(base_model, hidden_layer="hidden")
+    >>> probs = model.predict(features)
+    >>> model.update_memory(features, labels)
+    """
+
+    def __init__(self, base_model: keras.Model, hidden_layer: str | None = "hidden",
+                 compensation: ErrorCompensation | None = None, output_is_logits: bool = True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(base_model, dict):
+            base_model = keras.saving.deserialize_keras_object(base_model)
+        if isinstance(compensation, dict):
+            compensation = keras.saving.deserialize_keras_object(compensation)
+        if hidden_layer is None:
+            if len(base_model.outputs) != 2:
+                raise ValueError(
+                    "`base_model` must return [logits, hidden] when `hidden_layer` is None. "
+                    f"Received a model with {len(base_model.outputs)} output(s)."
+                )
+            outputs = list(base_model.outputs)
+        else:
+            try:
+                hidden = base_model.get_layer(hidden_layer).output
+            except ValueError as err:
+                raise ValueError(
+                    f"`hidden_layer` should name a layer of `base_model`. Received: "
+                    f"hidden_layer={hidden_layer!r}; layers: {[l.name for l in base_model.layers]}"
+                ) from err
+            outputs = [base_model.output, hidden]
+        self.base_model = base_model
+        self.hidden_layer = hidden_layer
+        self.output_is_logits = bool(output_is_logits)
+        self.encoder = keras.Model(base_model.inputs, outputs, name="encoder")
+        self.compensation = compensation if compensation is not None else ErrorCompensation()
+
+    def encode(self, features) -> tuple[tf.Tensor, tf.Tensor]:
+        """Base logits ``[B]`` and hidden ``[B, d]`` of a batch of features."""
+        output, hidden = self.encoder(features, training=False)
+        output = tf.reshape(tf.cast(output, tf.float32), [-1])
+        logits = output if self.output_is_logits else probability_to_logit(output)
+        return logits, tf.cast(hidden, tf.float32)
+
+    def call(self, features, training=None):
+        logits, hidden = self.encode(features)
+        return self.compensation(logits, hidden)
+
+    def compensate(self, features) -> dict[str, tf.Tensor]:
+        """``probability``, ``base_probability``, ``estimated_error``, ``memory_support``: ``[B]``."""
+        return self.compensation.compensate(*self.encode(features))
+
+    def update_memory(self, features, labels, sample_weight=None) -> tf.Tensor:
+        """Writes the revealed labels of ``features``; returns the total weight written."""
+        logits, hidden = self.encode(features)
+        return self.compensation.update_memory(logits, hidden, labels, sample_weight)
+
+    def set_center(self, features, batch_size: int = 8192) -> tf.Tensor:
+        """Centres the memory on the mean hidden vector of ``features`` (e.g. training rows).
+
+        Post-ReLU hiddens are all >= 0, so uncentred SRP bits are correlated (SPEC section 2).
+        """
+        total, count = None, 0
+        n = int(tf.shape(tf.nest.flatten(features)[0])[0])
+        for start in range(0, n, batch_size):
+            batch = tf.nest.map_structure(lambda x: x[start:start + batch_size], features)
+            hidden = self.encode(batch)[1]
+            self.memory._ensure_built(hidden)
+            part = tf.reduce_sum(hidden, axis=0)
+            total = part if total is None else total + part
+            count += int(hidden.shape[0])
+        if not count:
+            raise ValueError("`features` must hold at least one row to compute a center.")
+        center = total / count
+        self.memory.set_center(center)
+        return center
+
+    def reset_memory(self) -> None:
+        self.compensation.reset_memory()
+
+    @property
+    def memory(self):
+        return self.compensation.memory
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "base_model": keras.saving.serialize_keras_object(self.base_model),
+            "hidden_layer": self.hidden_layer,
+            "compensation": keras.saving.serialize_keras_object(self.compensation),
+            "output_is_logits": self.output_is_logits,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
