@@ -51,6 +51,10 @@ def check_in_unit_interval(x: tf.Tensor, name: str) -> list[tf.Operation]:
 
 
 def check_same_rows(reference: tf.Tensor, other: tf.Tensor, name: str) -> tf.Operation:
+    rows, other_rows = reference.shape[0], other.shape[0]
+    if rows is not None and other_rows is not None and rows != other_rows:
+        raise ValueError(f"`{name}` must have one entry per row of `hidden` ({rows}). "
+                         f"Received: {other_rows} entries")
     return tf.debugging.assert_equal(
         tf.shape(other)[0],
         tf.shape(reference)[0],

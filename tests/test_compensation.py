@@ -1,0 +1,165 @@
+import numpy as np
+import pytest
+
+import reloop2_tf as r2
+from reloop2_tf._keras import keras, tf
+
+H = np.array([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.2]], np.float32)
+LOGITS = np.array([0.0, 1.0, -2.0], np.float32)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def filled_memory():
+    """One table, one bit: rows split by the sign of h . P[0, :, 0]; contents known by hand."""
+    mem = r2.LSHErrorMemory(num_tables=1, num_bits=1, seed=0)
+    mem.update(H, labels=[1.0, 1.0, 0.0], base_probs=[0.2, 0.4, 0.3], sample_weight=[1.0, 3.0, 2.0])
+    return mem
+
+
+def test_compensated_output_matches_hand_computation_gamma_1_and_0():
+    mem = filled_memory()
+    buckets = mem.bucket_ids(H).numpy()[:, 0]
+    # Per bucket, by hand from the writes above: (weight, label mean, base mean).
+    per_bucket = {}
+    for b in set(buckets):
+        rows = np.flatnonzero(buckets == b)
+        w = np.array([1.0, 3.0, 2.0])[rows]
+        per_bucket[b] = (w.sum(), (w * np.array([1.0, 1.0, 0.0])[rows]).sum() / w.sum(),
+                         (w * np.array([0.2, 0.4, 0.3])[rows]).sum() / w.sum())
+    base = sigmoid(LOGITS)
+    for gamma in (1.0, 0.0):
+        comp = r2.ErrorCompensation(memory=mem, compensation_weight=0.5, gamma=gamma)
+        got = comp.compensate(LOGITS, H)
+        expected_err = np.array([
+            gamma * (per_bucket[b][1] - base[i]) + (1 - gamma) * (per_bucket[b][1] - per_bucket[b][2])
+            for i, b in enumerate(buckets)])
+        np.testing.assert_allclose(got["estimated_error"].numpy(), expected_err, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["probability"].numpy(),
+                                   np.clip(base + 0.5 * expected_err, 0, 1), rtol=1e-5)
+        np.testing.assert_allclose(got["memory_support"].numpy(),
+                                   [per_bucket[b][0] for b in buckets], rtol=1e-6)
+
+
+def test_explicit_golden_numbers():
+    # Same memory for all three rows (h identical up to scale => same SRP bucket in every table).
+    mem = r2.LSHErrorMemory(num_tables=4, num_bits=3, seed=2)
+    h = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.5, 1.0, 1.5]], np.float32)
+    mem.update(h, labels=[1.0, 0.0, 1.0], base_probs=[0.5, 0.5, 0.2])
+    # y_bar = 2/3, y_bar_base = 0.4. Base logit 0 -> y_base = 0.5.
+    comp = r2.ErrorCompensation(memory=mem, compensation_weight=0.6, gamma=1.0, prior_count=1.0)
+    # n = 3, rho = 3/4; y_err = 0.75 * (2/3 - 0.5) = 0.125; y = 0.5 + 0.6 * 0.125 = 0.575
+    np.testing.assert_allclose(comp(np.zeros([1, 1]), h[:1]).numpy(), [[0.575]], rtol=1e-6)
+    comp0 = r2.ErrorCompensation(memory=mem, compensation_weight=0.6, gamma=0.0, prior_count=1.0)
+    # y_err = 0.75 * (2/3 - 0.4) = 0.2; y = 0.5 + 0.12 = 0.62
+    np.testing.assert_allclose(comp0(np.zeros([1, 1]), h[:1]).numpy(), [[0.62]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("memory_cls", [r2.LSHErrorMemory, r2.KNNErrorMemory])
+def test_lambda_zero_returns_base_exactly(memory_cls, rng):
+    memory = memory_cls() if memory_cls is r2.LSHErrorMemory else memory_cls(capacity=64, top_k=4)
+    comp = r2.ErrorCompensation(memory=memory, compensation_weight=0.0)
+    h = rng.normal(size=(32, 8)).astype(np.float32)
+    logits = rng.normal(size=(32, 1)).astype(np.float32) * 3
+    comp.update_memory(logits, h, (rng.random(32) < 0.5).astype(np.float32))
+    out = comp(logits, h).numpy()
+    np.testing.assert_array_equal(out, tf.sigmoid(logits).numpy())
+
+
+@pytest.mark.parametrize("memory_cls", [r2.LSHErrorMemory, r2.KNNErrorMemory])
+def test_empty_memory_returns_base(memory_cls, rng):
+    comp = r2.ErrorCompensation(memory=memory_cls(), compensation_weight=0.9)
+    h = rng.normal(size=(16, 8)).astype(np.float32)
+    logits = rng.normal(size=(16,)).astype(np.float32)
+    out = comp.compensate(logits, h)
+    np.testing.assert_array_equal(out["probability"].numpy(), tf.sigmoid(logits).numpy())
+    assert not out["memory_support"].numpy().any()
+
+
+def test_default_layer_works_with_no_arguments_and_call_never_writes(rng):
+    comp = r2.ErrorCompensation()
+    h = rng.normal(size=(8, 5)).astype(np.float32)
+    logits = rng.normal(size=(8, 1)).astype(np.float32)
+    probs = comp(logits, h)
+    assert probs.shape == (8, 1)
+    assert isinstance(comp.memory, r2.LSHErrorMemory) and comp.memory.sketch.shape == (64, 4096, 3)
+    comp.update_memory(logits, h, np.ones(8))
+    before = comp.memory.snapshot().numpy().copy()
+    comp(logits, h)
+    comp.compensate(logits, h)
+    comp.memory(h)
+    np.testing.assert_array_equal(comp.memory.snapshot().numpy(), before)
+    # The update moved predictions toward the labels (all ones).
+    assert (comp(logits, h).numpy() > probs.numpy()).all()
+
+
+def test_functional_keras_model_with_the_layer(rng):
+    logits_in = keras.Input(shape=(1,), name="logits")
+    hidden_in = keras.Input(shape=(6,), name="hidden")
+    out = r2.ErrorCompensation(compensation_weight=1.0)(logits_in, hidden_in)
+    model = keras.Model([logits_in, hidden_in], out)
+    h = rng.normal(size=(4, 6)).astype(np.float32)
+    assert model([np.zeros((4, 1), np.float32), h]).shape == (4, 1)
+
+
+@pytest.mark.parametrize("bad,name", [
+    (dict(base_logits=np.array([0.0, np.nan, 1.0])), "base_logits"),
+    (dict(base_logits=np.array([0.0, np.inf, 1.0])), "base_logits"),
+    (dict(hidden=np.full((3, 2), np.nan)), "hidden"),
+    (dict(labels=np.array([0.0, 3.0, 1.0])), "labels"),
+    (dict(sample_weight=np.array([0.0, -3.0, 1.0])), "sample_weight"),
+    (dict(base_logits=np.zeros((3, 2))), "base_logits"),
+])
+def test_bad_update_memory_input_leaves_memory_untouched(bad, name):
+    mem = filled_memory()
+    comp = r2.ErrorCompensation(memory=mem)
+    before = mem.snapshot().numpy().copy()
+    args = dict(base_logits=LOGITS, hidden=H, labels=np.ones(3), sample_weight=np.ones(3))
+    args.update(bad)
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=f"`{name}`"):
+        comp.update_memory(**{k: tf.constant(v, tf.float32) for k, v in args.items()})
+    np.testing.assert_array_equal(mem.snapshot().numpy(), before)
+
+
+def test_bad_logits_in_call_are_rejected():
+    comp = r2.ErrorCompensation(memory=filled_memory())
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="`base_logits`"):
+        comp(np.array([np.nan, 0.0, 0.0], np.float32), H)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(compensation_weight=-0.1), "compensation_weight"), (dict(temperature=0.0), "temperature"),
+    (dict(gamma=1.5), "gamma"), (dict(prior_count=-1.0), "prior_count"), (dict(memory="x"), "memory"),
+])
+def test_bad_config(kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        r2.ErrorCompensation(**kwargs)
+
+
+def test_prior_count_shrinks_toward_base():
+    mem = filled_memory()
+    strong = r2.ErrorCompensation(memory=mem, compensation_weight=1.0)
+    shrunk = r2.ErrorCompensation(memory=mem, compensation_weight=1.0, prior_count=100.0)
+    base = sigmoid(LOGITS)
+    gap_strong = np.abs(strong.compensate(LOGITS, H)["probability"].numpy() - base)
+    gap_shrunk = np.abs(shrunk.compensate(LOGITS, H)["probability"].numpy() - base)
+    assert (gap_shrunk < gap_strong).all()
+
+
+@pytest.mark.parametrize("memory", [
+    r2.LSHErrorMemory(num_tables=8, num_bits=5, seed=3, half_life=100.0),
+    r2.KNNErrorMemory(capacity=50, top_k=5),
+], ids=["lsh", "knn"])
+def test_get_config_round_trip(memory):
+    comp = r2.ErrorCompensation(memory=memory, compensation_weight=0.7, temperature=0.3,
+                                gamma=0.2, prior_count=4.0)
+    config = comp.get_config()
+    clone = r2.ErrorCompensation.from_config(config)
+    assert clone.get_config() == config
+    assert type(clone.memory) is type(memory)
+    assert clone.memory.get_config() == memory.get_config()
+    # Deserialising through Keras needs no custom_objects: the layers are registered.
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(comp))
+    assert again.get_config() == config

@@ -1,0 +1,219 @@
+import numpy as np
+import pytest
+
+import reloop2_tf as r2
+from reloop2_tf._keras import tf
+
+H3 = np.array([[0.5, -1.0, 2.0, 0.1],
+               [-0.3, 0.8, -1.2, 1.5],
+               [0.5, -1.0, 2.0, 0.1]], dtype=np.float32)  # row 3 duplicates row 1
+Y3 = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+B3 = np.array([0.2, 0.6, 0.4], dtype=np.float32)
+
+
+def numpy_buckets(h, projections, center):
+    proj = np.einsum("bd,kdl->bkl", h - center, projections)
+    return ((proj > 0).astype(np.int64) * (2 ** np.arange(projections.shape[2]))).sum(-1)
+
+
+def numpy_sketch(h, y, b, w, projections, center, num_buckets):
+    k = projections.shape[0]
+    sketch = np.zeros((k, num_buckets, 3))
+    for row, bucket_row in enumerate(numpy_buckets(h, projections, center)):
+        for table, bucket in enumerate(bucket_row):
+            sketch[table, bucket] += (w[row], w[row] * y[row], w[row] * b[row])
+    return sketch
+
+
+def test_golden_bucket_ids_and_sketch():
+    mem = r2.LSHErrorMemory(num_tables=3, num_bits=2, seed=7)
+    written = mem.update(H3, Y3, B3)
+    assert float(written) == 3.0
+    projections = mem.projections.numpy()
+    assert projections.shape == (3, 4, 2)
+    expected_projections = np.random.default_rng(7).standard_normal((3, 4, 2)).astype(np.float32)
+    np.testing.assert_array_equal(projections, expected_projections)
+    buckets = numpy_buckets(H3, projections, np.zeros(4))
+    np.testing.assert_array_equal(mem.bucket_ids(H3).numpy(), buckets)
+    assert mem.bucket_ids(H3).dtype == tf.int32
+    expected = numpy_sketch(H3, Y3, B3, np.ones(3), projections, np.zeros(4), 4)
+    np.testing.assert_allclose(mem.sketch.numpy(), expected, rtol=1e-6)
+    # Rows 1 and 3 are identical: every table holds weight 2 in their bucket.
+    for table, bucket in enumerate(buckets[0]):
+        np.testing.assert_allclose(mem.sketch.numpy()[table, bucket], [2.0, 1.0, 0.6], rtol=1e-6)
+
+
+def test_center_is_subtracted_before_hashing():
+    mem = r2.LSHErrorMemory(num_tables=8, num_bits=4, seed=3)
+    mem.update(H3[:1], [1.0], [0.5])
+    center = np.array([0.4, -0.5, 1.0, 0.0], np.float32)
+    mem.set_center(center)
+    expected = numpy_buckets(H3, mem.projections.numpy(), center)
+    np.testing.assert_array_equal(mem.bucket_ids(H3).numpy(), expected)
+    assert not np.array_equal(expected, numpy_buckets(H3, mem.projections.numpy(), np.zeros(4)))
+
+
+def test_zero_weight_row_changes_nothing():
+    mem = r2.LSHErrorMemory(num_tables=4, num_bits=3)
+    mem.update(H3, Y3, B3)
+    before = mem.sketch.numpy().copy()
+    written = mem.update(H3[:2], [1.0, 1.0], [0.1, 0.1], sample_weight=[0.0, 0.0])
+    assert float(written) == 0.0
+    np.testing.assert_array_equal(mem.sketch.numpy(), before)
+
+
+def test_lookup_and_estimate_match_numpy(rng):
+    mem = r2.LSHErrorMemory(num_tables=16, num_bits=3, seed=1)
+    h = rng.normal(size=(200, 6)).astype(np.float32)
+    y = (rng.random(200) < 0.3).astype(np.float32)
+    b = rng.random(200).astype(np.float32)
+    w = rng.random(200).astype(np.float32)
+    mem.update(h, y, b, w)
+    q = rng.normal(size=(5, 6)).astype(np.float32)
+    sketch = numpy_sketch(h, y, b, w, mem.projections.numpy(), np.zeros(6), 8)
+    qb = numpy_buckets(q, mem.projections.numpy(), np.zeros(6))
+    stats = sketch[np.arange(16)[None, :], qb]  # [5, 16, 3]
+    got = mem.lookup(q)
+    np.testing.assert_allclose(got["weight"].numpy(), stats[..., 0], rtol=1e-5)
+    np.testing.assert_allclose(got["label_mean"].numpy(), stats[..., 1] / stats[..., 0], rtol=1e-5)
+    # tau = 1 pools all tables: sum of label sums over sum of weights.
+    est = mem.estimate(q, temperature=1.0)
+    np.testing.assert_allclose(est["label_mean"].numpy(),
+                               stats[..., 1].sum(1) / stats[..., 0].sum(1), rtol=1e-5)
+    np.testing.assert_allclose(est["support"].numpy(), stats[..., 0].sum(1) / 16, rtol=1e-5)
+    # tau = inf weighs every non-empty table the same.
+    est_inf = mem.estimate(q, temperature=float("inf"))
+    np.testing.assert_allclose(est_inf["base_mean"].numpy(),
+                               (stats[..., 2] / stats[..., 0]).mean(1), rtol=1e-5)
+    # tau -> 0 keeps the densest table.
+    est_0 = mem.estimate(q, temperature=1e-3)
+    densest = stats[..., 0].argmax(1)
+    np.testing.assert_allclose(est_0["label_mean"].numpy(),
+                               stats[np.arange(5), densest, 1] / stats[np.arange(5), densest, 0],
+                               rtol=1e-4)
+
+
+BAD_UPDATES = [
+    ("hidden", dict(hidden=np.where(np.eye(3, 4) > 0, np.nan, H3)), "hidden"),
+    ("hidden_inf", dict(hidden=np.where(np.eye(3, 4) > 0, np.inf, H3)), "hidden"),
+    ("labels_high", dict(labels=[1.0, 2.0, 0.0]), "labels"),
+    ("labels_low", dict(labels=[1.0, -0.5, 0.0]), "labels"),
+    ("labels_nan", dict(labels=[1.0, np.nan, 0.0]), "labels"),
+    ("base_high", dict(base_probs=[1.5, 0.2, 0.1]), "base_probs"),
+    ("weights", dict(sample_weight=[1.0, -1.0, 1.0]), "sample_weight"),
+    ("rank", dict(hidden=H3[None]), "hidden"),
+    ("width", dict(hidden=H3[:, :3]), "hidden"),
+    ("label_rows", dict(labels=[1.0, 0.0]), "labels"),
+    ("label_rank", dict(labels=np.ones((3, 2))), "labels"),
+]
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("case,bad,name", BAD_UPDATES, ids=[c[0] for c in BAD_UPDATES])
+def test_bad_update_names_argument_and_leaves_sketch_untouched(case, bad, name, graph):
+    mem = r2.LSHErrorMemory(num_tables=4, num_bits=3)
+    mem.update(H3, Y3, B3)
+    before = mem.snapshot().numpy().copy()
+    args = dict(hidden=H3, labels=Y3, base_probs=B3, sample_weight=np.ones(3, np.float32))
+    args.update(bad)
+    fn = tf.function(mem.update) if graph else mem.update
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError)) as err:
+        fn(**{k: tf.constant(v, tf.float32) for k, v in args.items()})
+    assert f"`{name}`" in str(err.value)
+    np.testing.assert_array_equal(mem.snapshot().numpy(), before)
+
+
+def test_half_life_halves_old_rows_at_constant_cost():
+    mem = r2.LSHErrorMemory(num_tables=2, num_bits=2, half_life=10)
+    mem.update(H3[:1], [1.0], [0.5])
+    before = mem.sketch.numpy().copy()
+    other = np.tile(H3[1:2], (10, 1))
+    mem.update(other, np.zeros(10), np.zeros(10))
+    old = mem.lookup(H3[:1])["weight"].numpy()
+    new = mem.lookup(H3[1:2])["weight"].numpy()
+    np.testing.assert_allclose(old, 0.5, rtol=1e-5)  # one half-life of rows later
+    np.testing.assert_allclose(new, 10.0, rtol=1e-5)
+    # O(1) per write: the old row's stored value was not rewritten, only the global scale moved.
+    bucket = mem.bucket_ids(H3[:1]).numpy()[0]
+    for table, b in enumerate(bucket):
+        if b not in mem.bucket_ids(H3[1:2]).numpy()[0][table:table + 1]:
+            assert mem.sketch.numpy()[table, b, 0] == before[table, b, 0]
+    np.testing.assert_allclose(float(mem.total_weight()), 10.5, rtol=1e-5)
+
+
+def test_half_life_folds_scale_without_losing_weight():
+    mem = r2.LSHErrorMemory(num_tables=2, num_bits=2, half_life=1)
+    total = 0.0
+    for _ in range(30):  # 0.5**30 < 1e-6: the scale is folded back into the sketch
+        mem.update(H3[:1], [1.0], [0.5])
+        total = total * 0.5 + 1.0
+    assert float(mem.scale.numpy()) > 1e-6
+    np.testing.assert_allclose(float(mem.total_weight()), total, rtol=1e-4)
+    np.testing.assert_allclose(mem.lookup(H3[:1])["label_mean"].numpy(), 1.0, rtol=1e-5)
+
+
+def test_reset_and_decay():
+    mem = r2.LSHErrorMemory(num_tables=4, num_bits=3)
+    mem.update(H3, Y3, B3)
+    mem.decay(0.25)
+    np.testing.assert_allclose(float(mem.total_weight()), 0.75, rtol=1e-6)
+    np.testing.assert_allclose(mem.lookup(H3)["label_mean"].numpy()[1], 0.0)
+    with pytest.raises(ValueError, match="`factor`"):
+        mem.decay(1.5)
+    mem.reset()
+    assert float(mem.total_weight()) == 0.0
+    assert not mem.snapshot().numpy().any()
+
+
+def test_merge_equals_memory_that_saw_both_streams(rng):
+    h1, h2 = rng.normal(size=(50, 5)), rng.normal(size=(70, 5))
+    y1, y2 = rng.random(50) < 0.5, rng.random(70) < 0.5
+    b1, b2 = rng.random(50), rng.random(70)
+    a, b, both = (r2.LSHErrorMemory(num_tables=8, num_bits=4, seed=5) for _ in range(3))
+    a.update(h1, y1, b1)
+    b.update(h2, y2, b2)
+    both.update(h1, y1, b1)
+    both.update(h2, y2, b2)
+    a.merge(b)
+    np.testing.assert_allclose(a.snapshot().numpy(), both.snapshot().numpy(), rtol=1e-5)
+    c = r2.LSHErrorMemory(num_tables=8, num_bits=4, seed=6)
+    c.update(h1, y1, b1)
+    with pytest.raises(ValueError, match="projections"):
+        a.merge(c)
+
+
+def test_snapshot_restore_round_trip_and_bad_state(rng):
+    a = r2.LSHErrorMemory(num_tables=4, num_bits=3, half_life=7)
+    a.update(rng.normal(size=(20, 5)), rng.random(20) < 0.5, rng.random(20))
+    b = r2.LSHErrorMemory(num_tables=4, num_bits=3, half_life=7)
+    b.update(np.zeros((1, 5)), [0.0], [0.0], sample_weight=[0.0])
+    b.restore(a.snapshot())
+    q = rng.normal(size=(4, 5))
+    for key in ("weight", "label_mean", "base_mean"):
+        np.testing.assert_allclose(b.lookup(q)[key].numpy(), a.lookup(q)[key].numpy(), rtol=1e-5)
+    before = b.snapshot().numpy().copy()
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="`state`"):
+        b.restore(np.zeros((4, 9, 3)))
+    bad = before.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="`state`"):
+        b.restore(bad)
+    np.testing.assert_array_equal(b.snapshot().numpy(), before)
+
+
+def test_footprint_is_constant_in_rows_written(rng):
+    mem = r2.LSHErrorMemory(num_tables=8, num_bits=6)
+    mem.update(rng.normal(size=(10, 4)), np.ones(10), np.ones(10) * 0.5)
+    sizes = [v.numpy().nbytes for v in mem.weights]
+    mem.update(rng.normal(size=(5000, 4)), np.ones(5000), np.ones(5000) * 0.5)
+    assert [v.numpy().nbytes for v in mem.weights] == sizes
+    assert mem.sketch.shape == (8, 64, 3)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(num_tables=0), "num_tables"), (dict(num_bits=0), "num_bits"),
+    (dict(num_bits=40), "num_bits"), (dict(half_life=-1.0), "half_life"),
+])
+def test_bad_config(kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        r2.LSHErrorMemory(**kwargs)
