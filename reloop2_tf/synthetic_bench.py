@@ -98,7 +98,7 @@ def run(output_dir, seed: int = 0, quick: bool = False, progress: bool = True) -
     }
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     shift_slot = 0.5 + (stream.shift_at - config["test_start"]) / (len(test) / config["num_slots"])
-    plot_slots(results, output_dir / "slots.png", marker_slot=shift_slot + 0.5,
+    plot_slots(results, output_dir / "slots.png", marker_slot=shift_slot,
                title="Synthetic stream: sudden preference flip (dashed line)")
     logger.info("wrote %s", output_dir / "results.json")
     return results
