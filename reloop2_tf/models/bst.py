@@ -79,7 +79,11 @@ class TransformerBlock(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs, training=None):
-        x, mask = inputs
+        return self._encode(*inputs, training=training)
+
+    # AutoGraph would otherwise transpile tf-keras' Layer.__call__ for every inner layer.
+    @tf.autograph.experimental.do_not_convert
+    def _encode(self, x, mask, training=None):
         # Keys are masked; every query still sees the target, so no row is all -inf.
         steps = tf.shape(x)[1]
         attention_mask = tf.tile(mask[:, tf.newaxis, :], [1, steps, 1])

@@ -111,6 +111,8 @@ class AuxiliaryInterestLoss(keras.layers.Layer):
         self.scorer = [keras.layers.Dense(u, activation="sigmoid") for u in self.units]
         self.scorer.append(keras.layers.Dense(1))
 
+    # AutoGraph would otherwise transpile tf-keras' Layer.__call__ for each inner Dense.
+    @tf.autograph.experimental.do_not_convert
     def _score(self, states, items):
         x = tf.concat([states, items], axis=-1)
         for layer in self.scorer:

@@ -39,7 +39,11 @@ class TargetAttention(keras.layers.Layer):
         self.scorer.append(keras.layers.Dense(1))
 
     def call(self, inputs):
-        query, keys, mask = inputs
+        return self._attend(*inputs)
+
+    # AutoGraph would otherwise transpile tf-keras' Layer.__call__ for each inner Dense.
+    @tf.autograph.experimental.do_not_convert
+    def _attend(self, query, keys, mask):
         length = tf.shape(keys)[1]
         queries = tf.tile(query[:, tf.newaxis, :], [1, length, 1])
         x = tf.concat([queries, keys, queries - keys, queries * keys], axis=-1)
