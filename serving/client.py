@@ -1,0 +1,237 @@
+"""gRPC client for a ReLoop2 model on TF Serving (or on ``serving.dev_server``).
+
+>>> client = ReLoop2Client("localhost:8500")
+>>> out = client.predict({"user_id": ["u1"], "item_id": ["i9"]})      # out["probability"]: [1]
+>>> client.update_memory({"user_id": ["u1"], "item_id": ["i9"]}, labels=[1.0])
+
+``update_memory`` is not idempotent: a retried call that had reached the server writes twice.
+The client therefore never retries it; on DEADLINE_EXCEEDED or UNAVAILABLE the write may or may
+not have happened (compare ``memory_weight`` before and after if it matters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from concurrent import futures
+from typing import Self
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+logger = logging.getLogger(__name__)
+
+GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+
+class ReLoop2Client:
+    """Calls the ReLoop2 signatures of one server over gRPC.
+
+    Args:
+        target: ``host:port`` of a PredictionService.
+        model_name: str. The model name in the server's config. Defaults to `"reloop2"`.
+        timeout: float. Seconds per call. Defaults to `30.0`.
+        version: optional int. Pin a model version. Defaults to `None` (the newest).
+    """
+
+    def __init__(self, target: str, model_name: str = "reloop2", timeout: float = 30.0,
+                 version: int | None = None):
+        self.target = target
+        self.model_name = model_name
+        self.timeout = timeout
+        self.version = version
+        self._channel = grpc.insecure_channel(target, options=GRPC_OPTIONS)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._signatures: dict | None = None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- low level -------------------------------------------------------------------------------
+    def request(self, signature_name: str, inputs: Mapping[str, object],
+                output_filter: Sequence[str] = ()) -> predict_pb2.PredictRequest:
+        """A ``PredictRequest``; values are TensorProtos or arrays (sent with their own dtype)."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = signature_name
+        if self.version is not None:
+            request.model_spec.version.value = self.version
+        for name, value in inputs.items():
+            proto = value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value)
+            request.inputs[name].CopyFrom(proto)
+        request.output_filter.extend(output_filter)
+        return request
+
+    def call(self, signature_name: str, inputs: Mapping[str, object],
+             output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Runs any signature; raises ``grpc.RpcError`` with the server's status code."""
+        request = self.request(signature_name, inputs, output_filter)
+        response = self._stub.Predict(request, timeout=self.timeout)
+        return {alias: tf.make_ndarray(proto) for alias, proto in response.outputs.items()}
+
+    def metadata(self) -> dict[str, dict[str, dict[str, tuple[str, list[int] | None]]]]:
+        """Signature name -> ``{"inputs": {alias: (dtype, shape)}, "outputs": {...}}``.
+
+        Shapes use ``-1`` for unknown dimensions and ``None`` for an unknown rank.
+        """
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = self.model_name
+        if self.version is not None:
+            request.model_spec.version.value = self.version
+        response = self._stub.GetModelMetadata(request, timeout=self.timeout)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+
+        def describe(infos):
+            out = {}
+            for alias, info in infos.items():
+                shape = tf.TensorShape(info.tensor_shape)
+                dims = None if shape.rank is None else [-1 if d is None else d
+                                                        for d in shape.as_list()]
+                out[alias] = (tf.dtypes.as_dtype(info.dtype).name, dims)
+            return out
+
+        return {name: {"inputs": describe(sig.inputs), "outputs": describe(sig.outputs)}
+                for name, sig in signatures.signature_def.items() if not name.startswith("__")}
+
+    def input_dtypes(self, signature_name: str = "serving_default") -> dict[str, tf.DType]:
+        """The dtype of every input of a signature (fetched once, then cached)."""
+        if self._signatures is None:
+            self._signatures = self.metadata()
+        if signature_name not in self._signatures:
+            raise ValueError(f"the server has no signature {signature_name!r}; it has "
+                             f"{sorted(self._signatures)}")
+        return {alias: tf.dtypes.as_dtype(dtype)
+                for alias, (dtype, _) in self._signatures[signature_name]["inputs"].items()}
+
+    def _features(self, features: Mapping[str, object], signature_name: str) -> dict:
+        """Features as arrays of the signature's dtypes (floats to float32, ids as given)."""
+        dtypes = self.input_dtypes(signature_name)
+        out = {}
+        for name, value in features.items():
+            value = np.asarray(value)
+            dtype = dtypes.get(name)
+            if dtype is not None and dtype != tf.string and value.dtype.kind in "biuf":
+                value = value.astype(dtype.as_numpy_dtype)
+            elif dtype == tf.string and value.dtype.kind in "US":
+                value = value.astype(object)
+            out[name] = value
+        return out
+
+    # -- the ReLoop2 signatures -------------------------------------------------------------------
+    def predict(self, features: Mapping[str, object], signature_name: str = "serving_default",
+                output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """``probability``, ``base_probability``, ``estimated_error``, ``memory_support``."""
+        return self.call(signature_name, self._features(features, signature_name), output_filter)
+
+    def update_memory(self, features: Mapping[str, object], labels,
+                      sample_weight=None) -> dict[str, np.ndarray]:
+        """Writes revealed labels; returns ``weight_written`` and ``memory_weight``.
+
+        TF Serving feeds every input of a signature, so missing weights are sent as ones.
+        """
+        inputs = self._features(features, "update_memory")
+        labels = np.asarray(labels, dtype=np.float32).reshape(-1)
+        if sample_weight is None:
+            sample_weight = np.ones_like(labels)
+        inputs["label"] = labels
+        inputs["sample_weight"] = np.asarray(sample_weight, dtype=np.float32).reshape(-1)
+        return self.call("update_memory", inputs)
+
+    def snapshot(self) -> np.ndarray:
+        """The memory sketch ``[K, 2**L, 3]`` in true units."""
+        return self.call("memory_snapshot", {})["sketch"]
+
+    def memory_weight(self) -> float:
+        """The memory's total weight."""
+        return float(self.call("memory_snapshot", {}, ["memory_weight"])["memory_weight"])
+
+    def restore(self, sketch) -> float:
+        """Replaces the memory with ``sketch``; returns the new total weight."""
+        out = self.call("memory_restore", {"sketch": np.asarray(sketch, dtype=np.float32)})
+        return float(out["memory_weight"])
+
+    def merge(self, delta) -> float:
+        """Adds ``delta`` (a sketch or a difference of snapshots); returns the new total weight."""
+        out = self.call("memory_merge", {"sketch": np.asarray(delta, dtype=np.float32)})
+        return float(out["memory_weight"])
+
+
+@dataclasses.dataclass
+class FanOutResult:
+    """Per-replica outcome of a fan-out call: ``results`` of the replicas that succeeded and
+    ``errors`` (the exception) of those that failed."""
+
+    results: dict[str, dict[str, np.ndarray]]
+    errors: dict[str, Exception]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class FanOutClient:
+    """Sends every ``update_memory`` to all replicas in parallel, so their memories stay equal.
+
+    A replica that fails is reported, never retried (a retry could write twice); heal it with
+    ``memory_restore`` from a healthy replica's snapshot.
+
+    Args:
+        targets: ``host:port`` of every replica.
+        model_name: str. Defaults to `"reloop2"`.
+        timeout: float. Seconds per call. Defaults to `30.0`.
+    """
+
+    def __init__(self, targets: Sequence[str], model_name: str = "reloop2", timeout: float = 30.0):
+        if not targets:
+            raise ValueError("`targets` should name at least one replica.")
+        self.clients = {t: ReLoop2Client(t, model_name, timeout) for t in targets}
+        self._pool = futures.ThreadPoolExecutor(max_workers=len(self.clients))
+
+    def _each(self, method: str, *args, **kwargs) -> FanOutResult:
+        pending = {target: self._pool.submit(getattr(client, method), *args, **kwargs)
+                   for target, client in self.clients.items()}
+        results, errors = {}, {}
+        for target, future in pending.items():
+            try:
+                results[target] = future.result()
+            except (grpc.RpcError, ValueError, TypeError, OSError) as err:
+                logger.warning("replica %s: %s failed: %s", target, method, err)
+                errors[target] = err
+        return FanOutResult(results, errors)
+
+    def update_memory(self, features, labels, sample_weight=None) -> FanOutResult:
+        """``update_memory`` on every replica at once."""
+        return self._each("update_memory", features, labels, sample_weight)
+
+    def predict(self, features) -> FanOutResult:
+        """``predict`` on every replica (to compare them)."""
+        return self._each("predict", features)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for client in self.clients.values():
+            client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,88 @@
+"""Shared by test_export.py and test_serving.py: a small raw-feature model and a dev-server process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import reloop2_tf as r2
+from reloop2_tf._keras import keras, tf
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_TABLES, NUM_BITS = 8, 5
+
+
+def build_model(seed: int = 0, compensation_weight: float = 1.0, memory=None) -> r2.ReLoop2Model:
+    """String ``user_id``/``item_id`` and a float ``price``, hashed and embedded inside the model."""
+    keras.utils.set_random_seed(seed)
+    user = keras.Input(shape=(), dtype=tf.string, name="user_id")
+    item = keras.Input(shape=(), dtype=tf.string, name="item_id")
+    price = keras.Input(shape=(), dtype=tf.float32, name="price")
+    embed = keras.layers.Embedding(101, 8)
+    u = embed(keras.layers.Hashing(101)(user))
+    i = embed(keras.layers.Hashing(101)(item))
+    x = keras.layers.Concatenate()([u, i, keras.layers.Reshape((1,))(price)])
+    hidden = keras.layers.Dense(16, activation="tanh", name="hidden")(x)
+    logit = keras.layers.Dense(1, name="logit")(hidden)
+    base = keras.Model({"user_id": user, "item_id": item, "price": price}, logit)
+    memory = memory if memory is not None else r2.LSHErrorMemory(
+        num_tables=NUM_TABLES, num_bits=NUM_BITS, seed=seed)
+    return r2.ReLoop2Model(base, compensation=r2.ErrorCompensation(
+        memory, compensation_weight=compensation_weight))
+
+
+def make_features(n: int, rng: np.random.Generator, users: int = 30, items: int = 50) -> dict:
+    return {
+        "user_id": np.array([f"u{k}" for k in rng.integers(0, users, n)], dtype=object),
+        "item_id": np.array([f"i{k}" for k in rng.integers(0, items, n)], dtype=object),
+        "price": rng.uniform(0, 3, n).astype(np.float32),
+    }
+
+
+def take(features: dict, index) -> dict:
+    return {k: v[index] for k, v in features.items()}
+
+
+class DevServer:
+    """``python -m serving.dev_server`` in a subprocess on a free loopback port."""
+
+    def __init__(self, model_dir, model_name: str = "reloop2", extra_args=()):
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
+                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "serving.dev_server", "--model-dir", str(model_dir),
+             "--port", "0", "--model-name", model_name, *extra_args],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            match = re.search(r"serving .* on (127\.0\.0\.1:\d+)", line)
+            if match:
+                self.target = match.group(1)
+                return
+        self.stop()
+        raise RuntimeError("dev server did not start:\n" + "".join(self.lines))
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rest = self.proc.stdout.read()
+        if rest:
+            self.lines.append(rest)
+        return self.proc.returncode
