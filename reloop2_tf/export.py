@@ -205,17 +205,19 @@ class _ServingModule(tf.Module):
 
         @tf.function(input_signature=[specs, label_spec, weight_spec])
         def update_memory(features, label, sample_weight):
-            # The memory validates too, but these messages name the signature's inputs.
+            checked = _checked({**features, LABEL: label, SAMPLE_WEIGHT: sample_weight},
+                               [*names, LABEL, SAMPLE_WEIGHT])
+            label, sample_weight = checked[LABEL], checked[SAMPLE_WEIGHT]
+            # The memory validates too, but these messages name the signature's inputs. They
+            # read the checked tensors, so NaN is reported as NaN, not as out of range.
             with tf.control_dependencies([
                 tf.debugging.assert_greater_equal(label, 0.0, message=f"`{LABEL}` must be in [0, 1]"),
                 tf.debugging.assert_less_equal(label, 1.0, message=f"`{LABEL}` must be in [0, 1]"),
                 tf.debugging.assert_non_negative(sample_weight,
                                                  message=f"`{SAMPLE_WEIGHT}` must be >= 0"),
             ]):
-                checked = _checked({**features, LABEL: label, SAMPLE_WEIGHT: sample_weight},
-                                   [*names, LABEL, SAMPLE_WEIGHT])
-            written = model.update_memory({n: checked[n] for n in names}, checked[LABEL],
-                                          checked[SAMPLE_WEIGHT])
+                label, sample_weight = tf.identity(label), tf.identity(sample_weight)
+            written = model.update_memory({n: checked[n] for n in names}, label, sample_weight)
             # Read after the write: automatic control dependencies order ops on the variable.
             return {"weight_written": written, MEMORY_WEIGHT: model.memory.total_weight()}
 

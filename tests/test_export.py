@@ -1,0 +1,286 @@
+"""export_serving_model: the signature contract, eager + TF1-Session loading, atomic versions."""
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serving_helpers import NUM_BITS, NUM_TABLES, ROOT, build_model, make_features, take
+
+import reloop2_tf as r2
+from reloop2_tf import export as ex
+from reloop2_tf._keras import tf
+
+FEATURES = {"item_id", "price", "user_id"}
+PREDICT = {"inputs": FEATURES,
+           "outputs": {"probability", "base_probability", "estimated_error", "memory_support"}}
+CONTRACT = {
+    "serving_default": PREDICT,
+    "predict": PREDICT,
+    "update_memory": {"inputs": FEATURES | {"label", "sample_weight"},
+                      "outputs": {"weight_written", "memory_weight"}},
+    "memory_snapshot": {"inputs": set(), "outputs": {"sketch", "memory_weight"}},
+    "memory_restore": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
+    "memory_merge": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
+}
+
+
+class Session:
+    """A SavedModel loaded the way TF Serving loads it: TF1 Session over the SignatureDefs."""
+
+    def __init__(self, path):
+        self.graph = tf.Graph()
+        self.sess = tf.compat.v1.Session(graph=self.graph)
+        with self.graph.as_default():
+            meta = tf.compat.v1.saved_model.loader.load(self.sess, ["serve"], str(path))
+        self.sigs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
+
+    def __call__(self, name, **inputs):
+        sig = self.sigs[name]
+        return self.sess.run({k: t.name for k, t in sig.outputs.items()},
+                             {sig.inputs[k].name: v for k, v in inputs.items()})
+
+    def checksum(self):
+        return hashlib.sha256(self("memory_snapshot")["sketch"].tobytes()).hexdigest()
+
+    def close(self):
+        self.sess.close()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One model exported once (exports cost seconds), with a few rows already in memory."""
+    model = build_model(seed=3)
+    rng = np.random.default_rng(0)
+    model.update_memory(make_features(20, rng), rng.integers(0, 2, 20))
+    path = ex.export_serving_model(model, tmp_path_factory.mktemp("export") / "model")
+    return model, path
+
+
+def test_signature_contract_exact_names_and_dtypes(exported):
+    model, path = exported
+    sess = Session(path)
+    got = {name: {"inputs": set(sig.inputs), "outputs": set(sig.outputs)}
+           for name, sig in sess.sigs.items()}
+    assert got == CONTRACT
+    assert {k: {"inputs": set(v["inputs"]), "outputs": set(v["outputs"])}
+            for k, v in ex.signature_contract(model).items()} == CONTRACT
+    dtypes = {k: tf.dtypes.as_dtype(v.dtype) for k, v in sess.sigs["update_memory"].inputs.items()}
+    assert dtypes == {"user_id": tf.string, "item_id": tf.string, "price": tf.float32,
+                      "label": tf.float32, "sample_weight": tf.float32}
+    sketch = sess.sigs["memory_snapshot"].outputs["sketch"].tensor_shape
+    assert [d.size for d in sketch.dim] == [NUM_TABLES, 2**NUM_BITS, 3]
+    for name in ("serving_default", "update_memory"):
+        assert all(len(t.tensor_shape.dim) == 1 and t.tensor_shape.dim[0].size == -1
+                   for t in sess.sigs[name].inputs.values())
+    sess.close()
+
+
+def test_tf1_session_and_eager_agree_with_keras_through_an_update(exported, rng):
+    model, path = exported
+    x = make_features(12, rng)
+    labels = rng.integers(0, 2, 12).astype(np.float32)
+    weights = rng.integers(1, 4, 12).astype(np.float32)
+    sess = Session(path)
+    # Every variable came back from the checkpoint: memory included.
+    np.testing.assert_array_equal(sess("memory_snapshot")["sketch"], model.memory.snapshot().numpy())
+    before = sess("predict", **x)
+    np.testing.assert_allclose(before["probability"], model.compensate(x)["probability"].numpy(),
+                               atol=1e-6)
+    written = sess("update_memory", **x, label=labels, sample_weight=weights)
+    assert float(written["weight_written"]) == weights.sum()
+    assert float(written["memory_weight"]) == 20 + weights.sum()
+
+    eager = tf.saved_model.load(str(path))
+    out = eager.signatures["update_memory"](**{k: tf.constant(v) for k, v in x.items()},
+                                            label=tf.constant(labels), sample_weight=tf.constant(weights))
+    assert float(out["memory_weight"]) == 20 + weights.sum()
+    eager_after = eager.signatures["serving_default"](**{k: tf.constant(v) for k, v in x.items()})
+
+    # In-process reference: the exported Keras model, given the same update (then put back).
+    saved = model.memory.snapshot()
+    model.update_memory(x, labels, weights)
+    expected = model.compensate(x)
+    model.memory.restore(saved)
+    after = sess("serving_default", **x)
+    for key in ex.PREDICT_OUTPUTS:
+        np.testing.assert_allclose(after[key], expected[key].numpy(), atol=1e-5)
+        np.testing.assert_allclose(eager_after[key].numpy(), after[key], atol=1e-6)
+    assert not np.allclose(after["probability"], before["probability"])
+    sess.close()
+
+
+@pytest.mark.parametrize("bad", [
+    "nan_price", "label_2", "nan_label", "negative_weight", "short_label", "short_feature",
+    "empty", "wrong_sketch"])
+def test_invalid_input_fails_before_any_write(exported, rng, bad):
+    _, path = exported
+    sess = Session(path)
+    x = make_features(4, rng)
+    inputs = {**x, "label": np.ones(4, np.float32), "sample_weight": np.ones(4, np.float32)}
+    signature, match = "update_memory", None
+    if bad == "nan_price":
+        inputs["price"] = np.array([1, np.nan, 2, 3], np.float32)
+        match = "`price` contains NaN"
+    elif bad == "label_2":
+        inputs["label"] = np.array([1, 2, 0, 1], np.float32)
+        match = r"`label` must be in \[0, 1\]"
+    elif bad == "nan_label":
+        inputs["label"] = np.array([1, np.nan, 0, 1], np.float32)
+        match = "`label` contains NaN"
+    elif bad == "negative_weight":
+        inputs["sample_weight"] = np.array([1, -1, 1, 1], np.float32)
+        match = "`sample_weight` must be >= 0"
+    elif bad == "short_label":
+        inputs["label"] = np.ones(3, np.float32)
+        match = "`label` must have as many rows"
+    elif bad == "short_feature":
+        inputs["user_id"] = inputs["user_id"][:2]
+        match = "`user_id` must have as many rows"
+    elif bad == "empty":
+        inputs = {k: v[:0] for k, v in inputs.items()}
+        match = "the batch is empty"
+    else:
+        signature, match = "memory_merge", "`state` has negative weights"
+        sketch = np.zeros([NUM_TABLES, 2**NUM_BITS, 3], np.float32)
+        sketch[0, 0, 0] = -1.0
+        inputs = {"sketch": sketch}
+    checksum = sess.checksum()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        sess(signature, **inputs)
+    assert sess.checksum() == checksum
+    if bad in ("empty", "short_feature"):  # predict validates its batch the same way
+        with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+            sess("predict", **{k: v for k, v in inputs.items() if k in FEATURES})
+    sess.close()
+
+
+def test_snapshot_restore_merge_semantics_in_session(exported, rng):
+    _, path = exported
+    a, b = Session(path), Session(path)
+    start = a("memory_snapshot")["sketch"]
+    x, y = make_features(30, rng), rng.integers(0, 2, 30).astype(np.float32)
+    ones = np.ones(30, np.float32)
+    a("update_memory", **take(x, slice(0, 15)), label=y[:15], sample_weight=ones[:15])
+    b("update_memory", **take(x, slice(15, 30)), label=y[15:], sample_weight=ones[15:])
+    delta_a = a("memory_snapshot")["sketch"] - start
+    delta_b = b("memory_snapshot")["sketch"] - start
+    # A fresh replica, restored to the export, plus both deltas = one memory that saw both halves.
+    c = Session(path)
+    c("memory_merge", sketch=delta_a)
+    merged = c("memory_merge", sketch=delta_b)
+    assert float(merged["memory_weight"]) == 20 + 30
+    whole = Session(path)
+    whole("update_memory", **x, label=y, sample_weight=ones)
+    np.testing.assert_allclose(c("memory_snapshot")["sketch"], whole("memory_snapshot")["sketch"],
+                               rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(c("predict", **x)["probability"],
+                               whole("predict", **x)["probability"], atol=1e-6)
+    restored = c("memory_restore", sketch=start)
+    assert float(restored["memory_weight"]) == 20
+    np.testing.assert_array_equal(c("memory_snapshot")["sketch"], start)
+    for s in (a, b, c, whole):
+        s.close()
+
+
+def test_resaved_model_keeps_updated_memory_and_old_version_does_not(tmp_path, rng):
+    model = build_model(seed=5)
+    base = tmp_path / "models"
+    v1 = ex.export_serving_model(model, base, version="auto")
+    x = make_features(10, rng)
+    model.update_memory(x, np.ones(10))
+    v2 = ex.export_serving_model(model, base, version="auto")
+    assert (Path(v1).name, Path(v2).name) == ("1", "2")
+    old, new = Session(v1), Session(v2)
+    assert float(old("memory_snapshot")["memory_weight"]) == 0.0
+    np.testing.assert_array_equal(new("memory_snapshot")["sketch"], model.memory.snapshot().numpy())
+    np.testing.assert_allclose(new("predict", **x)["probability"],
+                               model.compensate(x)["probability"].numpy(), atol=1e-6)
+    old.close()
+    new.close()
+
+
+def test_versioned_publish_is_atomic(tmp_path, monkeypatch):
+    model = build_model(seed=0)
+    base = tmp_path / "base"
+    (base / "7").mkdir(parents=True)  # an unfinished dir another tool left: never overwritten
+    assert Path(ex.export_serving_model(model, base, version="auto")).name == "8"
+    with pytest.raises(FileExistsError):
+        ex.export_serving_model(model, base, version=8)
+    assert Path(ex.export_serving_model(model, base, version=10)).name == "10"
+    assert sorted(ex.numbered_versions(base)) == [8, 10]
+    path, version = ex.resolve_model_dir(base)
+    assert version == 10 and path == base / "10"
+
+    def fail_midway(model, path, batching, warmup):
+        Path(path, "variables").mkdir(parents=True)
+        Path(path, "saved_model.pb").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ex, "_save", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        ex.export_serving_model(model, base, version="auto")
+    # Nothing half-written is visible: no version 11, no temporary dir left behind.
+    assert sorted(os.listdir(base)) == ["10", "7", "8"]
+    with pytest.raises(FileExistsError):
+        ex.export_serving_model(model, base / "10")  # plain path mode refuses a non-empty dir
+    with pytest.raises(ValueError, match="`version`"):
+        ex.export_serving_model(model, base, version=-1)
+
+
+def test_knn_memory_exports_predict_and_update_only(tmp_path, rng):
+    model = build_model(memory=r2.KNNErrorMemory(capacity=32, top_k=4))
+    path = ex.export_serving_model(model, tmp_path / "knn")
+    sess = Session(path)
+    assert set(sess.sigs) == {"serving_default", "predict", "update_memory"}
+    x = make_features(5, rng)
+    out = sess("update_memory", **x, label=np.ones(5, np.float32),
+               sample_weight=np.ones(5, np.float32))
+    assert float(out["memory_weight"]) == 5.0
+    assert (sess("predict", **x)["memory_support"] > 0).all()
+    sess.close()
+
+
+def test_in_graph_predict_batching_and_warmup(tmp_path, rng):
+    batching = ex.PredictBatching.from_file(ROOT / "serving" / "batching_parameters.txt")
+    assert batching.max_batch_size >= 1
+    model = build_model(seed=1)
+    model.update_memory(make_features(8, rng), np.ones(8))
+    batched = ex.PredictBatching(max_batch_size=8, batch_timeout_micros=100,
+                                 allowed_batch_sizes=(4, 8))
+    warm = make_features(2, rng)
+    path = ex.export_serving_model(model, tmp_path / "m", batching=batched, warmup_features=warm)
+    sess = Session(path)
+    for n in (1, 3, 8):  # padded to 4 and 8 inside the batch op; padding never reaches memory
+        x = make_features(n, rng)
+        np.testing.assert_allclose(sess("predict", **x)["probability"],
+                                   model.compensate(x)["probability"].numpy(), atol=1e-6)
+    assert float(sess("memory_snapshot")["memory_weight"]) == 8.0
+    sess.close()
+    assert (Path(path) / ex.WARMUP_FILE).is_file()
+    with pytest.raises(ValueError, match="must not write"):
+        ex.write_warmup_requests(path, warm, signature_name="update_memory")
+
+
+def test_zoo_model_exports(tmp_path, rng):
+    models = pytest.importorskip("reloop2_tf.models")
+    from reloop2_tf.features import FeatureSpec
+
+    spec = FeatureSpec.movielens(history_length=5)
+    base = models.build_model("dcn", spec)
+    model = r2.ReLoop2Model(base, compensation=r2.ErrorCompensation(
+        r2.LSHErrorMemory(num_tables=4, num_bits=4), compensation_weight=1.0))
+    path = ex.export_serving_model(model, tmp_path / "dcn")
+    sess = Session(path)
+    assert set(sess.sigs["predict"].inputs) == set(spec.names)
+    n = 3
+    x = {name: np.array([f"{name}{k}" for k in range(n)], dtype=object) for name in spec.names}
+    x["history"] = np.array(["item_id1 item_id2", "", "item_id0"], dtype=object)
+    out = sess("update_memory", **x, label=np.array([1, 0, 1], np.float32),
+               sample_weight=np.ones(n, np.float32))
+    assert float(out["memory_weight"]) == 3.0
+    model.update_memory(x, [1, 0, 1])
+    np.testing.assert_allclose(sess("predict", **x)["probability"],
+                               model.compensate(x)["probability"].numpy(), atol=1e-5)
+    sess.close()
