@@ -127,7 +127,8 @@ def test_ml100k_features_match_side_files():
 @needs_ml1m
 def test_ml1m_loads_with_single_token_items():
     df = load_dataset("ml-1m", data_dir=ML1M)
-    raw = pd.read_csv(ML1M / "ml-1m.inter.gz", sep="\t", quoting=csv.QUOTE_NONE, dtype=str)
+    raw_path = next(ML1M.glob("ml-1m.inter*"))  # .gz in the shared copy, plain when fetched
+    raw = pd.read_csv(raw_path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str)
     assert len(df) == len(raw) == 1_000_209
     assert df["timestamp"].is_monotonic_increasing
     assert df["label"].sum() == int((raw["rating:float"].astype(float) >= 4).sum())
