@@ -25,6 +25,12 @@ class Cross(tfrs.layers.dcn.Cross):
     2 cores for three layers). The call has no tensor-dependent Python control flow.
     """
 
+    def build(self, input_shape):
+        super().build(input_shape)
+        # tfrs' build skips the base build, which records the shape that get_build_config
+        # saves; without it a model rebuilt from its config differs from the original.
+        keras.layers.Layer.build(self, input_shape)
+
     def call(self, x0, x=None):
         return _cross_call(self, x0, x)
 
