@@ -26,6 +26,8 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
@@ -53,6 +55,7 @@ class ReLoop2Client:
         self.version = version
         self._channel = grpc.insecure_channel(target, options=GRPC_OPTIONS)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._signatures: dict | None = None
 
     def close(self) -> None:
@@ -110,6 +113,14 @@ class ReLoop2Client:
 
         return {name: {"inputs": describe(sig.inputs), "outputs": describe(sig.outputs)}
                 for name, sig in signatures.signature_def.items() if not name.startswith("__")}
+
+    def status(self) -> dict[int, str]:
+        """Version -> state (``AVAILABLE``, ``LOADING``, ...) from ``ModelService.GetModelStatus``."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model_name
+        response = self._model_stub.GetModelStatus(request, timeout=self.timeout)
+        states = get_model_status_pb2.ModelVersionStatus.State
+        return {s.version: states.Name(s.state) for s in response.model_version_status}
 
     def input_dtypes(self, signature_name: str = "serving_default") -> dict[str, tf.DType]:
         """The dtype of every input of a signature (fetched once, then cached)."""

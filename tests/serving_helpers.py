@@ -25,7 +25,10 @@ def build_model(seed: int = 0, compensation_weight: float = 1.0, memory=None) ->
     user = keras.Input(shape=(), dtype=tf.string, name="user_id")
     item = keras.Input(shape=(), dtype=tf.string, name="item_id")
     price = keras.Input(shape=(), dtype=tf.float32, name="price")
-    embed = keras.layers.Embedding(101, 8)
+    # Unit-scale embeddings: with the default +-0.05 the untrained hidden vector would depend on
+    # price alone, and rows of different ids would share buckets.
+    embed = keras.layers.Embedding(
+        101, 8, embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0))
     u = embed(keras.layers.Hashing(101)(user))
     i = embed(keras.layers.Hashing(101)(item))
     x = keras.layers.Concatenate()([u, i, keras.layers.Reshape((1,))(price)])
