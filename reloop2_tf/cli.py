@@ -1,41 +1,142 @@
-"""The ``reloop2`` command line (SPEC section 6)."""
+"""The ``reloop2`` command line (SPEC section 6).
+
+Heavy imports (TensorFlow, TFX) happen inside the commands, so ``reloop2 --help`` is fast. Every
+command exits non-zero with a one-line error on bad arguments or bad data.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
+DATASETS = ("ml-100k", "ml-1m", "csv")
+
+
+def _add_source_flags(parser: argparse.ArgumentParser, synthetic: bool = False) -> None:
+    choices = DATASETS + (("synthetic",) if synthetic else ())
+    parser.add_argument("--dataset", required=True, choices=choices)
+    parser.add_argument("--data-dir", help="folder with the dataset's files (default: fetch and cache)")
+    parser.add_argument("--csv", help="the log, for --dataset csv")
+    parser.add_argument("--user-col")
+    parser.add_argument("--item-col")
+    parser.add_argument("--time-col")
+    parser.add_argument("--label-col")
+    parser.add_argument("--label-threshold", type=float,
+                        help="label = value >= threshold (default: the column is already 0/1)")
+    parser.add_argument("--item-features", help="side table of item features (CSV/TSV)")
+    parser.add_argument("--item-key")
+    parser.add_argument("--user-features", help="side table of user features (CSV/TSV)")
+    parser.add_argument("--user-key")
+    parser.add_argument("--history-length", type=int, default=20)
+
+
+def _source_kwargs(args) -> dict:
+    return dict(csv=args.csv, user_col=args.user_col, item_col=args.item_col,
+                time_col=args.time_col, label_col=args.label_col,
+                label_threshold=args.label_threshold, item_features=args.item_features,
+                item_key=args.item_key, user_features=args.user_features, user_key=args.user_key,
+                data_dir=args.data_dir, history_length=args.history_length)
+
+
+def _load_frame(args):
+    from reloop2_tf import data
+
+    if args.dataset == "csv":
+        if not args.csv:
+            raise data.DataError("--dataset csv needs --csv PATH")
+        for flag in ("user_col", "item_col", "time_col", "label_col"):
+            if not getattr(args, flag):
+                raise data.DataError(f"--dataset csv needs --{flag.replace('_', '-')}")
+        return data.load_csv(args.csv, args.user_col, args.item_col, args.time_col,
+                             args.label_col, label_threshold=args.label_threshold,
+                             item_features=args.item_features, item_key=args.item_key,
+                             user_features=args.user_features, user_key=args.user_key,
+                             history_length=args.history_length)
+    return data.load_dataset(args.dataset, data_dir=args.data_dir,
+                             history_length=args.history_length)
+
+
+def _prepare(args) -> int:
+    from reloop2_tf import data
+
+    path = data.prepare(args.dataset, args.output, **_source_kwargs(args))
+    print(f"wrote {path}")
+    return 0
+
 
 def _bench(args) -> int:
-    if args.dataset != "synthetic":
-        raise SystemExit(f"reloop2 bench: dataset {args.dataset!r} is not supported yet; "
-                         "use --dataset synthetic")
-    from reloop2_tf import synthetic_bench
+    if args.dataset == "synthetic":
+        from reloop2_tf import synthetic_bench
 
-    results = synthetic_bench.run(args.output, seed=args.seed, quick=args.quick)
-    print(synthetic_bench.format_table(results))
+        results = synthetic_bench.run(args.output, seed=args.seed, quick=args.quick)
+        print(synthetic_bench.format_table(results))
+    else:
+        from reloop2_tf import benchmark
+
+        df = _load_frame(args)
+        config = benchmark.BenchConfig(dataset=args.dataset, model=args.model,
+                                       num_slots=args.slots, seed=args.seed,
+                                       history_length=args.history_length,
+                                       feedback_every=args.feedback_every,
+                                       sweep=not args.no_sweep, quick=args.quick)
+        if args.epochs is not None:
+            config.epochs = args.epochs
+        if args.quick:
+            config = benchmark.quick_config(config)
+        methods = tuple(args.methods.split(",")) if args.methods else benchmark.METHODS
+        results = benchmark.run_benchmark(df, config, args.output, methods=methods)
+        print(benchmark.format_table(results))
     print(f"results: {args.output}/results.json, plot: {args.output}/slots.png "
           f"({results['wall_seconds']} s)")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reloop2", description=__doc__)
+    parser = argparse.ArgumentParser(prog="reloop2", description="ReLoop2 for Keras, TFX and TF Serving")
     sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="streaming benchmark: static vs ReLoop2 memories")
-    bench.add_argument("--dataset", required=True, choices=["synthetic"])
-    bench.add_argument("--output", required=True, help="directory for results.json and plots")
+
+    data = sub.add_parser("data", help="datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    prepare = data_sub.add_parser("prepare", help="write a canonical, time-sorted data.csv")
+    _add_source_flags(prepare)
+    prepare.add_argument("--output", required=True, help="directory for data.csv and meta.json")
+    prepare.set_defaults(func=_prepare)
+
+    bench = sub.add_parser("bench", help="streaming benchmark: static vs incremental vs ReLoop2")
+    _add_source_flags(bench, synthetic=True)
+    bench.add_argument("--model", default="dcn", help="zoo model: deepfm, dcn, dcnv2, din, dien, bst")
+    bench.add_argument("--slots", type=int, default=10, help="number of test slots T")
+    bench.add_argument("--feedback-every", type=int, default=None,
+                       help="write labels every B rows (default: after each slot)")
+    bench.add_argument("--epochs", type=int, default=None)
+    bench.add_argument("--methods", help="comma-separated subset of the methods")
+    bench.add_argument("--no-sweep", action="store_true",
+                       help="skip the validation sweeps and use the default memory settings")
+    bench.add_argument("--quick", action="store_true", help="a few minutes on 2 cores (ML-100K)")
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--quick", action="store_true", help="a smaller run for tests and CI")
+    bench.add_argument("--output", required=True, help="directory for results.json and plots")
     bench.set_defaults(func=_bench)
+
+    # Optional command groups live with their subsystems; each adds its own subparsers.
+    for module in ("serving.cli", "tfx_pipeline.cli"):
+        try:
+            importlib.import_module(module).register(sub)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:  # DataError is a ValueError
+        parser.exit(2, f"reloop2 {args.command}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,22 @@
-"""Streaming replay: score each slot, then reveal its labels to the memory (SPEC section 5)."""
+"""Streaming replay: score each slot, then reveal its labels to the memory (SPEC section 5).
+
+Scoring is split in two steps so that one encoding of a stream serves many memories: ``encode``
+runs the base model once, ``replay_encoded`` streams the encoded rows through an
+``ErrorCompensation`` layer (predict, then write the labels back).
+"""
 
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from reloop2_tf import metrics
+from reloop2_tf._keras import tf
+from reloop2_tf.layers import ErrorCompensation
 from reloop2_tf.wrapper import ReLoop2Model
 
 logger = logging.getLogger(__name__)
@@ -25,41 +33,69 @@ class Slot:
     def __len__(self) -> int:
         return int(np.asarray(self.labels).size)
 
-    def rows(self, start: int, stop: int) -> "Slot":
-        return Slot({k: v[start:stop] for k, v in self.features.items()},
-                    self.labels[start:stop], self.groups[start:stop])
-
 
 def _batches(n: int, size: int):
     for start in range(0, n, size):
         yield start, min(start + size, n)
 
 
-def replay(model: ReLoop2Model, slots: list[Slot], feedback_every: int | None = None,
-           batch_size: int = 4096, progress: bool = True) -> list[dict[str, np.ndarray]]:
-    """Streams ``slots`` through ``model``: predict, then write the labels back.
+# One traced encoder per model, reused across calls (a new tf.function per call would retrace).
+_ENCODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
-    With ``feedback_every=None`` the labels of a slot are written after the whole slot is scored
-    (the paper's protocol); with ``feedback_every=B`` they are written every ``B`` rows.
-    Returns, per slot, the arrays ``probability`` and ``base_probability`` (scored before the
-    slot's own labels were seen, up to the feedback granularity).
+
+def encode(model: ReLoop2Model, features: dict[str, np.ndarray],
+           batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Base logits ``[N]`` and hidden vectors ``[N, d]`` of ``features``, in batches."""
+    n = len(next(iter(features.values())))
+    fn = _ENCODERS.get(model)
+    if fn is None:
+        fn = _ENCODERS[model] = tf.function(model.encode, reduce_retracing=True)
+    logits, hidden = [], []
+    for start, stop in _batches(n, batch_size):
+        z, h = fn({k: v[start:stop] for k, v in features.items()})
+        logits.append(z.numpy())
+        hidden.append(h.numpy())
+    return np.concatenate(logits), np.concatenate(hidden)
+
+
+def replay_encoded(compensation: ErrorCompensation, logits: np.ndarray, hidden: np.ndarray,
+                   labels: np.ndarray, slot_sizes: list[int], feedback_every: int | None = None,
+                   batch_size: int = 8192, progress: bool = False,
+                   desc: str = "replay") -> dict[str, np.ndarray]:
+    """Streams encoded rows through ``compensation``: predict a chunk, then write its labels.
+
+    With ``feedback_every=None`` a slot's labels are written after the whole slot is scored (the
+    paper's protocol); with ``feedback_every=B`` they are written every ``B`` rows. Returns the
+    arrays ``probability`` and ``base_probability`` over all rows.
     """
-    outputs = []
-    for slot in tqdm(slots, desc="replay", unit="slot", disable=not progress):
-        chunk = feedback_every or len(slot)
-        probs, base = [], []
-        for start, stop in _batches(len(slot), chunk):
-            part = slot.rows(start, stop)
-            for b0, b1 in _batches(len(part), batch_size):
-                out = model.compensate({k: v[b0:b1] for k, v in part.features.items()})
+    probs, base = [], []
+    offset = 0
+    for size in tqdm(slot_sizes, desc=desc, unit="slot", disable=not progress, leave=False):
+        chunk = feedback_every or size
+        for c0, c1 in _batches(size, chunk):
+            a, b = offset + c0, offset + c1
+            for b0, b1 in _batches(b - a, batch_size):
+                out = compensation.compensate(logits[a + b0:a + b1], hidden[a + b0:a + b1])
                 probs.append(out["probability"].numpy())
                 base.append(out["base_probability"].numpy())
-            for b0, b1 in _batches(len(part), batch_size):
-                model.update_memory({k: v[b0:b1] for k, v in part.features.items()},
-                                    part.labels[b0:b1])
-        outputs.append({"probability": np.concatenate(probs),
-                        "base_probability": np.concatenate(base)})
-    return outputs
+            for b0, b1 in _batches(b - a, batch_size):
+                compensation.update_memory(logits[a + b0:a + b1], hidden[a + b0:a + b1],
+                                           labels[a + b0:a + b1])
+        offset += size
+    return {"probability": np.concatenate(probs), "base_probability": np.concatenate(base)}
+
+
+def replay(model: ReLoop2Model, slots: list[Slot], feedback_every: int | None = None,
+           batch_size: int = 4096, progress: bool = True) -> list[dict[str, np.ndarray]]:
+    """Streams ``slots`` through ``model`` (predict, then feedback); returns per-slot outputs."""
+    features = {k: np.concatenate([s.features[k] for s in slots]) for k in slots[0].features}
+    logits, hidden = encode(model, features, batch_size)
+    labels = np.concatenate([s.labels for s in slots]).astype(np.float32)
+    sizes = [len(s) for s in slots]
+    out = replay_encoded(model.compensation, logits, hidden, labels, sizes, feedback_every,
+                         progress=progress)
+    bounds = np.cumsum([0, *sizes])
+    return [{k: v[a:b] for k, v in out.items()} for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def summarize(slots: list[Slot], predictions: list[np.ndarray]) -> dict:
