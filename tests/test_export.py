@@ -284,3 +284,25 @@ def test_zoo_model_exports(tmp_path, rng):
     np.testing.assert_allclose(sess("predict", **x)["probability"],
                                model.compensate(x)["probability"].numpy(), atol=1e-5)
     sess.close()
+
+
+def test_real_server_configs_parse():
+    """models.config is a valid ModelServerConfig; k8s runs the official image without batching."""
+    import yaml
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = text_format.Parse((ROOT / "serving" / "models.config").read_text(),
+                               model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert model.name == "reloop2" and model.model_platform == "tensorflow"
+    assert model.model_version_policy.latest.num_versions == 1
+    docs = list(yaml.safe_load_all((ROOT / "serving" / "k8s.yaml").read_text()))
+    assert [d["kind"] for d in docs] == ["Deployment", "Service", "Service"]
+    (container,) = docs[0]["spec"]["template"]["spec"]["containers"]
+    assert container["image"].startswith("tensorflow/serving:")
+    assert "--model_config_file=/config/models.config" in container["args"]
+    assert not any(a.startswith("--enable_batching") for a in container["args"])
+    assert ex.PredictBatching.from_file(ROOT / "serving" / "batching_parameters.txt") == \
+        ex.PredictBatching(max_batch_size=256, batch_timeout_micros=1000,
+                           max_enqueued_batches=100, num_batch_threads=2)
