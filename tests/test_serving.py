@@ -379,3 +379,32 @@ def test_replay_streams_csv_through_predict_then_update(served, tmp_path, capsys
                      "--batch-size", "0"]) == 2
     assert _run_cli(["serve", "--model-dir", str(tmp_path / "nothing")]) == 2
     assert "neither a SavedModel" in capsys.readouterr().err
+
+
+def test_dev_server_replays_read_only_warmup_and_refuses_writes(tmp_path):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving.dev_server import Servable
+
+    model = build_model(seed=2)
+    rng = np.random.default_rng(4)
+    ex.export_serving_model(model, tmp_path / "m", warmup_features=make_features(3, rng))
+    servable = Servable(tmp_path / "m", 1)
+    assert servable.warm_up() == 1
+    _, out = servable.run("memory_snapshot", {})
+    assert float(out["memory_weight"]) == 0.0  # warm-up read, never wrote
+    servable.close()
+
+    # A hand-made warm-up record that writes memory: TF Serving would replay it at every load.
+    x = make_features(2, rng)
+    log = prediction_log_pb2.PredictionLog()
+    log.predict_log.request.model_spec.signature_name = "update_memory"
+    for k, v in {**x, "label": np.ones(2, np.float32),
+                 "sample_weight": np.ones(2, np.float32)}.items():
+        log.predict_log.request.inputs[k].CopyFrom(tf.make_tensor_proto(v))
+    with tf.io.TFRecordWriter(str(tmp_path / "m" / ex.WARMUP_FILE)) as writer:
+        writer.write(log.SerializeToString())
+    servable = Servable(tmp_path / "m", 1)
+    with pytest.raises(ValueError, match="warm-up requests must be read-only"):
+        servable.warm_up()
+    servable.close()
