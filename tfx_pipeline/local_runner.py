@@ -1,0 +1,164 @@
+"""Runs the pipeline on this machine: LocalDagRunner, SQLite ML Metadata, Beam's DirectRunner.
+
+No service is needed. Layout under ``pipeline_root``::
+
+    input/{train,eval}/data.csv    the time split of the canonical CSV (data_split)
+    metadata.sqlite                ML Metadata: every execution, artifact and lineage
+    schema/schema.pbtxt            the curated reference schema (after the first good run)
+    <Component>/<output>/<id>/     artifacts
+
+The first run infers the schema (SchemaGen) and, once it has passed, stores a curated copy
+(``schema_utils``); later runs import it (ImportSchemaGen), so ExampleValidator compares new
+data with the data the first model was built for. Edit ``schema/schema.pbtxt`` to curate it
+further, or delete it to infer again.
+
+Usage: ``reloop2 pipeline run --data DIR_OR_CSV --serving-dir DIR`` or
+``python -m tfx_pipeline.local_runner --data ... --serving-dir ...``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+# Before TensorFlow, and inherited by anything this process starts.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from tfx_pipeline import configs
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.sqlite"
+INPUT_DIR = "input"
+SCHEMA_FILE = "schema.pbtxt"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What one local run did."""
+
+    pipeline_root: str
+    metadata_path: str
+    serving_dir: str
+    schema_path: str | None  # the reference schema validated against, None if inferred
+    pushed_version: str | None  # the new version directory, or None if nothing was pushed
+    wall_seconds: float
+    components: list[dict[str, Any]]  # per component: id, state, seconds (from MLMD)
+    evaluation: dict[str, Any] | None  # metadata_report.evaluation_summary of the Evaluator
+    outputs: dict[str, dict[str, list[str]]]  # component -> output key -> artifact URIs
+
+    @property
+    def pushed_path(self) -> str | None:
+        """The SavedModel the Pusher added to the serving directory, if any."""
+        if self.pushed_version is None:
+            return None
+        return os.path.join(self.serving_dir, self.pushed_version)
+
+
+def reference_schema_path(pipeline_root: str) -> str:
+    """Where the curated reference schema of ``pipeline_root`` lives."""
+    return os.path.join(pipeline_root, "schema", SCHEMA_FILE)
+
+
+def metadata_path(pipeline_root: str) -> str:
+    """The SQLite ML Metadata file of ``pipeline_root``."""
+    return os.path.join(pipeline_root, METADATA_FILE)
+
+
+def _versions(serving_dir: str) -> set[str]:
+    if not os.path.isdir(serving_dir):
+        return set()
+    return {name for name in os.listdir(serving_dir) if name.isdigit()}
+
+
+def run(data: str, serving_dir: str, pipeline_root: str = configs.LOCAL_PIPELINE_ROOT,
+        model_name: str = configs.MODEL_NAME, schema_path: str | None = None,
+        pipeline_name: str = configs.PIPELINE_NAME,
+        train_fraction: float = configs.TRAIN_FRACTION,
+        beam_pipeline_args: list[str] | None = None, **pipeline_kwargs: Any) -> RunResult:
+    """Splits ``data`` by time, runs the pipeline once, and stores the reference schema.
+
+    Args:
+        data: a prepared directory (``data.csv``) or a canonical CSV file.
+        serving_dir: TF-Serving base directory; a blessed model becomes a new version in it.
+        pipeline_root: artifacts, ML Metadata and the reference schema. Defaults to `runs/tfx`.
+        model_name: a zoo model. Defaults to `configs.MODEL_NAME`.
+        schema_path: the schema to validate against; `None` uses the pipeline root's reference
+            schema if there is one, otherwise infers it.
+        pipeline_kwargs: more ``create_pipeline`` arguments (``train_steps``, ``min_auc``, ...).
+
+    Raises:
+        DataError: bad input CSV (missing file or column, unsorted rows).
+        RuntimeError: a component failed; with anomalies the message starts with the
+            ValidationGate's report. Nothing is pushed then.
+    """
+    from tfx import v1 as tfx
+
+    from tfx_pipeline import metadata_report
+    from tfx_pipeline.data_split import split_csv
+    from tfx_pipeline.pipeline import create_pipeline
+
+    start = time.perf_counter()
+    pipeline_root = os.path.abspath(pipeline_root)
+    serving_dir = os.path.abspath(serving_dir)
+    input_dir = os.path.join(pipeline_root, INPUT_DIR)
+    split = split_csv(data, input_dir, train_fraction)
+    reference = reference_schema_path(pipeline_root)
+    if schema_path is None and os.path.isfile(reference):
+        schema_path = reference
+    schema_path = os.path.abspath(schema_path) if schema_path else None
+    logger.info("validating against %s", schema_path or "a schema inferred from this run")
+
+    mlmd = metadata_path(pipeline_root)
+    pipeline = create_pipeline(
+        pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=split.input_dir,
+        serving_dir=serving_dir, schema_path=schema_path, model_name=model_name,
+        beam_pipeline_args=beam_pipeline_args or configs.LOCAL_BEAM_PIPELINE_ARGS,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            mlmd),
+        **pipeline_kwargs)
+    before = _versions(serving_dir)
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    new = sorted(_versions(serving_dir) - before, key=int)
+
+    outputs = metadata_report.run_outputs(mlmd, pipeline_name)
+    if schema_path is None:
+        _store_reference_schema(outputs["ValidationGate"]["validated_schema"][0], reference)
+    evaluation = None
+    if "Evaluator" in outputs:
+        evaluation = metadata_report.evaluation_summary(outputs["Evaluator"]["evaluation"][0])
+    return RunResult(pipeline_root=pipeline_root, metadata_path=mlmd, serving_dir=serving_dir,
+                     schema_path=schema_path, pushed_version=new[-1] if new else None,
+                     wall_seconds=round(time.perf_counter() - start, 1),
+                     components=metadata_report.component_executions(mlmd, pipeline_name),
+                     evaluation=evaluation, outputs=outputs)
+
+
+def _store_reference_schema(schema_dir: str, target: str) -> None:
+    from tfx_pipeline import schema_utils
+
+    schema = schema_utils.read_schema_text(os.path.join(schema_dir, SCHEMA_FILE))
+    schema_utils.write_schema_text(schema_utils.curate_schema(schema), target)
+    logger.info("stored the curated reference schema at %s; later runs validate against it",
+                target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tfx_pipeline.local_runner``: the same flags as ``reloop2 pipeline run``."""
+    import argparse
+
+    from tfx_pipeline import cli
+
+    parser = argparse.ArgumentParser(prog="python -m tfx_pipeline.local_runner")
+    cli.add_run_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return cli.run_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
