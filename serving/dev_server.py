@@ -327,10 +327,13 @@ def start_server(model_dir: str | os.PathLike, port: int = 8500, model_name: str
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionServicer(manager), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpcio 1.66 raises where older versions returned 0
+        bound = 0
     if not bound:
         manager.close()
-        raise OSError(f"cannot bind {host}:{port}")
+        raise OSError(f"cannot bind {host}:{port} (is the port in use?)")
     server.start()
     return server, manager, bound
 
