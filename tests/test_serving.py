@@ -93,9 +93,9 @@ def test_predict_update_predict_over_grpc_matches_keras(served):
 def test_concurrent_updates_lose_no_weight_and_predicts_never_fail(served):
     model, _, server, client = served
     reset(model, client)
-    writers, batches, rows = 8, 40, 128
-    sent = np.zeros(writers)
-    start = threading.Barrier(writers + 4)
+    writers, batches, rows, readers = 8, 40, 128, 4
+    sent = np.zeros(writers + 1)
+    start = threading.Barrier(writers + 1 + readers)
     done = threading.Event()
     predict_errors, predicts = [], [0]
 
@@ -109,6 +109,16 @@ def test_concurrent_updates_lose_no_weight_and_predicts_never_fail(served):
                 c.update_memory(make_features(rows, rng), rng.integers(0, 2, rows), w)
                 sent[k] += w.sum()
 
+    def merge():
+        # memory_merge runs alongside the writers: an add of the whole table must not undo them.
+        delta = ZEROS.copy()
+        delta[:, 3, 0] = 2.5
+        with ReLoop2Client(server.target) as c:
+            start.wait()
+            for _ in range(10):
+                c.merge(delta)
+                sent[writers] += 2.5
+
     def read(k):
         rng = np.random.default_rng(200 + k)
         with ReLoop2Client(server.target) as c:
@@ -121,16 +131,19 @@ def test_concurrent_updates_lose_no_weight_and_predicts_never_fail(served):
                 except Exception as err:  # noqa: BLE001  (any failure is the finding)
                     predict_errors.append(err)
 
-    with futures.ThreadPoolExecutor(writers + 4) as pool:
-        readers = [pool.submit(read, k) for k in range(4)]
-        for f in [pool.submit(write, k) for k in range(writers)]:
+    with futures.ThreadPoolExecutor(writers + 1 + readers) as pool:
+        reading = [pool.submit(read, k) for k in range(readers)]
+        writing = [pool.submit(write, k) for k in range(writers)] + [pool.submit(merge)]
+        for f in writing:
             f.result()
         done.set()
-        for f in readers:
+        for f in reading:
             f.result()
     assert not predict_errors
     assert predicts[0] > 0
-    assert client.memory_weight() == sent.sum() == float(client.snapshot()[0, :, 0].sum())
+    # Every table holds every row once, so each table's weights add up to the total.
+    assert client.memory_weight() == sent.sum()
+    np.testing.assert_array_equal(client.snapshot()[:, :, 0].sum(axis=1), sent.sum())
 
 
 def _bad_cases(features):
