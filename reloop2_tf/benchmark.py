@@ -268,15 +268,19 @@ def sweep_memory(base, spec, history: pd.DataFrame, stream: _Stream, config: Ben
     knn_best = KNNConfig(**asdict(config.knn))
     knn_curves: dict[str, list] = {}
     if not config.quick:
+        bar = tqdm(total=sum(len(v) for v in KNN_GRID.values()), desc="k-NN sweep (validation)",
+                   disable=not progress)
         for name, values in KNN_GRID.items():
             points = []
             for value in values:
                 candidate = KNNConfig(**{**asdict(knn_best), name: value})
                 g, a = evaluate(candidate.layer())
                 points.append({"value": value, "gauc": g, "auc": a})
+                bar.update()
             knn_curves[name] = points
             choice = max(points, key=lambda p: (p["gauc"], p["auc"]))
             knn_best = KNNConfig(**{**asdict(knn_best), name: choice["value"]})
+        bar.close()
     else:
         knn_best = KNNConfig(**{**asdict(knn_best), "compensation_weight": best.compensation_weight})
     report = {"static": {"gauc": static[0], "auc": static[1]}, "lsh": curves, "knn": knn_curves,

@@ -80,7 +80,9 @@ def _bench(args) -> int:
                                        num_slots=args.slots, seed=args.seed,
                                        history_length=args.history_length,
                                        feedback_every=args.feedback_every,
-                                       sweep=not args.no_sweep, quick=args.quick)
+                                       sweep=not args.no_sweep, quick=args.quick,
+                                       hidden_layer=args.hidden_layer)
+        config.memory.half_life = args.half_life
         if args.epochs is not None:
             config.epochs = args.epochs
         if args.quick:
@@ -111,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--feedback-every", type=int, default=None,
                        help="write labels every B rows (default: after each slot)")
     bench.add_argument("--epochs", type=int, default=None)
+    bench.add_argument("--hidden-layer", default="hidden",
+                       help="layer whose output keys the memory (default: the input of the logit)")
+    bench.add_argument("--half-life", type=float, default=None,
+                       help="sketch forgetting, in rows written (default: none)")
     bench.add_argument("--methods", help="comma-separated subset of the methods")
     bench.add_argument("--no-sweep", action="store_true",
                        help="skip the validation sweeps and use the default memory settings")

@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reloop2_tf import benchmark, cli
+from reloop2_tf.data import DataError, load_dataset
+
+
+@pytest.fixture(scope="module")
+def ml100k():
+    return load_dataset("ml-100k")
+
+
+@pytest.mark.slow
+def test_quick_cli_run_writes_results_json_and_plots(tmp_path, ml100k):
+    out = tmp_path / "quick"
+    assert cli.main(["bench", "--dataset", "ml-100k", "--quick", "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == set(benchmark.METHODS)
+    test_rows = len(ml100k) - int(len(ml100k) * 0.8)
+    for name, m in results["methods"].items():
+        assert {"auc", "gauc", "logloss", "slots"} <= set(m), name
+        assert len(m["slots"]) == 5
+        assert sum(s["rows"] for s in m["slots"]) == test_rows
+        for s in m["slots"]:
+            assert {"auc", "gauc", "logloss", "rows"} <= set(s)
+            assert 0.5 < s["auc"] < 1.0 and s["logloss"] > 0
+    assert {"config", "seed", "wall_seconds", "split", "validation"} <= set(results)
+    assert results["config"]["quick"] is True and results["seed"] == 0
+    chosen = results["validation"]["chosen"]["lsh"]
+    assert chosen["compensation_weight"] in benchmark.QUICK_SWEEP_GRID["compensation_weight"]
+    assert results["split"]["test_start_timestamp"] >= int(
+        ml100k["timestamp"].iloc[results["split"]["train_rows"] - 1])
+    assert (out / "slots.png").stat().st_size > 10_000
+    assert (out / "sweeps.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_lambda_zero_reloop2_equals_static(tmp_path, ml100k):
+    config = benchmark.BenchConfig(dataset="ml-100k", num_slots=3, epochs=1, sweep=False,
+                                   warm_start_rows=2000)
+    config.memory.compensation_weight = 0.0
+    results = benchmark.run_benchmark(ml100k.iloc[:20_000], config, tmp_path, progress=False,
+                                      methods=("static", "reloop2", "reloop2-knn"))
+    static = results["methods"]["static"]
+    assert results["methods"]["reloop2"] == static
+    assert results["lift_vs_static"]["reloop2"]["gauc"] == 0.0
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("training started before the input was checked")
+
+
+@pytest.mark.parametrize("corrupt,message", [
+    (lambda df: df.drop(columns=["item_id"]), "item_id"),
+    (lambda df: df.assign(timestamp=df["timestamp"].astype(str).where(df.index % 7 > 0, "x")),
+     "timestamp"),
+    (lambda df: df.assign(timestamp=df["timestamp"].astype(float).where(df.index % 7 > 0)),
+     "timestamp"),
+    (lambda df: df.assign(label=np.where(df.index % 5 == 0, 3, df["label"])), "label"),
+    (lambda df: df.iloc[::-1].reset_index(drop=True), "sorted"),
+    (lambda df: df.iloc[:12], "slots"),
+])
+def test_bad_input_fails_before_training(monkeypatch, tmp_path, ml100k, corrupt, message):
+    monkeypatch.setattr(benchmark, "_train", _no_training)
+    df = corrupt(ml100k.iloc[:2000].copy())
+    config = benchmark.BenchConfig(dataset="csv", num_slots=10)
+    with pytest.raises(DataError, match=message):
+        benchmark.run_benchmark(df, config, tmp_path, progress=False)
+
+
+def test_cli_reports_bad_arguments_in_one_line(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--dataset", "csv", "--output", str(tmp_path)])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--csv" in err[0]
+
+
+def test_cli_bench_on_a_generic_csv_with_missing_column(capsys, tmp_path):
+    log = tmp_path / "log.csv"
+    pd.DataFrame({"u": ["a", "b"], "i": ["x", "y"], "t": [1, 2]}).to_csv(log, index=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--dataset", "csv", "--csv", str(log), "--user-col", "u",
+                  "--item-col", "i", "--time-col", "t", "--label-col", "clicked",
+                  "--output", str(tmp_path / "out")])
+    assert exit_info.value.code != 0
+    assert "clicked" in capsys.readouterr().err
