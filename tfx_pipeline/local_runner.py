@@ -141,8 +141,8 @@ def run(data: str, serving_dir: str, pipeline_root: str = configs.LOCAL_PIPELINE
 def _store_reference_schema(schema_dir: str, target: str) -> None:
     from tfx_pipeline import schema_utils
 
-    schema = schema_utils.read_schema_text(os.path.join(schema_dir, SCHEMA_FILE))
-    schema_utils.write_schema_text(schema_utils.curate_schema(schema), target)
+    schema = schema_utils.read_schema(os.path.join(schema_dir, SCHEMA_FILE))
+    schema_utils.write_schema(schema_utils.curate_schema(schema), target)
     logger.info("stored the curated reference schema at %s; later runs validate against it",
                 target)
 

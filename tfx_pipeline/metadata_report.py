@@ -120,7 +120,7 @@ def evaluation_summary(evaluation_uri: str) -> dict[str, Any]:
         for entry in metrics.metric_keys_and_values:
             name = entry.key.name
             value = entry.value.double_value.value
-            if entry.key.HasField("is_diff") and entry.key.is_diff:
+            if entry.key.is_diff:
                 continue
             baseline = entry.key.model_name.endswith("baseline")
             if name == "auc":
@@ -129,7 +129,26 @@ def evaluation_summary(evaluation_uri: str) -> dict[str, Any]:
                 summary["example_count"] = int(value)
     result = tfma.load_validation_result(evaluation_uri)
     summary["validation_ok"] = bool(result.validation_ok)
-    summary["failures"] = [failure.message
+    summary["failures"] = [failure.message or describe_failure(failure)
                            for per_slice in result.metric_validations_per_slice
                            for failure in per_slice.failures]
     return summary
+
+
+def describe_failure(failure) -> str:
+    """``auc = 0.6719, needs >= 0.99`` for one TFMA ``ValidationFailure``."""
+    key, threshold = failure.metric_key, failure.metric_threshold
+    value = failure.metric_value.double_value.value
+    if threshold.HasField("change_threshold"):
+        change = threshold.change_threshold
+        bound = change.absolute.value if change.HasField("absolute") else change.relative.value
+        kind = "absolute" if change.HasField("absolute") else "relative"
+        return (f"{key.name} change against the last blessed model = {value:+.4f}, needs "
+                f"{kind} change >= {bound:+.4f}")
+    bounds = threshold.value_threshold
+    parts = []
+    if bounds.HasField("lower_bound"):
+        parts.append(f">= {bounds.lower_bound.value:g}")
+    if bounds.HasField("upper_bound"):
+        parts.append(f"<= {bounds.upper_bound.value:g}")
+    return f"{key.name} = {value:.4f}, needs {' and '.join(parts)}"

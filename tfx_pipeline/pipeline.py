@@ -4,7 +4,7 @@ it against the last blessed model, and push it to a directory TF Serving watches
 ``create_pipeline`` only builds components; the runners (``local_runner.py``,
 ``kubeflow_v2_runner.py``) decide where it runs. Component ids:
 
-    CsvExampleGen -> StatisticsGen -> SchemaGen | ImportSchemaGen -> ExampleValidator
+    CsvExampleGen (TypedCsvExampleGen) -> StatisticsGen -> SchemaGen | ImportSchemaGen -> ExampleValidator
       -> ValidationGate -> Trainer -> Evaluator (+ latest_blessed_model_resolver) -> Pusher
 
 There is no Transform. The zoo models hash raw ids inside the graph, split the history string
@@ -24,6 +24,7 @@ from tfx import v1 as tfx
 from tfx_pipeline import configs
 from tfx_pipeline.components import AtomicPusher, ValidationGate
 from tfx_pipeline.data_split import EVAL_SPLIT, TRAIN_SPLIT
+from tfx_pipeline.example_gen import TypedCsvExampleGen
 
 TRAINER_RUN_FN = "tfx_pipeline.trainer_module.run_fn"
 # The read-only signature the Evaluator calls: serialized tf.Examples in, the same outputs as
@@ -117,14 +118,14 @@ def create_pipeline(
         raise ValueError("`train_steps` should be an int >= 1. "
                          f"Received: train_steps={train_steps!r}")
 
-    example_gen = tfx.components.CsvExampleGen(
+    example_gen = TypedCsvExampleGen(
         input_base=data_root,
         # Two input folders instead of a hash split, so eval rows always follow train rows
         # in time (a hash split would train on the future).
         input_config=tfx.proto.Input(splits=[
             tfx.proto.Input.Split(name=TRAIN_SPLIT, pattern=f"{TRAIN_SPLIT}/*.csv"),
             tfx.proto.Input.Split(name=EVAL_SPLIT, pattern=f"{EVAL_SPLIT}/*.csv"),
-        ]))
+        ])).with_id("CsvExampleGen")
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if schema_path is None:
         schema_gen = tfx.components.SchemaGen(
