@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["reloop2_tf", "reloop2_tf.*", "tfx_pipeline", "tfx_pipeline.*",
                                     "serving", "serving.*"]),
-    package_data={"serving": ["*.config", "*.pbtxt", "*.yaml"]},
+    package_data={"serving": ["*.config", "*.pbtxt", "*.yaml", "*.txt"]},
     install_requires=[
         "tensorflow>=2.16,<2.17",
         "tf-keras>=2.16,<2.17",

@@ -245,11 +245,7 @@ class _ServingModule(tf.Module):
 
         @tf.function(input_signature=[sketch_spec])
         def memory_merge(sketch):
-            # One AssignAddVariableOp holds the variable's lock for the whole add, so a merge
-            # never loses a concurrent update_memory (LSHErrorMemory.merge reads, then assigns).
-            # Stored values are true values / scale.
-            state = memory._check_state(sketch)
-            memory.sketch.assign_add(state / memory.scale)
+            memory.merge(sketch)  # one locked assign_add: safe beside concurrent writers
             return {MEMORY_WEIGHT: memory.total_weight()}
 
         return {MEMORY_SNAPSHOT: memory_snapshot.get_concrete_function(),

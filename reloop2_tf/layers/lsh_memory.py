@@ -176,7 +176,11 @@ class LSHErrorMemory(ErrorMemory):
         self.scale.assign(1.0)
 
     def merge(self, other) -> None:
-        """Adds another sketch (an ``LSHErrorMemory`` or a ``snapshot``) built on the same projections."""
+        """Adds another sketch (an ``LSHErrorMemory`` or a ``snapshot``) built on the same projections.
+
+        One ``assign_add`` holds the variable's lock for the whole add, so a merge never loses a
+        concurrent ``update`` (stored values are true values divided by ``scale``).
+        """
         if isinstance(other, LSHErrorMemory):
             if (other.num_tables, other.num_bits, other.dim) != (self.num_tables, self.num_bits, self.dim):
                 raise ValueError("`other` must have the same num_tables, num_bits and width d.")
@@ -184,8 +188,7 @@ class LSHErrorMemory(ErrorMemory):
                 raise ValueError("`other` must share this memory's projections (same seed and d).")
             other = other.snapshot()
         state = self._check_state(other)
-        self.sketch.assign(self.sketch * self.scale + state)
-        self.scale.assign(1.0)
+        self.sketch.assign_add(state / self.scale)
 
     def get_config(self):
         config = super().get_config()
