@@ -53,7 +53,7 @@ class _CellsToExample(beam.DoFn):
         if len(cells) != len(infos):
             raise ValueError(f"CSV row has {len(cells)} cells, the header {len(infos)}: {cells}")
         yield tf.train.Example(features=tf.train.Features(feature={
-            info.name: _feature(cell, info.type) for cell, info in zip(cells, infos)}))
+            info.name: _feature(cell, info.type) for cell, info in zip(cells, infos, strict=True)}))
 
 
 @beam.typehints.with_input_types(beam.Pipeline)

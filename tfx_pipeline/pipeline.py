@@ -4,8 +4,9 @@ it against the last blessed model, and push it to a directory TF Serving watches
 ``create_pipeline`` only builds components; the runners (``local_runner.py``,
 ``kubeflow_v2_runner.py``) decide where it runs. Component ids:
 
-    CsvExampleGen (TypedCsvExampleGen) -> StatisticsGen -> SchemaGen | ImportSchemaGen -> ExampleValidator
-      -> ValidationGate -> Trainer -> Evaluator (+ latest_blessed_model_resolver) -> Pusher
+    CsvExampleGen (TypedCsvExampleGen) -> StatisticsGen -> SchemaGen | ImportSchemaGen
+      -> ExampleValidator -> ValidationGate -> Trainer
+      -> Evaluator (+ latest_blessed_model_resolver) -> Pusher
 
 There is no Transform. The zoo models hash raw ids inside the graph, split the history string
 themselves, and take no dense feature that would need scaling, so the exported SavedModel
