@@ -30,6 +30,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from reloop2_tf import metrics
+from reloop2_tf.baselines import BiasMemory
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.data import DataError, slots as split_slots
 from reloop2_tf.features import FeatureSpec, SequenceFeature, SparseFeature, features_from_frame
@@ -43,7 +44,11 @@ from reloop2_tf.wrapper import ReLoop2Model
 logger = logging.getLogger(__name__)
 
 _LOGIT_FNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-METHODS = ("static", "reloop2", "reloop2-knn", "incremental", "incremental+reloop2")
+METHODS = ("static", "reloop2", "reloop2-knn", "incremental", "incremental+reloop2",
+           "item-bias", "user-bias")
+BIAS_KEYS = {"item-bias": "item_id", "user-bias": "user_id"}
+BIAS_GRID = [BiasMemory(lam, gamma, prior) for lam in (0.3, 0.6, 0.9) for gamma in (0.0, 1.0)
+             for prior in (5.0, 20.0)]
 SWEEP_GRID = {
     "compensation_weight": [0.1, 0.3, 0.5, 0.7, 0.9, 1.0],
     "num_tables": [8, 16, 32, 64, 128],
@@ -116,6 +121,7 @@ class BenchConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     knn: KNNConfig = field(default_factory=KNNConfig)
     model_kwargs: dict = field(default_factory=dict)
+    bias: dict = field(default_factory=lambda: {name: BiasMemory() for name in BIAS_KEYS})
 
     def validate(self, rows: int) -> None:
         if not 0 < self.validation_fraction < self.train_fraction < 1:
@@ -223,6 +229,12 @@ def _replay(compensation, encoded, stream: _Stream, feedback_every, progress, de
     return out["probability"]
 
 
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    # The same float32 op as ErrorCompensation's base probability, so that lambda = 0 gives
+    # back static exactly.
+    return tf.sigmoid(np.asarray(logits, np.float32)).numpy()
+
+
 def _score(stream: _Stream, probs: np.ndarray) -> tuple[float, float]:
     return (metrics.gauc(stream.labels, probs, stream.groups), metrics.auc(stream.labels, probs))
 
@@ -240,7 +252,7 @@ def sweep_memory(base, spec, history: pd.DataFrame, stream: _Stream, config: Ben
     probe = _wrap(base, config.memory.layer(config.seed), center, config)
     encoded = encode(probe, stream.features)
     warm_encoded = encode(probe, warm_features)
-    static = _score(stream, 1 / (1 + np.exp(-encoded[0])))
+    static = _score(stream, _sigmoid(encoded[0]))
 
     def evaluate(comp: ErrorCompensation) -> tuple[float, float]:
         comp.memory.build(tf.TensorShape([None, encoded[1].shape[1]]))
@@ -283,11 +295,27 @@ def sweep_memory(base, spec, history: pd.DataFrame, stream: _Stream, config: Ben
         bar.close()
     else:
         knn_best = KNNConfig(**{**asdict(knn_best), "compensation_weight": best.compensation_weight})
+    # The practitioner's baselines get the same treatment: chosen on validation.
+    base_probs = _sigmoid(encoded[0])
+    warm_base = _sigmoid(warm_encoded[0])
+    bias_best, bias_curves = {}, {}
+    for name, key in BIAS_KEYS.items():
+        points = []
+        for candidate in BIAS_GRID:
+            probs = candidate.replay(stream.df[key].to_numpy(), base_probs, stream.labels,
+                                     stream.sizes, config.feedback_every,
+                                     warm[key].to_numpy(), warm_base, warm_labels)
+            g, a = _score(stream, probs)
+            points.append({"value": asdict(candidate), "gauc": g, "auc": a})
+        bias_curves[name] = points
+        bias_best[name] = BiasMemory(**max(points, key=lambda p: (p["gauc"], p["auc"]))["value"])
     report = {"static": {"gauc": static[0], "auc": static[1]}, "lsh": curves, "knn": knn_curves,
-              "chosen": {"lsh": asdict(best), "knn": asdict(knn_best)}}
+              "bias": bias_curves,
+              "chosen": {"lsh": asdict(best), "knn": asdict(knn_best),
+                         **{name: asdict(b) for name, b in bias_best.items()}}}
     logger.info("validation: static gAUC %.4f; chosen sketch %s; chosen k-NN %s",
                 static[0], asdict(best), asdict(knn_best))
-    return best, knn_best, report
+    return best, knn_best, bias_best, report
 
 
 def _fine_tune(model: keras.Model, features, labels, config: BenchConfig) -> None:
@@ -316,7 +344,7 @@ def _incremental(base, stream: _Stream, config: BenchConfig, compensation=None, 
         feats, labels = stream.rows(a, b), stream.labels[a:b]
         if wrapped is None:
             logits = encode_logits(model, feats)
-            probs.append(1 / (1 + np.exp(-logits)))
+            probs.append(_sigmoid(logits))
         else:
             encoded = encode(wrapped, feats)
             out = replay_encoded(wrapped.compensation, *encoded, labels, [b - a],
@@ -374,7 +402,7 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
     if config.sweep:
         tuning_base = _train(df.iloc[:cut_val], spec, config, progress)
         validation = _Stream(df.iloc[cut_val:cut_train], spec, config.num_slots)
-        config.memory, config.knn, sweep_report = sweep_memory(
+        config.memory, config.knn, config.bias, sweep_report = sweep_memory(
             tuning_base, spec, df.iloc[:cut_val], validation, config, progress)
         plot_sweeps(sweep_report, output_dir / "sweeps.png")
 
@@ -387,16 +415,25 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
 
     sketch = _wrap(base, config.memory.layer(config.seed), center, config)
     encoded = encode(sketch, test.features)
-    probs["static"] = 1 / (1 + np.exp(-encoded[0].astype(np.float64)))
+    # Static is the base probability the sketch replay computes alongside its own output: the
+    # very same tensor, so that lambda = 0 gives back static bit for bit.
+    _warm_start(sketch, *history)
+    out = replay_encoded(sketch.compensation, *encoded, test.labels, test.sizes,
+                         config.feedback_every, progress=progress, desc="reloop2")
+    probs["static"] = out["base_probability"]
     if "reloop2" in methods:
-        _warm_start(sketch, *history)
-        probs["reloop2"] = _replay(sketch.compensation, encoded, test, config.feedback_every,
-                                   progress, "reloop2")
+        probs["reloop2"] = out["probability"]
     if "reloop2-knn" in methods:
         knn = _wrap(base, config.knn.layer(), center, config)
         _warm_start(knn, *history)
         probs["reloop2-knn"] = _replay(knn.compensation, encoded, test, config.feedback_every,
                                        progress, "reloop2-knn")
+    for name, key in BIAS_KEYS.items():
+        if name in methods:
+            warm_base = _sigmoid(encode(sketch, history[0])[0])
+            probs[name] = config.bias[name].replay(
+                test_df[key].to_numpy(), probs["static"], test.labels, test.sizes,
+                config.feedback_every, warm_df[key].to_numpy(), warm_base, history[1])
     if "incremental" in methods:
         probs["incremental"] = _incremental(base, test, config, progress=progress)
     if "incremental+reloop2" in methods:
