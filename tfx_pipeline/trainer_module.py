@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+import time
 from typing import Any
 
 # Before TensorFlow: the zoo is tf-keras (Keras 2). The package sets it too; this module may be
@@ -68,6 +69,15 @@ def _batches(arrays: dict[str, np.ndarray], size: int):
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point (``Trainer(run_fn="tfx_pipeline.trainer_module.run_fn")``)."""
     settings = TrainerSettings.from_custom_config(fn_args.custom_config)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] = round(now - clock, 1)
+        clock = now
+
     types = examples.column_types(examples.read_schema(fn_args.schema_path))
     spec = examples.feature_spec_from_columns(types, settings.history_length)
     logger.info("training %s on features %s for %d steps", settings.model_name, spec.names,
@@ -80,6 +90,7 @@ def run_fn(fn_args) -> None:
     compile_model(base, settings.learning_rate)
     history = base.fit(train, steps_per_epoch=fn_args.train_steps, epochs=1, verbose=2)
     logger.info("training: %s", {k: float(v[-1]) for k, v in history.history.items()})
+    lap("build+fit")
 
     model = ReLoop2Model(base, hidden_layer=HIDDEN_LAYER, compensation=ErrorCompensation(
         LSHErrorMemory(num_tables=settings.num_tables, num_bits=settings.num_bits),
@@ -87,6 +98,7 @@ def run_fn(fn_args) -> None:
     ordered = examples.examples_dataset(fn_args.train_files, types, spec, 4096, with_time=True)
     center = examples.first_rows(ordered, settings.center_rows)
     model.set_center({name: center[name] for name in spec.names})
+    lap("center")
 
     newest = examples.newest_rows(ordered, settings.warm_start_rows)
     written = 0.0
@@ -96,6 +108,7 @@ def run_fn(fn_args) -> None:
     logger.info("memory warm-started with the %d newest training rows (timestamps %d..%d), "
                 "weight %.0f", len(newest[examples.LABEL_KEY]), newest[examples.TIME_KEY][0],
                 newest[examples.TIME_KEY][-1], written)
+    lap("warm start")
 
     warmup = {name: newest[name][-4:] for name in spec.names}
     # export_serving_model writes with local renames, so export to local disk first; the final
@@ -103,5 +116,8 @@ def run_fn(fn_args) -> None:
     with tempfile.TemporaryDirectory(prefix="reloop2-export-") as tmp:
         exported = export_serving_model(model, os.path.join(tmp, "model"),
                                         warmup_features=warmup)
+        lap("export_serving_model")
         add_examples_signature(exported, fn_args.serving_model_dir, types, spec)
-    logger.info("serving model written to %s", fn_args.serving_model_dir)
+        lap("eval signature")
+    logger.info("serving model written to %s; seconds per phase: %s",
+                fn_args.serving_model_dir, seconds)
