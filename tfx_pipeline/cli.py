@@ -66,7 +66,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--max-auc-drop", type=float, default=configs.MAX_AUC_DROP,
                         help="bless only if AUC drops at most this below the last blessed "
                              "model (default: %(default)s)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TFX's full INFO logs (launcher and ML Metadata dumps)")
     return parser
+
+
+class _ProgressOnly(logging.Filter):
+    """Keeps TFX's 'Component X is running/finished' lines and warnings, drops its IR dumps."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or str(record.msg).startswith("Component ")
 
 
 def add_compile_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -134,8 +143,10 @@ def run_command(args: argparse.Namespace) -> int:
         problem = f"--data {args.data} does not exist"
     if problem:
         return _fail("run", problem)
-    # Quiet Beam's per-type notices; component logs stay at INFO.
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    if not args.verbose:
+        # TFX logs thousands of lines per run (pipeline IR, MLMD protos) through absl at INFO.
+        logging.getLogger("absl").addFilter(_ProgressOnly())
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
     from reloop2_tf.data.errors import DataError
     from tfx_pipeline import local_runner
@@ -151,7 +162,12 @@ def run_command(args: argparse.Namespace) -> int:
     except Exception as err:  # noqa: BLE001  (a failed component: report it in one line)
         cause = _root_cause(err)
         if isinstance(cause, DataAnomaliesError):
-            return _fail("run", f"{_one_line(cause)}; nothing was trained or pushed", code=1)
+            reference = local_runner.reference_schema_path(os.path.abspath(args.pipeline_root))
+            hint = (f" (if the change is intended, edit or delete {reference})"
+                    if args.schema is None and os.path.isfile(reference) else "")
+            # Every anomaly is listed: the user needs all of them to fix the data.
+            return _fail("run", f"{_one_line(cause, 4000)}; nothing was trained or pushed{hint}",
+                         code=1)
         return _fail("run", f"the pipeline failed: {type(cause).__name__}: {_one_line(cause)}",
                      code=1)
     print(format_result(result))
