@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest tests
 
 demo: $(STAMP)
-	$(VENV)/bin/reloop2 bench --dataset synthetic --output runs/demo
+	$(VENV)/bin/reloop2 demo --output runs/demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

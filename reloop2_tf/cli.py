@@ -95,6 +95,19 @@ def _bench(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from reloop2_tf import demo
+
+    report = demo.run_demo(args.output, dataset=args.dataset, model=args.model,
+                           max_rows=args.max_rows, num_slots=args.slots,
+                           batch_size=args.batch_size, target=args.target,
+                           data_dir=args.data_dir, train_steps=args.train_steps)
+    print(demo.format_report(report))
+    print(f"report: {args.output}/report.json, plot: {args.output}/slots.png "
+          f"({report['wall_seconds']} s; pipeline {report['pipeline']['wall_seconds']} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reloop2", description="ReLoop2 for Keras, TFX and TF Serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--output", required=True, help="directory for results.json and plots")
     bench.set_defaults(func=_bench)
+
+    demo = sub.add_parser("demo", help="the main job: data → TFX → TF Serving → replay with feedback")
+    demo.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
+    demo.add_argument("--data-dir", help="folder with the dataset's files (default: fetch and cache)")
+    demo.add_argument("--model", default="dcn", help="zoo model: deepfm, dcn, dcnv2, din, dien, bst")
+    demo.add_argument("--target", help="HOST:PORT of a real TF Serving that serves OUTPUT/serving "
+                                       "(default: start the development server)")
+    demo.add_argument("--max-rows", type=int, help="use only the first N rows (a quick slice)")
+    demo.add_argument("--slots", type=int, default=10)
+    demo.add_argument("--batch-size", type=int, default=256,
+                      help="rows per predict/update round trip (the feedback granularity)")
+    demo.add_argument("--train-steps", type=int, help="Trainer steps (default: the pipeline's)")
+    demo.add_argument("--output", default="runs/demo")
+    demo.set_defaults(func=_demo)
 
     # Optional command groups live with their subsystems; each adds its own subparsers.
     for module in ("serving.cli", "tfx_pipeline.cli"):

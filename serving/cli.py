@@ -99,12 +99,15 @@ def _columns(frame, dtypes: dict) -> dict:
 
 
 def replay(data: str, target: str, model_name: str = "reloop2", batch_size: int = 256,
-           max_rows: int | None = None, timeout: float = 30.0) -> dict:
+           max_rows: int | None = None, timeout: float = 30.0, progress: bool = False,
+           frame=None) -> dict:
     """Replays ``data`` through the server at ``target``; returns metrics of base and ReLoop2.
 
     Returns:
-        ``{"base": {...}, "reloop2": {...}, "rows", "batches", "seconds", "memory_weight"}``,
-        the metrics being ``auc``, ``gauc`` and ``logloss`` over all rows.
+        ``{"base": {...}, "reloop2": {...}, "rows", "batches", "seconds", "memory_weight",
+        "predictions"}``, the metrics being ``auc``, ``gauc`` and ``logloss`` over all rows;
+        ``predictions`` holds the per-row arrays ``base``, ``reloop2``, ``labels``, ``users``
+        and ``timestamps`` (for per-slot reports; not JSON).
     """
     import numpy as np
 
@@ -116,7 +119,10 @@ def replay(data: str, target: str, model_name: str = "reloop2", batch_size: int 
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"--max-rows must be >= 1, got {max_rows}")
-    frame = load_prepared(data)
+    from tqdm.auto import tqdm
+
+    if frame is None:
+        frame = load_prepared(data)
     if not frame["timestamp"].is_monotonic_increasing:
         logger.warning("%s is not sorted by time; replaying it in timestamp order", data)
         frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
@@ -131,7 +137,8 @@ def replay(data: str, target: str, model_name: str = "reloop2", batch_size: int 
         started = time.monotonic()
         batches = 0
         written = None
-        for start in range(0, len(frame), batch_size):
+        for start in tqdm(range(0, len(frame), batch_size), desc="replay", unit="batch",
+                          disable=not progress):
             rows = slice(start, start + batch_size)
             batch = {k: v[rows] for k, v in features.items()}
             out = client.predict(batch)  # scored before its labels are revealed
@@ -147,6 +154,8 @@ def replay(data: str, target: str, model_name: str = "reloop2", batch_size: int 
         "batches": batches,
         "seconds": round(seconds, 3),
         "memory_weight": float(written["memory_weight"]) if written else 0.0,
+        "predictions": {"base": base, "reloop2": compensated, "labels": labels, "users": users,
+                        "timestamps": frame["timestamp"].to_numpy()},
     }
 
 
@@ -170,12 +179,13 @@ def _replay(args: argparse.Namespace) -> int:
 
     try:
         results = replay(args.data, args.target, args.model_name, args.batch_size,
-                         args.max_rows, args.timeout)
+                         args.max_rows, args.timeout, progress=True)
     except (DataError, ValueError, OSError) as err:
         return _fail(str(err).strip().splitlines()[0] if str(err).strip() else repr(err))
     except grpc.RpcError as err:
         details = (err.details() or "").strip().splitlines()
         return _fail(f"{args.target}: {err.code().name}: {details[0] if details else ''}")
+    results.pop("predictions")
     print(format_results(results))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2), encoding="utf-8")

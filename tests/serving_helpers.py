@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 import reloop2_tf as r2
 from reloop2_tf._keras import keras, tf
+from serving.process import DevServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_TABLES, NUM_BITS = 8, 5
@@ -53,39 +48,5 @@ def take(features: dict, index) -> dict:
     return {k: v[index] for k, v in features.items()}
 
 
-class DevServer:
+class DevServer(DevServerProcess):
     """``python -m serving.dev_server`` in a subprocess on a free loopback port."""
-
-    def __init__(self, model_dir, model_name: str = "reloop2", extra_args=()):
-        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
-                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.dev_server", "--model-dir", str(model_dir),
-             "--port", "0", "--model-name", model_name, *extra_args],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            match = re.search(r"serving .* on (127\.0\.0\.1:\d+)", line)
-            if match:
-                self.target = match.group(1)
-                return
-        self.stop()
-        raise RuntimeError("dev server did not start:\n" + "".join(self.lines))
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        rest = self.proc.stdout.read()
-        if rest:
-            self.lines.append(rest)
-        return self.proc.returncode
