@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from reloop2_tf import demo
@@ -40,7 +41,10 @@ def test_demo_end_to_end_on_a_slice(tmp_path):
     assert on_disk["serving"]["memory_weight"] >= holdout
     assert on_disk["serving"]["batches"] == int(np.ceil(holdout / 200))
     # Held-out rows come after the pipeline's rows in time.
-    assert on_disk["split"]["holdout_start_timestamp"] >= 0
+    pipeline_rows = pd.read_csv(tmp_path / "pipeline_input.csv")
+    holdout_rows = pd.read_csv(tmp_path / "holdout.csv")
+    assert pipeline_rows["timestamp"].max() <= holdout_rows["timestamp"].min()
+    assert on_disk["split"]["holdout_start_timestamp"] == holdout_rows["timestamp"].iloc[0]
     assert on_disk["pipeline"]["pushed_version"] is not None
     # The development server was shut down cleanly and its process is gone.
     assert on_disk["serving"]["server_exit_code"] == 0
