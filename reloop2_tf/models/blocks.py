@@ -14,6 +14,7 @@ from reloop2_tf.features import FeatureSpec, SequenceFeature
 
 HIDDEN_LAYER = "hidden"
 LOGIT_LAYER = "logit"
+EMBEDDING_INIT_STD = 1e-4
 
 _register = keras.saving.register_keras_serializable(package="reloop2_tf")
 
@@ -150,6 +151,18 @@ class EmbeddedFeatures:
         return list(self.sparse.values()) + list(self.pooled.values())
 
 
+def _table(num_buckets: int, dim: int, name: str) -> keras.layers.Embedding:
+    return keras.layers.Embedding(
+        num_buckets,
+        dim,
+        # FuxiCTR's default, normal(std=1e-4): rows of ids never seen in training stay near
+        # zero instead of random noise, which matters under a time split (85% of the ML-100K
+        # test rows come from users absent from its training part).
+        embeddings_initializer=keras.initializers.RandomNormal(stddev=EMBEDDING_INIT_STD),
+        name=name,
+    )
+
+
 def embed_features(
     spec: FeatureSpec, embedding_dim: int, first_order: bool = False
 ) -> EmbeddedFeatures:
@@ -168,15 +181,13 @@ def embed_features(
     for feature in spec.sparse:
         dim = feature.embedding_dim or embedding_dim
         hashers[feature.name] = IdHashing(feature.num_buckets, name=f"hash_{feature.name}")
-        tables[feature.name] = keras.layers.Embedding(
-            feature.num_buckets, dim, name=f"embedding_{feature.name}"
-        )
+        tables[feature.name] = _table(feature.num_buckets, dim, f"embedding_{feature.name}")
         dims[feature.name] = dim
         ids = hashers[feature.name](inputs[feature.name])
         sparse[feature.name] = tables[feature.name](ids)
         if first_order:
             linear_terms.append(
-                keras.layers.Embedding(feature.num_buckets, 1, name=f"linear_{feature.name}")(ids)
+                _table(feature.num_buckets, 1, f"linear_{feature.name}")(ids)
             )
     sequences: dict[str, keras.KerasTensor] = {}
     masks: dict[str, keras.KerasTensor] = {}
@@ -192,8 +203,8 @@ def embed_features(
         else:
             dims[feature.name] = feature.embedding_dim or embedding_dim
             hasher = IdHashing(feature.num_buckets, name=f"hash_{feature.name}")
-            table = keras.layers.Embedding(
-                feature.num_buckets, dims[feature.name], name=f"embedding_{feature.name}"
+            table = _table(
+                feature.num_buckets, dims[feature.name], f"embedding_{feature.name}",
             )
         ids = hasher(tokens)
         masks[feature.name] = PaddingMask(name=f"mask_{feature.name}")(ids)
