@@ -49,17 +49,22 @@ METHODS = ("static", "reloop2", "reloop2-knn", "incremental", "incremental+reloo
 BIAS_KEYS = {"item-bias": "item_id", "user-bias": "user_id"}
 BIAS_GRID = [BiasMemory(lam, gamma, prior) for lam in (0.3, 0.6, 0.9) for gamma in (0.0, 1.0)
              for prior in (5.0, 20.0)]
+# Swept one parameter at a time, in this order, each at the others' current best. gamma and the
+# shrinkage go first: with gamma = 1 the output leans on the neighbours' label average, and a
+# lambda chosen under that setting flattens every later curve. lambda comes last.
 SWEEP_GRID = {
-    "compensation_weight": [0.1, 0.3, 0.5, 0.7, 0.9, 1.0],
-    "num_tables": [8, 16, 32, 64, 128],
-    "num_bits": [4, 6, 8, 10, 12, 14],
-    "temperature": [0.1, 0.5, 1.0, 2.0, 10.0, math.inf],
     "gamma": [0.0, 0.5, 1.0],
     "prior_count": [0.0, 5.0, 20.0],
+    "temperature": [0.1, 1.0, 10.0, math.inf],
+    "num_tables": [16, 32, 64, 128],
+    "num_bits": [6, 8, 10, 12, 14],
+    "half_life": [None, 20_000.0, 100_000.0],
+    "compensation_weight": [0.1, 0.3, 0.5, 0.7, 0.9, 1.0],
 }
-QUICK_SWEEP_GRID = {"compensation_weight": [0.3, 0.6, 0.9], "num_bits": [8, 12],
-                    "temperature": [1.0, math.inf]}
-KNN_GRID = {"temperature": [0.05, 0.1, 0.5], "compensation_weight": [0.3, 0.6, 0.9]}
+QUICK_SWEEP_GRID = {"gamma": [0.0, 1.0], "num_bits": [8, 12],
+                    "compensation_weight": [0.3, 0.6, 0.9]}
+KNN_GRID = {"gamma": [0.0, 1.0], "temperature": [0.1, 0.5],
+            "compensation_weight": [0.3, 0.6, 0.9]}
 
 
 @dataclass
