@@ -6,6 +6,29 @@ from reloop2_tf._keras import keras, tf
 from reloop2_tf.layers.compensation import ErrorCompensation, probability_to_logit
 
 
+def _layer_output(model: keras.Model, spec: str):
+    """The output of layer ``name``, or of its ``index``-th call for ``"name:index"``.
+
+    A layer called more than once (an embedding shared by the target item and the history)
+    has one output per call; the index picks one.
+    """
+    name, _, index = spec.partition(":")
+    try:
+        layer = model.get_layer(name)
+    except ValueError as err:
+        raise ValueError(
+            f"`hidden_layer` should name a layer of `base_model`. Received: hidden_layer={spec!r};"
+            f" layers: {[l.name for l in model.layers]}"
+        ) from err
+    if index:
+        return layer.get_output_at(int(index))
+    try:
+        return layer.output
+    except AttributeError as err:  # Keras: "has multiple inbound nodes"
+        raise ValueError(f"`hidden_layer` {name!r} is called more than once; pick a call with "
+                         f"hidden_layer='{name}:0' (or :1, ...)") from err
+
+
 @keras.saving.register_keras_serializable(package="reloop2_tf")
 class ReLoop2Model(keras.Model):
     """Wraps a base model so that its output is corrected by an error memory.
@@ -44,14 +67,7 @@ class ReLoop2Model(keras.Model):
                 )
             outputs = list(base_model.outputs)
         else:
-            try:
-                hidden = base_model.get_layer(hidden_layer).output
-            except ValueError as err:
-                raise ValueError(
-                    f"`hidden_layer` should name a layer of `base_model`. Received: "
-                    f"hidden_layer={hidden_layer!r}; layers: {[l.name for l in base_model.layers]}"
-                ) from err
-            outputs = [base_model.output, hidden]
+            outputs = [base_model.output, _layer_output(base_model, hidden_layer)]
         self.base_model = base_model
         self.hidden_layer = hidden_layer
         self.output_is_logits = bool(output_is_logits)

@@ -76,3 +76,19 @@ def test_get_config_round_trip(rng):
     clone.base_model.set_weights(model.base_model.get_weights())
     feats = {"x": rng.normal(size=(4, 6)).astype(np.float32)}
     np.testing.assert_allclose(clone(feats).numpy(), model(feats).numpy(), rtol=1e-6)
+
+
+def test_hidden_layer_of_a_shared_layer_picks_a_call(rng):
+    x = keras.Input(shape=(3,), name="x")
+    y = keras.Input(shape=(3,), name="y")
+    shared = keras.layers.Dense(4, name="shared")
+    hx, hy = shared(x), shared(y)
+    logit = keras.layers.Dense(1)(keras.layers.Concatenate()([hx, hy]))
+    base = keras.Model({"x": x, "y": y}, logit)
+    with pytest.raises(ValueError, match="shared:0"):
+        r2.ReLoop2Model(base, hidden_layer="shared")
+    model = r2.ReLoop2Model(base, hidden_layer="shared:1")
+    feats = {"x": rng.normal(size=(2, 3)).astype(np.float32),
+             "y": rng.normal(size=(2, 3)).astype(np.float32)}
+    np.testing.assert_allclose(model.encode(feats)[1].numpy(), shared(feats["y"]).numpy(),
+                               rtol=1e-6)
