@@ -22,11 +22,11 @@ def _layer_output(model: keras.Model, spec: str):
         ) from err
     if index:
         return layer.get_output_at(int(index))
-    try:
-        return layer.output
-    except AttributeError as err:  # Keras: "has multiple inbound nodes"
-        raise ValueError(f"`hidden_layer` {name!r} is called more than once; pick a call with "
-                         f"hidden_layer='{name}:0' (or :1, ...)") from err
+    calls = len(layer.inbound_nodes)
+    if calls > 1:  # `layer.output` would silently return the first call's output
+        raise ValueError(f"`hidden_layer` {name!r} is called {calls} times; pick a call with "
+                         f"hidden_layer='{name}:0' (or :1, ...)")
+    return layer.output
 
 
 @keras.saving.register_keras_serializable(package="reloop2_tf")
