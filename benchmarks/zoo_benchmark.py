@@ -109,6 +109,19 @@ def zoo_model(
     return result
 
 
+def aggregate(runs: list[dict]) -> dict:
+    """Mean and standard deviation over seeds of the metrics; the rest from the first run."""
+    out = dict(runs[0])
+    for key in ("auc", "gauc", "logloss", "epoch_seconds", "first_epoch_seconds"):
+        if key in out:
+            values = np.array([r[key] for r in runs], dtype=np.float64)
+            out[key], out[f"{key}_std"] = float(values.mean()), float(values.std())
+    out["seeds"] = len(runs)
+    out["per_seed"] = runs
+    out["epochs"] = "/".join(str(r["epochs"]) for r in runs)
+    return out
+
+
 def markdown(results: list[dict]) -> str:
     lines = [
         "| model | test AUC | test gAUC | logloss | params | s / epoch | epochs | hidden |",
@@ -116,8 +129,12 @@ def markdown(results: list[dict]) -> str:
     ]
     for r in results:
         hidden = "" if r["hidden_dim"] is None else str(r["hidden_dim"])
+        auc, gauc = f"{r['auc']:.4f}", f"{r['gauc']:.4f}"
+        if r.get("seeds", 1) > 1:
+            auc += f" ± {r['auc_std']:.4f}"
+            gauc += f" ± {r['gauc_std']:.4f}"
         lines.append(
-            f"| {r['model']} | {r['auc']:.4f} | {r['gauc']:.4f} | {r['logloss']:.4f} | "
+            f"| {r['model']} | {auc} | {gauc} | {r['logloss']:.4f} | "
             f"{r['params']:,} | {r['epoch_seconds']:.1f} | {r['epochs']} | {hidden} |"
         )
     return "\n".join(lines)
@@ -144,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exclude", nargs="*", default=[], help="spec features the zoo models leave out"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="mean ± std over")
     parser.add_argument("--verbose", type=int, default=2)
     parser.add_argument("--output", default="runs/zoo_benchmark.json")
     args = parser.parse_args(argv)
@@ -163,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     results = [logistic_regression(train_all if args.refit else train, test, c)]
     logger.info("LR: %s", results[-1])
     for name in args.models:
-        results.append(zoo_model(name, spec, train, valid, test, args))
-        logger.info("%s: %s", name, results[-1])
+        runs = []
+        for seed in args.seeds:
+            args.seed = seed
+            runs.append(zoo_model(name, spec, train, valid, test, args))
+            logger.info("%s seed %d: %s", name, seed, runs[-1])
+        results.append(aggregate(runs))
 
     table = markdown(results)
     print(table)
@@ -177,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 "args": vars(args),
                 "rows": {"train": len(train), "valid": len(valid), "test": len(test)},
                 "tensorflow": tf.__version__,
+                "load_average_at_end": os.getloadavg(),
                 "table": table,
             },
             indent=2,
