@@ -626,6 +626,76 @@ def bench_dcn(args) -> dict:
     return result
 
 
+# -- before/after of a sketch implementation ----------------------------------------------------------
+
+def load_sketch_class(path: str):
+    """``LSHErrorMemory`` from another copy of lsh_memory.py (e.g. ``git show REV:...``)."""
+    source = Path(path).read_text().replace(
+        '@keras.saving.register_keras_serializable(package="reloop2_tf")', "")
+    namespace: dict = {"__name__": "sketch_before"}
+    exec(compile(source, path, "exec"), namespace)  # noqa: S102  (a file the user names)
+    return namespace["LSHErrorMemory"]
+
+
+def sketch_before_after(args, path: str) -> dict:
+    """Read + compensate and write of the current sketch vs the one in ``path``, interleaved."""
+    from reloop2_tf._keras import tf
+    from reloop2_tf.layers.compensation import ErrorCompensation
+    from reloop2_tf.layers.lsh_memory import LSHErrorMemory
+
+    before_cls = load_sketch_class(path)
+    out: dict = {"before": path, "ratio_definition": "before seconds / after seconds (> 1: "
+                 "the current code is faster)", "dims": {}}
+    for dim in args.dims:
+        stream = Stream(dim, args.seed)
+        fns = {}
+        for name, cls in (("before", before_cls), ("after", LSHErrorMemory)):
+            comp = ErrorCompensation(cls(num_tables=64, num_bits=12, seed=0),
+                                     compensation_weight=COMPENSATION_WEIGHT)
+            col, hid = tf.TensorSpec([None]), tf.TensorSpec([None, dim])
+            read = tf.function(comp.compensate, input_signature=[col, hid])
+            write = tf.function(comp.update_memory, input_signature=[col, hid, col])
+            fns[name] = (comp, read, write)
+        # The same writes, through both paths (small and large batches), must give the same sketch.
+        for name in fns:
+            write = fns[name][2]
+            for chunk in stream.rows(0, 2 * CHUNK_ROWS):
+                for lo in (0, 100):  # one batch of 100 rows (scatter), the rest in one (dense)
+                    part = {k: tf.constant(v[lo:lo + 100] if lo == 0 else v[100:])
+                            for k, v in chunk.items()}
+                    write(part["logits"], part["hidden"], part["labels"])
+        a, b = (fns[n][0].memory.snapshot().numpy() for n in ("before", "after"))
+        sketch_diff = float(np.max(np.abs(a - b)))
+        fill_tf(fns["before"][2], stream, 2 * CHUNK_ROWS, min(max(args.rows), 100_000))
+        fill_tf(fns["after"][2], stream, 2 * CHUNK_ROWS, min(max(args.rows), 100_000))
+        queries = stream.held_out(max(max(args.batches), args.write_batch), tag=1)
+        block: dict = {"read": {}, "write": {}}
+        for batch in args.batches:
+            tl, th = tf.constant(queries["logits"][:batch]), tf.constant(queries["hidden"][:batch])
+            same = all(np.array_equal(fns["before"][1](tl, th)[k].numpy(),
+                                      fns["after"][1](tl, th)[k].numpy())
+                       for k in ("probability", "memory_support"))
+            t = interleaved({n: (lambda r=f[1]: r(tl, th)["probability"].numpy())
+                             for n, f in fns.items()}, args.rounds * 2, args.budget)
+            block["read"][str(batch)] = {
+                "before_ms": t["before"]["median_s"] * 1e3, "after_ms": t["after"]["median_s"] * 1e3,
+                "speedup": t["before"]["median_s"] / t["after"]["median_s"],
+                "speedup_of_fastest_samples": t["before"]["min_s"] / t["after"]["min_s"],
+                "identical_outputs": same}
+        for batch in sorted({1, 256, args.write_batch}):
+            wl, wh, wy = (tf.constant(queries[k][:batch]) for k in ("logits", "hidden", "labels"))
+            t = interleaved({n: (lambda w=f[2]: w(wl, wh, wy).numpy()) for n, f in fns.items()},
+                            args.rounds * 2, args.budget)
+            block["write"][str(batch)] = {
+                "before_ms": t["before"]["median_s"] * 1e3, "after_ms": t["after"]["median_s"] * 1e3,
+                "speedup": t["before"]["median_s"] / t["after"]["median_s"],
+                "speedup_of_fastest_samples": t["before"]["min_s"] / t["after"]["min_s"]}
+        block["sketch_max_abs_diff_after_same_writes"] = sketch_diff
+        block["load_average"] = load_average()
+        out["dims"][str(dim)] = block
+    return out
+
+
 # -- summary ---------------------------------------------------------------------------------------
 
 def gauc_share() -> dict:
@@ -753,6 +823,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip exact k-NN reads whose similarity matrices exceed this")
     p.add_argument("--no-dcn", action="store_true", help="skip the DCN forward-pass section")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
+    p.add_argument("--sketch-before", metavar="FILE",
+                   help="only compare the sketch with the lsh_memory.py in FILE (before/after)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
     p.add_argument("--rss-dim", type=int, help=argparse.SUPPRESS)
@@ -777,6 +849,22 @@ def main(argv=None) -> dict:
         return {}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     start = time.perf_counter()
+    if args.sketch_before:
+        results = {"load_average": {"start": load_average()},
+                   "sketch_before_after": sketch_before_after(args, args.sketch_before)}
+        results["load_average"]["end"] = load_average()
+        results["wall_seconds"] = round(time.perf_counter() - start, 1)
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1, default=float))
+        for dim, block in results["sketch_before_after"]["dims"].items():
+            for kind in ("read", "write"):
+                for batch, t in block[kind].items():
+                    print(f"d={dim} {kind:5} batch {batch:>5}: before {t['before_ms']:8.3f} ms, "
+                          f"after {t['after_ms']:8.3f} ms, speed-up {t['speedup']:.2f}x "
+                          f"(fastest samples {t['speedup_of_fastest_samples']:.2f}x)")
+        print(f"wrote {out}")
+        return results
 
     import faiss
 

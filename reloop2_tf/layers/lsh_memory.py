@@ -69,7 +69,14 @@ class LSHErrorMemory(ErrorMemory):
         )
         # True sketch = sketch * scale. Only half-life forgetting moves it away from 1.
         self.scale = self.add_weight(name="scale", shape=[], initializer="ones", trainable=False)
-        self._bit_values = tf.constant([2**j for j in range(l)], dtype=tf.int32)
+        # [L, 1] powers of two: packing bits is one [B*K, L] x [L, 1] matmul, exact in float32
+        # because every partial sum is an integer below 2**24.
+        self._bit_values = tf.constant([[2.0**j] for j in range(l)], dtype=tf.float32)
+        self._table_offsets = tf.range(k, dtype=tf.int32) * self.num_buckets
+        # A batch of at least this many rows is summed per bucket and added in one pass over the
+        # table; smaller batches scatter. Scattering costs ~30x more per update than the pass
+        # costs per cell (docs/performance.md), so the pass wins from 2**L / 32 rows.
+        self._dense_write_rows = max(1, self.num_buckets // 32)
 
     def call(self, hidden):
         return self.lookup(hidden)
@@ -80,24 +87,43 @@ class LSHErrorMemory(ErrorMemory):
         k, l = self.num_tables, self.num_bits
         # One fused [d, K*L] matmul instead of K small ones.
         fused = tf.reshape(tf.transpose(self.projections, [1, 0, 2]), [self.dim, k * l])
-        proj = tf.reshape(tf.matmul(hidden - self.center, fused), [-1, k, l])
-        bits = tf.cast(proj > 0.0, tf.int32)
-        return tf.reduce_sum(bits * self._bit_values, axis=-1)
+        bits = tf.cast(tf.matmul(hidden - self.center, fused) > 0.0, tf.float32)  # [B, K*L]
+        buckets = tf.matmul(tf.reshape(bits, [-1, l]), self._bit_values)  # [B*K, 1]
+        return tf.reshape(tf.cast(buckets, tf.int32), [-1, k])
 
-    def _indices(self, hidden) -> tf.Tensor:
-        buckets = self.bucket_ids(hidden)
+    def _indices(self, buckets) -> tf.Tensor:
         tables = tf.broadcast_to(tf.range(self.num_tables, dtype=tf.int32), tf.shape(buckets))
         return tf.stack([tables, buckets], axis=-1)  # [B, K, 2]
 
+    def _scatter(self, buckets, values):
+        """Adds ``values`` ``[B, 3]`` at every row's K buckets: O(K) cells touched per row."""
+        updates = tf.broadcast_to(values[:, None, :], [tf.shape(values)[0], self.num_tables, 3])
+        self.sketch.scatter_nd_add(self._indices(buckets), updates)
+        return tf.no_op()
+
+    def _add_dense(self, buckets, values):
+        """Same sum as ``_scatter``: per-bucket totals, then one locked ``assign_add``."""
+        flat = tf.reshape(buckets + self._table_offsets, [-1])  # [B*K], row-major
+        rows = tf.repeat(tf.range(tf.shape(values)[0]), self.num_tables)
+        delta = tf.math.unsorted_segment_sum(tf.gather(values, rows), flat,
+                                             self.num_tables * self.num_buckets)
+        self.sketch.assign_add(tf.reshape(delta, [self.num_tables, self.num_buckets, 3]))
+        return tf.no_op()
+
     def _write(self, hidden, labels, base_probs, sample_weight) -> tf.Tensor:
-        indices = self._indices(hidden)
+        buckets = self.bucket_ids(hidden)
         if self.half_life is not None:
             rows = tf.reduce_sum(tf.cast(sample_weight > 0, tf.float32))
             self.scale.assign(self.scale * tf.pow(0.5, rows / self.half_life))
         w = sample_weight / self.scale
         values = tf.stack([w, w * labels, w * base_probs], axis=-1)  # [B, 3]
-        updates = tf.broadcast_to(values[:, None, :], [tf.shape(values)[0], self.num_tables, 3])
-        self.sketch.scatter_nd_add(indices, updates)
+        batch = buckets.shape[0]
+        if batch is not None:
+            (self._add_dense if batch >= self._dense_write_rows else self._scatter)(buckets, values)
+        else:
+            tf.cond(tf.shape(buckets)[0] >= self._dense_write_rows,
+                    lambda: self._add_dense(buckets, values),
+                    lambda: self._scatter(buckets, values))
         if self.half_life is not None:
             tf.cond(self.scale < _MIN_SCALE, self._fold_scale, tf.no_op)
         return tf.reduce_sum(sample_weight)
@@ -112,7 +138,7 @@ class LSHErrorMemory(ErrorMemory):
 
         Means are 0 where a bucket is empty (weight 0).
         """
-        stats = tf.gather_nd(self.sketch, self._indices(hidden)) * self.scale  # [B, K, 3]
+        stats = tf.gather_nd(self.sketch, self._indices(self.bucket_ids(hidden))) * self.scale  # [B, K, 3]
         weight = stats[..., 0]
         return {
             "weight": weight,
