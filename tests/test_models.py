@@ -182,6 +182,19 @@ def test_get_config_round_trips(name):
     assert hidden_dim(plain) == EXPECTED_HIDDEN[name]
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_keras_format_save_and_load_without_custom_objects(name, tmp_path):
+    model, _, _ = trained(name)
+    path = str(tmp_path / f"{name}.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is type(model)
+    x = serving_rows()
+    np.testing.assert_allclose(
+        loaded(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-6, atol=1e-6
+    )
+
+
 def test_sequence_models_read_history_and_keep_the_most_recent_items():
     x = serving_rows()
     for name in ("din", "dien", "bst"):

@@ -186,9 +186,7 @@ def embed_features(
         ids = hashers[feature.name](inputs[feature.name])
         sparse[feature.name] = tables[feature.name](ids)
         if first_order:
-            linear_terms.append(
-                _table(feature.num_buckets, 1, f"linear_{feature.name}")(ids)
-            )
+            linear_terms.append(_table(feature.num_buckets, 1, f"linear_{feature.name}")(ids))
     sequences: dict[str, keras.KerasTensor] = {}
     masks: dict[str, keras.KerasTensor] = {}
     pooled: dict[str, keras.KerasTensor] = {}
@@ -203,9 +201,7 @@ def embed_features(
         else:
             dims[feature.name] = feature.embedding_dim or embedding_dim
             hasher = IdHashing(feature.num_buckets, name=f"hash_{feature.name}")
-            table = _table(
-                feature.num_buckets, dims[feature.name], f"embedding_{feature.name}",
-            )
+            table = _table(feature.num_buckets, dims[feature.name], f"embedding_{feature.name}")
         ids = hasher(tokens)
         masks[feature.name] = PaddingMask(name=f"mask_{feature.name}")(ids)
         sequences[feature.name] = table(ids)
@@ -227,11 +223,10 @@ def embed_features(
     if first_order:
         if dense is not None:
             linear_terms.append(keras.layers.Dense(1, use_bias=False, name="linear_dense")(dense))
-        linear = (
-            keras.layers.Add(name="linear")(linear_terms)
-            if len(linear_terms) > 1
-            else linear_terms[0]
-        )
+        if len(linear_terms) > 1:
+            linear = keras.layers.Add(name="linear")(linear_terms)
+        elif linear_terms:
+            linear = linear_terms[0]
     return EmbeddedFeatures(inputs, sparse, sequences, masks, pooled, dense, linear, dims)
 
 
