@@ -3,8 +3,9 @@ vs Keras 3.
 
 Every variant trains the same DCN (raw MovieLens 100K features, ids hashed in the model, three
 full-rank cross layers beside a (256, 128, 64) DNN) with Adam on BCE, from the same in-memory
-``tf.data`` pipeline, and reports the time to the end of the first epoch (which includes
-tracing) and the steady-state steps per second of the later epochs.
+``tf.data`` pipeline (97 steps of 1024 rows per epoch), and reports the first epoch (which
+includes tracing) and then, over ``--rounds`` epochs interleaved across the variants, the median
+steps per second and process CPU milliseconds per step.
 
     TF_USE_LEGACY_KERAS=1 RELOOP2_DATA=../shared/data \\
         .venv/bin/python benchmarks/dcn_speed.py --output runs/dcn_speed.json
@@ -16,7 +17,6 @@ because tensorflow-recommenders refuses Keras 3; ``--no-keras3`` skips it.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
@@ -51,37 +51,23 @@ def dataset(tf, features: dict, labels: np.ndarray, batch_size: int):
     )
 
 
-def summarise(name: str, start: float, ends: list[float], steps: int, **extra) -> dict:
-    steady = [b - a for a, b in itertools.pairwise(ends)]
-    return {
-        "variant": name,
-        "first_epoch_seconds": ends[0] - start,
-        "steps_per_second": steps / float(np.median(steady)),
-        "steps_per_epoch": steps,
-        **extra,
-    }
-
-
-def keras_fit(keras, tf, model, data, steps: int, epochs: int, name: str, **compile_kw) -> dict:
-    class Clock(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.start, self.ends = time.perf_counter(), []
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.ends.append(time.perf_counter())
-
+def compiled(keras, model, **compile_kw):
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.BinaryCrossentropy(from_logits=True),
         metrics=[keras.metrics.AUC(from_logits=True)],
         **compile_kw,
     )
-    clock = Clock()
-    model.fit(data, epochs=epochs, callbacks=[clock], verbose=0)
-    return summarise(name, clock.start, clock.ends, steps, **compile_kw)
+    return model
 
 
-def tf_function_loop(keras, tf, model, data, steps: int, epochs: int, autograph: bool) -> dict:
+def fit_epoch(model, data):
+    """One epoch of ``model.fit``; the train function is built on the first call only."""
+    return lambda: model.fit(data, epochs=1, verbose=0)
+
+
+def loop_epoch(keras, tf, model, data, autograph: bool):
+    """One epoch of a hand-written ``tf.function`` training loop."""
     optimizer = keras.optimizers.Adam(1e-3)
     loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
     auc = keras.metrics.AUC(from_logits=True)
@@ -96,23 +82,55 @@ def tf_function_loop(keras, tf, model, data, steps: int, epochs: int, autograph:
         return loss
 
     step = tf.function(step, autograph=autograph)
-    start, ends = time.perf_counter(), []
-    for _ in range(epochs):
+
+    def run():
         for x, y in data:
             loss = step(x, y)
         float(loss)  # wait for the last step
-        ends.append(time.perf_counter())
-    name = "plain tf.function loop" + ("" if autograph else " (autograph=False)")
-    return summarise(name, start, ends, steps)
+
+    return run
 
 
-def input_only(tf, data, steps: int, epochs: int) -> dict:
-    start, ends = time.perf_counter(), []
-    for _ in range(epochs):
+def input_epoch(data):
+    def run():
         for _batch in data:
             pass
-        ends.append(time.perf_counter())
-    return summarise("input pipeline alone", start, ends, steps)
+
+    return run
+
+
+def measure(variants: dict, steps: int, rounds: int) -> list[dict]:
+    """First epoch of each variant (tracing included), then ``rounds`` interleaved epochs.
+
+    Interleaving spreads the load of other processes on a shared machine over all variants;
+    process CPU time per step is reported beside wall-clock steps/s because it depends less on
+    what else runs.
+    """
+    first = {}
+    for name, run in variants.items():
+        start = time.perf_counter()
+        run()
+        first[name] = time.perf_counter() - start
+        logger.info("%s: first epoch %.1f s", name, first[name])
+    walls: dict[str, list[float]] = {name: [] for name in variants}
+    cpus: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            run()
+            walls[name].append(time.perf_counter() - wall)
+            cpus[name].append(time.process_time() - cpu)
+    return [
+        {
+            "variant": name,
+            "first_epoch_seconds": first[name],
+            "steps_per_second": steps / float(np.median(walls[name])),
+            "cpu_ms_per_step": 1000 * float(np.median(cpus[name])) / steps,
+            "steps_per_epoch": steps,
+            "rounds": rounds,
+        }
+        for name in variants
+    ]
 
 
 def portable_dcn(keras, tf, history_length: int, embedding_dim: int = 16):
@@ -163,7 +181,7 @@ def portable_dcn(keras, tf, history_length: int, embedding_dim: int = 16):
     return keras.Model(inputs, keras.layers.Dense(1)(hidden))
 
 
-def keras3_worker(npz: str, batch_size: int, epochs: int, history_length: int) -> list[dict]:
+def keras3_worker(npz: str, batch_size: int, rounds: int, history_length: int) -> list[dict]:
     import keras
     import tensorflow as tf
 
@@ -174,16 +192,16 @@ def keras3_worker(npz: str, batch_size: int, epochs: int, history_length: int) -
     data = dataset(tf, features, arrays["label"], batch_size)
     steps = len(arrays["label"]) // batch_size
     keras.utils.set_random_seed(0)
-    model = portable_dcn(keras, tf, history_length)
-    out = keras_fit(keras, tf, model, data, steps, epochs, f"Keras {keras.__version__} fit")
-    out["params"] = int(model.count_params())
-    return [out]
+    model = compiled(keras, portable_dcn(keras, tf, history_length))
+    rows = measure({f"Keras {keras.__version__} fit": fit_epoch(model, data)}, steps, rounds)
+    rows[0]["params"] = int(model.count_params())
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--epochs", type=int, default=3, help="the first includes tracing")
+    parser.add_argument("--rounds", type=int, default=3, help="timed epochs per variant")
     parser.add_argument("--history-length", type=int, default=20)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--no-keras3", dest="keras3", action="store_false")
@@ -193,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     if args.keras3_worker:
-        rows = keras3_worker(args.keras3_worker, args.batch_size, args.epochs, args.history_length)
+        rows = keras3_worker(args.keras3_worker, args.batch_size, args.rounds, args.history_length)
         print(json.dumps(rows))
         return 0
 
@@ -209,40 +227,37 @@ def main(argv: list[str] | None = None) -> int:
     labels = df["label"].to_numpy(np.float32)
     steps = len(labels) // args.batch_size
     data = dataset(tf, features, labels, args.batch_size)
-    logger.info("%d steps of %d rows per epoch, %d epochs", steps, args.batch_size, args.epochs)
+    logger.info("%d steps of %d rows per epoch, %d rounds", steps, args.batch_size, args.rounds)
 
     def zoo_dcn():
-        keras.backend.clear_session()
         keras.utils.set_random_seed(0)
         return build_dcn(spec)
 
-    rows = [input_only(tf, data, steps, args.epochs)]
-    model = zoo_dcn()
-    params = int(model.count_params())
-    rows.append(keras_fit(keras, tf, model, data, steps, args.epochs, "tf-keras fit (zoo DCN)"))
-    rows.append(
-        keras_fit(
-            keras, tf, zoo_dcn(), data, steps, args.epochs, "tf-keras fit (zoo DCN)",
-            steps_per_execution=16,
-        )
-    )
-    plain = zoo_dcn()
-    # The same graph as a plain keras.Model: its train step goes through AutoGraph.
-    plain = keras.Model(plain.inputs, plain.outputs)
-    rows.append(
-        keras_fit(keras, tf, plain, data, steps, args.epochs, "tf-keras fit, plain keras.Model")
-    )
-    rows.append(tf_function_loop(keras, tf, zoo_dcn(), data, steps, args.epochs, autograph=True))
-    rows.append(tf_function_loop(keras, tf, zoo_dcn(), data, steps, args.epochs, autograph=False))
     keras.backend.clear_session()
+    zoo = compiled(keras, zoo_dcn())
+    params = int(zoo.count_params())
+    zoo_spe = compiled(keras, zoo_dcn(), steps_per_execution=16)
+    # The same graph as a plain keras.Model: its train step goes through AutoGraph.
+    base = zoo_dcn()
+    plain = compiled(keras, keras.Model(base.inputs, base.outputs))
     keras.utils.set_random_seed(0)
-    portable = portable_dcn(keras, tf, args.history_length)
-    rows.append(
-        keras_fit(keras, tf, portable, data, steps, args.epochs, "tf-keras fit, Keras-3 DCN code")
-    )
+    portable = compiled(keras, portable_dcn(keras, tf, args.history_length))
+    variants = {
+        "input pipeline alone": input_epoch(data),
+        "tf-keras fit, zoo DCN (ZooModel)": fit_epoch(zoo, data),
+        "tf-keras fit, zoo DCN, steps_per_execution=16": fit_epoch(zoo_spe, data),
+        "tf-keras fit, same DCN as plain keras.Model": fit_epoch(plain, data),
+        "plain tf.function loop, zoo DCN": loop_epoch(keras, tf, zoo_dcn(), data, True),
+        "plain tf.function loop, zoo DCN, autograph=False": loop_epoch(
+            keras, tf, zoo_dcn(), data, False
+        ),
+        "tf-keras fit, Keras-3 DCN code": fit_epoch(portable, data),
+    }
+    rows = measure(variants, steps, args.rounds)
     for row in rows:
         row.setdefault("params", params)
         logger.info("%s", row)
+    rows[-1]["params"] = int(portable.count_params())
 
     if args.keras3:
         with tempfile.TemporaryDirectory() as tmp:
@@ -250,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             np.savez(npz, label=labels, **features)
             env = {**os.environ, "TF_USE_LEGACY_KERAS": "0"}
             cmd = [sys.executable, __file__, "--keras3-worker", npz,
-                   "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
+                   "--batch-size", str(args.batch_size), "--rounds", str(args.rounds),
                    "--history-length", str(args.history_length)]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if done.returncode == 0:
@@ -259,22 +274,20 @@ def main(argv: list[str] | None = None) -> int:
                 logger.warning("Keras 3 run failed:\n%s", done.stderr[-3000:])
 
     lines = [
-        "| variant | first epoch (s, incl. tracing) | steady steps/s | params |",
-        "|---|---|---|---|",
+        "| variant | first epoch (s, incl. tracing) | steady steps/s | CPU ms / step | params |",
+        "|---|---|---|---|---|",
     ]
     for row in rows:
-        name = row["variant"]
-        if row.get("steps_per_execution"):
-            name += f", steps_per_execution={row['steps_per_execution']}"
         lines.append(
-            f"| {name} | {row['first_epoch_seconds']:.1f} | {row['steps_per_second']:.1f} | "
-            f"{row['params']:,} |"
+            f"| {row['variant']} | {row['first_epoch_seconds']:.1f} | "
+            f"{row['steps_per_second']:.1f} | {row['cpu_ms_per_step']:.0f} | {row['params']:,} |"
         )
     table = "\n".join(lines)
     print(table)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"rows": rows, "args": vars(args), "table": table}, indent=2))
+    record = {"rows": rows, "args": vars(args), "table": table, "load_average": os.getloadavg()}
+    output.write_text(json.dumps(record, indent=2))
     return 0
 
 
