@@ -25,5 +25,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/reloop2 demo --output runs/demo
 
+bench: $(STAMP)
+	$(PY) benchmarks/memory_benchmark.py --output runs/bench/memory.json
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

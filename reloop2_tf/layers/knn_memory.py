@@ -64,8 +64,12 @@ class KNNErrorMemory(ErrorMemory):
     def neighbours(self, hidden) -> dict[str, tf.Tensor]:
         """Top-k neighbours: ``similarity``, ``index`` and ``valid``, each ``[B, top_k]``."""
         hidden = self._check_hidden(hidden)
-        sims = tf.matmul(self._normalize(hidden), self.keys, transpose_b=True)  # [B, C]
-        sims = tf.where(self.row_weights[None, :] > 0.0, sims, -np.inf)
+        # Writes are sparse, which leaves the variables in copy-on-read mode: a plain read would
+        # copy all C rows on every query (1 GB at 10^6 x 256). Reading without the copy puts them
+        # back in copy-on-write mode, so a write copies only if a read still holds the buffer.
+        keys, weights = _read_no_copy(self.keys), _read_no_copy(self.row_weights)
+        sims = tf.matmul(self._normalize(hidden), keys, transpose_b=True)  # [B, C]
+        sims = tf.where(weights[None, :] > 0.0, sims, -np.inf)
         top = tf.math.top_k(sims, k=self.top_k, sorted=True)
         return {"similarity": top.values, "index": top.indices,
                 "valid": tf.math.is_finite(top.values)}
@@ -105,3 +109,8 @@ class KNNErrorMemory(ErrorMemory):
         config = super().get_config()
         config.update(capacity=self.capacity, top_k=self.top_k)
         return config
+
+
+def _read_no_copy(variable) -> tf.Tensor:
+    read = getattr(variable, "read_value_no_copy", None)
+    return read() if read is not None else tf.convert_to_tensor(variable)

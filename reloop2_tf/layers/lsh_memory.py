@@ -107,7 +107,10 @@ class LSHErrorMemory(ErrorMemory):
         rows = tf.repeat(tf.range(tf.shape(values)[0]), self.num_tables)
         delta = tf.math.unsorted_segment_sum(tf.gather(values, rows), flat,
                                              self.num_tables * self.num_buckets)
-        self.sketch.assign_add(tf.reshape(delta, [self.num_tables, self.num_buckets, 3]))
+        # Scatters leave the sketch in copy-on-read mode, where assign_add first copies the
+        # whole table; switching back to copy-on-write skips that copy when nothing else holds it.
+        with tf.control_dependencies([tf.raw_ops.DisableCopyOnRead(resource=self.sketch.handle)]):
+            self.sketch.assign_add(tf.reshape(delta, [self.num_tables, self.num_buckets, 3]))
         return tf.no_op()
 
     def _write(self, hidden, labels, base_probs, sample_weight) -> tf.Tensor:
