@@ -16,7 +16,7 @@ from typing import Any
 
 from reloop2_tf._keras import keras
 from reloop2_tf.features import FeatureSpec
-from reloop2_tf.models.blocks import HIDDEN_LAYER, LOGIT_LAYER, hidden_dim
+from reloop2_tf.models.blocks import HIDDEN_LAYER, LOGIT_LAYER, ZooModel, hidden_dim
 from reloop2_tf.models.bst import build_bst
 from reloop2_tf.models.dcn import build_dcn
 from reloop2_tf.models.dcnv2 import build_dcnv2
@@ -46,6 +46,7 @@ __all__ = [
     "HIDDEN_LAYER",
     "LOGIT_LAYER",
     "MODELS",
+    "ZooModel",
     "build_bst",
     "build_dcn",
     "build_dcnv2",

@@ -335,6 +335,7 @@ def check_same_dim(embedded: EmbeddedFeatures, names: Sequence[str], model: str)
 
 
 __all__ = [
+    "EMBEDDING_INIT_STD",
     "HIDDEN_LAYER",
     "LOGIT_LAYER",
     "EmbeddedFeatures",
@@ -342,6 +343,7 @@ __all__ = [
     "IdHashing",
     "MaskedMeanPooling",
     "PaddingMask",
+    "ZooModel",
     "embed_features",
     "hidden_dim",
     "mlp",
