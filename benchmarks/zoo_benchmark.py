@@ -31,7 +31,7 @@ from sklearn.preprocessing import OneHotEncoder
 
 from reloop2_tf import metrics, training
 from reloop2_tf._keras import keras, tf
-from reloop2_tf.data import load_dataset
+from reloop2_tf.data import load_dataset, time_split
 from reloop2_tf.features import FeatureSpec
 from reloop2_tf.models import MODELS, build_model, hidden_dim
 
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     df = load_dataset("ml-100k", data_dir=args.data_dir, history_length=args.history_length)
-    train_all, test = training.time_split(df, 0.8)
-    train, valid = training.time_split(train_all, 0.875)
+    train_all, test = time_split(df, 0.8)
+    train, valid = time_split(train_all, 0.875)
     logger.info("rows: train %d, valid %d, test %d", len(train), len(valid), len(test))
     spec = FeatureSpec.movielens(history_length=args.history_length)
     if args.exclude:

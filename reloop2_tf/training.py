@@ -186,17 +186,6 @@ def evaluate_frame(
     return metrics.evaluate(df[label].to_numpy(), probs, groups)
 
 
-def time_split(df: pd.DataFrame, train_fraction: float = 0.8) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """First ``train_fraction`` of the rows by time, then the rest (a stable sort on timestamp)."""
-    if not 0 < train_fraction < 1:
-        raise ValueError(
-            f"`train_fraction` should be in (0, 1). Received: `train_fraction={train_fraction!r}`"
-        )
-    ordered = df.sort_values("timestamp", kind="stable") if "timestamp" in df.columns else df
-    cut = int(len(ordered) * train_fraction)
-    return ordered.iloc[:cut], ordered.iloc[cut:]
-
-
 __all__ = [
     "LABEL_COLUMN",
     "compile_model",
@@ -204,5 +193,4 @@ __all__ = [
     "fit",
     "make_dataset",
     "predict",
-    "time_split",
 ]

@@ -1,4 +1,4 @@
-"""Training helper: compile, fit with early stopping, predict, time split, plain Keras habits."""
+"""Training helper: compile, fit with early stopping, predict, plain Keras habits."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from reloop2_tf import metrics, training
 from reloop2_tf._keras import keras
+from reloop2_tf.data import time_split
 from reloop2_tf.features import FeatureSpec
 from reloop2_tf.models import build_model
 
@@ -25,19 +26,8 @@ def split():
     from reloop2_tf.data import load_dataset
 
     df = load_dataset("ml-100k", history_length=5)
-    train, test = training.time_split(df, 0.8)
+    train, test = time_split(df, 0.8)
     return train.iloc[-1500:], test.iloc[:500]
-
-
-def test_time_split_is_by_time():
-    from reloop2_tf.data import load_dataset
-
-    df = load_dataset("ml-100k", history_length=5).sample(frac=1.0, random_state=0)
-    train, test = training.time_split(df, 0.8)
-    assert len(train) == 80_000 and len(test) == 20_000
-    assert train["timestamp"].max() <= test["timestamp"].min()
-    with pytest.raises(ValueError, match="`train_fraction=1.0`"):
-        training.time_split(df, 1.0)
 
 
 def test_compile_model_uses_adam_bce_on_logits_and_auc():
