@@ -59,7 +59,7 @@ CHUNK_ROWS = 16_384
 REPO = Path(__file__).resolve().parents[1]
 
 FULL = dict(dims=[64, 256], rows=[10_000, 100_000, 1_000_000], batches=[1, 256, 4096],
-            write_batch=4096, queries=1000, rounds=7, budget=4.0, dcn_batch=1024,
+            write_batch=4096, queries=500, rounds=7, budget=4.0, dcn_batch=1024,
             dcn_knn_capacity=100_000, dcn_sketches=((64, 12), (128, 4), (16, 8)),
             savedmodel=True, rss=True)
 QUICK = dict(dims=[32], rows=[2_000, 20_000], batches=[1, 256], write_batch=256, queries=200,
@@ -92,10 +92,11 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, budget: 
                 setup: dict[str, Callable[[], object]] | None = None) -> dict[str, dict]:
     """Median seconds per call of each variant, measured round-robin.
 
-    Each variant is called once to warm up (twice if that took under a second), then timed once
-    to size its samples: a sample is ``inner`` back-to-back calls (so that a sample lasts
-    >= ``min_sample_seconds``), and a variant gets ``rounds`` samples, fewer (at least 3) when
-    that would take longer than ``budget`` seconds. Round r times every variant still owed a
+    Each variant is called once to warm up; if that took under half a second it is called
+    again and timed once more to size its samples (a slow variant is sized by its warm-up call).
+    A sample is ``inner`` back-to-back calls (so that a sample lasts >= ``min_sample_seconds``),
+    and a variant gets ``rounds`` samples, fewer (at least 3) when that would take longer than
+    ``budget`` seconds. Round r times every variant still owed a
     sample, starting at a rotating offset, so that load changes hit all variants alike.
     ``setup[name]`` (untimed) runs before each of that variant's samples.
     """
@@ -107,11 +108,13 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, budget: 
         setup.get(name, _noop)()
         start = time.perf_counter()
         fn()
-        if time.perf_counter() - start < 1.0:
+        once = time.perf_counter() - start
+        if once < 0.5:
             fn()
-        start = time.perf_counter()
-        fn()
-        once = max(time.perf_counter() - start, 1e-7)
+            start = time.perf_counter()
+            fn()
+            once = time.perf_counter() - start
+        once = max(once, 1e-7)
         inner = int(min(max_inner, max(1, math.ceil(min_sample_seconds / once))))
         reps = int(min(rounds, max(3, budget // (once * inner))))
         plan[name] = (inner, reps)
@@ -445,12 +448,14 @@ def bench_cell(args, streams: dict[str, Stream], queries: dict, writes: dict, ro
         skipped = {}
         sims_bytes = 2 * batch * rows * 4
         if sims_bytes > args.max_sims_gb * 2**30:
-            reason = (f"exact search over {rows} rows at batch {batch}: KNNErrorMemory "
-                      f"materialises two [batch, N] float32 matrices ({sims_bytes / 2**30:.1f} GiB "
-                      f"> --max-sims-gb {args.max_sims_gb}); FAISS flat skipped alike (time)")
-            for name in ("knn", "faiss_flat"):
-                skipped[name] = reason
-                del variants[name]
+            skipped["knn"] = (f"KNNErrorMemory materialises two [batch, N] float32 matrices "
+                              f"({sims_bytes / 2**30:.1f} GiB > --max-sims-gb {args.max_sims_gb})")
+        if batch * rows > args.max_flat_pairs:
+            skipped["faiss_flat"] = (f"time: batch x N = {batch * rows:.2g} > --max-flat-pairs "
+                                     f"{args.max_flat_pairs:.2g} (FAISS flat search is the "
+                                     "slowest exact search at large batches)")
+        for name in skipped:
+            del variants[name]
         logger.info("d=%d N=%d read batch %d: %s", dim, rows, batch, ", ".join(variants))
         timings = with_ratios(interleaved(variants, args.rounds, args.budget))
         for name, reason in skipped.items():
@@ -491,14 +496,14 @@ def sketch_flatness(args, sketch, snapshots: dict[int, object], queries: dict, w
     for batch in args.batches:
         tl, th = tf.constant(queries["logits"][:batch]), tf.constant(queries["hidden"][:batch])
         variants = {name: (lambda: read(tl, th)["probability"].numpy()) for name in setup}
-        timings = interleaved(variants, args.rounds * 2, args.budget, setup=setup)
+        timings = interleaved(variants, args.rounds, args.budget, setup=setup)
         out["read"][str(batch)] = {
             rows: dict(t, median_ms=t["median_s"] * 1e3,
                        ratio_to_smallest=t["median_s"] / timings[ref]["median_s"])
             for rows, t in timings.items()}
     wl, wh, wy = (tf.constant(writes[k]) for k in ("logits", "hidden", "labels"))
     variants = {name: (lambda: write(wl, wh, wy).numpy()) for name in setup}
-    timings = interleaved(variants, args.rounds * 2, args.budget, setup=setup)
+    timings = interleaved(variants, args.rounds, args.budget, setup=setup)
     out["write"][str(args.write_batch)] = {
         rows: dict(t, median_ms=t["median_s"] * 1e3, rows_per_s=args.write_batch / t["median_s"],
                    ratio_to_smallest=t["median_s"] / timings[ref]["median_s"])
@@ -575,9 +580,8 @@ def peak_rss(args) -> dict:
                  "note": "one fresh process per structure: fill N rows, serve one read batch; "
                          "peak_over_empty_process_mb subtracts the peak of a process that only "
                          "imports TF/FAISS and generates the same rows"}
-    dims = sorted(args.dims)
-    jobs = [("none", dims[-1])] + [(s, d) for d in dims for s in ("sketch", "knn", "faiss_ivf")]
-    for structure, dim in jobs:
+    dim = max(args.dims)  # the largest structures; smaller d scale down (see state_bytes)
+    for structure in ("none", "sketch", "knn", "faiss_ivf"):
         cmd = [sys.executable, __file__, "--rss-child", structure, "--rss-dim", str(dim),
                "--rss-rows", str(rows), "--seed", str(args.seed)]
         logger.info("peak RSS: %s d=%d N=%d", structure, dim, rows)
@@ -906,6 +910,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, help="seconds of timing per variant and group")
     p.add_argument("--max-sims-gb", type=float, default=2.0,
                    help="skip exact k-NN reads whose two similarity matrices exceed this (GiB)")
+    p.add_argument("--max-flat-pairs", type=float, default=256 * 100_000,
+                   help="skip FAISS flat reads above this batch x N")
     p.add_argument("--no-dcn", action="store_true", help="skip the DCN forward-pass section")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
     p.add_argument("--before", metavar="FILE", nargs="+",
@@ -967,7 +973,7 @@ def main(argv=None) -> dict:
     results: dict = {
         "config": {k: getattr(args, k) for k in (
             "quick", "dims", "rows", "batches", "write_batch", "queries", "rounds", "budget",
-            "max_sims_gb", "dcn_batch", "dcn_knn_capacity", "dcn_sketches", "seed")} | {
+            "max_sims_gb", "max_flat_pairs", "dcn_batch", "dcn_knn_capacity", "dcn_sketches", "seed")} | {
             "sketch": {"num_tables": 64, "num_bits": 12}, "top_k": TOP_K,
             "knn_temperature": KNN_TEMPERATURE, "compensation_weight": COMPENSATION_WEIGHT,
             "faiss_ivf": "IndexIVFFlat, METRIC_INNER_PRODUCT, nlist=round(sqrt(N)), trained on "
