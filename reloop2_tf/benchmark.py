@@ -119,6 +119,7 @@ class BenchConfig:
     rebuild_rows: int = 20_000
     center_rows: int = 50_000
     hidden_layer: str = "hidden"
+    center: bool = True
     history_length: int = 20
     sweep: bool = True
     quick: bool = False
@@ -216,7 +217,9 @@ def _train(df: pd.DataFrame, spec: FeatureSpec, config: BenchConfig, progress: b
 def _wrap(base: keras.Model, compensation: ErrorCompensation, center_features,
           config: BenchConfig) -> ReLoop2Model:
     model = ReLoop2Model(base, hidden_layer=config.hidden_layer, compensation=compensation)
-    model.set_center(center_features)
+    model.set_center(center_features)  # also builds the memory at the hidden width
+    if not config.center:  # the ablation: hash raw (post-ReLU) hiddens
+        model.memory.set_center(tf.zeros_like(model.memory.center))
     return model
 
 

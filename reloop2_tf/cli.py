@@ -81,7 +81,8 @@ def _bench(args) -> int:
                                        history_length=args.history_length,
                                        feedback_every=args.feedback_every,
                                        sweep=not args.no_sweep, quick=args.quick,
-                                       hidden_layer=args.hidden_layer)
+                                       hidden_layer=args.hidden_layer,
+                                       center=not args.no_center)
         config.memory.half_life = args.half_life
         if args.epochs is not None:
             config.epochs = args.epochs
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=int, default=None)
     bench.add_argument("--hidden-layer", default="hidden",
                        help="layer whose output keys the memory (default: the input of the logit)")
+    bench.add_argument("--no-center", action="store_true",
+                       help="ablation: do not centre hidden vectors before hashing")
     bench.add_argument("--half-life", type=float, default=None,
                        help="sketch forgetting, in rows written (default: none)")
     bench.add_argument("--methods", help="comma-separated subset of the methods")
