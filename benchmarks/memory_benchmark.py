@@ -903,6 +903,98 @@ def print_tables(results: dict) -> None:
           results["load_average"]["end"])
 
 
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.3g}"
+
+
+def _x(t: dict | None, digits: int = 1) -> str:
+    if not t or "median_ms" not in t:
+        return "—"
+    return f"{_fmt_ms(t['median_ms'])} ms ({t['ratio_to_sketch']:,.{digits}f}×)"
+
+
+def markdown(results: dict) -> str:
+    """The tables of docs/performance.md, from one run's results."""
+    lines = []
+    add = lines.append
+    add("### Read + compensate (median ms per call; × = time / sketch time, same group)\n")
+    add("| d | N | batch | sketch | exact k-NN (ours) | FAISS flat (exact) | FAISS IVF, clustered "
+        "| FAISS IVF, diffuse | empty tf.function |")
+    add("|---|---|---|---|---|---|---|---|---|")
+    for block in results["memories"]:
+        for cell in block["cells"]:
+            for batch, t in cell["read"].items():
+                add(f"| {block['dim']} | {cell['rows']:,} | {batch} | {_fmt_ms(t['sketch']['median_ms'])} "
+                    f"| {_x(t.get('knn'))} | {_x(t.get('faiss_flat'))} | {_x(t.get('faiss_ivf'))} "
+                    f"| {_x(t.get('faiss_ivf_diffuse'))} | {_x(t.get('tf_call_floor'), 2)} |")
+    add("\n### FAISS IVF operating points and estimate accuracy (held-out queries)\n")
+    add("| d | N | IVF clustered: nprobe/nlist, recall@32 | IVF diffuse: nprobe/nlist, recall@32 "
+        "| mean abs. diff. of ȳ from exact k-NN: sketch / IVF clustered / IVF diffuse |")
+    add("|---|---|---|---|---|")
+    for block in results["memories"]:
+        for cell in block["cells"]:
+            a = cell["accuracy"]
+            c, f = a["faiss_ivf"], a["faiss_ivf_diffuse"]
+            key = "mean_abs_label_estimate_diff_vs_exact_knn"
+            add(f"| {block['dim']} | {cell['rows']:,} | {c['nprobe']}/{c['nlist']}, "
+                f"{c['recall_at_k']:.3f} | {f['nprobe']}/{f['nlist']}, {f['recall_at_k']:.3f} "
+                f"| {a['sketch'][key]:.3f} / {c[key]:.3f} / {f[key]:.3f} |")
+    wb = str(results["config"]["write_batch"])
+    add(f"\n### Writes, batch {wb} (rows/s; × = time / sketch time)\n")
+    add("| d | N | sketch | exact k-NN (ring buffer) | FAISS flat | FAISS IVF |")
+    add("|---|---|---|---|---|---|")
+    for block in results["memories"]:
+        for cell in block["cells"]:
+            t = cell["write"][wb]
+            add(f"| {block['dim']} | {cell['rows']:,} | {t['sketch']['rows_per_s']:,.0f} | " + " | ".join(
+                f"{t[n]['rows_per_s']:,.0f} ({t[n]['ratio_to_sketch']:.2f}×)"
+                for n in ("knn", "faiss_flat", "faiss_ivf")) + " |")
+    add("\n### The sketch alone across N (time / time at the smallest N, one interleaved group)\n")
+    rows = results["config"]["rows"]
+    add("| d | operation | batch | " + " | ".join(f"N = {n:,}" for n in rows) + " |")
+    add("|---|---|---|" + "---|" * len(rows))
+    for block in results["memories"]:
+        across = block["sketch_across_rows"]
+        for kind in ("read", "write"):
+            for batch, t in across[kind].items():
+                add(f"| {block['dim']} | {kind} | {batch} | " + " | ".join(
+                    f"{t[str(n)]['ratio_to_smallest']:.2f} ({_fmt_ms(t[str(n)]['median_ms'])} ms)"
+                    for n in rows) + " |")
+    add("\n### State size (MB)\n")
+    add("| d | N | sketch | exact k-NN | FAISS flat | FAISS IVF |")
+    add("|---|---|---|---|---|---|")
+    for block in results["memories"]:
+        for cell in block["cells"]:
+            b = cell["state_bytes"]
+            add(f"| {block['dim']} | {cell['rows']:,} | " + " | ".join(
+                f"{b[n] / 2**20:,.1f}" for n in ("sketch", "knn", "faiss_flat", "faiss_ivf")) + " |")
+    rss = results.get("peak_rss", {})
+    if rss.get("children"):
+        add(f"\n### Peak RSS, one process per structure (d = {rss['children'][0]['dim']}, "
+            f"N = {rss['rows']:,}, one read batch of {rss['read_batch']})\n")
+        add("| structure | peak RSS (MB) | over the empty process (MB) | state (MB) |")
+        add("|---|---|---|---|")
+        for c in rss["children"]:
+            if "peak_rss_mb" in c:
+                add(f"| {c['structure']} | {c['peak_rss_mb']:,.0f} | "
+                    f"{c['peak_over_empty_process_mb']:,.0f} | {c['state_bytes'] / 2**20:,.1f} |")
+    dcn = results.get("dcn")
+    if dcn:
+        add(f"\n### DCN forward pass at batch {dcn['batch']} (hidden width {dcn['hidden_width']})\n")
+        add("| call | variant | median ms | added to the base forward |")
+        add("|---|---|---|---|")
+        for name, t in dcn["tf_function"].items():
+            add(f"| tf.function | {name} | {_fmt_ms(t['median_ms'])} | "
+                f"{100 * t['overhead_vs_base']:+.0f}% |")
+        for name, t in dcn.get("saved_model_signature", {}).items():
+            if isinstance(t, dict):
+                add(f"| SavedModel signature | {name} | {_fmt_ms(t['median_ms'])} | "
+                    f"{100 * t['overhead_vs_base']:+.0f}% |")
+    add(f"\nLoad average (1, 5, 15 min): start {results['load_average']['start']}, end "
+        f"{results['load_average']['end']}; wall time {results.get('wall_seconds')} s.")
+    return "\n".join(lines) + "\n"
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -1015,8 +1107,9 @@ def main(argv=None) -> dict:
     results["targets"] = targets(results)
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
     out = write_json(args.output, results)
+    out.with_suffix(".md").write_text(markdown(results))
     print_tables(results)
-    print(f"\nwrote {out} in {results['wall_seconds']} s")
+    print(f"\nwrote {out} and {out.with_suffix('.md')} in {results['wall_seconds']} s")
     return results
 
 
