@@ -89,6 +89,8 @@ def create_pipeline(
     num_tables: int = configs.NUM_TABLES,
     num_bits: int = configs.NUM_BITS,
     compensation_weight: float = configs.COMPENSATION_WEIGHT,
+    gamma: float = configs.GAMMA,
+    half_life: float | None = configs.HALF_LIFE,
     min_auc: float = configs.MIN_AUC,
     max_auc_drop: float = configs.MAX_AUC_DROP,
     beam_pipeline_args: Sequence[str] | None = None,
@@ -159,6 +161,8 @@ def create_pipeline(
             "num_tables": num_tables,
             "num_bits": num_bits,
             "compensation_weight": compensation_weight,
+            "gamma": gamma,
+            "half_life": half_life,
         })
 
     model_resolver = tfx.dsl.Resolver(

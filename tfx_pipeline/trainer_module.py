@@ -47,6 +47,8 @@ class TrainerSettings:
     num_tables: int = configs.NUM_TABLES
     num_bits: int = configs.NUM_BITS
     compensation_weight: float = configs.COMPENSATION_WEIGHT
+    gamma: float = configs.GAMMA
+    half_life: float | None = configs.HALF_LIFE
 
     @classmethod
     def from_custom_config(cls, config: dict[str, Any] | None) -> TrainerSettings:
@@ -93,8 +95,9 @@ def run_fn(fn_args) -> None:
     lap("build+fit")
 
     model = ReLoop2Model(base, hidden_layer=HIDDEN_LAYER, compensation=ErrorCompensation(
-        LSHErrorMemory(num_tables=settings.num_tables, num_bits=settings.num_bits),
-        compensation_weight=settings.compensation_weight))
+        LSHErrorMemory(num_tables=settings.num_tables, num_bits=settings.num_bits,
+                       half_life=settings.half_life),
+        compensation_weight=settings.compensation_weight, gamma=settings.gamma))
     ordered = examples.examples_dataset(fn_args.train_files, types, spec, 4096, with_time=True)
     center = examples.first_rows(ordered, settings.center_rows)
     model.set_center({name: center[name] for name in spec.names})
