@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from reloop2_tf import metrics
-from reloop2_tf._keras import keras, tf
+from reloop2_tf._keras import keras
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
 from reloop2_tf.plotting import plot_slots
 from reloop2_tf.streaming import Slot, replay, summarize

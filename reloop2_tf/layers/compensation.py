@@ -57,7 +57,8 @@ class ErrorCompensation(keras.layers.Layer):
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"`gamma` should be in [0, 1]. Received: gamma={gamma!r}")
         if not (prior_count >= 0 and math.isfinite(prior_count)):
-            raise ValueError(f"`prior_count` should be a finite number >= 0. Received: prior_count={prior_count!r}")
+            raise ValueError("`prior_count` should be a finite number >= 0. "
+                             f"Received: prior_count={prior_count!r}")
         self.memory = memory if memory is not None else LSHErrorMemory()
         self.compensation_weight = float(compensation_weight)
         self.temperature = float(temperature)

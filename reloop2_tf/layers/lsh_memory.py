@@ -46,7 +46,8 @@ class LSHErrorMemory(ErrorMemory):
         if not isinstance(num_bits, int) or not 1 <= num_bits <= 24:
             raise ValueError(f"`num_bits` should be an int in [1, 24]. Received: num_bits={num_bits!r}")
         if half_life is not None and not (half_life > 0 and math.isfinite(half_life)):
-            raise ValueError(f"`half_life` should be a positive number or None. Received: half_life={half_life!r}")
+            raise ValueError("`half_life` should be a positive number or None. "
+                             f"Received: half_life={half_life!r}")
         self.num_tables = num_tables
         self.num_bits = num_bits
         self.seed = int(seed)
