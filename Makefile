@@ -28,5 +28,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/memory_benchmark.py --output runs/bench/memory.json
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
