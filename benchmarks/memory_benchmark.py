@@ -663,10 +663,27 @@ def bench_dcn(args) -> dict:
 
     base_fn = tf.function(lambda f: base(f, training=False), input_signature=[specs])
     reads = {name: tf.function(m.compensate, input_signature=[specs]) for name, m in models.items()}
+    # Where the default sketch's time goes, on the hidden vectors of this batch.
+    memory = models[default].memory
+    logits, hidden = encode_fn(features)
+    hid = tf.TensorSpec([None, hidden_width])
+    fused = tf.reshape(tf.transpose(memory.projections, [1, 0, 2]), [hidden_width, -1])
+    parts = {
+        f"{default}:projection_matmul": tf.function(lambda h: tf.matmul(h - memory.center, fused),
+                                                    input_signature=[hid]),
+        f"{default}:bucket_ids": tf.function(memory.bucket_ids, input_signature=[hid]),
+        f"{default}:lookup": tf.function(memory.lookup, input_signature=[hid]),
+    }
+    on_hidden = tf.function(models[default].compensation.compensate,
+                            input_signature=[tf.TensorSpec([None]), hid])
     variants = {"base": lambda: base_fn(features).numpy(),
                 "encode": lambda: encode_fn(features)[0].numpy(),
                 **{name: (lambda r=read: r(features)["probability"].numpy())
-                   for name, read in reads.items()}}
+                   for name, read in reads.items()},
+                **{name: (lambda f=fn: tf.nest.map_structure(lambda x: x.numpy(), f(hidden)))
+                   for name, fn in parts.items()},
+                f"{default}:compensate_on_hidden":
+                    lambda: on_hidden(logits, hidden)["probability"].numpy()}
     logger.info("DCN at batch %d: tf.function", args.dcn_batch)
     # Fast variants get many samples: run-to-run noise on a busy machine is ~10% of the base.
     timings = interleaved(variants, args.rounds * 6, args.budget * 2)
@@ -893,7 +910,10 @@ def print_tables(results: dict) -> None:
         tfn = dcn["tf_function"]
         print(f"\nDCN batch {dcn['batch']} (tf.function), base {tfn['base']['median_ms']:.2f} ms; "
               "overhead: " + ", ".join(f"{n} {100 * t['overhead_vs_base']:+.1f}%"
-                                       for n, t in tfn.items() if n != "base"))
+                                       for n, t in tfn.items() if n != "base" and ":" not in n)
+              + "; parts of the default sketch as a share of the base forward: " + ", ".join(
+                  f"{n.split(':')[1]} {100 * (1 + t['overhead_vs_base']):.0f}%"
+                  for n, t in tfn.items() if ":" in n))
         sig = dcn.get("saved_model_signature")
         if sig:
             default = dcn["default_sketch"]
@@ -914,10 +934,7 @@ def _x(t: dict | None, digits: int = 1) -> str:
     return f"{_fmt_ms(t['median_ms'])} ms ({t['ratio_to_sketch']:,.{digits}f}×)"
 
 
-def markdown(results: dict) -> str:
-    """The tables of docs/performance.md, from one run's results."""
-    lines = []
-    add = lines.append
+def _memory_tables(results: dict, add) -> None:
     add("### Read + compensate (median ms per call; × = time / sketch time, same group)\n")
     add("| d | N | batch | sketch | exact k-NN (ours) | FAISS flat (exact) | FAISS IVF, clustered "
         "| FAISS IVF, diffuse | empty tf.function |")
@@ -969,6 +986,14 @@ def markdown(results: dict) -> str:
             b = cell["state_bytes"]
             add(f"| {block['dim']} | {cell['rows']:,} | " + " | ".join(
                 f"{b[n] / 2**20:,.1f}" for n in ("sketch", "knn", "faiss_flat", "faiss_ivf")) + " |")
+
+
+def markdown(results: dict) -> str:
+    """The tables of docs/performance.md, from one run's results."""
+    lines = []
+    add = lines.append
+    if results["memories"]:
+        _memory_tables(results, add)
     rss = results.get("peak_rss", {})
     if rss.get("children"):
         add(f"\n### Peak RSS, one process per structure (d = {rss['children'][0]['dim']}, "
@@ -985,8 +1010,9 @@ def markdown(results: dict) -> str:
         add("| call | variant | median ms | added to the base forward |")
         add("|---|---|---|---|")
         for name, t in dcn["tf_function"].items():
-            add(f"| tf.function | {name} | {_fmt_ms(t['median_ms'])} | "
-                f"{100 * t['overhead_vs_base']:+.0f}% |")
+            share = (f"(a part: {100 * (1 + t['overhead_vs_base']):.0f}% of the base forward)"
+                     if ":" in name else f"{100 * t['overhead_vs_base']:+.0f}%")
+            add(f"| tf.function | {name} | {_fmt_ms(t['median_ms'])} | {share} |")
         for name, t in dcn.get("saved_model_signature", {}).items():
             if isinstance(t, dict):
                 add(f"| SavedModel signature | {name} | {_fmt_ms(t['median_ms'])} | "
@@ -1016,6 +1042,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip FAISS flat reads above this batch x N")
     p.add_argument("--no-dcn", action="store_true", help="skip the DCN forward-pass section")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
+    p.add_argument("--dcn-only", action="store_true",
+                   help="only the DCN section (no memory sizes, no peak RSS)")
     p.add_argument("--before", metavar="FILE", nargs="+",
                    help="only compare the memories with older copies of lsh_memory.py / "
                         "knn_memory.py (before/after), e.g. from `git show REV:path > FILE`")
@@ -1028,7 +1056,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    if args.no_rss:
+    if args.no_rss or args.dcn_only:
         args.rss = False
     for name in ("dims", "rows", "batches"):
         if any(v < 1 for v in getattr(args, name)):
@@ -1098,14 +1126,14 @@ def main(argv=None) -> dict:
                             "seconds per call in the same interleaved group (> 1: sketch faster)",
         "memories": [],
     }
-    for dim in args.dims:
+    for dim in ([] if args.dcn_only else args.dims):
         results["memories"].append(bench_dim(args, dim))
     if not args.no_dcn:
         results["dcn"] = bench_dcn(args)
     results["peak_rss"] = peak_rss(args) if args.rss else {"skipped": "--quick or --no-rss"}
     results["main_process_peak_rss_mb"] = peak_rss_mb()
     results["load_average"]["end"] = load_average()
-    results["targets"] = targets(results)
+    results["targets"] = targets(results) if results["memories"] else {}
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
     out = write_json(args.output, results)
     out.with_suffix(".md").write_text(markdown(results))
