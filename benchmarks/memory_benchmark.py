@@ -1,28 +1,31 @@
-"""Speed and footprint of the error memories: LSH sketch vs exact k-NN vs FAISS IVF-Flat (issue 7).
+"""Speed and footprint of the error memories: LSH sketch vs exact k-NN vs FAISS (issue 7).
 
 Everything is measured in one process and one run, and every speed figure is reported as a ratio
 to the sketch measured beside it: the machine this runs on is shared (2 cores, other jobs), so
 absolute times drift with the load while ratios of interleaved measurements hold. For each
 memory width ``d`` and number of stored rows ``N`` the script
 
-* fills ``LSHErrorMemory`` (K=64, L=12), ``KNNErrorMemory`` (capacity N, top-32 cosine) and a
-  FAISS ``IndexIVFFlat`` (inner product on L2-normalised rows, nlist = sqrt(N), nprobe = the
-  smallest power of two whose recall@32 against exact search on held-out queries is >= 0.9);
+* fills ``LSHErrorMemory`` (K=64, L=12), ``KNNErrorMemory`` (capacity N, top-32 cosine), FAISS's
+  exact ``IndexFlatIP`` and two FAISS ``IndexIVFFlat`` (inner product on L2-normalised rows,
+  nlist = sqrt(N), nprobe = the smallest power of two whose recall@32 against exact search on
+  held-out queries is >= 0.9), one on clustered and one on diffuse synthetic rows;
 * times read + compensate (``ErrorCompensation.compensate`` through a traced ``tf.function``;
   for FAISS, ``search`` plus the same formula in NumPy) at batch 1, 256 and 4096, and writes;
   the variants of one cell are interleaved round by round and the medians are compared;
-* times the sketch at every N in one interleaved group (is its cost flat in N?);
+* times the sketch holding each N's rows in one interleaved group (is its cost flat in N?);
 * reports state sizes, peak RSS (one child process per structure at the largest N), the
   overhead of compensation on a DCN forward pass at batch 1024 (``tf.function`` and SavedModel
-  signature) and the accuracy figures that go with the speed (FAISS recall, distance of each
-  memory's neighbour-label estimate from exact k-NN's).
+  signature, with the sketch's time split into its parts) and the accuracy that goes with the
+  speed (FAISS recall, distance of each memory's neighbour-label estimate from exact k-NN's).
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/memory_benchmark.py \\
-        --output runs/bench/memory.json          # ~10 min on 2 busy cores; `make bench`
+        --output runs/bench/memory.json          # ~8 min on 2 busy cores; `make bench`
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/memory_benchmark.py --quick \\
         --output /tmp/memory_quick.json          # < 1 min, small sizes: checks the plumbing
 
-Results and their reading: docs/performance.md.
+``--before FILE...`` instead compares the current memories with older copies of their source
+(before/after of a speed change); ``--dcn-only`` runs the DCN section alone. The JSON has a
+``.md`` sibling with the tables of docs/performance.md, which explains the results.
 """
 
 from __future__ import annotations
