@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +51,25 @@ def take(features: dict, index) -> dict:
 
 class DevServer(DevServerProcess):
     """``python -m serving.dev_server`` in a subprocess on a free loopback port."""
+
+
+class Session:
+    """A SavedModel loaded the way TF Serving loads it: TF1 Session over the SignatureDefs."""
+
+    def __init__(self, path):
+        self.graph = tf.Graph()
+        self.sess = tf.compat.v1.Session(graph=self.graph)
+        with self.graph.as_default():
+            meta = tf.compat.v1.saved_model.loader.load(self.sess, ["serve"], str(path))
+        self.sigs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
+
+    def __call__(self, name, **inputs):
+        sig = self.sigs[name]
+        return self.sess.run({k: t.name for k, t in sig.outputs.items()},
+                             {sig.inputs[k].name: v for k, v in inputs.items()})
+
+    def checksum(self):
+        return hashlib.sha256(self("memory_snapshot")["sketch"].tobytes()).hexdigest()
+
+    def close(self):
+        self.sess.close()

@@ -1,12 +1,11 @@
 """export_serving_model: the signature contract, eager + TF1-Session loading, atomic versions."""
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import NUM_BITS, NUM_TABLES, ROOT, build_model, make_features, take
+from serving_helpers import NUM_BITS, NUM_TABLES, ROOT, Session, build_model, make_features, take
 
 import reloop2_tf as r2
 from reloop2_tf import export as ex
@@ -24,28 +23,6 @@ CONTRACT = {
     "memory_restore": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
     "memory_merge": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
 }
-
-
-class Session:
-    """A SavedModel loaded the way TF Serving loads it: TF1 Session over the SignatureDefs."""
-
-    def __init__(self, path):
-        self.graph = tf.Graph()
-        self.sess = tf.compat.v1.Session(graph=self.graph)
-        with self.graph.as_default():
-            meta = tf.compat.v1.saved_model.loader.load(self.sess, ["serve"], str(path))
-        self.sigs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
-
-    def __call__(self, name, **inputs):
-        sig = self.sigs[name]
-        return self.sess.run({k: t.name for k, t in sig.outputs.items()},
-                             {sig.inputs[k].name: v for k, v in inputs.items()})
-
-    def checksum(self):
-        return hashlib.sha256(self("memory_snapshot")["sketch"].tobytes()).hexdigest()
-
-    def close(self):
-        self.sess.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from reloop2_tf._keras import tf
+from serving_helpers import Session
 from reloop2_tf.data import load_prepared, prepare
 from reloop2_tf.data.errors import DataError
 from tfx_pipeline import cli, examples, local_runner, metadata_report, schema_utils
@@ -54,22 +55,6 @@ def first_run(movielens, tmp_path_factory):
     return local_runner.run(movielens["first"], str(root / "serving"),
                             pipeline_root=str(root / "pipeline"), train_steps=TRAIN_STEPS,
                             min_auc=0.5)
-
-
-class Session:
-    """The pushed SavedModel as TF Serving loads it: a TF1 Session over its SignatureDefs."""
-
-    def __init__(self, path):
-        self.graph = tf.Graph()
-        self.sess = tf.compat.v1.Session(graph=self.graph)
-        with self.graph.as_default():
-            meta = tf.compat.v1.saved_model.loader.load(self.sess, ["serve"], str(path))
-        self.sigs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
-
-    def __call__(self, name, **inputs):
-        sig = self.sigs[name]
-        return self.sess.run({k: t.name for k, t in sig.outputs.items()},
-                             {sig.inputs[k].name: v for k, v in inputs.items()})
 
 
 def _tf_examples(rows, columns):
