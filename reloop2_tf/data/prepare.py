@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reloop2_tf.data.download import sha256_file
 from reloop2_tf.data.errors import DataError
 from reloop2_tf.data.history import build_history
 from reloop2_tf.data.loaders import (
@@ -46,14 +46,6 @@ _FLAGS = {
     "data_dir": "--data-dir",
 }
 _CSV_REQUIRED = ("csv", "user_col", "item_col", "time_col", "label_col")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _iso(seconds: int) -> str:
@@ -154,7 +146,7 @@ def prepare(
         "history_length": history_length,
         "source_files": sources,
         "data_file": DATA_FILE,
-        "sha256": _sha256(target),
+        "sha256": sha256_file(target),
     }
     with open(out / META_FILE, "w", encoding="utf-8") as fh:
         json.dump(meta, fh, indent=2)
