@@ -178,10 +178,12 @@ def spec_for_frame(df: pd.DataFrame, history_length: int = 20) -> FeatureSpec:
 class _Stream:
     """A time-ordered slice of the log, cut into slots, with its model inputs."""
 
-    def __init__(self, df: pd.DataFrame, spec: FeatureSpec, num_slots: int):
+    def __init__(self, df: pd.DataFrame, spec: FeatureSpec, num_slots: int,
+                 sizes: list[int] | None = None):
         self.df = df
-        parts = split_slots(df, num_slots)
-        self.sizes = [len(p) for p in parts]
+        self.sizes = [len(p) for p in split_slots(df, num_slots)] if sizes is None else list(sizes)
+        if sum(self.sizes) != len(df) or min(self.sizes) < 1:
+            raise DataError(f"slot sizes {self.sizes} do not cut {len(df)} rows into non-empty slots")
         self.features = features_from_frame(df, spec)
         self.labels = df["label"].to_numpy(np.float32)
         self.groups = df["user_id"].to_numpy()

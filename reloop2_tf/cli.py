@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from reloop2_tf.scenarios import SCENARIOS
+
 DATASETS = ("ml-100k", "ml-1m", "csv")
 
 
@@ -72,6 +74,29 @@ def _bench(args) -> int:
 
         results = synthetic_bench.run(args.output, seed=args.seed, quick=args.quick)
         print(synthetic_bench.format_table(results))
+    elif args.scenario:
+        from reloop2_tf import benchmark, drift_bench
+
+        df = _load_frame(args)
+        bench = benchmark.BenchConfig(dataset=args.dataset, model=args.model, num_slots=args.slots,
+                                      seed=args.seed, history_length=args.history_length,
+                                      hidden_layer=args.hidden_layer, center=not args.no_center)
+        if args.epochs is not None:
+            bench.epochs = args.epochs
+        config = drift_bench.DriftConfig(scenario=args.scenario, bench=bench, cohort=args.cohort)
+        if args.quick:
+            config = drift_bench.quick_config(config)
+        config.t0_slot = args.t0_slot if args.t0_slot is not None else config.t0_slot
+        config.window = args.window or config.window
+        if args.half_life is not None:
+            config.memory.half_life = args.half_life
+        if args.methods:
+            config.methods = tuple(args.methods.split(","))
+        results = drift_bench.run_drift(df, config, args.output)
+        print(drift_bench.format_table(results))
+        print(f"results: {args.output}/results.json, plot: {args.output}/windows.png "
+              f"({results['wall_seconds']} s)")
+        return 0
     else:
         from reloop2_tf import benchmark
 
@@ -136,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", help="comma-separated subset of the methods")
     bench.add_argument("--no-sweep", action="store_true",
                        help="skip the validation sweeps and use the default memory settings")
+    bench.add_argument("--scenario", choices=sorted(SCENARIOS),
+                       help="drift testbed: inject this shift into the test stream (docs/drift.md)")
+    bench.add_argument("--cohort", help="with --scenario: the shifted cohort as COLUMN=VALUE")
+    bench.add_argument("--t0-slot", type=int, default=None,
+                       help="with --scenario: the test slot where the shift starts (default 2)")
+    bench.add_argument("--window", type=int, default=None,
+                       help="with --scenario: rows per metric window and per memory feedback (1000)")
     bench.add_argument("--quick", action="store_true", help="a few minutes on 2 cores (ML-100K)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--output", required=True, help="directory for results.json and plots")

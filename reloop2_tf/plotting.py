@@ -1,8 +1,9 @@
-"""Per-slot plots of a results.json: AUC and gAUC of every method over time."""
+"""Plots of results.json files: per-slot and per-window AUC and gAUC of every method over time."""
 
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display on servers or CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -46,6 +47,37 @@ def plot_sweeps(report: dict, path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation metric (%); dotted: static")
     axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_windows(results: dict, path, title: str = "", smooth: int | None = None) -> None:
+    """Per-window AUC and gAUC of each method over test rows, with the shift's onsets marked.
+
+    Curves are trailing means over ``smooth`` windows (default: the run's ``smooth``); ablation
+    rows (names with a space) are drawn thin and dashed.
+    """
+    smooth = smooth or results["config"].get("smooth", 1)
+    edges = np.asarray(results["windows"]["edges"])
+    x = edges[1:] / 1000.0
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharex=True)
+    for name, method in results["methods"].items():
+        ablation = " " in name
+        for ax, key in zip(axes, ("auc", "gauc")):
+            values = np.asarray(method["windows"][key], dtype=float)
+            curve = [np.nanmean(values[max(0, i - smooth + 1): i + 1]) for i in range(len(values))]
+            ax.plot(x, 100 * np.asarray(curve), lw=0.8 if ablation else 1.5,
+                    ls="--" if ablation else "-", label=name)
+    for ax, key in zip(axes, ("AUC", "gAUC")):
+        for i, onset in enumerate(results["scenario"]["onset_rows"]):
+            ax.axvline(onset / 1000.0, color="black" if i == 0 else "grey", ls=":", lw=1.2)
+        ax.set_xlabel("test rows (thousands); dotted: shift onset t0 (and switches)")
+        ax.set_ylabel(f"{key} (%), mean of {smooth} windows")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,318 @@
+"""The drift testbed: a seeded shift injected into the test stream, and how each method recovers.
+
+Protocol (docs/drift.md). The log is split in time as in the streaming benchmark (first
+``train_fraction`` of rows train the base model; the rest is the test stream in ``num_slots``
+slots). The scenario starts at the first row of slot ``t0_slot`` and changes only rows from there
+on (cold-start also removes its held-out items' earlier rows, training included). Every method
+predicts each row before its label is revealed. Labels are revealed every ``window`` rows to the
+memories, and after every slot to the model-updating methods (a training step per ``window``
+rows is not what teams run). Metrics are computed per window of ``window`` rows and per slot.
+
+The memories' settings are fixed (``DRIFT_MEMORY``: what the ML-1M DCN benchmark chose on its own
+validation stream, before any shift), so the shift never leaks into tuning. Methods:
+
+  static                     the base model;
+  reloop2                    base + LSH sketch memory;
+  item-bias, user-bias       per-key running residuals with the sketch's lambda, gamma, prior_count;
+  incremental                one fine-tuning pass per revealed slot (learning rate 1e-4);
+  incremental-hot            the same at learning rate 1e-3 (adapts harder to the newest slot);
+  incremental+reloop2        both, the memory rebuilt from re-encoded recent rows after each pass;
+  periodic-retrain           from scratch on every revealed row every ``retrain_every`` slots.
+
+Ablation rows (the sketch with one thing changed): feedback once per slot, no centering,
+support shrinkage (prior_count 20), gamma = 1 (blend towards the neighbours' label mean), id-keyed tables beside the SRP tables (item or user), and the
+item-bias memory with its own validated settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from reloop2_tf import metrics, recovery
+from reloop2_tf._keras import tf
+from reloop2_tf.baselines import BiasMemory
+from reloop2_tf.benchmark import (BenchConfig, MemoryConfig, _Stream, _check_frame, _incremental,
+                                  _jsonable, _sigmoid, _train, _warm_start, _wrap, encode_logits,
+                                  spec_for_frame)
+from reloop2_tf.data import DataError, slots as split_slots
+from reloop2_tf.features import features_from_frame
+from reloop2_tf.layers import ErrorCompensation, LSHErrorMemory
+from reloop2_tf.plotting import plot_windows
+from reloop2_tf.scenarios import Scenario, get_scenario
+from reloop2_tf.streaming import encode, replay_encoded
+
+logger = logging.getLogger(__name__)
+
+# Chosen by `reloop2 bench --dataset ml-1m --model dcn` on its validation stream (docs/benchmarks.md).
+DRIFT_MEMORY = MemoryConfig(num_tables=128, num_bits=14, compensation_weight=0.9, temperature=10.0,
+                            gamma=0.0, prior_count=0.0, half_life=20_000.0)
+# The item-bias memory's own choice on that validation stream.
+VALIDATED_ITEM_BIAS = BiasMemory(compensation_weight=0.3, gamma=1.0, prior_count=5.0)
+METHODS = ("static", "reloop2", "item-bias", "user-bias", "incremental", "incremental-hot",
+           "incremental+reloop2", "periodic-retrain")
+ABLATIONS = ("reloop2 slot-feedback", "reloop2 no-center", "reloop2 prior-20", "reloop2 gamma-1",
+             "reloop2 + item-id tables", "reloop2 + user-id tables", "item-bias validated")
+ID_KEYS = {"reloop2 + item-id tables": "item_id", "reloop2 + user-id tables": "user_id"}
+
+
+@dataclass
+class DriftConfig:
+    """Everything a drift run depends on; written into results.json."""
+
+    scenario: str
+    bench: BenchConfig
+    cohort: str | None = None
+    t0_slot: int = 2
+    window: int = 1000
+    smooth: int = 5
+    tolerance: float = 0.01
+    steady_slots: int = 3
+    hot_learning_rate: float = 1e-3
+    retrain_every: int = 5
+    id_tables: int = 64
+    id_code_dims: int = 32
+    methods: tuple = METHODS + ABLATIONS
+    memory: MemoryConfig = field(default_factory=lambda: replace(DRIFT_MEMORY))
+
+    def validate(self) -> None:
+        if not 1 <= self.t0_slot < self.bench.num_slots:
+            raise ValueError(f"`--t0-slot` should be in [1, {self.bench.num_slots}) so that the test "
+                             f"stream has rows before and after the shift. Received: {self.t0_slot}")
+        if self.window < 10:
+            raise ValueError(f"`--window` should be >= 10 rows. Received: {self.window}")
+        if not 1 <= self.steady_slots <= self.bench.num_slots - self.t0_slot:
+            raise ValueError(f"`steady_slots` should be in [1, {self.bench.num_slots - self.t0_slot}]")
+        unknown = set(self.methods) - set(METHODS) - set(ABLATIONS)
+        if unknown:
+            raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS + ABLATIONS}")
+
+
+def _shift(df: pd.DataFrame, config: DriftConfig):
+    """Applies the scenario; returns the shifted frame, its train cut, slot sizes, t0 and onsets."""
+    bench = config.bench
+    n = len(df)
+    cut = int(n * bench.train_fraction)
+    sizes = [len(p) for p in split_slots(df.iloc[cut:], bench.num_slots)]
+    edges = cut + np.cumsum([0, *sizes])
+    t0 = int(edges[config.t0_slot])
+    scenario = get_scenario(config.scenario, seed=bench.seed, cohort=config.cohort,
+                            slot_rows=sizes[config.t0_slot])
+    shifted, keep = scenario.apply(df, t0)
+    kept_before = np.concatenate([[0], np.cumsum(keep)])  # rows kept before each original position
+    new_edges = kept_before[edges]
+    new_sizes = np.diff(new_edges).tolist()
+    if min(new_sizes) < 1:
+        raise DataError(f"the scenario leaves an empty slot (slot rows {new_sizes})")
+    onsets = [int(kept_before[o]) for o in scenario.onsets(t0, n)]
+    return scenario, shifted, int(kept_before[cut]), new_sizes, onsets
+
+
+def _id_codes(keys: np.ndarray, dims: int, seed: int) -> np.ndarray:
+    """A fixed N(0, 1) code per key: SRP of it hashes each key to its own random bucket."""
+    codes, uniques = pd.factorize(pd.Series(keys).astype(str))
+    table = np.random.default_rng(seed).standard_normal((len(uniques), dims)).astype(np.float32)
+    return table[codes]
+
+
+def _id_memory(config: DriftConfig, hidden_dim: int, center: np.ndarray) -> ErrorCompensation:
+    """The sketch with ``id_tables`` extra tables that hash only an id code appended to hidden.
+
+    The first ``num_tables`` tables project only the hidden vector (the usual SRP tables); the
+    extra ones project only the id code, so each of them is a hash table keyed by the id. Reads
+    and writes are the layer's own: one memory serves similarity and identity.
+    """
+    m, k = config.memory, config.memory.num_tables
+    memory = LSHErrorMemory(num_tables=k + config.id_tables, num_bits=m.num_bits,
+                            seed=config.bench.seed, half_life=m.half_life)
+    memory.build(tf.TensorShape([None, hidden_dim + config.id_code_dims]))
+    memory.set_center(np.concatenate([center, np.zeros(config.id_code_dims, np.float32)]))
+    projections = memory.projections.numpy()
+    projections[:k, hidden_dim:, :] = 0.0
+    projections[k:, :hidden_dim, :] = 0.0
+    memory.projections.assign(projections)
+    return ErrorCompensation(memory, compensation_weight=m.compensation_weight,
+                             temperature=m.temperature, gamma=m.gamma, prior_count=m.prior_count)
+
+
+def _sketch(config: DriftConfig, memory: MemoryConfig, encoded, warm, center, labels, sizes,
+            feedback_every) -> np.ndarray:
+    """Replays a fresh sketch over already-encoded rows (warm-started on ``warm``)."""
+    comp = memory.layer(config.bench.seed)
+    comp.memory.build(tf.TensorShape([None, encoded[1].shape[1]]))
+    comp.memory.set_center(center)
+    comp.update_memory(*warm)
+    return replay_encoded(comp, *encoded, labels, sizes, feedback_every)["probability"]
+
+
+def _periodic_retrain(base, train_df, test_df, spec, stream: _Stream, config: DriftConfig,
+                      progress: bool) -> np.ndarray:
+    """From scratch on every revealed row (training + test so far) every ``retrain_every`` slots."""
+    model, probs = base, []
+    for slot, (a, b) in enumerate(tqdm(stream.bounds(), desc="periodic-retrain",
+                                       disable=not progress, leave=False)):
+        if slot and slot % config.retrain_every == 0:
+            model = _train(pd.concat([train_df, test_df.iloc[:a]]), spec, config.bench, False)
+        probs.append(_sigmoid(encode_logits(model, stream.rows(a, b))))
+    return np.concatenate(probs)
+
+
+def _score(stream: _Stream, probs: np.ndarray, edges, onset_windows, config: DriftConfig) -> dict:
+    """Per-slot (SPEC section 6), per-window and recovery figures of one method."""
+    out = stream.summarize(probs)
+    windows = recovery.window_metrics(stream.labels, probs, stream.groups, edges)
+    out["windows"] = {k: windows[k].tolist() for k in ("auc", "gauc", "logloss")}
+    out["recovery"], out["onsets"] = {}, []
+    level_stop = onset_windows[0]
+    for i, onset in enumerate(onset_windows):
+        stop = onset_windows[i + 1] if i + 1 < len(onset_windows) else len(windows["rows"])
+        per_metric = {}
+        for key in ("auc", "gauc", "logloss"):
+            level = float(np.nanmean(windows[key][:level_stop]))
+            per_metric[key] = recovery.recovery(
+                windows[key], windows["rows"], onset, stop=stop, level=level,
+                tolerance=config.tolerance, smooth=config.smooth,
+                higher_is_better=key != "logloss")
+        if i == 0:
+            out["recovery"] = per_metric
+        out["onsets"].append(per_metric)
+    steady_start = stream.bounds()[-config.steady_slots][0]
+    steady = metrics.evaluate(stream.labels[steady_start:], probs[steady_start:],
+                              stream.groups[steady_start:])
+    out["steady_state"] = {k: steady[k] for k in ("auc", "gauc", "logloss", "rows")}
+    return out
+
+
+def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool = True) -> dict:
+    """Runs one scenario on one seed; writes results.json and windows.png into ``output_dir``."""
+    started = time.time()
+    _check_frame(df)
+    config.bench.validate(len(df))
+    config.validate()
+    bench = config.bench
+    bench.feedback_every, bench.sweep, bench.memory = config.window, False, config.memory
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    scenario, shifted, cut, sizes, onsets = _shift(df, config)
+    spec = spec_for_frame(shifted, history_length=bench.history_length)
+    train_df, test_df = shifted.iloc[:cut], shifted.iloc[cut:]
+    test = _Stream(test_df, spec, bench.num_slots, sizes=sizes)
+    onsets_in_test = [o - cut for o in onsets]
+    edges = recovery.window_edges(0, onsets_in_test, len(test_df), config.window)
+    onset_windows = [int(np.searchsorted(edges, o)) for o in onsets_in_test]
+    cohort = scenario.cohort_mask(test_df)
+    original = df["label"].to_numpy()[cut:] if scenario.kind != "cold-start" else None
+
+    base = _train(train_df, spec, bench, progress)
+    center_features = features_from_frame(train_df.iloc[-bench.center_rows:], spec)
+    warm_df = train_df.iloc[-bench.warm_start_rows:]
+    history = (features_from_frame(warm_df, spec), warm_df["label"].to_numpy(np.float32))
+
+    probs: dict[str, np.ndarray] = {}
+    sketch = _wrap(base, config.memory.layer(bench.seed), center_features, bench)
+    encoded = encode(sketch, test.features)
+    warm_encoded = encode(sketch, history[0])
+    _warm_start(sketch, *history)
+    out = replay_encoded(sketch.compensation, *encoded, test.labels, test.sizes, config.window,
+                         progress=progress, desc="reloop2")
+    probs["static"] = out["base_probability"]
+    wanted = set(config.methods)
+    if "reloop2" in wanted:
+        probs["reloop2"] = out["probability"]
+    center = sketch.memory.center.numpy()
+    warm = (warm_encoded[0], warm_encoded[1], history[1])
+    m = config.memory
+    variants = {"reloop2 slot-feedback": (m, center, None),
+                "reloop2 no-center": (m, np.zeros_like(center), config.window),
+                "reloop2 prior-20": (replace(m, prior_count=20.0), center, config.window),
+                "reloop2 gamma-1": (replace(m, gamma=1.0), center, config.window)}
+    for name, (memory, c, every) in variants.items():
+        if name in wanted:
+            probs[name] = _sketch(config, memory, encoded, warm, c, test.labels, test.sizes, every)
+    for name, key in ID_KEYS.items():
+        if name in wanted:
+            keys = np.concatenate([warm_df[key].to_numpy(), test_df[key].to_numpy()])
+            codes = _id_codes(keys, config.id_code_dims, bench.seed)
+            comp = _id_memory(config, encoded[1].shape[1], center)
+            comp.update_memory(warm[0], np.concatenate([warm[1], codes[:len(warm_df)]], 1), warm[2])
+            probs[name] = replay_encoded(
+                comp, encoded[0], np.concatenate([encoded[1], codes[len(warm_df):]], 1),
+                test.labels, test.sizes, config.window)["probability"]
+    warm_base = _sigmoid(warm_encoded[0])
+    same = BiasMemory(m.compensation_weight, m.gamma, m.prior_count)
+    for name, key, bias in (("item-bias", "item_id", same), ("user-bias", "user_id", same),
+                            ("item-bias validated", "item_id", VALIDATED_ITEM_BIAS)):
+        if name in wanted:
+            probs[name] = bias.replay(test_df[key].to_numpy(), probs["static"], test.labels,
+                                      test.sizes, config.window, warm_df[key].to_numpy(),
+                                      warm_base, history[1])
+    if "incremental" in wanted:
+        probs["incremental"] = _incremental(base, test, bench, progress=progress)
+    if "incremental-hot" in wanted:
+        hot = replace(bench, incremental_learning_rate=config.hot_learning_rate)
+        probs["incremental-hot"] = _incremental(base, test, hot, progress=progress)
+    if "incremental+reloop2" in wanted:
+        probs["incremental+reloop2"] = _incremental(
+            base, test, bench, compensation=config.memory.layer(bench.seed),
+            center=center_features, history=history, progress=progress)
+    if "periodic-retrain" in wanted:
+        probs["periodic-retrain"] = _periodic_retrain(base, train_df, test_df, spec, test, config,
+                                                      progress)
+
+    t0 = onsets_in_test[0]
+    results = {
+        "dataset": bench.dataset,
+        "scenario": {**asdict(scenario), "t0_row": t0, "onset_rows": onsets_in_test,
+                     "t0_timestamp": int(test_df["timestamp"].iloc[t0]),
+                     "cohort_share_after_t0": float(cohort[t0:].mean()),
+                     "labels_changed_after_t0": (None if original is None else
+                                                 int((original[t0:] != test.labels[t0:]).sum())),
+                     "positive_rate_before_t0": float(test.labels[:t0].mean()),
+                     "positive_rate_after_t0": float(test.labels[t0:].mean())},
+        "windows": {"edges": edges.tolist(), "onset_windows": onset_windows},
+        "methods": {name: _score(test, p, edges, onset_windows, config) for name, p in probs.items()},
+        "split": {"rows": len(shifted), "train_rows": cut, "test_rows": len(test_df),
+                  "slot_rows": sizes},
+        "config": _jsonable(asdict(config)),
+        "seed": bench.seed,
+    }
+    results["wall_seconds"] = round(time.time() - started, 1)
+    (output_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
+    plot_windows(results, output_dir / "windows.png",
+                 title=f"{bench.dataset} / {bench.model} / {config.scenario} (seed {bench.seed})")
+    return results
+
+
+def format_table(results: dict) -> str:
+    """Per method: drop, recovery rows and regret of AUC, and the steady-state figures."""
+    lines = [f"{'method':<26}{'AUC drop':>9}{'recov.rows':>11}{'regret':>9}"
+             f"{'post AUC':>9}{'post gAUC':>10}{'logloss':>9}"]
+    for name, m in results["methods"].items():
+        r, s = m["recovery"]["auc"], m["steady_state"]
+        rows = "never" if r["recovery_rows"] is None else str(r["recovery_rows"])
+        lines.append(f"{name:<26}{100 * r['drop']:9.2f}{rows:>11}{100 * r['regret']:9.1f}"
+                     f"{100 * s['auc']:9.2f}{100 * s['gauc']:10.2f}{s['logloss']:9.4f}")
+    return "\n".join(lines)
+
+
+def quick_config(config: DriftConfig) -> DriftConfig:
+    """A few minutes on 2 cores for ML-100K: one epoch, 5 slots, windows of 500 rows."""
+    bench = config.bench
+    bench.quick, bench.epochs, bench.num_slots = True, 1, 5
+    bench.warm_start_rows = bench.rebuild_rows = 5_000
+    bench.center_rows = 20_000
+    config.t0_slot, config.window, config.smooth, config.steady_slots = 1, 500, 3, 2
+    config.retrain_every = 3
+    config.memory = replace(config.memory, num_tables=32, num_bits=10, half_life=5_000.0)
+    config.id_tables = 16
+    return config
+
+
+__all__ = ["DriftConfig", "Scenario", "run_drift", "format_table", "quick_config", "DRIFT_MEMORY"]

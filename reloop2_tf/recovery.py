@@ -1,0 +1,87 @@
+"""Recovery after a shift: metrics over fine windows, and the drop / recovery / regret of a curve.
+
+Definitions (docs/drift.md). For a metric where higher is better (AUC, gAUC), with the windows
+before the onset giving the *level* (their mean):
+
+* **drop**: level minus the lowest post-onset value of the trailing mean over ``smooth`` windows
+  (post-onset windows only, so the pre-shift windows never hide a drop);
+* **recovery rows**: rows from the onset to the end of the first window, at or after that low
+  point, whose smoothed value is back within ``tolerance`` of the level; 0 if the drop never exceeds
+  ``tolerance``; `None` if the curve never comes back;
+* **regret**: the signed area between the level and the raw curve over the post-onset windows,
+  ``sum_i (level - m_i) * rows_i / 1000`` in metric x thousand rows. Signed, so that noise around an
+  unchanged level averages out instead of piling up.
+
+For logloss (lower is better) the same definitions apply to its negative.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reloop2_tf import metrics
+
+
+def window_edges(start: int, onsets: list[int], stop: int, window: int) -> np.ndarray:
+    """Window boundaries over ``[start, stop)`` of ``window`` rows, restarted at every onset.
+
+    A window shorter than half of ``window`` at the end of a segment joins the one before it.
+    """
+    if window < 1:
+        raise ValueError(f"`window` should be >= 1. Received: window={window!r}")
+    cuts = sorted({start, stop, *[o for o in onsets if start < o < stop]})
+    edges = [start]
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        inner = list(range(a + window, b, window))
+        if inner and b - inner[-1] < window / 2:
+            inner.pop()
+        edges.extend([*inner, b])
+    return np.asarray(edges)
+
+
+def window_metrics(labels, probs, groups, edges) -> dict[str, np.ndarray]:
+    """AUC, gAUC and logloss of every window (NaN where a window has a single class)."""
+    out = {"auc": [], "gauc": [], "logloss": [], "rows": []}
+    for a, b in zip(edges[:-1], edges[1:]):
+        m = metrics.evaluate(labels[a:b], probs[a:b], groups[a:b])
+        for key in ("auc", "gauc", "logloss"):
+            out[key].append(np.nan if m[key] is None else m[key])
+        out["rows"].append(b - a)
+    return {k: np.asarray(v, dtype=float) for k, v in out.items()}
+
+
+def recovery(curve, rows, onset: int, stop: int | None = None, level: float | None = None,
+             tolerance: float = 0.01, smooth: int = 1, higher_is_better: bool = True) -> dict:
+    """Drop, recovery rows and regret of ``curve`` (one value per window) after window ``onset``.
+
+    Args:
+        curve: metric per window.
+        rows: rows per window.
+        onset: index of the first shifted window.
+        stop: end (exclusive) of the windows to score; defaults to all of them.
+        level: the pre-shift level; defaults to the mean of the windows before ``onset``.
+        tolerance: "recovered" means within this much of the level (0.01 = one AUC point).
+        smooth: windows in the trailing mean that locates the low point and the recovery.
+        higher_is_better: False for logloss.
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    curve = sign * np.asarray(curve, dtype=float)
+    rows = np.asarray(rows, dtype=float)
+    stop = len(curve) if stop is None else stop
+    if not 0 < onset < stop <= len(curve):
+        raise ValueError(f"need 0 < onset < stop <= {len(curve)} windows. Received: onset={onset}, "
+                         f"stop={stop}")
+    level = np.nanmean(curve[:onset]) if level is None else sign * level
+    post, post_rows = curve[onset:stop], rows[onset:stop]
+    smoothed = np.array([np.nanmean(post[max(0, i - smooth + 1): i + 1]) for i in range(len(post))])
+    low = int(np.nanargmin(smoothed))
+    drop = float(level - smoothed[low])
+    if drop <= tolerance:
+        recovered = 0
+    else:
+        back = np.flatnonzero(smoothed[low:] >= level - tolerance)
+        recovered = int(post_rows[: low + back[0] + 1].sum()) if back.size else None
+    valid = ~np.isnan(post)
+    regret = float(np.sum((level - post[valid]) * post_rows[valid]) / 1000.0)
+    return {"level": float(sign * level), "drop": drop, "recovery_rows": recovered,
+            "regret": regret, "low_window": onset + low}
