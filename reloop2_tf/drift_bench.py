@@ -20,7 +20,8 @@ validation stream, before any shift), so the shift never leaks into tuning. Meth
   periodic-retrain           from scratch on every revealed row every ``retrain_every`` slots.
 
 Ablation rows (the sketch with one thing changed): feedback once per slot, no centering,
-support shrinkage (prior_count 20), gamma = 1 (blend towards the neighbours' label mean), id-keyed tables beside the SRP tables (item or user), and the
+support shrinkage (prior_count 20), gamma = 1 (blend towards the neighbours' label mean),
+coarser buckets (num_bits 8), id-keyed tables beside the SRP tables (item or user), and the
 item-bias memory with its own validated settings.
 """
 
@@ -59,6 +60,7 @@ VALIDATED_ITEM_BIAS = BiasMemory(compensation_weight=0.3, gamma=1.0, prior_count
 METHODS = ("static", "reloop2", "item-bias", "user-bias", "incremental", "incremental-hot",
            "incremental+reloop2", "periodic-retrain")
 ABLATIONS = ("reloop2 slot-feedback", "reloop2 no-center", "reloop2 prior-20", "reloop2 gamma-1",
+             "reloop2 bits-8",
              "reloop2 + item-id tables", "reloop2 + user-id tables", "item-bias validated")
 ID_KEYS = {"reloop2 + item-id tables": "item_id", "reloop2 + user-id tables": "user_id"}
 
@@ -190,6 +192,27 @@ def _score(stream: _Stream, probs: np.ndarray, edges, onset_windows, config: Dri
     return out
 
 
+def _add_won_back(results: dict, stream: _Stream, config: DriftConfig) -> None:
+    """Per method, the share of static's AUC/gAUC loss won back by the end of the first shifted
+    slot (the last ``smooth`` windows of slot ``t0_slot``) and over the steady-state slots."""
+    edges = np.asarray(results["windows"]["edges"])
+    slot_end = stream.bounds()[config.t0_slot][1]
+    last = int(np.searchsorted(edges, slot_end, side="right")) - 1  # windows ending by slot_end
+    onset = results["windows"]["onset_windows"][0]
+    first_slot = slice(max(onset, last - config.smooth), last)
+    steady = slice(int(np.searchsorted(edges, stream.bounds()[-config.steady_slots][0])), None)
+    static = results["methods"]["static"]
+    for m in results["methods"].values():
+        m["won_back"] = {}
+        for key in ("auc", "gauc"):
+            level = static["recovery"][key]["level"]
+            m["won_back"][key] = {
+                "end_of_first_slot": recovery.won_back(m["windows"][key], static["windows"][key],
+                                                       level, first_slot),
+                "steady_state": recovery.won_back(m["windows"][key], static["windows"][key],
+                                                  level, steady)}
+
+
 def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool = True) -> dict:
     """Runs one scenario on one seed; writes results.json and windows.png into ``output_dir``."""
     started = time.time()
@@ -232,7 +255,8 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
     variants = {"reloop2 slot-feedback": (m, center, None),
                 "reloop2 no-center": (m, np.zeros_like(center), config.window),
                 "reloop2 prior-20": (replace(m, prior_count=20.0), center, config.window),
-                "reloop2 gamma-1": (replace(m, gamma=1.0), center, config.window)}
+                "reloop2 gamma-1": (replace(m, gamma=1.0), center, config.window),
+                "reloop2 bits-8": (replace(m, num_bits=8), center, config.window)}
     for name, (memory, c, every) in variants.items():
         if name in wanted:
             probs[name] = _sketch(config, memory, encoded, warm, c, test.labels, test.sizes, every)
@@ -283,6 +307,7 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
         "config": _jsonable(asdict(config)),
         "seed": bench.seed,
     }
+    _add_won_back(results, test, config)
     results["wall_seconds"] = round(time.time() - started, 1)
     (output_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
     plot_windows(results, output_dir / "windows.png",

@@ -2,12 +2,13 @@
 
 AUC and logloss come from scikit-learn. gAUC is the row-weighted mean of per-user AUC over users
 that have both classes (DeepCTR/FuxiCTR convention); sklearn has no grouped AUC, so it is written
-here on top of ``roc_auc_score``.
+here (ranks per group, checked against ``roc_auc_score`` in the tests).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
 _EPS = 1e-7
@@ -50,23 +51,31 @@ def evaluate(labels, probs, groups=None) -> dict[str, float]:
 
 
 def per_group_auc(labels, probs, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(group, rows, auc)`` of every group that has both classes."""
-    labels = np.asarray(labels).reshape(-1)
+    """``(group, rows, auc)`` of every group that has both classes, groups in sorted order.
+
+    Computed for all groups at once from tie-averaged ranks (Mann-Whitney U), which is what
+    ``roc_auc_score`` computes per group. Written here because a Python loop of ``roc_auc_score``
+    calls cost ~0.3 ms per user and dominated the drift testbed's per-window metrics.
+    """
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
-    groups = np.asarray(groups).reshape(-1)
-    order = np.argsort(groups, kind="stable")
-    sorted_groups = groups[order]
-    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
-    ends = np.r_[starts[1:], sorted_groups.size]
-    names, sizes, aucs = [], [], []
-    for s, e in zip(starts, ends):
-        idx = order[s:e]
-        y = labels[idx]
-        if 0 < y.sum() < y.size:
-            names.append(sorted_groups[s])
-            sizes.append(y.size)
-            aucs.append(roc_auc_score(y, probs[idx]))
-    return np.asarray(names), np.asarray(sizes, dtype=np.float64), np.asarray(aucs)
+    codes, names = pd.factorize(np.asarray(groups).reshape(-1), sort=True)
+    order = np.lexsort((probs, codes))
+    g, p, y = codes[order], probs[order], labels[order]
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    group = np.cumsum(new_group) - 1
+    position = np.arange(g.size) - np.flatnonzero(new_group)[group] + 1.0
+    new_tie = new_group | np.r_[True, p[1:] != p[:-1]]
+    tie = np.cumsum(new_tie) - 1
+    rank = (np.bincount(tie, weights=position) / np.bincount(tie))[tie]
+    rows = np.bincount(group).astype(np.float64)
+    positives = np.bincount(group, weights=y)
+    negatives = rows - positives
+    valid = (positives > 0) & (negatives > 0)
+    rank_sum = np.bincount(group, weights=rank * y)
+    aucs = (rank_sum[valid] - positives[valid] * (positives[valid] + 1) / 2) / (
+        positives[valid] * negatives[valid])
+    return np.asarray(names)[g[new_group]][valid], rows[valid], aucs
 
 
 def gauc_delta_ci(labels, probs_a, probs_b, groups, num_resamples: int = 500, seed: int = 0,

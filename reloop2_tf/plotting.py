@@ -62,13 +62,14 @@ def plot_windows(results: dict, path, title: str = "", smooth: int | None = None
     edges = np.asarray(results["windows"]["edges"])
     x = edges[1:] / 1000.0
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharex=True)
-    for name, method in results["methods"].items():
+    colors = plt.get_cmap("tab20").colors
+    for index, (name, method) in enumerate(results["methods"].items()):
         ablation = " " in name
         for ax, key in zip(axes, ("auc", "gauc")):
             values = np.asarray(method["windows"][key], dtype=float)
             curve = [np.nanmean(values[max(0, i - smooth + 1): i + 1]) for i in range(len(values))]
             ax.plot(x, 100 * np.asarray(curve), lw=0.8 if ablation else 1.5,
-                    ls="--" if ablation else "-", label=name)
+                    ls="--" if ablation else "-", color=colors[index % len(colors)], label=name)
     for ax, key in zip(axes, ("AUC", "gAUC")):
         for i, onset in enumerate(results["scenario"]["onset_rows"]):
             ax.axvline(onset / 1000.0, color="black" if i == 0 else "grey", ls=":", lw=1.2)

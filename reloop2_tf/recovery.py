@@ -85,3 +85,15 @@ def recovery(curve, rows, onset: int, stop: int | None = None, level: float | No
     regret = float(np.sum((level - post[valid]) * post_rows[valid]) / 1000.0)
     return {"level": float(sign * level), "drop": drop, "recovery_rows": recovered,
             "regret": regret, "low_window": onset + low}
+
+
+def won_back(curve, static_curve, level: float, windows: slice) -> float:
+    """Share of the static model's loss below ``level`` that a method wins back over ``windows``.
+
+    1 means the method is back at the pre-shift level, 0 that it does no better than static,
+    negative that it does worse. NaN when static lost nothing there.
+    """
+    method = np.nanmean(np.asarray(curve, dtype=float)[windows])
+    static = np.nanmean(np.asarray(static_curve, dtype=float)[windows])
+    loss = level - static
+    return float((method - static) / loss) if loss > 0 else float("nan")

@@ -100,6 +100,13 @@ class Scenario:
             p = p * ((np.maximum(since, 0) // self.period_rows) % 2 == 0)
         return p
 
+    def held_items(self, df: pd.DataFrame, t0: int) -> set[str]:
+        """For cold-start: the items held out (a seeded share of the cohort's items seen from t0)."""
+        after = df["item_id"].iloc[t0:][self.cohort_mask(df)[t0:]]
+        items = np.sort(after.astype(str).unique())
+        count = max(1, int(round(self.holdout_fraction * len(items))))
+        return set(np.random.default_rng(self.seed).choice(items, size=count, replace=False))
+
     def apply(self, df: pd.DataFrame, t0: int) -> tuple[pd.DataFrame, np.ndarray]:
         """The shifted frame and the boolean mask of the original rows it keeps.
 
@@ -112,10 +119,7 @@ class Scenario:
         cohort = self.cohort_mask(df)
         out = df.copy()
         if self.kind == "cold-start":
-            after = df["item_id"].iloc[t0:][cohort[t0:]]
-            items = np.sort(after.astype(str).unique())
-            count = max(1, int(round(self.holdout_fraction * len(items))))
-            held = set(rng.choice(items, size=count, replace=False))
+            held = self.held_items(df, t0)
             is_held = df["item_id"].astype(str).isin(held).to_numpy()
             keep = ~(is_held & (np.arange(len(df)) < t0))
             if "history" in out.columns:

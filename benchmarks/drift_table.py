@@ -1,0 +1,101 @@
+"""Tables and plots for docs/drift.md from drift runs over several seeds.
+
+    python benchmarks/drift_table.py runs/drift --dataset ml1m --seeds 0 1 2 --plots docs/img
+
+reads RUNS/<dataset>-<scenario>-s<seed>/results.json (written by ``reloop2 bench --scenario``) and
+prints one markdown table per scenario: mean over seeds with a 95 % t-interval (half-width after
+"±"), recovery rows per seed. With ``--plots`` it also writes drift_<scenario>.png, the window
+curves averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from reloop2_tf.plotting import plot_windows
+from reloop2_tf.scenarios import SCENARIOS
+
+
+def _ci(values) -> str:
+    values = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if values.size == 0:
+        return "n/a"
+    if values.size == 1:
+        return f"{values[0]:+.2f}"
+    half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
+    return f"{values.mean():.2f} ± {half:.2f}"
+
+
+def _rows(values) -> str:
+    return "/".join("never" if v is None else f"{v / 1000:.0f}k" for v in values)
+
+
+def table(runs: list[dict]) -> str:
+    """One markdown table: every method of the runs, mean ± 95 % CI over the runs (seeds)."""
+    header = ("| method | AUC drop | AUC back within 1 pt after (rows, per seed) | AUC regret | "
+              "AUC won back, end of slot 1 | gAUC drop | post AUC | post gAUC | post logloss |")
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    for name in runs[0]["methods"]:
+        ms = [r["methods"][name] for r in runs]
+        rec = [m["recovery"] for m in ms]
+        lines.append("| " + " | ".join([
+            name,
+            _ci([100 * r["auc"]["drop"] for r in rec]),
+            _rows([r["auc"]["recovery_rows"] for r in rec]),
+            _ci([100 * r["auc"]["regret"] for r in rec]),
+            _ci([100 * m["won_back"]["auc"]["end_of_first_slot"] for m in ms]),
+            _ci([100 * r["gauc"]["drop"] for r in rec]),
+            _ci([100 * m["steady_state"]["auc"] for m in ms]),
+            _ci([100 * m["steady_state"]["gauc"] for m in ms]),
+            _ci([m["steady_state"]["logloss"] for m in ms]).replace("± 0.00", "± <0.01"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def mean_curves(runs: list[dict]) -> dict:
+    """A results-like dict whose window curves are the mean over the runs (truncated to the shortest)."""
+    n = min(len(r["windows"]["edges"]) for r in runs) - 1
+    merged = {"config": runs[0]["config"], "scenario": runs[0]["scenario"],
+              "windows": {"edges": runs[0]["windows"]["edges"][:n + 1]}, "methods": {}}
+    for name in runs[0]["methods"]:
+        merged["methods"][name] = {"windows": {
+            key: np.nanmean([r["methods"][name]["windows"][key][:n] for r in runs], axis=0).tolist()
+            for key in ("auc", "gauc")}}
+    return merged
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path)
+    parser.add_argument("--dataset", default="ml1m")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
+    parser.add_argument("--plots", type=Path, help="folder for drift_<scenario>.png")
+    parser.add_argument("--main-only", action="store_true", help="plot without the ablation rows")
+    args = parser.parse_args(argv)
+    for scenario in args.scenarios:
+        paths = [args.runs / f"{args.dataset}-{scenario}-s{seed}" / "results.json"
+                 for seed in args.seeds]
+        runs = [json.loads(p.read_text()) for p in paths if p.exists()]
+        if not runs:
+            continue
+        seeds = [r["seed"] for r in runs]
+        print(f"\n### {scenario} (seeds {', '.join(map(str, seeds))})\n")
+        print(table(runs))
+        if args.plots:
+            merged = mean_curves(runs)
+            if args.main_only:
+                merged["methods"] = {k: v for k, v in merged["methods"].items() if " " not in k}
+            args.plots.mkdir(parents=True, exist_ok=True)
+            plot_windows(merged, args.plots / f"drift_{scenario}.png",
+                         title=f"{args.dataset} / {scenario}: mean over seeds {seeds}")
+
+
+if __name__ == "__main__":
+    main()
