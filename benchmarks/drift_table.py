@@ -62,7 +62,10 @@ def mean_curves(runs: list[dict]) -> dict:
     """A results-like dict whose window curves are the mean over the runs (truncated to the shortest)."""
     n = min(len(r["windows"]["edges"]) for r in runs) - 1
     merged = {"config": runs[0]["config"], "scenario": runs[0]["scenario"],
-              "windows": {"edges": runs[0]["windows"]["edges"][:n + 1]}, "methods": {}}
+              "windows": {"edges": runs[0]["windows"]["edges"][:n + 1]}, "methods": {},
+              "reference": {"windows": {
+                  key: np.nanmean([r["reference"]["windows"][key][:n] for r in runs], axis=0).tolist()
+                  for key in ("auc", "gauc")}}}
     for name in runs[0]["methods"]:
         merged["methods"][name] = {"windows": {
             key: np.nanmean([r["methods"][name]["windows"][key][:n] for r in runs], axis=0).tolist()

@@ -166,22 +166,19 @@ def _periodic_retrain(base, train_df, test_df, spec, stream: _Stream, config: Dr
     return np.concatenate(probs)
 
 
-def _score(stream: _Stream, probs: np.ndarray, edges, onset_windows, config: DriftConfig) -> dict:
+def _score(stream: _Stream, probs: np.ndarray, edges, onset_windows, reference: dict,
+           config: DriftConfig) -> dict:
     """Per-slot (SPEC section 6), per-window and recovery figures of one method."""
     out = stream.summarize(probs)
     windows = recovery.window_metrics(stream.labels, probs, stream.groups, edges)
     out["windows"] = {k: windows[k].tolist() for k in ("auc", "gauc", "logloss")}
     out["recovery"], out["onsets"] = {}, []
-    level_stop = onset_windows[0]
     for i, onset in enumerate(onset_windows):
         stop = onset_windows[i + 1] if i + 1 < len(onset_windows) else len(windows["rows"])
-        per_metric = {}
-        for key in ("auc", "gauc", "logloss"):
-            level = float(np.nanmean(windows[key][:level_stop]))
-            per_metric[key] = recovery.recovery(
-                windows[key], windows["rows"], onset, stop=stop, level=level,
-                tolerance=config.tolerance, smooth=config.smooth,
-                higher_is_better=key != "logloss")
+        per_metric = {key: recovery.recovery(windows[key], windows["rows"], onset, stop=stop,
+                                             reference=reference[key], tolerance=config.tolerance,
+                                             smooth=config.smooth, higher_is_better=key != "logloss")
+                      for key in ("auc", "gauc", "logloss")}
         if i == 0:
             out["recovery"] = per_metric
         out["onsets"].append(per_metric)
@@ -193,24 +190,22 @@ def _score(stream: _Stream, probs: np.ndarray, edges, onset_windows, config: Dri
 
 
 def _add_won_back(results: dict, stream: _Stream, config: DriftConfig) -> None:
-    """Per method, the share of static's AUC/gAUC loss won back by the end of the first shifted
-    slot (the last ``smooth`` windows of slot ``t0_slot``) and over the steady-state slots."""
+    """Per method, the share of static's AUC/gAUC shortfall below the no-shift reference won back
+    by the end of the first shifted slot (its last ``smooth`` windows) and over the steady state."""
     edges = np.asarray(results["windows"]["edges"])
     slot_end = stream.bounds()[config.t0_slot][1]
     last = int(np.searchsorted(edges, slot_end, side="right")) - 1  # windows ending by slot_end
     onset = results["windows"]["onset_windows"][0]
     first_slot = slice(max(onset, last - config.smooth), last)
     steady = slice(int(np.searchsorted(edges, stream.bounds()[-config.steady_slots][0])), None)
-    static = results["methods"]["static"]
+    static, reference = results["methods"]["static"], results["reference"]["windows"]
     for m in results["methods"].values():
         m["won_back"] = {}
         for key in ("auc", "gauc"):
-            level = static["recovery"][key]["level"]
             m["won_back"][key] = {
-                "end_of_first_slot": recovery.won_back(m["windows"][key], static["windows"][key],
-                                                       level, first_slot),
-                "steady_state": recovery.won_back(m["windows"][key], static["windows"][key],
-                                                  level, steady)}
+                name: recovery.won_back(m["windows"][key], static["windows"][key], reference[key],
+                                        part)
+                for name, part in (("end_of_first_slot", first_slot), ("steady_state", steady))}
 
 
 def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool = True) -> dict:
@@ -290,6 +285,17 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
         probs["periodic-retrain"] = _periodic_retrain(base, train_df, test_df, spec, test, config,
                                                       progress)
 
+    # The no-shift reference: the static model scored on the unshifted labels; for cold-start,
+    # where labels are unchanged but the model never saw the held-out items, a model trained on
+    # the unshifted training rows.
+    if scenario.kind == "cold-start":
+        warm_model = _train(df.iloc[:int(len(df) * bench.train_fraction)], spec, bench, False)
+        reference_probs, reference_labels = _sigmoid(encode_logits(warm_model, test.features)), test.labels
+    else:
+        reference_probs, reference_labels = probs["static"], original.astype(np.float32)
+    reference = recovery.window_metrics(reference_labels, reference_probs, test.groups, edges)
+    reference = {k: reference[k].tolist() for k in ("auc", "gauc", "logloss")}
+
     t0 = onsets_in_test[0]
     results = {
         "dataset": bench.dataset,
@@ -301,7 +307,11 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
                      "positive_rate_before_t0": float(test.labels[:t0].mean()),
                      "positive_rate_after_t0": float(test.labels[t0:].mean())},
         "windows": {"edges": edges.tolist(), "onset_windows": onset_windows},
-        "methods": {name: _score(test, p, edges, onset_windows, config) for name, p in probs.items()},
+        "reference": {"what": ("a model trained with the held-out items" if scenario.kind ==
+                               "cold-start" else "static on the unshifted labels"),
+                      "windows": reference},
+        "methods": {name: _score(test, p, edges, onset_windows, reference, config)
+                    for name, p in probs.items()},
         "split": {"rows": len(shifted), "train_rows": cut, "test_rows": len(test_df),
                   "slot_rows": sizes},
         "config": _jsonable(asdict(config)),

@@ -52,6 +52,11 @@ def plot_sweeps(report: dict, path) -> None:
     plt.close(fig)
 
 
+def _trailing_mean(values, smooth: int) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    return np.array([np.nanmean(values[max(0, i - smooth + 1): i + 1]) for i in range(len(values))])
+
+
 def plot_windows(results: dict, path, title: str = "", smooth: int | None = None) -> None:
     """Per-window AUC and gAUC of each method over test rows, with the shift's onsets marked.
 
@@ -66,10 +71,12 @@ def plot_windows(results: dict, path, title: str = "", smooth: int | None = None
     for index, (name, method) in enumerate(results["methods"].items()):
         ablation = " " in name
         for ax, key in zip(axes, ("auc", "gauc")):
-            values = np.asarray(method["windows"][key], dtype=float)
-            curve = [np.nanmean(values[max(0, i - smooth + 1): i + 1]) for i in range(len(values))]
-            ax.plot(x, 100 * np.asarray(curve), lw=0.8 if ablation else 1.5,
+            ax.plot(x, 100 * _trailing_mean(method["windows"][key], smooth), lw=0.8 if ablation else 1.5,
                     ls="--" if ablation else "-", color=colors[index % len(colors)], label=name)
+    if "reference" in results:
+        for ax, key in zip(axes, ("auc", "gauc")):
+            ax.plot(x, 100 * _trailing_mean(results["reference"]["windows"][key], smooth),
+                    color="black", lw=1.2, ls="-.", label="reference: no shift")
     for ax, key in zip(axes, ("AUC", "gAUC")):
         for i, onset in enumerate(results["scenario"]["onset_rows"]):
             ax.axvline(onset / 1000.0, color="black" if i == 0 else "grey", ls=":", lw=1.2)

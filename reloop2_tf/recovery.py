@@ -1,18 +1,19 @@
 """Recovery after a shift: metrics over fine windows, and the drop / recovery / regret of a curve.
 
-Definitions (docs/drift.md). For a metric where higher is better (AUC, gAUC), with the windows
-before the onset giving the *level* (their mean):
+A method's curve is compared, window by window, with a *reference*: what the metric would have
+been had nothing shifted (the drift testbed uses the static model scored on the unshifted stream,
+so that the log's own slow drift is not mistaken for the injected shift). Without a reference the
+level is the mean of the windows before the onset. With the gap = reference - metric (for logloss,
+where lower is better, metric - reference):
 
-* **drop**: level minus the lowest post-onset value of the trailing mean over ``smooth`` windows
-  (post-onset windows only, so the pre-shift windows never hide a drop);
-* **recovery rows**: rows from the onset to the end of the first window, at or after that low
-  point, whose smoothed value is back within ``tolerance`` of the level; 0 if the drop never exceeds
-  ``tolerance``; `None` if the curve never comes back;
-* **regret**: the signed area between the level and the raw curve over the post-onset windows,
-  ``sum_i (level - m_i) * rows_i / 1000`` in metric x thousand rows. Signed, so that noise around an
-  unchanged level averages out instead of piling up.
-
-For logloss (lower is better) the same definitions apply to its negative.
+* **drop**: the largest post-onset gap, after a trailing mean over ``smooth`` windows (post-onset
+  windows only, so the pre-shift windows never hide a drop);
+* **recovery rows**: rows from the onset to the end of the first window, at or after that largest
+  gap, whose smoothed gap is back within ``tolerance``; 0 if the gap never exceeds ``tolerance``;
+  `None` if it never comes back;
+* **regret**: the signed area of the gap over the post-onset windows, ``sum_i gap_i * rows_i / 1000``
+  in metric x thousand rows. Signed, so that noise around an unchanged level averages out instead of
+  piling up.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def window_metrics(labels, probs, groups, edges) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
-def recovery(curve, rows, onset: int, stop: int | None = None, level: float | None = None,
+def recovery(curve, rows, onset: int, stop: int | None = None, reference=None,
              tolerance: float = 0.01, smooth: int = 1, higher_is_better: bool = True) -> dict:
     """Drop, recovery rows and regret of ``curve`` (one value per window) after window ``onset``.
 
@@ -59,41 +60,47 @@ def recovery(curve, rows, onset: int, stop: int | None = None, level: float | No
         rows: rows per window.
         onset: index of the first shifted window.
         stop: end (exclusive) of the windows to score; defaults to all of them.
-        level: the pre-shift level; defaults to the mean of the windows before ``onset``.
-        tolerance: "recovered" means within this much of the level (0.01 = one AUC point).
-        smooth: windows in the trailing mean that locates the low point and the recovery.
+        reference: the no-shift metric per window (array), or one level (float); defaults to the
+            mean of the windows before ``onset``.
+        tolerance: "recovered" means within this much of the reference (0.01 = one AUC point).
+        smooth: windows in the trailing mean that locates the largest gap and the recovery.
         higher_is_better: False for logloss.
     """
     sign = 1.0 if higher_is_better else -1.0
-    curve = sign * np.asarray(curve, dtype=float)
+    curve = np.asarray(curve, dtype=float)
     rows = np.asarray(rows, dtype=float)
     stop = len(curve) if stop is None else stop
     if not 0 < onset < stop <= len(curve):
         raise ValueError(f"need 0 < onset < stop <= {len(curve)} windows. Received: onset={onset}, "
                          f"stop={stop}")
-    level = np.nanmean(curve[:onset]) if level is None else sign * level
-    post, post_rows = curve[onset:stop], rows[onset:stop]
-    smoothed = np.array([np.nanmean(post[max(0, i - smooth + 1): i + 1]) for i in range(len(post))])
-    low = int(np.nanargmin(smoothed))
-    drop = float(level - smoothed[low])
+    if reference is None:
+        reference = np.nanmean(curve[:onset])
+    reference = np.broadcast_to(np.asarray(reference, dtype=float), curve.shape)
+    gap = sign * (reference - curve)[onset:stop]
+    post_rows = rows[onset:stop]
+    smoothed = np.array([np.nanmean(gap[max(0, i - smooth + 1): i + 1]) for i in range(len(gap))])
+    worst = int(np.nanargmax(smoothed))
+    drop = float(smoothed[worst])
     if drop <= tolerance:
         recovered = 0
     else:
-        back = np.flatnonzero(smoothed[low:] >= level - tolerance)
-        recovered = int(post_rows[: low + back[0] + 1].sum()) if back.size else None
-    valid = ~np.isnan(post)
-    regret = float(np.sum((level - post[valid]) * post_rows[valid]) / 1000.0)
-    return {"level": float(sign * level), "drop": drop, "recovery_rows": recovered,
-            "regret": regret, "low_window": onset + low}
+        back = np.flatnonzero(smoothed[worst:] <= tolerance)
+        recovered = int(post_rows[: worst + back[0] + 1].sum()) if back.size else None
+    valid = ~np.isnan(gap)
+    regret = float(np.sum(gap[valid] * post_rows[valid]) / 1000.0)
+    return {"level": float(np.nanmean(reference[onset:stop])), "drop": drop,
+            "recovery_rows": recovered, "regret": regret, "low_window": onset + worst}
 
 
-def won_back(curve, static_curve, level: float, windows: slice) -> float:
-    """Share of the static model's loss below ``level`` that a method wins back over ``windows``.
+def won_back(curve, static_curve, reference, windows: slice) -> float:
+    """Share of the static model's shortfall below ``reference`` that a method wins back.
 
-    1 means the method is back at the pre-shift level, 0 that it does no better than static,
-    negative that it does worse. NaN when static lost nothing there.
+    Means over ``windows``; ``reference`` is a level or a per-window curve. 1 means the method is
+    back at the reference, 0 that it does no better than static, negative that it does worse.
+    NaN when static lost nothing there.
     """
     method = np.nanmean(np.asarray(curve, dtype=float)[windows])
     static = np.nanmean(np.asarray(static_curve, dtype=float)[windows])
-    loss = level - static
+    reference = np.broadcast_to(np.asarray(reference, dtype=float), np.shape(static_curve))
+    loss = np.nanmean(reference[windows]) - static
     return float((method - static) / loss) if loss > 0 else float("nan")

@@ -144,6 +144,20 @@ def test_recovery_on_a_hand_made_curve():
         recovery.recovery(curve, rows, onset=0)
 
 
+def test_recovery_against_a_drifting_reference():
+    # The reference slides down by a point per window; the method tracks it 5 points below from
+    # the onset, then 3, then 0.5: back within one point at the third shifted window.
+    reference = [0.80, 0.79, 0.78, 0.77, 0.76, 0.75]
+    curve = [0.80, 0.79, 0.73, 0.74, 0.755, 0.75]
+    r = recovery.recovery(curve, [1000] * 6, onset=2, reference=reference)
+    assert r["drop"] == pytest.approx(0.05) and r["low_window"] == 2
+    assert r["recovery_rows"] == 3000
+    assert r["regret"] == pytest.approx(0.05 + 0.03 + 0.005 + 0.0)
+    assert r["level"] == pytest.approx(np.mean(reference[2:]))
+    # Against the flat pre-shift level (0.795) the same curve would never count as recovered.
+    assert recovery.recovery(curve, [1000] * 6, onset=2)["recovery_rows"] is None
+
+
 def test_window_edges_restart_at_every_onset():
     # A 400-row remainder before the onset joins the window before it; 800 rows stand alone.
     np.testing.assert_array_equal(recovery.window_edges(0, [2400], 5200, 1000),
