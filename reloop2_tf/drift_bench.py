@@ -17,6 +17,7 @@ validation stream, before any shift), so the shift never leaks into tuning. Meth
   incremental                one fine-tuning pass per revealed slot (learning rate 1e-4);
   incremental-hot            the same at learning rate 1e-3 (adapts harder to the newest slot);
   incremental+reloop2        both, the memory rebuilt from re-encoded recent rows after each pass;
+  incremental-hot+reloop2    the same with the hot learning rate;
   periodic-retrain           from scratch on every revealed row every ``retrain_every`` slots.
 
 Ablation rows (the sketch with one thing changed): feedback once per slot, no centering,
@@ -58,7 +59,7 @@ DRIFT_MEMORY = MemoryConfig(num_tables=128, num_bits=14, compensation_weight=0.9
 # The item-bias memory's own choice on that validation stream.
 VALIDATED_ITEM_BIAS = BiasMemory(compensation_weight=0.3, gamma=1.0, prior_count=5.0)
 METHODS = ("static", "reloop2", "item-bias", "user-bias", "incremental", "incremental-hot",
-           "incremental+reloop2", "periodic-retrain")
+           "incremental+reloop2", "incremental-hot+reloop2", "periodic-retrain")
 ABLATIONS = ("reloop2 slot-feedback", "reloop2 no-center", "reloop2 prior-20", "reloop2 gamma-1",
              "reloop2 bits-8",
              "reloop2 + item-id tables", "reloop2 + user-id tables", "item-bias validated")
@@ -277,10 +278,13 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
     if "incremental-hot" in wanted:
         hot = replace(bench, incremental_learning_rate=config.hot_learning_rate)
         probs["incremental-hot"] = _incremental(base, test, hot, progress=progress)
-    if "incremental+reloop2" in wanted:
-        probs["incremental+reloop2"] = _incremental(
-            base, test, bench, compensation=config.memory.layer(bench.seed),
-            center=center_features, history=history, progress=progress)
+    for name, learning_rate in (("incremental+reloop2", bench.incremental_learning_rate),
+                                ("incremental-hot+reloop2", config.hot_learning_rate)):
+        if name in wanted:
+            probs[name] = _incremental(
+                base, test, replace(bench, incremental_learning_rate=learning_rate),
+                compensation=config.memory.layer(bench.seed), center=center_features,
+                history=history, progress=progress)
     if "periodic-retrain" in wanted:
         probs["periodic-retrain"] = _periodic_retrain(base, train_df, test_df, spec, test, config,
                                                       progress)
