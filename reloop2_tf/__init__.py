@@ -12,7 +12,7 @@ from reloop2_tf.features import (
     SparseFeature,
     features_from_frame,
 )
-from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
+from reloop2_tf.layers import ErrorCompensation, IdCode, KNNErrorMemory, LSHErrorMemory
 from reloop2_tf.models import HIDDEN_LAYER, LOGIT_LAYER, MODELS, build_model, hidden_dim
 from reloop2_tf.wrapper import ReLoop2Model
 
@@ -24,6 +24,7 @@ __all__ = [
     "MODELS",
     "DenseFeature",
     "ErrorCompensation",
+    "IdCode",
     "FeatureSpec",
     "KNNErrorMemory",
     "LSHErrorMemory",

@@ -46,7 +46,7 @@ from reloop2_tf.benchmark import (BenchConfig, MemoryConfig, _Stream, _check_fra
                                   spec_for_frame)
 from reloop2_tf.data import DataError, slots as split_slots
 from reloop2_tf.features import features_from_frame
-from reloop2_tf.layers import ErrorCompensation, LSHErrorMemory
+from reloop2_tf.layers import ErrorCompensation, IdCode, LSHErrorMemory
 from reloop2_tf.plotting import plot_windows
 from reloop2_tf.scenarios import Scenario, get_scenario
 from reloop2_tf.streaming import encode, replay_encoded
@@ -81,7 +81,7 @@ class DriftConfig:
     hot_learning_rate: float = 1e-3
     retrain_every: int = 5
     id_tables: int = 64
-    id_code_dims: int = 32
+    id_code_dims: int = 16
     methods: tuple = METHODS + ABLATIONS
     memory: MemoryConfig = field(default_factory=lambda: replace(DRIFT_MEMORY))
 
@@ -118,29 +118,14 @@ def _shift(df: pd.DataFrame, config: DriftConfig):
     return scenario, shifted, int(kept_before[cut]), new_sizes, onsets
 
 
-def _id_codes(keys: np.ndarray, dims: int, seed: int) -> np.ndarray:
-    """A fixed N(0, 1) code per key: SRP of it hashes each key to its own random bucket."""
-    codes, uniques = pd.factorize(pd.Series(keys).astype(str))
-    table = np.random.default_rng(seed).standard_normal((len(uniques), dims)).astype(np.float32)
-    return table[codes]
-
-
 def _id_memory(config: DriftConfig, hidden_dim: int, center: np.ndarray) -> ErrorCompensation:
-    """The sketch with ``id_tables`` extra tables that hash only an id code appended to hidden.
-
-    The first ``num_tables`` tables project only the hidden vector (the usual SRP tables); the
-    extra ones project only the id code, so each of them is a hash table keyed by the id. Reads
-    and writes are the layer's own: one memory serves similarity and identity.
-    """
-    m, k = config.memory, config.memory.num_tables
-    memory = LSHErrorMemory(num_tables=k + config.id_tables, num_bits=m.num_bits,
-                            seed=config.bench.seed, half_life=m.half_life)
+    """The sketch plus ``id_tables`` tables keyed by an ``IdCode`` appended to the hidden vector."""
+    m = config.memory
+    memory = LSHErrorMemory(num_tables=m.num_tables, num_bits=m.num_bits, seed=config.bench.seed,
+                            half_life=m.half_life, num_id_tables=config.id_tables,
+                            id_dims=config.id_code_dims)
     memory.build(tf.TensorShape([None, hidden_dim + config.id_code_dims]))
     memory.set_center(np.concatenate([center, np.zeros(config.id_code_dims, np.float32)]))
-    projections = memory.projections.numpy()
-    projections[:k, hidden_dim:, :] = 0.0
-    projections[k:, :hidden_dim, :] = 0.0
-    memory.projections.assign(projections)
     return ErrorCompensation(memory, compensation_weight=m.compensation_weight,
                              temperature=m.temperature, gamma=m.gamma, prior_count=m.prior_count)
 
@@ -258,8 +243,8 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
             probs[name] = _sketch(config, memory, encoded, warm, c, test.labels, test.sizes, every)
     for name, key in ID_KEYS.items():
         if name in wanted:
-            keys = np.concatenate([warm_df[key].to_numpy(), test_df[key].to_numpy()])
-            codes = _id_codes(keys, config.id_code_dims, bench.seed)
+            keys = np.concatenate([warm_df[key].to_numpy(), test_df[key].to_numpy()]).astype(str)
+            codes = IdCode(config.id_code_dims, seed=bench.seed)(keys).numpy()
             comp = _id_memory(config, encoded[1].shape[1], center)
             comp.update_memory(warm[0], np.concatenate([warm[1], codes[:len(warm_df)]], 1), warm[2])
             probs[name] = replay_encoded(

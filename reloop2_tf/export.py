@@ -231,7 +231,7 @@ class _ServingModule(tf.Module):
 
     @staticmethod
     def _sketch_signatures(memory: LSHErrorMemory) -> dict:
-        sketch_spec = tf.TensorSpec([memory.num_tables, memory.num_buckets, 3], tf.float32,
+        sketch_spec = tf.TensorSpec([memory.total_tables, memory.num_buckets, 3], tf.float32,
                                     name=SKETCH)
 
         @tf.function(input_signature=[])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.layers.compensation import ErrorCompensation, probability_to_logit
+from reloop2_tf.layers.id_code import IdCode
 
 
 def _layer_output(model: keras.Model, spec: str):
@@ -43,6 +44,9 @@ class ReLoop2Model(keras.Model):
         compensation: an ``ErrorCompensation``. Defaults to `ErrorCompensation()`.
         output_is_logits: whether the base output is a logit (`True`) or a probability.
             Defaults to `True`.
+        id_feature: the input whose ids key the memory's id tables, when the memory is an
+            ``LSHErrorMemory(num_id_tables=J, id_dims=m)``: its ``IdCode`` is appended to the
+            hidden vector. Defaults to `None`.
 
     Example:
 
@@ -53,7 +57,7 @@ class ReLoop2Model(keras.Model):
 
     def __init__(self, base_model: keras.Model, hidden_layer: str | None = "hidden",
                  compensation: ErrorCompensation | None = None, output_is_logits: bool = True,
-                 **kwargs):
+                 id_feature: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(base_model, dict):
             base_model = keras.saving.deserialize_keras_object(base_model)
@@ -73,13 +77,29 @@ class ReLoop2Model(keras.Model):
         self.output_is_logits = bool(output_is_logits)
         self.encoder = keras.Model(base_model.inputs, outputs, name="encoder")
         self.compensation = compensation if compensation is not None else ErrorCompensation()
+        # Id tables (LSHErrorMemory(num_id_tables=..., id_dims=...)) read an IdCode of one input
+        # feature appended to the hidden vector.
+        id_dims = getattr(self.compensation.memory, "id_dims", 0)
+        if bool(id_dims) != (id_feature is not None):
+            raise ValueError("`id_feature` names the input whose ids key the memory's id tables; "
+                             "give it exactly when the memory has `id_dims` > 0. Received: "
+                             f"id_feature={id_feature!r}, id_dims={id_dims}")
+        if id_feature is not None and id_feature not in {i.name.split(":")[0]
+                                                         for i in base_model.inputs}:
+            raise ValueError(f"`id_feature` {id_feature!r} is not an input of `base_model`; inputs: "
+                             f"{[i.name for i in base_model.inputs]}")
+        self.id_feature = id_feature
+        self.id_code = IdCode(id_dims, seed=self.compensation.memory.seed) if id_feature else None
 
     def encode(self, features) -> tuple[tf.Tensor, tf.Tensor]:
         """Base logits ``[B]`` and hidden ``[B, d]`` of a batch of features."""
         output, hidden = self.encoder(features, training=False)
         output = tf.reshape(tf.cast(output, tf.float32), [-1])
         logits = output if self.output_is_logits else probability_to_logit(output)
-        return logits, tf.cast(hidden, tf.float32)
+        hidden = tf.cast(hidden, tf.float32)
+        if self.id_code is not None:
+            hidden = tf.concat([hidden, self.id_code(features[self.id_feature])], axis=-1)
+        return logits, hidden
 
     def call(self, features, training=None):
         logits, hidden = self.encode(features)
@@ -128,6 +148,7 @@ class ReLoop2Model(keras.Model):
             "hidden_layer": self.hidden_layer,
             "compensation": keras.saving.serialize_keras_object(self.compensation),
             "output_is_logits": self.output_is_logits,
+            "id_feature": self.id_feature,
         }
 
     @classmethod

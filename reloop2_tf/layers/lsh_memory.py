@@ -30,6 +30,13 @@ class LSHErrorMemory(ErrorMemory):
         seed: int. Seed of the N(0, 1) projections. Defaults to `0`.
         half_life: optional float. If set, older rows fade exponentially: a row's weight halves
             after ``half_life`` further rows are written. Costs O(1) per write. Defaults to `None`.
+        num_id_tables: int. Extra tables keyed by identity (docs/drift.md). When > 0, the last
+            ``id_dims`` columns of the hidden input must be an id code (from ``IdCode``): the
+            ``num_tables`` SRP tables then hash only the other columns, and each id table hashes
+            only the code, i.e. is a hash table keyed by the id. One memory serves similarity and
+            identity. Defaults to `0`.
+        id_dims: int. Width of the id code at the end of the hidden input; > 0 exactly when
+            ``num_id_tables`` > 0. Defaults to `0`.
 
     Example:
 
@@ -39,7 +46,8 @@ class LSHErrorMemory(ErrorMemory):
     """
 
     def __init__(self, num_tables: int = 64, num_bits: int = 12, seed: int = 0,
-                 half_life: float | None = None, **kwargs):
+                 half_life: float | None = None, num_id_tables: int = 0, id_dims: int = 0,
+                 **kwargs):
         super().__init__(**kwargs)
         if not isinstance(num_tables, int) or num_tables < 1:
             raise ValueError(f"`num_tables` should be an int >= 1. Received: num_tables={num_tables!r}")
@@ -48,7 +56,15 @@ class LSHErrorMemory(ErrorMemory):
         if half_life is not None and not (half_life > 0 and math.isfinite(half_life)):
             raise ValueError("`half_life` should be a positive number or None. "
                              f"Received: half_life={half_life!r}")
+        for name, value in (("num_id_tables", num_id_tables), ("id_dims", id_dims)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` should be an int >= 0. Received: {name}={value!r}")
+        if (num_id_tables > 0) != (id_dims > 0):
+            raise ValueError("`num_id_tables` and `id_dims` go together: both 0, or both > 0. "
+                             f"Received: num_id_tables={num_id_tables}, id_dims={id_dims}")
         self.num_tables = num_tables
+        self.num_id_tables = num_id_tables
+        self.id_dims = id_dims
         self.num_bits = num_bits
         self.seed = int(seed)
         self.half_life = None if half_life is None else float(half_life)
@@ -57,10 +73,21 @@ class LSHErrorMemory(ErrorMemory):
     def num_buckets(self) -> int:
         return 2**self.num_bits
 
+    @property
+    def total_tables(self) -> int:
+        """SRP tables plus id tables: the sketch's first axis."""
+        return self.num_tables + self.num_id_tables
+
     def _build_state(self, dim: int) -> None:
-        k, l = self.num_tables, self.num_bits
+        k, l = self.total_tables, self.num_bits
+        if self.id_dims and dim <= self.id_dims:
+            raise ValueError(f"the hidden input (width {dim}) must be wider than `id_dims` "
+                             f"({self.id_dims}): hidden columns first, then the id code")
         # Drawn with NumPy so that the projections depend only on `seed`, not on TF's RNG version.
         values = np.random.default_rng(self.seed).standard_normal((k, dim, l)).astype(np.float32)
+        if self.id_dims:  # SRP tables ignore the id code; id tables see nothing else
+            values[:self.num_tables, dim - self.id_dims:, :] = 0.0
+            values[self.num_tables:, :dim - self.id_dims, :] = 0.0
         self.projections = self.add_weight(
             name="projections", shape=[k, dim, l], trainable=False,
             initializer=keras.initializers.Constant(values),
@@ -85,7 +112,7 @@ class LSHErrorMemory(ErrorMemory):
     def bucket_ids(self, hidden) -> tf.Tensor:
         """int32 ``[B, K]``: the bucket of every row in every table."""
         hidden = self._check_hidden(hidden)
-        k, l = self.num_tables, self.num_bits
+        k, l = self.total_tables, self.num_bits
         # One fused [d, K*L] matmul instead of K small ones.
         fused = tf.reshape(tf.transpose(self.projections, [1, 0, 2]), [self.dim, k * l])
         bits = tf.cast(tf.matmul(hidden - self.center, fused) > 0.0, tf.float32)  # [B, K*L]
@@ -93,25 +120,25 @@ class LSHErrorMemory(ErrorMemory):
         return tf.reshape(tf.cast(buckets, tf.int32), [-1, k])
 
     def _indices(self, buckets) -> tf.Tensor:
-        tables = tf.broadcast_to(tf.range(self.num_tables, dtype=tf.int32), tf.shape(buckets))
+        tables = tf.broadcast_to(tf.range(self.total_tables, dtype=tf.int32), tf.shape(buckets))
         return tf.stack([tables, buckets], axis=-1)  # [B, K, 2]
 
     def _scatter(self, buckets, values):
         """Adds ``values`` ``[B, 3]`` at every row's K buckets: O(K) cells touched per row."""
-        updates = tf.broadcast_to(values[:, None, :], [tf.shape(values)[0], self.num_tables, 3])
+        updates = tf.broadcast_to(values[:, None, :], [tf.shape(values)[0], self.total_tables, 3])
         self.sketch.scatter_nd_add(self._indices(buckets), updates)
         return tf.no_op()
 
     def _add_dense(self, buckets, values):
         """Same sum as ``_scatter``: per-bucket totals, then one locked ``assign_add``."""
         flat = tf.reshape(buckets + self._table_offsets, [-1])  # [B*K], row-major
-        rows = tf.repeat(tf.range(tf.shape(values)[0]), self.num_tables)
+        rows = tf.repeat(tf.range(tf.shape(values)[0]), self.total_tables)
         delta = tf.math.unsorted_segment_sum(tf.gather(values, rows), flat,
-                                             self.num_tables * self.num_buckets)
+                                             self.total_tables * self.num_buckets)
         # Scatters leave the sketch in copy-on-read mode, where assign_add first copies the
         # whole table; switching back to copy-on-write skips that copy when nothing else holds it.
         with tf.control_dependencies([tf.raw_ops.DisableCopyOnRead(resource=self.sketch.handle)]):
-            self.sketch.assign_add(tf.reshape(delta, [self.num_tables, self.num_buckets, 3]))
+            self.sketch.assign_add(tf.reshape(delta, [self.total_tables, self.num_buckets, 3]))
         return tf.no_op()
 
     def _write(self, hidden, labels, base_probs, sample_weight) -> tf.Tensor:
@@ -162,7 +189,7 @@ class LSHErrorMemory(ErrorMemory):
         return {
             "label_mean": tf.reduce_sum(attention * stats["label_mean"], axis=-1),
             "base_mean": tf.reduce_sum(attention * stats["base_mean"], axis=-1),
-            "support": tf.reduce_sum(weight, axis=-1) / self.num_tables,
+            "support": tf.reduce_sum(weight, axis=-1) / self.total_tables,
         }
 
     def total_weight(self) -> tf.Tensor:
@@ -187,7 +214,7 @@ class LSHErrorMemory(ErrorMemory):
 
     def _check_state(self, state) -> tf.Tensor:
         state = tf.convert_to_tensor(state, tf.float32)
-        expected = [self.num_tables, self.num_buckets, 3]
+        expected = [self.total_tables, self.num_buckets, 3]
         if state.shape.is_fully_defined() and state.shape.as_list() != expected:
             raise ValueError(f"`state` must have shape {expected}. Received: shape={state.shape}")
         checks = [
@@ -212,8 +239,10 @@ class LSHErrorMemory(ErrorMemory):
         concurrent ``update`` (stored values are true values divided by ``scale``).
         """
         if isinstance(other, LSHErrorMemory):
-            if (other.num_tables, other.num_bits, other.dim) != (self.num_tables, self.num_bits, self.dim):
-                raise ValueError("`other` must have the same num_tables, num_bits and width d.")
+            if ((other.num_tables, other.num_id_tables, other.num_bits, other.dim)
+                    != (self.num_tables, self.num_id_tables, self.num_bits, self.dim)):
+                raise ValueError("`other` must have the same num_tables, num_id_tables, num_bits "
+                                 "and width d.")
             if not bool(tf.reduce_all(other.projections == self.projections)):
                 raise ValueError("`other` must share this memory's projections (same seed and d).")
             other = other.snapshot()
@@ -223,5 +252,6 @@ class LSHErrorMemory(ErrorMemory):
     def get_config(self):
         config = super().get_config()
         config.update(num_tables=self.num_tables, num_bits=self.num_bits, seed=self.seed,
-                      half_life=self.half_life)
+                      half_life=self.half_life, num_id_tables=self.num_id_tables,
+                      id_dims=self.id_dims)
         return config
