@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: venv test demo bench lint clean
+.PHONY: venv test demo bench drift lint clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/memory_benchmark.py --output runs/bench/memory.json
+
+drift: $(STAMP)
+	bash benchmarks/drift_runs.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
