@@ -115,7 +115,8 @@ def _shift(df: pd.DataFrame, config: DriftConfig):
     if min(new_sizes) < 1:
         raise DataError(f"the scenario leaves an empty slot (slot rows {new_sizes})")
     onsets = [int(kept_before[o]) for o in scenario.onsets(t0, n)]
-    return scenario, shifted, int(kept_before[cut]), new_sizes, onsets
+    held = scenario.held_items(df, t0) if scenario.kind == "cold-start" else None
+    return scenario, shifted, int(kept_before[cut]), new_sizes, onsets, held
 
 
 def _id_memory(config: DriftConfig, hidden_dim: int, center: np.ndarray) -> ErrorCompensation:
@@ -204,14 +205,15 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
     bench.feedback_every, bench.sweep, bench.memory = config.window, False, config.memory
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    scenario, shifted, cut, sizes, onsets = _shift(df, config)
+    scenario, shifted, cut, sizes, onsets, held = _shift(df, config)
     spec = spec_for_frame(shifted, history_length=bench.history_length)
     train_df, test_df = shifted.iloc[:cut], shifted.iloc[cut:]
     test = _Stream(test_df, spec, bench.num_slots, sizes=sizes)
     onsets_in_test = [o - cut for o in onsets]
     edges = recovery.window_edges(0, onsets_in_test, len(test_df), config.window)
     onset_windows = [int(np.searchsorted(edges, o)) for o in onsets_in_test]
-    cohort = scenario.cohort_mask(test_df)
+    cohort = (scenario.cohort_mask(test_df) if held is None else
+              test_df["item_id"].astype(str).isin(held).to_numpy())  # cold-start: the held items
     original = df["label"].to_numpy()[cut:] if scenario.kind != "cold-start" else None
 
     base = _train(train_df, spec, bench, progress)
