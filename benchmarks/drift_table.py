@@ -22,14 +22,15 @@ from reloop2_tf.plotting import plot_windows
 from reloop2_tf.scenarios import SCENARIOS
 
 
-def _ci(values) -> str:
+def _ci(values, digits: int = 2) -> str:
+    """Mean ± 95 % t-interval half-width over seeds (a single seed: its value)."""
     values = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     if values.size == 0:
         return "n/a"
     if values.size == 1:
-        return f"{values[0]:+.2f}"
+        return f"{values[0]:.{digits}f}"
     half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
-    return f"{values.mean():.2f} ± {half:.2f}"
+    return f"{values.mean():.{digits}f} ± {half:.{digits}f}"
 
 
 def _rows(values) -> str:
@@ -38,8 +39,8 @@ def _rows(values) -> str:
 
 def table(runs: list[dict]) -> str:
     """One markdown table: every method of the runs, mean ± 95 % CI over the runs (seeds)."""
-    header = ("| method | AUC drop | AUC back within 1 pt after (rows, per seed) | AUC regret | "
-              "AUC won back, end of slot 1 | gAUC drop | post AUC | post gAUC | post logloss |")
+    header = ("| method | AUC drop | back within 1 pt after (rows; per seed) | AUC regret | "
+              "won back by end of slot 1 | gAUC drop | post AUC | post gAUC | post logloss |")
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for name in runs[0]["methods"]:
         ms = [r["methods"][name] for r in runs]
@@ -48,12 +49,12 @@ def table(runs: list[dict]) -> str:
             name,
             _ci([100 * r["auc"]["drop"] for r in rec]),
             _rows([r["auc"]["recovery_rows"] for r in rec]),
-            _ci([100 * r["auc"]["regret"] for r in rec]),
-            _ci([100 * m["won_back"]["auc"]["end_of_first_slot"] for m in ms]),
+            _ci([100 * r["auc"]["regret"] for r in rec], 0),
+            _ci([100 * m["won_back"]["auc"]["end_of_first_slot"] for m in ms], 0) + " %",
             _ci([100 * r["gauc"]["drop"] for r in rec]),
             _ci([100 * m["steady_state"]["auc"] for m in ms]),
             _ci([100 * m["steady_state"]["gauc"] for m in ms]),
-            _ci([m["steady_state"]["logloss"] for m in ms]).replace("± 0.00", "± <0.01"),
+            _ci([m["steady_state"]["logloss"] for m in ms], 3),
         ]) + " |")
     return "\n".join(lines)
 

@@ -67,7 +67,7 @@ def plot_windows(results: dict, path, title: str = "", smooth: int | None = None
     edges = np.asarray(results["windows"]["edges"])
     x = edges[1:] / 1000.0
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharex=True)
-    colors = plt.get_cmap("tab20").colors
+    colors = plt.get_cmap("tab10" if len(results["methods"]) <= 10 else "tab20").colors
     for index, (name, method) in enumerate(results["methods"].items()):
         ablation = " " in name
         for ax, key in zip(axes, ("auc", "gauc")):
@@ -83,9 +83,10 @@ def plot_windows(results: dict, path, title: str = "", smooth: int | None = None
         ax.set_xlabel("test rows (thousands); dotted: shift onset t0 (and switches)")
         ax.set_ylabel(f"{key} (%), mean of {smooth} windows")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 + 0.025 * (len(labels) // 6), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
