@@ -176,23 +176,28 @@ def _score(stream: _Stream, probs: np.ndarray, edges, onset_windows, reference: 
     return out
 
 
-def _add_won_back(results: dict, stream: _Stream, config: DriftConfig) -> None:
-    """Per method, the share of static's AUC/gAUC shortfall below the no-shift reference won back
-    by the end of the first shifted slot (its last ``smooth`` windows) and over the steady state."""
+def add_won_back(results: dict) -> dict:
+    """Adds, per method and metric, the share of static's shortfall below the no-shift reference
+    won back by the end of the first shifted slot (its last ``smooth`` windows) and over the
+    steady-state slots. Works on a loaded results.json too."""
+    config = results["config"]
     edges = np.asarray(results["windows"]["edges"])
-    slot_end = stream.bounds()[config.t0_slot][1]
-    last = int(np.searchsorted(edges, slot_end, side="right")) - 1  # windows ending by slot_end
+    slot_edges = np.cumsum([0, *results["split"]["slot_rows"]])
+    last = int(np.searchsorted(edges, slot_edges[config["t0_slot"] + 1], side="right")) - 1
     onset = results["windows"]["onset_windows"][0]
-    first_slot = slice(max(onset, last - config.smooth), last)
-    steady = slice(int(np.searchsorted(edges, stream.bounds()[-config.steady_slots][0])), None)
+    first_slot = slice(max(onset, last - config["smooth"]), last)
+    steady = slice(int(np.searchsorted(edges, slot_edges[-1 - config["steady_slots"]])), None)
     static, reference = results["methods"]["static"], results["reference"]["windows"]
     for m in results["methods"].values():
         m["won_back"] = {}
-        for key in ("auc", "gauc"):
+        for key in ("auc", "gauc", "logloss"):
+            sign = -1.0 if key == "logloss" else 1.0  # lower logloss is better
             m["won_back"][key] = {
-                name: recovery.won_back(m["windows"][key], static["windows"][key], reference[key],
-                                        part)
+                name: recovery.won_back(sign * np.asarray(m["windows"][key], float),
+                                        sign * np.asarray(static["windows"][key], float),
+                                        sign * np.asarray(reference[key], float), part)
                 for name, part in (("end_of_first_slot", first_slot), ("steady_state", steady))}
+    return results
 
 
 def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool = True) -> dict:
@@ -308,7 +313,7 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
         "config": _jsonable(asdict(config)),
         "seed": bench.seed,
     }
-    _add_won_back(results, test, config)
+    add_won_back(results)
     results["wall_seconds"] = round(time.time() - started, 1)
     (output_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
     plot_windows(results, output_dir / "windows.png",

@@ -49,6 +49,12 @@ def test_results_carry_recovery_metrics_for_every_method(flip_run):
             assert {"level", "drop", "recovery_rows", "regret", "low_window"} <= set(r)
         assert {"auc", "gauc", "logloss", "rows"} <= set(m["steady_state"])
         assert m["steady_state"]["rows"] == sum(s["rows"] for s in m["slots"][-2:])
+        assert set(m["won_back"]) == {"auc", "gauc", "logloss"}
+    # Won-back shares are recomputed the same from the saved file (benchmarks/drift_table.py).
+    saved = json.loads((out / "results.json").read_text())
+    again = drift_bench.add_won_back(json.loads((out / "results.json").read_text()))
+    assert json.dumps(again, sort_keys=True) == json.dumps(saved, sort_keys=True)
+    assert saved["methods"]["static"]["won_back"]["auc"]["steady_state"] in (0.0, None)
 
 
 @pytest.mark.slow
