@@ -132,13 +132,14 @@ def _id_memory(config: DriftConfig, hidden_dim: int, center: np.ndarray) -> Erro
 
 
 def _sketch(config: DriftConfig, memory: MemoryConfig, encoded, warm, center, labels, sizes,
-            feedback_every) -> np.ndarray:
+            feedback_every, progress: bool, desc: str) -> np.ndarray:
     """Replays a fresh sketch over already-encoded rows (warm-started on ``warm``)."""
     comp = memory.layer(config.bench.seed)
     comp.memory.build(tf.TensorShape([None, encoded[1].shape[1]]))
     comp.memory.set_center(center)
     comp.update_memory(*warm)
-    return replay_encoded(comp, *encoded, labels, sizes, feedback_every)["probability"]
+    return replay_encoded(comp, *encoded, labels, sizes, feedback_every, progress=progress,
+                          desc=desc)["probability"]
 
 
 def _periodic_retrain(base, train_df, test_df, spec, stream: _Stream, config: DriftConfig,
@@ -247,7 +248,8 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
                 "reloop2 bits-8": (replace(m, num_bits=8), center, config.window)}
     for name, (memory, c, every) in variants.items():
         if name in wanted:
-            probs[name] = _sketch(config, memory, encoded, warm, c, test.labels, test.sizes, every)
+            probs[name] = _sketch(config, memory, encoded, warm, c, test.labels, test.sizes, every,
+                                  progress, name)
     for name, key in ID_KEYS.items():
         if name in wanted:
             keys = np.concatenate([warm_df[key].to_numpy(), test_df[key].to_numpy()]).astype(str)
@@ -256,7 +258,7 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
             comp.update_memory(warm[0], np.concatenate([warm[1], codes[:len(warm_df)]], 1), warm[2])
             probs[name] = replay_encoded(
                 comp, encoded[0], np.concatenate([encoded[1], codes[len(warm_df):]], 1),
-                test.labels, test.sizes, config.window)["probability"]
+                test.labels, test.sizes, config.window, progress=progress, desc=name)["probability"]
     warm_base = _sigmoid(warm_encoded[0])
     same = BiasMemory(m.compensation_weight, m.gamma, m.prior_count)
     for name, key, bias in (("item-bias", "item_id", same), ("user-bias", "user_id", same),
