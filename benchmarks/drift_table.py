@@ -65,6 +65,21 @@ def table(runs: list[dict], metric: str = "auc") -> str:
     return "\n".join(lines)
 
 
+def onset_table(runs: list[dict], metric: str = "auc") -> str:
+    """Per switch of a recurring shift (on, off, on, off): drop and regret, mean ± 95 % CI."""
+    count = len(runs[0]["methods"]["static"]["onsets"])
+    phases = ["on", "off"] * count
+    cells = [f"{phases[i]} #{i // 2 + 1} {what}" for i in range(count) for what in ("drop", "regret")]
+    lines = ["| method | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]
+    for name in runs[0]["methods"]:
+        row = [name]
+        for i in range(count):
+            rec = [r["methods"][name]["onsets"][i][metric] for r in runs]
+            row += [_ci([100 * r["drop"] for r in rec], 1), _ci([100 * r["regret"] for r in rec], 0)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def mean_curves(runs: list[dict]) -> dict:
     """A results-like dict whose window curves are the mean over the runs (truncated to the shortest)."""
     n = min(len(r["windows"]["edges"]) for r in runs) - 1
@@ -100,6 +115,9 @@ def main(argv=None) -> None:
         # Random positives turned negative are label noise no method can undo: AUC must fall.
         # What a label shift breaks, and what can be recovered, is calibration: logloss.
         print(table(runs, "logloss" if scenario == "label-shift" else "auc"))
+        if len(runs[0]["methods"]["static"]["onsets"]) > 1:
+            print(f"\nPer switch ({scenario}; AUC points, regret in points x 1,000 rows):\n")
+            print(onset_table(runs))
         if args.plots:
             merged = mean_curves(runs)
             if args.main_only:
