@@ -77,7 +77,8 @@ class Scenario:
             return np.ones(len(df), bool)
         column, value = self.cohort.split("=", 1)
         if column not in df.columns:
-            raise DataError(f"cohort column {column!r} is not in the log; columns: {list(df.columns)}")
+            raise DataError(f"cohort column {column!r} is not in the log; columns: {list(df.columns)} "
+                            "(pick a cohort with --cohort COLUMN=VALUE)")
         mask = df[column].astype(str).to_numpy() == value
         if not mask.any():
             raise DataError(f"cohort {self.cohort!r} matches no row; e.g. values "
