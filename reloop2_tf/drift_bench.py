@@ -179,14 +179,17 @@ def _score(stream: _Stream, probs: np.ndarray, edges, onset_windows, reference: 
 
 def add_won_back(results: dict) -> dict:
     """Adds, per method and metric, the share of static's shortfall below the no-shift reference
-    won back by the end of the first shifted slot (its last ``smooth`` windows) and over the
-    steady-state slots. Works on a loaded results.json too."""
+    won back by the end of the first shifted slot (its last ``smooth`` windows), over the second
+    shifted slot (the first one a per-slot model update can serve) and over the steady-state
+    slots. Works on a loaded results.json too."""
     config = results["config"]
     edges = np.asarray(results["windows"]["edges"])
     slot_edges = np.cumsum([0, *results["split"]["slot_rows"]])
     last = int(np.searchsorted(edges, slot_edges[config["t0_slot"] + 1], side="right")) - 1
     onset = results["windows"]["onset_windows"][0]
     first_slot = slice(max(onset, last - config["smooth"]), last)
+    second_slot = slice(last, int(np.searchsorted(edges, slot_edges[config["t0_slot"] + 2],
+                                                  side="right")) - 1)
     steady = slice(int(np.searchsorted(edges, slot_edges[-1 - config["steady_slots"]])), None)
     static, reference = results["methods"]["static"], results["reference"]["windows"]
     for m in results["methods"].values():
@@ -197,7 +200,8 @@ def add_won_back(results: dict) -> dict:
                 name: recovery.won_back(sign * np.asarray(m["windows"][key], float),
                                         sign * np.asarray(static["windows"][key], float),
                                         sign * np.asarray(reference[key], float), part)
-                for name, part in (("end_of_first_slot", first_slot), ("steady_state", steady))}
+                for name, part in (("end_of_first_slot", first_slot), ("second_slot", second_slot),
+                                   ("steady_state", steady))}
     return results
 
 
