@@ -47,7 +47,7 @@ def table(runs: list[dict], metric: str = "auc") -> str:
     name_of = {"auc": "AUC", "gauc": "gAUC", "logloss": "logloss"}[metric]
     within = "1 pt" if scale == 100 else "0.01"
     header = (f"| method | {name_of} drop | back within {within} after (rows; per seed) | "
-              f"{name_of} regret | won back by end of slot 1 | won back in slot 2 | "
+              f"{name_of} regret | regret saved vs static | won back by end of slot 1 | won back in slot 2 | "
               "post AUC | post gAUC | post logloss |")
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for name in runs[0]["methods"]:
@@ -58,6 +58,9 @@ def table(runs: list[dict], metric: str = "auc") -> str:
             _ci([scale * r["drop"] for r in rec], digits),
             _rows([r["recovery_rows"] for r in rec]),
             _ci([scale * r["regret"] for r in rec], 0 if scale == 100 else 1),
+            _ci([scale * (s["recovery"][metric]["regret"] - r["regret"])  # paired by seed
+                 for s, r in zip([x["methods"]["static"] for x in runs], rec)],
+                0 if scale == 100 else 1),
             _ci([100 * m["won_back"][metric]["end_of_first_slot"] for m in ms], 0) + " %",
             _ci([100 * m["won_back"][metric]["second_slot"] for m in ms], 0) + " %",
             _ci([100 * m["steady_state"]["auc"] for m in ms]),
