@@ -1,10 +1,10 @@
 #!/bin/bash
 # Every drift scenario on MovieLens 1M for seeds 0 1 2, then the tables and plots of docs/drift.md.
-# Skips runs whose results.json exists, so it can be resumed. ~75 min on 2 cores.
+# Skips runs whose results.json exists, so it can be resumed. ~95 min on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/drift}
-SCENARIOS=${SCENARIOS:-"flip-sudden label-shift cold-start flip-gradual recurring"}
+SCENARIOS=${SCENARIOS:-"flip-sudden label-shift cold-start flip-gradual recurring flip-users"}
 mkdir -p "$OUT"
 for seed in 0 1 2; do
   for scenario in $SCENARIOS; do
