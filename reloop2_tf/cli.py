@@ -87,7 +87,7 @@ def _bench(args) -> int:
         if args.quick:
             config = drift_bench.quick_config(config)
         config.t0_slot = args.t0_slot if args.t0_slot is not None else config.t0_slot
-        config.window = args.window or config.window
+        config.window = args.window if args.window is not None else config.window
         if args.half_life is not None:
             config.memory.half_life = args.half_life
         if args.methods:

@@ -116,7 +116,6 @@ class Scenario:
         """
         if not 0 <= t0 < len(df):
             raise ValueError(f"`t0` should be a row position in [0, {len(df)}). Received: t0={t0!r}")
-        rng = np.random.default_rng(self.seed)
         cohort = self.cohort_mask(df)
         out = df.copy()
         if self.kind == "cold-start":
@@ -130,7 +129,7 @@ class Scenario:
                     for h in out["history"].to_numpy()[before]]
             return out[keep].reset_index(drop=True), keep
         labels = df["label"].to_numpy().astype(np.int64)
-        draw = rng.random(len(df)) < self.strength(np.arange(len(df)), t0)
+        draw = np.random.default_rng(self.seed).random(len(df)) < self.strength(np.arange(len(df)), t0)
         change = draw & cohort
         if self.kind == "flip":
             labels = np.where(change, 1 - labels, labels)

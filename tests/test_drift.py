@@ -107,7 +107,7 @@ def test_bad_drift_arguments_fail_before_training(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(drift_bench, "_train", no_training)
     for flags, message in ((["--t0-slot", "0"], "t0-slot"), (["--window", "5"], "window"),
-                           (["--methods", "static,magic"], "magic"),
+                           (["--window", "0"], "window"), (["--methods", "static,magic"], "magic"),
                            (["--cohort", "genre=Opera"], "Opera")):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(["bench", "--dataset", "ml-100k", "--scenario", "flip-sudden", "--quick",
