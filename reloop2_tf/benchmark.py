@@ -78,10 +78,13 @@ class MemoryConfig:
     gamma: float = 1.0
     prior_count: float = 0.0
     half_life: float | None = None
+    num_id_tables: int = 0
+    id_dims: int = 0
 
     def layer(self, seed: int) -> ErrorCompensation:
         memory = LSHErrorMemory(num_tables=self.num_tables, num_bits=self.num_bits, seed=seed,
-                                half_life=self.half_life)
+                                half_life=self.half_life, num_id_tables=self.num_id_tables,
+                                id_dims=self.id_dims)
         return ErrorCompensation(memory, compensation_weight=self.compensation_weight,
                                  temperature=self.temperature, gamma=self.gamma,
                                  prior_count=self.prior_count)

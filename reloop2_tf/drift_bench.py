@@ -42,11 +42,11 @@ from reloop2_tf import metrics, recovery
 from reloop2_tf._keras import tf
 from reloop2_tf.baselines import BiasMemory
 from reloop2_tf.benchmark import (BenchConfig, MemoryConfig, _Stream, _check_frame, _incremental,
-                                  _jsonable, _sigmoid, _train, _warm_start, _wrap, encode_logits,
+                                  _jsonable, _sigmoid, _train, _wrap, encode_logits,
                                   spec_for_frame)
 from reloop2_tf.data import DataError, slots as split_slots
 from reloop2_tf.features import features_from_frame
-from reloop2_tf.layers import ErrorCompensation, IdCode, LSHErrorMemory
+from reloop2_tf.layers import IdCode
 from reloop2_tf.plotting import plot_windows
 from reloop2_tf.scenarios import Scenario, get_scenario
 from reloop2_tf.streaming import encode, replay_encoded
@@ -117,18 +117,6 @@ def _shift(df: pd.DataFrame, config: DriftConfig):
     onsets = [int(kept_before[o]) for o in scenario.onsets(t0, n)]
     held = scenario.held_items(df, t0) if scenario.kind == "cold-start" else None
     return scenario, shifted, int(kept_before[cut]), new_sizes, onsets, held
-
-
-def _id_memory(config: DriftConfig, hidden_dim: int, center: np.ndarray) -> ErrorCompensation:
-    """The sketch plus ``id_tables`` tables keyed by an ``IdCode`` appended to the hidden vector."""
-    m = config.memory
-    memory = LSHErrorMemory(num_tables=m.num_tables, num_bits=m.num_bits, seed=config.bench.seed,
-                            half_life=m.half_life, num_id_tables=config.id_tables,
-                            id_dims=config.id_code_dims)
-    memory.build(tf.TensorShape([None, hidden_dim + config.id_code_dims]))
-    memory.set_center(np.concatenate([center, np.zeros(config.id_code_dims, np.float32)]))
-    return ErrorCompensation(memory, compensation_weight=m.compensation_weight,
-                             temperature=m.temperature, gamma=m.gamma, prior_count=m.prior_count)
 
 
 def _sketch(config: DriftConfig, memory: MemoryConfig, encoded, warm, center, labels, sizes,
@@ -235,7 +223,7 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
     sketch = _wrap(base, config.memory.layer(bench.seed), center_features, bench)
     encoded = encode(sketch, test.features)
     warm_encoded = encode(sketch, history[0])
-    _warm_start(sketch, *history)
+    sketch.compensation.update_memory(warm_encoded[0], warm_encoded[1], history[1])
     out = replay_encoded(sketch.compensation, *encoded, test.labels, test.sizes, config.window,
                          progress=progress, desc="reloop2")
     probs["static"] = out["base_probability"]
@@ -256,13 +244,16 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
                                   progress, name)
     for name, key in ID_KEYS.items():
         if name in wanted:
+            # The id tables read an IdCode appended to the hidden vector (what
+            # ReLoop2Model(id_feature=...) does in-graph); the code's centre is 0.
             keys = np.concatenate([warm_df[key].to_numpy(), test_df[key].to_numpy()]).astype(str)
             codes = IdCode(config.id_code_dims, seed=bench.seed)(keys).numpy()
-            comp = _id_memory(config, encoded[1].shape[1], center)
-            comp.update_memory(warm[0], np.concatenate([warm[1], codes[:len(warm_df)]], 1), warm[2])
-            probs[name] = replay_encoded(
-                comp, encoded[0], np.concatenate([encoded[1], codes[len(warm_df):]], 1),
-                test.labels, test.sizes, config.window, progress=progress, desc=name)["probability"]
+            with_ids = replace(m, num_id_tables=config.id_tables, id_dims=config.id_code_dims)
+            probs[name] = _sketch(
+                config, with_ids, (encoded[0], np.concatenate([encoded[1], codes[len(warm_df):]], 1)),
+                (warm[0], np.concatenate([warm[1], codes[:len(warm_df)]], 1), warm[2]),
+                np.concatenate([center, np.zeros(config.id_code_dims, np.float32)]),
+                test.labels, test.sizes, config.window, progress, name)
     warm_base = _sigmoid(warm_encoded[0])
     same = BiasMemory(m.compensation_weight, m.gamma, m.prior_count)
     for name, key, bias in (("item-bias", "item_id", same), ("user-bias", "user_id", same),

@@ -8,6 +8,8 @@ import numpy as np
 matplotlib.use("Agg")  # files only; no display on servers or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from reloop2_tf.recovery import trailing_mean  # noqa: E402
+
 
 def plot_slots(results: dict, path, title: str = "", marker_slot: float | None = None) -> None:
     """Draws per-slot AUC and gAUC of each method in ``results["methods"]`` to ``path`` (PNG)."""
@@ -52,11 +54,6 @@ def plot_sweeps(report: dict, path) -> None:
     plt.close(fig)
 
 
-def _trailing_mean(values, smooth: int) -> np.ndarray:
-    values = np.asarray(values, dtype=float)
-    return np.array([np.nanmean(values[max(0, i - smooth + 1): i + 1]) for i in range(len(values))])
-
-
 def plot_windows(results: dict, path, title: str = "", smooth: int | None = None) -> None:
     """Per-window AUC and gAUC of each method over test rows, with the shift's onsets marked.
 
@@ -71,11 +68,11 @@ def plot_windows(results: dict, path, title: str = "", smooth: int | None = None
     for index, (name, method) in enumerate(results["methods"].items()):
         ablation = " " in name
         for ax, key in zip(axes, ("auc", "gauc")):
-            ax.plot(x, 100 * _trailing_mean(method["windows"][key], smooth), lw=0.8 if ablation else 1.5,
+            ax.plot(x, 100 * trailing_mean(method["windows"][key], smooth), lw=0.8 if ablation else 1.5,
                     ls="--" if ablation else "-", color=colors[index % len(colors)], label=name)
     if "reference" in results:
         for ax, key in zip(axes, ("auc", "gauc")):
-            ax.plot(x, 100 * _trailing_mean(results["reference"]["windows"][key], smooth),
+            ax.plot(x, 100 * trailing_mean(results["reference"]["windows"][key], smooth),
                     color="black", lw=1.2, ls="-.", label="reference: no shift")
     for ax, key in zip(axes, ("AUC", "gAUC")):
         for i, onset in enumerate(results["scenario"]["onset_rows"]):

@@ -51,6 +51,12 @@ def window_metrics(labels, probs, groups, edges) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
+def trailing_mean(values, smooth: int) -> np.ndarray:
+    """Mean of each value and the ``smooth - 1`` before it (fewer at the start), NaNs ignored."""
+    values = np.asarray(values, dtype=float)
+    return np.array([np.nanmean(values[max(0, i - smooth + 1): i + 1]) for i in range(len(values))])
+
+
 def recovery(curve, rows, onset: int, stop: int | None = None, reference=None,
              tolerance: float = 0.01, smooth: int = 1, higher_is_better: bool = True) -> dict:
     """Drop, recovery rows and regret of ``curve`` (one value per window) after window ``onset``.
@@ -78,7 +84,7 @@ def recovery(curve, rows, onset: int, stop: int | None = None, reference=None,
     reference = np.broadcast_to(np.asarray(reference, dtype=float), curve.shape)
     gap = sign * (reference - curve)[onset:stop]
     post_rows = rows[onset:stop]
-    smoothed = np.array([np.nanmean(gap[max(0, i - smooth + 1): i + 1]) for i in range(len(gap))])
+    smoothed = trailing_mean(gap, smooth)
     worst = int(np.nanargmax(smoothed))
     drop = float(smoothed[worst])
     if drop <= tolerance:
