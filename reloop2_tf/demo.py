@@ -80,7 +80,7 @@ def run_demo(output_dir, dataset: str = "ml-100k", model: str = "dcn",
         train_steps: Trainer steps (default: the pipeline's).
     """
     from reloop2_tf import data
-    from serving.cli import replay
+    from serving.replay import replay
     from serving.process import DevServerProcess
     from tfx_pipeline import local_runner
 

@@ -49,7 +49,7 @@ from reloop2_tf.export import (
     numbered_versions,
     resolve_model_dir,
 )
-from serving.cli import add_serve_arguments
+from serving.flags import add_serve_arguments
 
 logger = logging.getLogger("reloop2.dev_server")
 

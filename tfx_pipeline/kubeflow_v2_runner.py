@@ -11,6 +11,7 @@ Usage: ``reloop2 pipeline compile --output pipeline.json`` or
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from tfx_pipeline import configs
+from tfx_pipeline import configs, flags
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +70,31 @@ def component_names(spec: dict[str, Any]) -> list[str]:
     return sorted(spec["root"]["dag"]["tasks"])
 
 
+def compile_command(args: argparse.Namespace) -> int:
+    """Runs ``reloop2 pipeline compile``; returns the exit code."""
+    problem = flags.check_common(args)
+    if problem:
+        return flags.fail("compile", problem)
+    try:
+        spec = compile_pipeline(
+            args.output, pipeline_root=args.pipeline_root, data_root=args.data_root,
+            serving_dir=args.serving_dir, image=args.image, model_name=args.model,
+            schema_path=args.schema, train_steps=args.train_steps, min_auc=args.min_auc,
+            max_auc_drop=args.max_auc_drop)
+    except (OSError, ValueError) as err:
+        return flags.fail("compile", flags.one_line(err))
+    names = component_names(spec)
+    print(f"wrote {args.output}: {len(names)} components ({', '.join(names)})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m tfx_pipeline.kubeflow_v2_runner``: the flags of ``reloop2 pipeline compile``."""
-    import argparse
-
-    from tfx_pipeline import cli
-
     parser = argparse.ArgumentParser(prog="python -m tfx_pipeline.kubeflow_v2_runner")
-    cli.add_compile_arguments(parser)
+    flags.add_compile_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return cli.compile_command(args)
+    return compile_command(args)
 
 
 if __name__ == "__main__":

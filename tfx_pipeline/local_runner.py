@@ -18,6 +18,7 @@ Usage: ``reloop2 pipeline run --data DIR_OR_CSV --serving-dir DIR`` or
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -28,7 +29,7 @@ from typing import Any
 # Before TensorFlow, and inherited by anything this process starts.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from tfx_pipeline import configs
+from tfx_pipeline import configs, flags
 
 logger = logging.getLogger(__name__)
 
@@ -147,17 +148,95 @@ def _store_reference_schema(schema_dir: str, target: str) -> None:
                 target)
 
 
+class _ProgressOnly(logging.Filter):
+    """Keeps TFX's 'Component X is running/finished' lines and warnings, drops its IR dumps."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or str(record.msg).startswith("Component ")
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception: TFX wraps a component's error in its own."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = err.__cause__ or err.__context__
+        if inner is None:
+            break
+        err = inner
+    return err
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Runs ``reloop2 pipeline run``; returns the exit code (0 also when nothing is blessed)."""
+    problem = flags.check_common(args)
+    if problem is None and not 0.0 < args.train_fraction < 1.0:
+        problem = f"--train-fraction must be in (0, 1), got {args.train_fraction}"
+    if problem is None and args.schema is not None and not os.path.isfile(args.schema):
+        problem = f"--schema {args.schema} does not exist"
+    if problem is None and not os.path.exists(args.data):
+        problem = f"--data {args.data} does not exist"
+    if problem:
+        return flags.fail("run", problem)
+    if not args.verbose:
+        # TFX logs thousands of lines per run (pipeline IR, MLMD protos) through absl at INFO.
+        logging.getLogger("absl").addFilter(_ProgressOnly())
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+
+    from reloop2_tf.data.errors import DataError
+    from tfx_pipeline.components import DataAnomaliesError
+
+    try:
+        result = run(
+            args.data, args.serving_dir, pipeline_root=args.pipeline_root,
+            model_name=args.model, schema_path=args.schema, train_fraction=args.train_fraction,
+            train_steps=args.train_steps, min_auc=args.min_auc, max_auc_drop=args.max_auc_drop)
+    except DataError as err:
+        return flags.fail("run", str(err))
+    except Exception as err:  # noqa: BLE001  (a failed component: report it in one line)
+        cause = _root_cause(err)
+        if isinstance(cause, DataAnomaliesError):
+            reference = reference_schema_path(os.path.abspath(args.pipeline_root))
+            hint = (f" (if the change is intended, edit or delete {reference})"
+                    if args.schema is None and os.path.isfile(reference) else "")
+            # Every anomaly is listed: the user needs all of them to fix the data.
+            return flags.fail("run", f"{flags.one_line(cause, 4000)}; nothing was trained or "
+                                     f"pushed{hint}", code=1)
+        return flags.fail("run", f"the pipeline failed: {type(cause).__name__}: "
+                                 f"{flags.one_line(cause)}", code=1)
+    print(format_result(result))
+    return 0
+
+
+def format_result(result) -> str:
+    """A short human-readable report of a ``local_runner.RunResult``."""
+    lines = [f"{'component':32s} {'state':9s} {'seconds':>8s}"]
+    for row in result.components:
+        lines.append(f"{row['component']:32s} {row['state']:9s} {row['seconds']:8.1f}")
+    evaluation = result.evaluation or {}
+    if evaluation:
+        baseline = evaluation.get("baseline_auc")
+        lines.append(f"eval AUC {evaluation.get('auc')} on {evaluation.get('example_count')} rows"
+                     + (f" (last blessed model: {baseline})" if baseline is not None else
+                        " (no earlier blessed model)"))
+        for failure in evaluation.get("failures", []):
+            lines.append(f"not blessed: {flags.one_line(failure, 300)}")
+    if result.pushed_path:
+        lines.append(f"pushed: {result.pushed_path}")
+    else:
+        lines.append(f"nothing pushed; {result.serving_dir} is unchanged")
+    lines.append(f"schema: {result.schema_path or 'inferred by this run'}; ML Metadata: "
+                 f"{result.metadata_path}; wall time {result.wall_seconds} s")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m tfx_pipeline.local_runner``: the same flags as ``reloop2 pipeline run``."""
-    import argparse
-
-    from tfx_pipeline import cli
-
     parser = argparse.ArgumentParser(prog="python -m tfx_pipeline.local_runner")
-    cli.add_run_arguments(parser)
+    flags.add_run_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return cli.run_command(args)
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,22 @@
+"""The development server's flags, shared by ``reloop2 serve`` and ``python -m serving.dev_server``.
+
+They live apart from both so that the server never imports the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of ``reloop2 serve`` and ``python -m serving.dev_server``."""
+    parser.add_argument("--model-dir", required=True,
+                        help="a SavedModel, or a TF-Serving base dir (the newest version is served)")
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port; 0 picks a free one")
+    parser.add_argument("--model-name", default="reloop2")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind; the default keeps the server on loopback")
+    parser.add_argument("--max-workers", type=int, default=16, help="gRPC worker threads")
+    parser.add_argument("--poll-seconds", type=float, default=0.0,
+                        help="check the base dir for a newer version every N s (0: never)")
+    return parser
