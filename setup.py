@@ -23,5 +23,5 @@ setup(
         "matplotlib",
     ],
     extras_require={"tfx": ["tfx[kfp]==1.16.0"], "faiss": ["faiss-cpu"]},
-    entry_points={"console_scripts": ["reloop2=reloop2_tf.cli:main"]},
+    entry_points={"console_scripts": ["reloop2=reloop2_tf.cli.main:main"]},
 )

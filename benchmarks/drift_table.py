@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from reloop2_tf.drift_bench import add_won_back
-from reloop2_tf.plotting import plot_windows
-from reloop2_tf.scenarios import SCENARIOS
+from reloop2_tf.evaluation.drift_bench import add_won_back
+from reloop2_tf.evaluation.plotting import plot_windows
+from reloop2_tf.evaluation.scenarios import SCENARIOS
 
 
 def _ci(values, digits: int = 2) -> str:

@@ -29,9 +29,10 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import OneHotEncoder
 
-from reloop2_tf import metrics, training
+from reloop2_tf import training
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.data import load_dataset, time_split
+from reloop2_tf.evaluation import metrics
 from reloop2_tf.features import FeatureSpec
 from reloop2_tf.models import MODELS, build_model, hidden_dim
 

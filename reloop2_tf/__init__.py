@@ -4,7 +4,8 @@ Importing the package selects tf-keras (``TF_USE_LEGACY_KERAS=1``) and does noth
 """
 
 from reloop2_tf import _keras  # noqa: F401  (must come first: sets the Keras line)
-from reloop2_tf import features, layers, metrics, models, training
+from reloop2_tf import features, layers, models, training
+from reloop2_tf.evaluation import metrics
 from reloop2_tf.features import (
     DenseFeature,
     FeatureSpec,

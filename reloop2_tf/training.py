@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from reloop2_tf import metrics
 from reloop2_tf._keras import keras, tf
+from reloop2_tf.evaluation import metrics
 from reloop2_tf.features import FeatureSpec, features_from_frame
 
 logger = logging.getLogger(__name__)

@@ -48,8 +48,8 @@ def replay(data: str, target: str, model_name: str = "reloop2", batch_size: int 
     """
     import numpy as np
 
-    from reloop2_tf import metrics
     from reloop2_tf.data import load_prepared
+    from reloop2_tf.evaluation import metrics
     from serving.client import ReLoop2Client
 
     if batch_size < 1:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from reloop2_tf.baselines import BiasMemory
+from reloop2_tf.evaluation.baselines import BiasMemory
 
 
 def test_bias_memory_by_hand():

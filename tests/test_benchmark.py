@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reloop2_tf import benchmark, cli
+from reloop2_tf.cli import main as cli
 from reloop2_tf.data import DataError, load_dataset
+from reloop2_tf.evaluation import benchmark
 
 
 @pytest.fixture(scope="module")

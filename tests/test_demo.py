@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reloop2_tf import demo
+from reloop2_tf.cli import demo
 
 
 def _process_gone(pid: int) -> bool:

@@ -5,10 +5,11 @@ from dataclasses import replace
 
 import pytest
 
-from reloop2_tf import cli, drift_bench
-from reloop2_tf.benchmark import BenchConfig
+from reloop2_tf.cli import main as cli
 from reloop2_tf.data import load_dataset
-from reloop2_tf.scenarios import SCENARIOS, get_scenario
+from reloop2_tf.evaluation import drift_bench
+from reloop2_tf.evaluation.benchmark import BenchConfig
+from reloop2_tf.evaluation.scenarios import SCENARIOS, get_scenario
 
 ROWS = 20_000
 

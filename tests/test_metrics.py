@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from reloop2_tf import metrics
+from reloop2_tf.evaluation import metrics
 
 
 def test_per_group_auc_matches_sklearn_with_ties_and_one_class_groups(rng):

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reloop2_tf import recovery
 from reloop2_tf.data import DataError, load_dataset
-from reloop2_tf.scenarios import SCENARIOS, Scenario, get_scenario
+from reloop2_tf.evaluation import recovery
+from reloop2_tf.evaluation.scenarios import SCENARIOS, Scenario, get_scenario
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from reloop2_tf import synthetic_bench
-from reloop2_tf.synthetic import make_drifting_stream
+from reloop2_tf.evaluation import synthetic_bench
+from reloop2_tf.evaluation.synthetic import make_drifting_stream
 
 
 def test_stream_flips_only_the_named_clusters_after_the_shift():

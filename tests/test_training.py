@@ -7,9 +7,10 @@ import functools
 import numpy as np
 import pytest
 
-from reloop2_tf import metrics, training
+from reloop2_tf import training
 from reloop2_tf._keras import keras
 from reloop2_tf.data import time_split
+from reloop2_tf.evaluation import metrics
 from reloop2_tf.features import FeatureSpec
 from reloop2_tf.models import build_model
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reloop2_tf import metrics
-from reloop2_tf.plotting import plot_slots
+from reloop2_tf.evaluation import metrics
+from reloop2_tf.evaluation.plotting import plot_slots
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ def run_demo(output_dir, dataset: str = "ml-100k", model: str = "dcn",
         train_steps: Trainer steps (default: the pipeline's).
     """
     from reloop2_tf import data
-    from serving.replay import replay
     from serving.process import DevServerProcess
+    from serving.replay import replay
     from tfx_pipeline import local_runner
 
     if not 0 < holdout_fraction < 1:

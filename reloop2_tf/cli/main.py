@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from reloop2_tf.scenarios import SCENARIOS
+from reloop2_tf.evaluation.scenarios import SCENARIOS
 
 DATASETS = ("ml-100k", "ml-1m", "csv")
 
@@ -70,12 +70,12 @@ def _prepare(args) -> int:
 
 def _bench(args) -> int:
     if args.dataset == "synthetic":
-        from reloop2_tf import synthetic_bench
+        from reloop2_tf.evaluation import synthetic_bench
 
         results = synthetic_bench.run(args.output, seed=args.seed, quick=args.quick)
         print(synthetic_bench.format_table(results))
     elif args.scenario:
-        from reloop2_tf import benchmark, drift_bench
+        from reloop2_tf.evaluation import benchmark, drift_bench
 
         df = _load_frame(args)
         bench = benchmark.BenchConfig(dataset=args.dataset, model=args.model, num_slots=args.slots,
@@ -98,7 +98,7 @@ def _bench(args) -> int:
               f"({results['wall_seconds']} s)")
         return 0
     else:
-        from reloop2_tf import benchmark
+        from reloop2_tf.evaluation import benchmark
 
         df = _load_frame(args)
         config = benchmark.BenchConfig(dataset=args.dataset, model=args.model,
@@ -122,7 +122,7 @@ def _bench(args) -> int:
 
 
 def _demo(args) -> int:
-    from reloop2_tf import demo
+    from reloop2_tf.cli import demo
 
     report = demo.run_demo(args.output, dataset=args.dataset, model=args.model,
                            max_rows=args.max_rows, num_slots=args.slots,

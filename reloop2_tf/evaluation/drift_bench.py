@@ -38,18 +38,18 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from reloop2_tf import metrics, recovery
 from reloop2_tf._keras import tf
-from reloop2_tf.baselines import BiasMemory
-from reloop2_tf.benchmark import (BenchConfig, MemoryConfig, _Stream, _check_frame, _incremental,
-                                  _jsonable, _sigmoid, _train, _wrap, encode_logits,
-                                  spec_for_frame)
 from reloop2_tf.data import DataError, slots as split_slots
+from reloop2_tf.evaluation import metrics, recovery
+from reloop2_tf.evaluation.baselines import BiasMemory
+from reloop2_tf.evaluation.benchmark import (BenchConfig, MemoryConfig, _check_frame,
+                                             _incremental, _jsonable, _sigmoid, _Stream,
+                                             _train, _wrap, encode_logits, spec_for_frame)
+from reloop2_tf.evaluation.plotting import plot_windows
+from reloop2_tf.evaluation.scenarios import Scenario, get_scenario
+from reloop2_tf.evaluation.streaming import encode, replay_encoded
 from reloop2_tf.features import features_from_frame
 from reloop2_tf.layers import IdCode
-from reloop2_tf.plotting import plot_windows
-from reloop2_tf.scenarios import Scenario, get_scenario
-from reloop2_tf.streaming import encode, replay_encoded
 
 logger = logging.getLogger(__name__)
 

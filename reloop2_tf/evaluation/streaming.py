@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from reloop2_tf import metrics
 from reloop2_tf._keras import tf
+from reloop2_tf.evaluation import metrics
 from reloop2_tf.layers import ErrorCompensation
 from reloop2_tf.wrapper import ReLoop2Model
 

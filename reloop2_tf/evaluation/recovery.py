@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reloop2_tf import metrics
+from reloop2_tf.evaluation import metrics
 
 
 def window_edges(start: int, onsets: list[int], stop: int, window: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 matplotlib.use("Agg")  # files only; no display on servers or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from reloop2_tf.recovery import trailing_mean  # noqa: E402
+from reloop2_tf.evaluation.recovery import trailing_mean  # noqa: E402
 
 
 def plot_slots(results: dict, path, title: str = "", marker_slot: float | None = None) -> None:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from reloop2_tf import metrics
 from reloop2_tf._keras import keras
+from reloop2_tf.evaluation import metrics
+from reloop2_tf.evaluation.plotting import plot_slots
+from reloop2_tf.evaluation.streaming import Slot, replay, summarize
+from reloop2_tf.evaluation.synthetic import build_synthetic_model, make_drifting_stream
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
-from reloop2_tf.plotting import plot_slots
-from reloop2_tf.streaming import Slot, replay, summarize
-from reloop2_tf.synthetic import build_synthetic_model, make_drifting_stream
 from reloop2_tf.wrapper import ReLoop2Model
 
 logger = logging.getLogger(__name__)

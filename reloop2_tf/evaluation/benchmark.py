@@ -29,15 +29,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from reloop2_tf import metrics
-from reloop2_tf.baselines import BiasMemory
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.data import DataError, slots as split_slots
+from reloop2_tf.evaluation import metrics
+from reloop2_tf.evaluation.baselines import BiasMemory
+from reloop2_tf.evaluation.plotting import plot_slots, plot_sweeps
+from reloop2_tf.evaluation.streaming import encode, replay_encoded
 from reloop2_tf.features import FeatureSpec, SequenceFeature, SparseFeature, features_from_frame
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
 from reloop2_tf.models import build_model
-from reloop2_tf.plotting import plot_slots, plot_sweeps
-from reloop2_tf.streaming import encode, replay_encoded
 from reloop2_tf.training import compile_model, make_dataset
 from reloop2_tf.wrapper import ReLoop2Model
 
