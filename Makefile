@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt setup.py
+$(STAMP): requirements.txt constraints.txt setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet pip==24.0
 	$(PY) -m pip install --ignore-requires-python -r requirements.txt -c constraints.txt

@@ -5,8 +5,8 @@ Exports a zoo DCN on the MovieLens feature spec twice, in the same run:
 * ``reloop2``: the ``ReLoop2Model`` (DCN + LSH sketch), as ``export_serving_model`` writes it;
 * ``base``: the same DCN alone, whose ``serving_default`` returns only the base probability.
 
-Both are served by ``serving.dev_server`` subprocesses (the real ``tensorflow_model_server``
-cannot be installed here) and called over loopback gRPC by ``serving.client``. Requests to the
+Both are served by ``reloop2_serving.dev_server`` subprocesses (the real ``tensorflow_model_server``
+cannot be installed here) and called over loopback gRPC by ``reloop2_serving.client``. Requests to the
 two servers are interleaved so that machine noise hits both alike.
 
     TF_USE_LEGACY_KERAS=1 python benchmarks/serving_benchmark.py [--quick] [--output FILE.json]
@@ -38,7 +38,7 @@ from reloop2_tf import export as ex
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.features import FeatureSpec
 from reloop2_tf.models import build_model
-from serving.client import ReLoop2Client
+from reloop2_serving.client import ReLoop2Client
 
 
 def make_features(spec: FeatureSpec, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -71,7 +71,7 @@ class Server:
     def __init__(self, model_dir: str):
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.dev_server", "--model-dir", model_dir, "--port", "0"],
+            [sys.executable, "-m", "reloop2_serving.dev_server", "--model-dir", model_dir, "--port", "0"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in self.proc.stdout:
             match = re.search(r" on (127\.0\.0\.1:\d+)", line)

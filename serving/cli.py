@@ -1,9 +1,9 @@
 """``reloop2 serve`` and ``reloop2 replay`` (SPEC section 6).
 
-``serve`` runs the development server (``serving.dev_server``), because the real
+``serve`` runs the development server (``reloop2_serving.dev_server``), because the real
 ``tensorflow_model_server`` cannot be installed here; it prints the equivalent command for the
 real server. ``replay`` streams a time-ordered canonical CSV through a server
-(``serving.replay``): each batch is scored first, then its labels are written back with
+(``reloop2_serving.replay``): each batch is scored first, then its labels are written back with
 ``update_memory``, and the base and compensated predictions are compared at the end.
 
 The command line imports the server and the replay, never the reverse.
@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from serving.flags import add_serve_arguments
-from serving.replay import format_results, replay
+from reloop2_serving.flags import add_serve_arguments
+from reloop2_serving.replay import format_results, replay
 
 
 def register(subparsers) -> None:
@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from serving import dev_server
+    from reloop2_serving import dev_server
 
     print("note: the real TF Serving equivalent is `tensorflow_model_server --port="
           f"{args.port} --model_name={args.model_name} --model_base_path=<absolute base dir>`; "

@@ -1,4 +1,4 @@
-"""gRPC client for a ReLoop2 model on TF Serving (or on ``serving.dev_server``).
+"""gRPC client for a ReLoop2 model on TF Serving (or on ``reloop2_serving.dev_server``).
 
 >>> client = ReLoop2Client("localhost:8500")
 >>> out = client.predict({"user_id": ["u1"], "item_id": ["i9"]})      # out["probability"]: [1]

@@ -7,7 +7,7 @@ speaks the same gRPC API (``tensorflow.serving.PredictionService``: ``Predict`` 
 ``GetModelMetadata``; ``tensorflow.serving.ModelService``: ``GetModelStatus``), so the client
 and the tests run unchanged against the real server.
 
-    python -m serving.dev_server --model-dir DIR [--port 8500] [--model-name reloop2]
+    python -m reloop2_serving.dev_server --model-dir DIR [--port 8500] [--model-name reloop2]
 
 ``DIR`` is a SavedModel or a TF-Serving base dir with numbered versions; the newest is served.
 It is not a production server: no REST API, no batching scheduler, no model config file.
@@ -49,7 +49,7 @@ from reloop2_tf.export import (
     numbered_versions,
     resolve_model_dir,
 )
-from serving.flags import add_serve_arguments
+from reloop2_serving.flags import add_serve_arguments
 
 logger = logging.getLogger("reloop2.dev_server")
 
@@ -356,8 +356,8 @@ def serve(model_dir: str | os.PathLike, port: int = 8500, model_name: str = "rel
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The flags of ``python -m serving.dev_server`` (the same as ``reloop2 serve``)."""
-    parser = argparse.ArgumentParser(prog="python -m serving.dev_server",
+    """The flags of ``python -m reloop2_serving.dev_server`` (the same as ``reloop2 serve``)."""
+    parser = argparse.ArgumentParser(prog="python -m reloop2_serving.dev_server",
                                      description=__doc__.split("\n\n")[0])
     return add_serve_arguments(parser)
 

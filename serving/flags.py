@@ -1,4 +1,4 @@
-"""The development server's flags, shared by ``reloop2 serve`` and ``python -m serving.dev_server``.
+"""The development server's flags, shared by ``reloop2 serve`` and ``python -m reloop2_serving.dev_server``.
 
 They live apart from both so that the server never imports the command line.
 """
@@ -9,7 +9,7 @@ import argparse
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The flags of ``reloop2 serve`` and ``python -m serving.dev_server``."""
+    """The flags of ``reloop2 serve`` and ``python -m reloop2_serving.dev_server``."""
     parser.add_argument("--model-dir", required=True,
                         help="a SavedModel, or a TF-Serving base dir (the newest version is served)")
     parser.add_argument("--port", type=int, default=8500, help="gRPC port; 0 picks a free one")

@@ -17,7 +17,7 @@ _READY = re.compile(r"serving .* on (127\.0\.0\.1:\d+)")
 
 
 class DevServerProcess:
-    """``python -m serving.dev_server`` on a free loopback port; ``target`` is ``HOST:PORT``.
+    """``python -m reloop2_serving.dev_server`` on a free loopback port; ``target`` is ``HOST:PORT``.
 
     The child's output is drained by a thread for its whole life (a full pipe would block the
     server) and the last lines are kept in ``lines`` for error reports.
@@ -28,7 +28,7 @@ class DevServerProcess:
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
                    PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.dev_server", "--model-dir", str(model_dir),
+            [sys.executable, "-m", "reloop2_serving.dev_server", "--model-dir", str(model_dir),
              "--port", "0", "--model-name", model_name, *extra_args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: collections.deque[str] = collections.deque(maxlen=500)

@@ -50,7 +50,7 @@ def replay(data: str, target: str, model_name: str = "reloop2", batch_size: int 
 
     from reloop2_tf.data import load_prepared
     from reloop2_tf.evaluation import metrics
-    from serving.client import ReLoop2Client
+    from reloop2_serving.client import ReLoop2Client
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")

@@ -9,7 +9,7 @@ import numpy as np
 
 import reloop2_tf as r2
 from reloop2_tf._keras import keras, tf
-from serving.process import DevServerProcess
+from reloop2_serving.process import DevServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_TABLES, NUM_BITS = 8, 5
@@ -50,7 +50,7 @@ def take(features: dict, index) -> dict:
 
 
 class DevServer(DevServerProcess):
-    """``python -m serving.dev_server`` in a subprocess on a free loopback port."""
+    """``python -m reloop2_serving.dev_server`` in a subprocess on a free loopback port."""
 
 
 class Session:

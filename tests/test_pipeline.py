@@ -17,9 +17,9 @@ from reloop2_tf._keras import tf
 from serving_helpers import Session
 from reloop2_tf.data import load_prepared, prepare
 from reloop2_tf.data.errors import DataError
-from tfx_pipeline import cli, examples, local_runner, metadata_report, schema_utils
-from tfx_pipeline.data_split import split_csv
-from tfx_pipeline.pipeline import COMPONENT_IDS
+from reloop2_tfx import cli, examples, local_runner, metadata_report, schema_utils
+from reloop2_tfx.data_split import split_csv
+from reloop2_tfx.pipeline import COMPONENT_IDS
 
 TRAIN_STEPS = 50
 FIRST_ROWS = 4000

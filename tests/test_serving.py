@@ -27,8 +27,8 @@ from serving_helpers import (
 
 from reloop2_tf import export as ex
 from reloop2_tf._keras import tf
-from serving import cli
-from serving.client import FanOutClient, ReLoop2Client
+from reloop2_serving import cli
+from reloop2_serving.client import FanOutClient, ReLoop2Client
 
 pytestmark = pytest.mark.e2e
 ZEROS = np.zeros([NUM_TABLES, 2**NUM_BITS, 3], np.float32)
@@ -397,7 +397,7 @@ def test_replay_streams_csv_through_predict_then_update(served, tmp_path, capsys
 def test_dev_server_replays_read_only_warmup_and_refuses_writes(tmp_path):
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from serving.dev_server import Servable
+    from reloop2_serving.dev_server import Servable
 
     model = build_model(seed=2)
     rng = np.random.default_rng(4)

@@ -7,9 +7,9 @@ reverse; the flags live in ``flags``. TFX is imported only when a command runs, 
 
 from __future__ import annotations
 
-from tfx_pipeline.flags import MODEL_NAMES, add_compile_arguments, add_run_arguments
-from tfx_pipeline.kubeflow_v2_runner import compile_command
-from tfx_pipeline.local_runner import format_result, run_command
+from reloop2_tfx.flags import MODEL_NAMES, add_compile_arguments, add_run_arguments
+from reloop2_tfx.kubeflow_v2_runner import compile_command
+from reloop2_tfx.local_runner import format_result, run_command
 
 __all__ = ["MODEL_NAMES", "add_compile_arguments", "add_run_arguments", "compile_command",
            "format_result", "register", "run_command"]

@@ -20,7 +20,7 @@ PIPELINE_IMAGE = os.environ.get("RELOOP2_PIPELINE_IMAGE", "gcr.io/my-project/rel
 # Local defaults. The Kubeflow root must be storage every step can reach (gs://, s3://, a PVC).
 LOCAL_PIPELINE_ROOT = os.path.join("runs", "tfx")
 KUBEFLOW_PIPELINE_ROOT = os.environ.get("RELOOP2_PIPELINE_ROOT", "gs://my-bucket/reloop2/tfx")
-# Where the Kubeflow run reads its input: the output of `python -m tfx_pipeline.data_split`
+# Where the Kubeflow run reads its input: the output of `python -m reloop2_tfx.data_split`
 # (input/train/*.csv and input/eval/*.csv) copied to shared storage.
 KUBEFLOW_DATA_ROOT = os.environ.get("RELOOP2_DATA_ROOT", "gs://my-bucket/reloop2/input")
 KUBEFLOW_SERVING_DIR = os.environ.get("RELOOP2_SERVING_DIR", "gs://my-bucket/reloop2/serving")

@@ -8,7 +8,7 @@ so its size is bounded by disk, not memory, and ``gs://`` paths work through ``t
 
 Run it by hand to stage the input of a Kubeflow run::
 
-    python -m tfx_pipeline.data_split --data runs/ml100k --output gs://bucket/reloop2/input
+    python -m reloop2_tfx.data_split --data runs/ml100k --output gs://bucket/reloop2/input
 """
 
 from __future__ import annotations
@@ -144,8 +144,8 @@ def split_csv(data: str | os.PathLike, output_dir: str | os.PathLike,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tfx_pipeline.data_split --data DIR_OR_CSV --output DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m tfx_pipeline.data_split",
+    """``python -m reloop2_tfx.data_split --data DIR_OR_CSV --output DIR``."""
+    parser = argparse.ArgumentParser(prog="python -m reloop2_tfx.data_split",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="prepared dir (data.csv) or a CSV file")
     parser.add_argument("--output", required=True, help="input root: gets train/ and eval/")

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from reloop2_tf._keras import tf
 from reloop2_tf.export import PREDICT
 from reloop2_tf.features import FeatureSpec
-from tfx_pipeline.examples import parse_examples
+from reloop2_tfx.examples import parse_examples
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tfx_pipeline import configs
+from reloop2_tfx import configs
 
 # The zoo's names (reloop2_tf.models.MODELS), repeated so that --help needs no TensorFlow import;
 # the run checks them against the zoo.
@@ -53,7 +53,7 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="storage every step can reach (default: %(default)s)")
     parser.add_argument("--data-root", default=configs.KUBEFLOW_DATA_ROOT,
                         help="train/ and eval/ CSV folders from `python -m "
-                             "tfx_pipeline.data_split` (default: %(default)s)")
+                             "reloop2_tfx.data_split` (default: %(default)s)")
     parser.add_argument("--serving-dir", default=configs.KUBEFLOW_SERVING_DIR,
                         help="where the Pusher writes versions (default: %(default)s)")
     parser.add_argument("--image", default=configs.PIPELINE_IMAGE,

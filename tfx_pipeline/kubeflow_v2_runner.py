@@ -6,7 +6,7 @@ or submit (``google.cloud.aiplatform.PipelineJob``); see docs/pipeline.md. Every
 (tfx_pipeline/Dockerfile). ML Metadata is the cluster's, so no connection config is given.
 
 Usage: ``reloop2 pipeline compile --output pipeline.json`` or
-``python -m tfx_pipeline.kubeflow_v2_runner --output pipeline.json``.
+``python -m reloop2_tfx.kubeflow_v2_runner --output pipeline.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from tfx_pipeline import configs, flags
+from reloop2_tfx import configs, flags
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +37,14 @@ def compile_pipeline(output: str, pipeline_root: str = configs.KUBEFLOW_PIPELINE
     Args:
         output: str. The JSON file to write (its folder is created).
         pipeline_root, data_root, serving_dir: storage every step can reach (gs://...).
-            ``data_root`` holds ``train/`` and ``eval/`` from ``tfx_pipeline.data_split``.
+            ``data_root`` holds ``train/`` and ``eval/`` from ``reloop2_tfx.data_split``.
         image: str. The container image of every step.
         pipeline_kwargs: more ``create_pipeline`` arguments (``model_name``, ``schema_path``,
             ``train_steps``, ``min_auc``, ...).
     """
     from tfx import v1 as tfx
 
-    from tfx_pipeline.pipeline import create_pipeline
+    from reloop2_tfx.pipeline import create_pipeline
 
     pipeline = create_pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=data_root,
@@ -89,8 +89,8 @@ def compile_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tfx_pipeline.kubeflow_v2_runner``: the flags of ``reloop2 pipeline compile``."""
-    parser = argparse.ArgumentParser(prog="python -m tfx_pipeline.kubeflow_v2_runner")
+    """``python -m reloop2_tfx.kubeflow_v2_runner``: the flags of ``reloop2 pipeline compile``."""
+    parser = argparse.ArgumentParser(prog="python -m reloop2_tfx.kubeflow_v2_runner")
     flags.add_compile_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -13,7 +13,7 @@ data with the data the first model was built for. Edit ``schema/schema.pbtxt`` t
 further, or delete it to infer again.
 
 Usage: ``reloop2 pipeline run --data DIR_OR_CSV --serving-dir DIR`` or
-``python -m tfx_pipeline.local_runner --data ... --serving-dir ...``.
+``python -m reloop2_tfx.local_runner --data ... --serving-dir ...``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 # Before TensorFlow, and inherited by anything this process starts.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from tfx_pipeline import configs, flags
+from reloop2_tfx import configs, flags
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +99,9 @@ def run(data: str, serving_dir: str, pipeline_root: str = configs.LOCAL_PIPELINE
     """
     from tfx import v1 as tfx
 
-    from tfx_pipeline import metadata_report
-    from tfx_pipeline.data_split import split_csv
-    from tfx_pipeline.pipeline import create_pipeline
+    from reloop2_tfx import metadata_report
+    from reloop2_tfx.data_split import split_csv
+    from reloop2_tfx.pipeline import create_pipeline
 
     start = time.perf_counter()
     pipeline_root = os.path.abspath(pipeline_root)
@@ -140,7 +140,7 @@ def run(data: str, serving_dir: str, pipeline_root: str = configs.LOCAL_PIPELINE
 
 
 def _store_reference_schema(schema_dir: str, target: str) -> None:
-    from tfx_pipeline import schema_utils
+    from reloop2_tfx import schema_utils
 
     schema = schema_utils.read_schema(os.path.join(schema_dir, SCHEMA_FILE))
     schema_utils.write_schema(schema_utils.curate_schema(schema), target)
@@ -184,7 +184,7 @@ def run_command(args: argparse.Namespace) -> int:
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
     from reloop2_tf.data.errors import DataError
-    from tfx_pipeline.components import DataAnomaliesError
+    from reloop2_tfx.components import DataAnomaliesError
 
     try:
         result = run(
@@ -231,8 +231,8 @@ def format_result(result) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tfx_pipeline.local_runner``: the same flags as ``reloop2 pipeline run``."""
-    parser = argparse.ArgumentParser(prog="python -m tfx_pipeline.local_runner")
+    """``python -m reloop2_tfx.local_runner``: the same flags as ``reloop2 pipeline run``."""
+    parser = argparse.ArgumentParser(prog="python -m reloop2_tfx.local_runner")
     flags.add_run_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

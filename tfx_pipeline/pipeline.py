@@ -22,12 +22,12 @@ from collections.abc import Sequence
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
-from tfx_pipeline import configs
-from tfx_pipeline.components import AtomicPusher, ValidationGate
-from tfx_pipeline.data_split import EVAL_SPLIT, TRAIN_SPLIT
-from tfx_pipeline.example_gen import TypedCsvExampleGen
+from reloop2_tfx import configs
+from reloop2_tfx.components import AtomicPusher, ValidationGate
+from reloop2_tfx.data_split import EVAL_SPLIT, TRAIN_SPLIT
+from reloop2_tfx.example_gen import TypedCsvExampleGen
 
-TRAINER_RUN_FN = "tfx_pipeline.trainer_module.run_fn"
+TRAINER_RUN_FN = "reloop2_tfx.trainer_module.run_fn"
 # The read-only signature the Evaluator calls: serialized tf.Examples in, the same outputs as
 # `predict` out (see trainer_module).
 EVAL_SIGNATURE = "predict_examples"  # eval_signature.EXAMPLES_SIGNATURE

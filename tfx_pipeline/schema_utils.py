@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from tfx_pipeline.examples import read_schema
+from reloop2_tfx.examples import read_schema
 
 logger = logging.getLogger(__name__)
 

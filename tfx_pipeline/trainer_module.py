@@ -26,8 +26,8 @@ from reloop2_tf import ErrorCompensation, LSHErrorMemory, ReLoop2Model
 from reloop2_tf.export import export_serving_model
 from reloop2_tf.models import HIDDEN_LAYER, build_model
 from reloop2_tf.training import compile_model
-from tfx_pipeline import configs, examples
-from tfx_pipeline.eval_signature import add_examples_signature
+from reloop2_tfx import configs, examples
+from reloop2_tfx.eval_signature import add_examples_signature
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _batches(arrays: dict[str, np.ndarray], size: int):
 
 
 def run_fn(fn_args) -> None:
-    """TFX Trainer entry point (``Trainer(run_fn="tfx_pipeline.trainer_module.run_fn")``)."""
+    """TFX Trainer entry point (``Trainer(run_fn="reloop2_tfx.trainer_module.run_fn")``)."""
     settings = TrainerSettings.from_custom_config(fn_args.custom_config)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()

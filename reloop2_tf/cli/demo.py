@@ -80,9 +80,9 @@ def run_demo(output_dir, dataset: str = "ml-100k", model: str = "dcn",
         train_steps: Trainer steps (default: the pipeline's).
     """
     from reloop2_tf import data
-    from serving.process import DevServerProcess
-    from serving.replay import replay
-    from tfx_pipeline import local_runner
+    from reloop2_serving.process import DevServerProcess
+    from reloop2_serving.replay import replay
+    from reloop2_tfx import local_runner
 
     if not 0 < holdout_fraction < 1:
         raise ValueError(f"`holdout_fraction` should be in (0, 1). Received: {holdout_fraction}")

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     # Optional command groups live with their subsystems; each adds its own subparsers.
-    for module in ("serving.cli", "tfx_pipeline.cli"):
+    for module in ("reloop2_serving.cli", "reloop2_tfx.cli"):
         try:
             importlib.import_module(module).register(sub)
         except ModuleNotFoundError as err:
