@@ -1,19 +1,29 @@
 """The ``reloop2`` command line (SPEC section 6).
 
-Heavy imports (TensorFlow, TFX) happen inside the commands, so ``reloop2 --help`` is fast. Every
-command exits non-zero with a one-line error on bad arguments or bad data.
+Heavy imports (TensorFlow, TFX) happen inside the commands, so ``reloop2 --help`` is fast and
+prints no TensorFlow log lines; when a command loads TensorFlow, its C++ logging shows errors only
+(``TF_CPP_MIN_LOG_LEVEL=2``) unless the user sets the variable. Every command exits non-zero with
+a one-line error on bad arguments or bad data.
+
+The serving and TFX command groups live with their subsystems (``reloop2_serving.cli``,
+``reloop2_tfx.cli``); this module imports them, never the reverse.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
+import os
 import sys
 
-from reloop2_tf.evaluation.scenarios import SCENARIOS
+from reloop2_serving import cli as serving_cli
+from reloop2_tfx import cli as pipeline_cli
 
 DATASETS = ("ml-100k", "ml-1m", "csv")
+# The drift scenarios (reloop2_tf.evaluation.scenarios.SCENARIOS), repeated so that --help needs
+# no pandas import; tests/test_layout.py checks that the two agree.
+SCENARIO_NAMES = ("cold-start", "flip-gradual", "flip-sudden", "flip-users", "label-shift",
+                  "recurring")
 
 
 def _add_source_flags(parser: argparse.ArgumentParser, synthetic: bool = False) -> None:
@@ -161,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", help="comma-separated subset of the methods")
     bench.add_argument("--no-sweep", action="store_true",
                        help="skip the validation sweeps and use the default memory settings")
-    bench.add_argument("--scenario", choices=sorted(SCENARIOS),
+    bench.add_argument("--scenario", choices=SCENARIO_NAMES,
                        help="drift testbed: inject this shift into the test stream (docs/drift.md)")
     bench.add_argument("--cohort", help="with --scenario: the shifted cohort as COLUMN=VALUE")
     bench.add_argument("--t0-slot", type=int, default=None,
@@ -187,17 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="runs/demo")
     demo.set_defaults(func=_demo)
 
-    # Optional command groups live with their subsystems; each adds its own subparsers.
-    for module in ("reloop2_serving.cli", "reloop2_tfx.cli"):
-        try:
-            importlib.import_module(module).register(sub)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
+    # serve, replay; pipeline run|compile
+    serving_cli.register(sub)
+    pipeline_cli.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before a command imports TensorFlow: its C++ logs show errors only, unless the user chose
+    # a level.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
