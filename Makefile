@@ -19,7 +19,8 @@ $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml
 	$(PY) -m pip install --ignore-requires-python --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+# Lint first, so that CI (.ci/run: make test) checks it too.
+test: lint
 	$(PY) -m pytest tests
 
 demo: $(STAMP)
