@@ -12,9 +12,9 @@ from reloop2_tf.features import (
     SparseFeature,
     features_from_frame,
 )
-from reloop2_tf.layers import ErrorCompensation, IdCode, KNNErrorMemory, LSHErrorMemory
+from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
 from reloop2_tf.models import HIDDEN_LAYER, LOGIT_LAYER, MODELS, build_model, hidden_dim
-from reloop2_tf.wrapper import ReLoop2Model
+from reloop2_tf.wrapper import ReLoop2Model, default_id_groups
 
 __version__ = "0.1.0"
 
@@ -24,7 +24,6 @@ __all__ = [
     "MODELS",
     "DenseFeature",
     "ErrorCompensation",
-    "IdCode",
     "FeatureSpec",
     "KNNErrorMemory",
     "LSHErrorMemory",
@@ -32,6 +31,7 @@ __all__ = [
     "SequenceFeature",
     "SparseFeature",
     "build_model",
+    "default_id_groups",
     "features",
     "features_from_frame",
     "hidden_dim",
