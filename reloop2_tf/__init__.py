@@ -30,9 +30,9 @@ _MODULES = {
 _FROM = {
     "reloop2_tf.features": ["DenseFeature", "FeatureSpec", "SequenceFeature", "SparseFeature",
                             "features_from_frame"],
-    "reloop2_tf.layers": ["ErrorCompensation", "IdCode", "KNNErrorMemory", "LSHErrorMemory"],
+    "reloop2_tf.layers": ["ErrorCompensation", "KNNErrorMemory", "LSHErrorMemory"],
     "reloop2_tf.models": ["HIDDEN_LAYER", "LOGIT_LAYER", "MODELS", "build_model", "hidden_dim"],
-    "reloop2_tf.wrapper": ["ReLoop2Model"],
+    "reloop2_tf.wrapper": ["ReLoop2Model", "default_id_groups"],
 }
 _NAMES = {name: module for module, names in _FROM.items() for name in names}
 
@@ -42,7 +42,6 @@ __all__ = [
     "MODELS",
     "DenseFeature",
     "ErrorCompensation",
-    "IdCode",
     "FeatureSpec",
     "KNNErrorMemory",
     "LSHErrorMemory",
@@ -50,6 +49,7 @@ __all__ = [
     "SequenceFeature",
     "SparseFeature",
     "build_model",
+    "default_id_groups",
     "features",
     "features_from_frame",
     "hidden_dim",

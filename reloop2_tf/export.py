@@ -5,15 +5,18 @@ them); ``tests/test_export.py`` pins them:
 
 * ``serving_default`` and ``predict`` (the same function): one input per raw feature, named after
   the base model's ``keras.Input``; outputs ``probability``, ``base_probability``,
-  ``estimated_error``, ``memory_support`` (each ``[B]``).
+  ``estimated_error``, ``memory_support`` (each ``[B]``) and, for the sketch memory,
+  ``memory_keys`` (int32 ``[B, T]``: the row's bucket in every table).
 * ``update_memory``: the features plus ``label`` and ``sample_weight`` (float32 ``[B]``);
   outputs ``weight_written`` and ``memory_weight`` (float32 scalars).
-* ``memory_snapshot`` (no inputs): ``sketch`` (float32 ``[K, 2**L, 3]``, true units) and
+* ``update_memory_by_keys`` (sketch memory): ``memory_keys``, ``base_probability`` (as predict
+  returned them), ``label`` and ``sample_weight``; the same outputs. It runs no base model.
+* ``memory_snapshot`` (no inputs): ``sketch`` (float32 ``[num_cells, 3]``, true units) and
   ``memory_weight``.
 * ``memory_restore`` (``sketch`` in, replaces the memory) and ``memory_merge`` (``sketch`` in,
   added to the memory): output ``memory_weight``.
 
-The three ``memory_*`` signatures exist only for the sketch memory (``LSHErrorMemory``); a
+``update_memory_by_keys`` and the three ``memory_*`` signatures exist only for the sketch memory (``LSHErrorMemory``); a
 ``KNNErrorMemory`` model gets ``serving_default``, ``predict`` and ``update_memory``.
 
 TF Serving treats models as pure functions; see docs/serving.md for what a stateful model means
@@ -43,6 +46,7 @@ logger = logging.getLogger(__name__)
 PREDICT = "predict"
 SERVING_DEFAULT = "serving_default"
 UPDATE_MEMORY = "update_memory"
+UPDATE_MEMORY_BY_KEYS = "update_memory_by_keys"
 MEMORY_SNAPSHOT = "memory_snapshot"
 MEMORY_RESTORE = "memory_restore"
 MEMORY_MERGE = "memory_merge"
@@ -50,12 +54,14 @@ MEMORY_MERGE = "memory_merge"
 LABEL = "label"
 SAMPLE_WEIGHT = "sample_weight"
 SKETCH = "sketch"
+MEMORY_KEYS = "memory_keys"
+BASE_PROBABILITY = "base_probability"
 PREDICT_OUTPUTS = ("probability", "base_probability", "estimated_error", "memory_support")
 UPDATE_OUTPUTS = ("weight_written", "memory_weight")
 MEMORY_WEIGHT = "memory_weight"
 
 READ_ONLY_SIGNATURES = (SERVING_DEFAULT, PREDICT, MEMORY_SNAPSHOT)
-WRITE_SIGNATURES = (UPDATE_MEMORY, MEMORY_RESTORE, MEMORY_MERGE)
+WRITE_SIGNATURES = (UPDATE_MEMORY, UPDATE_MEMORY_BY_KEYS, MEMORY_RESTORE, MEMORY_MERGE)
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
@@ -133,9 +139,10 @@ def feature_specs(model: ReLoop2Model) -> dict[str, tf.TensorSpec]:
         if not _VALID_NAME.match(name):
             raise ValueError(f"Input names become signature inputs and must match "
                              f"{_VALID_NAME.pattern}. Received: input name {name!r}")
-        if name in (LABEL, SAMPLE_WEIGHT):
-            raise ValueError(f"A base-model input may not be called {name!r}: update_memory "
-                             f"takes `{LABEL}` and `{SAMPLE_WEIGHT}` itself.")
+        if name in (LABEL, SAMPLE_WEIGHT, MEMORY_KEYS, BASE_PROBABILITY):
+            raise ValueError(f"A base-model input may not be called {name!r}: the writing "
+                             f"signatures take `{LABEL}`, `{SAMPLE_WEIGHT}`, `{MEMORY_KEYS}` and "
+                             f"`{BASE_PROBABILITY}` themselves.")
         shape = tf.TensorShape([None]).concatenate(tensor.shape[1:])
         specs[name] = tf.TensorSpec(shape, tensor.dtype, name=name)
     if not specs:
@@ -168,6 +175,26 @@ def _checked(tensors: Mapping[str, tf.Tensor], order: list[str]) -> dict[str, tf
         return {name: tf.identity(tensors[name]) for name in order}
 
 
+def _checked_label_and_weight(checked: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """``label`` and ``sample_weight`` gated by range checks whose messages name the inputs.
+
+    The memory validates too; these read the finite-checked tensors, so NaN is reported as NaN,
+    not as out of range.
+    """
+    label, sample_weight = checked[LABEL], checked[SAMPLE_WEIGHT]
+    with tf.control_dependencies([
+        tf.debugging.assert_greater_equal(label, 0.0, message=f"`{LABEL}` must be in [0, 1]"),
+        tf.debugging.assert_less_equal(label, 1.0, message=f"`{LABEL}` must be in [0, 1]"),
+        tf.debugging.assert_non_negative(sample_weight, message=f"`{SAMPLE_WEIGHT}` must be >= 0"),
+    ]):
+        return tf.identity(label), tf.identity(sample_weight)
+
+
+def predict_outputs(model: ReLoop2Model) -> tuple[str, ...]:
+    """The outputs of ``predict``: ``PREDICT_OUTPUTS``, plus ``memory_keys`` for the sketch."""
+    return PREDICT_OUTPUTS + ((MEMORY_KEYS,) if isinstance(model.memory, LSHErrorMemory) else ())
+
+
 class _ServingModule(tf.Module):
     """Holds the model so that its variables are tracked, and builds the signature functions."""
 
@@ -181,10 +208,12 @@ class _ServingModule(tf.Module):
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         specs, model = self._specs, self.model
         names = list(specs)
+        outputs = predict_outputs(model)
 
         def compensate(*features):
             out = model.compensate(dict(zip(names, features)))
-            return tuple(tf.reshape(out[key], [-1]) for key in PREDICT_OUTPUTS)
+            return tuple(out[key] if key == MEMORY_KEYS else tf.reshape(out[key], [-1])
+                         for key in outputs)
 
         if self._batching is not None:
             b = self._batching
@@ -197,8 +226,7 @@ class _ServingModule(tf.Module):
         @tf.function(input_signature=[specs])
         def predict(features):
             features = _checked(features, names)
-            outputs = compensate(*(features[n] for n in names))
-            return {key: tf.reshape(value, [-1]) for key, value in zip(PREDICT_OUTPUTS, outputs)}
+            return dict(zip(outputs, compensate(*(features[n] for n in names))))
 
         label_spec = tf.TensorSpec([None], tf.float32, name=LABEL)
         weight_spec = tf.TensorSpec([None], tf.float32, name=SAMPLE_WEIGHT)
@@ -207,16 +235,7 @@ class _ServingModule(tf.Module):
         def update_memory(features, label, sample_weight):
             checked = _checked({**features, LABEL: label, SAMPLE_WEIGHT: sample_weight},
                                [*names, LABEL, SAMPLE_WEIGHT])
-            label, sample_weight = checked[LABEL], checked[SAMPLE_WEIGHT]
-            # The memory validates too, but these messages name the signature's inputs. They
-            # read the checked tensors, so NaN is reported as NaN, not as out of range.
-            with tf.control_dependencies([
-                tf.debugging.assert_greater_equal(label, 0.0, message=f"`{LABEL}` must be in [0, 1]"),
-                tf.debugging.assert_less_equal(label, 1.0, message=f"`{LABEL}` must be in [0, 1]"),
-                tf.debugging.assert_non_negative(sample_weight,
-                                                 message=f"`{SAMPLE_WEIGHT}` must be >= 0"),
-            ]):
-                label, sample_weight = tf.identity(label), tf.identity(sample_weight)
+            label, sample_weight = _checked_label_and_weight(checked)
             written = model.update_memory({n: checked[n] for n in names}, label, sample_weight)
             # Read after the write: automatic control dependencies order ops on the variable.
             return {"weight_written": written, MEMORY_WEIGHT: model.memory.total_weight()}
@@ -226,13 +245,27 @@ class _ServingModule(tf.Module):
                      UPDATE_MEMORY: update_memory.get_concrete_function()}
         memory = model.memory
         if isinstance(memory, LSHErrorMemory):
+            keys_spec = tf.TensorSpec([None, memory.total_tables], tf.int32, name=MEMORY_KEYS)
+            base_spec = tf.TensorSpec([None], tf.float32, name=BASE_PROBABILITY)
+
+            @tf.function(input_signature=[keys_spec, base_spec, label_spec, weight_spec])
+            def update_memory_by_keys(memory_keys, base_probability, label, sample_weight):
+                checked = _checked({MEMORY_KEYS: memory_keys, BASE_PROBABILITY: base_probability,
+                                    LABEL: label, SAMPLE_WEIGHT: sample_weight},
+                                   [MEMORY_KEYS, BASE_PROBABILITY, LABEL, SAMPLE_WEIGHT])
+                label, sample_weight = _checked_label_and_weight(checked)
+                written = model.update_memory_by_keys(checked[MEMORY_KEYS],
+                                                      checked[BASE_PROBABILITY], label,
+                                                      sample_weight)
+                return {"weight_written": written, MEMORY_WEIGHT: memory.total_weight()}
+
+            functions[UPDATE_MEMORY_BY_KEYS] = update_memory_by_keys.get_concrete_function()
             functions.update(self._sketch_signatures(memory))
         return functions
 
     @staticmethod
     def _sketch_signatures(memory: LSHErrorMemory) -> dict:
-        sketch_spec = tf.TensorSpec([memory.total_tables, memory.num_buckets, 3], tf.float32,
-                                    name=SKETCH)
+        sketch_spec = tf.TensorSpec([memory.num_state_rows, 3], tf.float32, name=SKETCH)
 
         @tf.function(input_signature=[])
         def memory_snapshot():
@@ -256,13 +289,16 @@ class _ServingModule(tf.Module):
 def signature_contract(model: ReLoop2Model) -> dict[str, dict[str, list[str]]]:
     """The input and output names of every signature ``export_serving_model`` writes."""
     names = list(feature_specs(model))
-    predict = {"inputs": names, "outputs": list(PREDICT_OUTPUTS)}
+    predict = {"inputs": names, "outputs": list(predict_outputs(model))}
     contract = {
         SERVING_DEFAULT: predict,
         PREDICT: predict,
         UPDATE_MEMORY: {"inputs": [*names, LABEL, SAMPLE_WEIGHT], "outputs": list(UPDATE_OUTPUTS)},
     }
     if isinstance(model.memory, LSHErrorMemory):
+        contract[UPDATE_MEMORY_BY_KEYS] = {
+            "inputs": [MEMORY_KEYS, BASE_PROBABILITY, LABEL, SAMPLE_WEIGHT],
+            "outputs": list(UPDATE_OUTPUTS)}
         contract[MEMORY_SNAPSHOT] = {"inputs": [], "outputs": [SKETCH, MEMORY_WEIGHT]}
         contract[MEMORY_RESTORE] = {"inputs": [SKETCH], "outputs": [MEMORY_WEIGHT]}
         contract[MEMORY_MERGE] = {"inputs": [SKETCH], "outputs": [MEMORY_WEIGHT]}
@@ -434,12 +470,14 @@ __all__ = [
     "PREDICT_OUTPUTS",
     "SERVING_DEFAULT",
     "UPDATE_MEMORY",
+    "UPDATE_MEMORY_BY_KEYS",
     "UPDATE_OUTPUTS",
     "PredictBatching",
     "export_serving_model",
     "feature_specs",
     "memory_footprint_bytes",
     "numbered_versions",
+    "predict_outputs",
     "resolve_model_dir",
     "signature_contract",
     "write_warmup_requests",

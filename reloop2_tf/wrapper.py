@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.layers.compensation import ErrorCompensation, probability_to_logit
-from reloop2_tf.layers.id_code import IdCode
+from reloop2_tf.layers.lsh_memory import LSHErrorMemory
 
 
 def _layer_output(model: keras.Model, spec: str):
@@ -30,6 +30,29 @@ def _layer_output(model: keras.Model, spec: str):
     return layer.output
 
 
+def default_id_groups(input_names, item: str = "item_id", user: str = "user_id",
+                      item_features=(), user_features=()) -> list[tuple[str, ...]]:
+    """The id groups the default memory keys rows by (measured in docs/benchmarks.md).
+
+    The item alone; the user crossed with every item-side feature (taste: ``user x genre``);
+    the item crossed with every user-side feature (``item x age``). Crosses are read as
+    deviations from their first feature's residual, so no group is a bare per-user offset (it
+    lowers per-user ranking, gAUC; add ``(user,)`` yourself where calibration matters more).
+    Names that are not inputs are skipped.
+    """
+    names = set(input_names)
+    groups: list[tuple[str, ...]] = [(item,)] if item in names else []
+    if user in names and item in names:
+        groups += [(user, f) for f in item_features if f in names]
+    if item in names:
+        groups += [(item, f) for f in user_features if f in names]
+    return groups
+
+
+def _input_names(model: keras.Model) -> set[str]:
+    return {i.name.split(":")[0] for i in model.inputs}
+
+
 @keras.saving.register_keras_serializable(package="reloop2_tf")
 class ReLoop2Model(keras.Model):
     """Wraps a base model so that its output is corrected by an error memory.
@@ -44,9 +67,10 @@ class ReLoop2Model(keras.Model):
         compensation: an ``ErrorCompensation``. Defaults to `ErrorCompensation()`.
         output_is_logits: whether the base output is a logit (`True`) or a probability.
             Defaults to `True`.
-        id_feature: the input whose ids key the memory's id tables, when the memory is an
-            ``LSHErrorMemory(num_id_tables=J, id_dims=m)``: its ``IdCode`` is appended to the
-            hidden vector. Defaults to `None`.
+
+    The memory's ``id_groups`` name inputs of the base model; their raw values key its id
+    tables. The default memory keys by ``default_id_groups`` of the inputs (the item alone
+    unless side features are named).
 
     Example:
 
@@ -57,7 +81,7 @@ class ReLoop2Model(keras.Model):
 
     def __init__(self, base_model: keras.Model, hidden_layer: str | None = "hidden",
                  compensation: ErrorCompensation | None = None, output_is_logits: bool = True,
-                 id_feature: str | None = None, **kwargs):
+                 **kwargs):
         super().__init__(**kwargs)
         if isinstance(base_model, dict):
             base_model = keras.saving.deserialize_keras_object(base_model)
@@ -76,43 +100,55 @@ class ReLoop2Model(keras.Model):
         self.hidden_layer = hidden_layer
         self.output_is_logits = bool(output_is_logits)
         self.encoder = keras.Model(base_model.inputs, outputs, name="encoder")
-        self.compensation = compensation if compensation is not None else ErrorCompensation()
-        # Id tables (LSHErrorMemory(num_id_tables=..., id_dims=...)) read an IdCode of one input
-        # feature appended to the hidden vector.
-        id_dims = getattr(self.compensation.memory, "id_dims", 0)
-        if bool(id_dims) != (id_feature is not None):
-            raise ValueError("`id_feature` names the input whose ids key the memory's id tables; "
-                             "give it exactly when the memory has `id_dims` > 0. Received: "
-                             f"id_feature={id_feature!r}, id_dims={id_dims}")
-        if id_feature is not None and id_feature not in {i.name.split(":")[0]
-                                                         for i in base_model.inputs}:
-            raise ValueError(f"`id_feature` {id_feature!r} is not an input of `base_model`; inputs: "
-                             f"{[i.name for i in base_model.inputs]}")
-        self.id_feature = id_feature
-        self.id_code = IdCode(id_dims, seed=self.compensation.memory.seed) if id_feature else None
+        if compensation is None:
+            compensation = ErrorCompensation(LSHErrorMemory(
+                id_groups=default_id_groups(_input_names(base_model))))
+        self.compensation = compensation
+        missing = sorted(set(self.id_features) - _input_names(base_model))
+        if missing:
+            raise ValueError(f"the memory's id groups read {missing}, which are not inputs of "
+                             f"`base_model`; inputs: {sorted(_input_names(base_model))}")
+
+    @property
+    def id_features(self) -> tuple[str, ...]:
+        """The raw inputs that key the memory's id tables."""
+        return getattr(self.compensation.memory, "id_features", ())
+
+    def _ids(self, features):
+        return {n: features[n] for n in self.id_features} if self.id_features else None
 
     def encode(self, features) -> tuple[tf.Tensor, tf.Tensor]:
         """Base logits ``[B]`` and hidden ``[B, d]`` of a batch of features."""
         output, hidden = self.encoder(features, training=False)
         output = tf.reshape(tf.cast(output, tf.float32), [-1])
         logits = output if self.output_is_logits else probability_to_logit(output)
-        hidden = tf.cast(hidden, tf.float32)
-        if self.id_code is not None:
-            hidden = tf.concat([hidden, self.id_code(features[self.id_feature])], axis=-1)
-        return logits, hidden
+        return logits, tf.cast(hidden, tf.float32)
 
     def call(self, features, training=None):
         logits, hidden = self.encode(features)
-        return self.compensation(logits, hidden)
+        return self.compensation(logits, hidden, self._ids(features))
 
     def compensate(self, features) -> dict[str, tf.Tensor]:
-        """``probability``, ``base_probability``, ``estimated_error``, ``memory_support``: ``[B]``."""
-        return self.compensation.compensate(*self.encode(features))
+        """``probability``, ``base_probability``, ``estimated_error``, ``memory_support`` (each
+        ``[B]``) and, with a sketch memory, ``memory_keys`` (int32 ``[B, T]``)."""
+        return self.compensation.compensate(*self.encode(features), self._ids(features))
+
+    def memory_keys(self, features) -> tf.Tensor:
+        """int32 ``[B, T]``: the memory buckets of ``features`` (what ``predict`` returns)."""
+        return self.memory.keys(self.encode(features)[1], self._ids(features))
 
     def update_memory(self, features, labels, sample_weight=None) -> tf.Tensor:
         """Writes the revealed labels of ``features``; returns the total weight written."""
         logits, hidden = self.encode(features)
-        return self.compensation.update_memory(logits, hidden, labels, sample_weight)
+        return self.compensation.update_memory(logits, hidden, labels, sample_weight,
+                                               self._ids(features))
+
+    def update_memory_by_keys(self, memory_keys, base_probability, labels,
+                              sample_weight=None) -> tf.Tensor:
+        """Writes rows by the ``memory_keys`` and ``base_probability`` that ``compensate``
+        returned, without running the base model."""
+        return self.compensation.update_memory_by_keys(memory_keys, base_probability, labels,
+                                                       sample_weight)
 
     def set_center(self, features, batch_size: int = 8192) -> tf.Tensor:
         """Centres the memory on the mean hidden vector of ``features`` (e.g. training rows).
@@ -148,7 +184,6 @@ class ReLoop2Model(keras.Model):
             "hidden_layer": self.hidden_layer,
             "compensation": keras.saving.serialize_keras_object(self.compensation),
             "output_is_logits": self.output_is_logits,
-            "id_feature": self.id_feature,
         }
 
     @classmethod

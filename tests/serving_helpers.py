@@ -12,7 +12,7 @@ from reloop2_tf._keras import keras, tf
 from reloop2_serving.process import DevServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
-NUM_TABLES, NUM_BITS = 8, 5
+NUM_TABLES, NUM_BITS, ID_BITS = 8, 5, 10
 
 
 def build_model(seed: int = 0, compensation_weight: float = 1.0, memory=None) -> r2.ReLoop2Model:
@@ -32,9 +32,11 @@ def build_model(seed: int = 0, compensation_weight: float = 1.0, memory=None) ->
     logit = keras.layers.Dense(1, name="logit")(hidden)
     base = keras.Model({"user_id": user, "item_id": item, "price": price}, logit)
     memory = memory if memory is not None else r2.LSHErrorMemory(
-        num_tables=NUM_TABLES, num_bits=NUM_BITS, seed=seed)
+        num_tables=NUM_TABLES, num_bits=NUM_BITS, seed=seed, half_life=None,
+        id_groups=["item_id", ("user_id", "item_id")], id_bits=ID_BITS)
     return r2.ReLoop2Model(base, compensation=r2.ErrorCompensation(
-        memory, compensation_weight=compensation_weight))
+        memory, compensation_weight=compensation_weight,
+        self_tuning=isinstance(memory, r2.LSHErrorMemory)))
 
 
 def make_features(n: int, rng: np.random.Generator, users: int = 30, items: int = 50) -> dict:

@@ -31,7 +31,8 @@ def test_compensated_output_matches_hand_computation_gamma_1_and_0():
                          (w * np.array([0.2, 0.4, 0.3])[rows]).sum() / w.sum())
     base = sigmoid(LOGITS)
     for gamma in (1.0, 0.0):
-        comp = r2.ErrorCompensation(memory=mem, compensation_weight=0.5, gamma=gamma)
+        comp = r2.ErrorCompensation(memory=mem, compensation_weight=0.5, gamma=gamma,
+                                    prior_count=0.0, self_tuning=False)
         got = comp.compensate(LOGITS, H)
         expected_err = np.array([
             gamma * (per_bucket[b][1] - base[i]) + (1 - gamma) * (per_bucket[b][1] - per_bucket[b][2])
@@ -49,10 +50,12 @@ def test_explicit_golden_numbers():
     h = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.5, 1.0, 1.5]], np.float32)
     mem.update(h, labels=[1.0, 0.0, 1.0], base_probs=[0.5, 0.5, 0.2])
     # y_bar = 2/3, y_bar_base = 0.4. Base logit 0 -> y_base = 0.5.
-    comp = r2.ErrorCompensation(memory=mem, compensation_weight=0.6, gamma=1.0, prior_count=1.0)
+    comp = r2.ErrorCompensation(memory=mem, compensation_weight=0.6, gamma=1.0, prior_count=1.0,
+                                self_tuning=False)
     # n = 3, rho = 3/4; y_err = 0.75 * (2/3 - 0.5) = 0.125; y = 0.5 + 0.6 * 0.125 = 0.575
     np.testing.assert_allclose(comp(np.zeros([1, 1]), h[:1]).numpy(), [[0.575]], rtol=1e-6)
-    comp0 = r2.ErrorCompensation(memory=mem, compensation_weight=0.6, gamma=0.0, prior_count=1.0)
+    comp0 = r2.ErrorCompensation(memory=mem, compensation_weight=0.6, gamma=0.0, prior_count=1.0,
+                                 self_tuning=False)
     # y_err = 0.75 * (2/3 - 0.4) = 0.2; y = 0.5 + 0.12 = 0.62
     np.testing.assert_allclose(comp0(np.zeros([1, 1]), h[:1]).numpy(), [[0.62]], rtol=1e-6)
 
@@ -60,7 +63,8 @@ def test_explicit_golden_numbers():
 @pytest.mark.parametrize("memory_cls", [r2.LSHErrorMemory, r2.KNNErrorMemory])
 def test_lambda_zero_returns_base_exactly(memory_cls, rng):
     memory = memory_cls() if memory_cls is r2.LSHErrorMemory else memory_cls(capacity=64, top_k=4)
-    comp = r2.ErrorCompensation(memory=memory, compensation_weight=0.0)
+    comp = r2.ErrorCompensation(memory=memory, compensation_weight=0.0,
+                                self_tuning=memory_cls is r2.LSHErrorMemory)
     h = rng.normal(size=(32, 8)).astype(np.float32)
     logits = rng.normal(size=(32, 1)).astype(np.float32) * 3
     comp.update_memory(logits, h, (rng.random(32) < 0.5).astype(np.float32))
@@ -70,7 +74,8 @@ def test_lambda_zero_returns_base_exactly(memory_cls, rng):
 
 @pytest.mark.parametrize("memory_cls", [r2.LSHErrorMemory, r2.KNNErrorMemory])
 def test_empty_memory_returns_base(memory_cls, rng):
-    comp = r2.ErrorCompensation(memory=memory_cls(), compensation_weight=0.9)
+    comp = r2.ErrorCompensation(memory=memory_cls(), compensation_weight=0.9,
+                                self_tuning=memory_cls is r2.LSHErrorMemory)
     h = rng.normal(size=(16, 8)).astype(np.float32)
     logits = rng.normal(size=(16,)).astype(np.float32)
     out = comp.compensate(logits, h)
@@ -84,8 +89,10 @@ def test_default_layer_works_with_no_arguments_and_call_never_writes(rng):
     logits = rng.normal(size=(8, 1)).astype(np.float32)
     probs = comp(logits, h)
     assert probs.shape == (8, 1)
-    assert isinstance(comp.memory, r2.LSHErrorMemory) and comp.memory.sketch.shape == (64, 4096, 3)
-    comp.update_memory(logits, h, np.ones(8))
+    assert isinstance(comp.memory, r2.LSHErrorMemory) and comp.memory.num_cells == 8 * 1024
+    assert comp.self_tuning
+    for _ in range(3):
+        comp.update_memory(logits, h, np.ones(8))
     before = comp.memory.snapshot().numpy().copy()
     comp(logits, h)
     comp.compensate(logits, h)
@@ -132,6 +139,7 @@ def test_bad_logits_in_call_are_rejected():
 @pytest.mark.parametrize("kwargs,name", [
     (dict(compensation_weight=-0.1), "compensation_weight"), (dict(temperature=0.0), "temperature"),
     (dict(gamma=1.5), "gamma"), (dict(prior_count=-1.0), "prior_count"), (dict(memory="x"), "memory"),
+    (dict(memory=r2.KNNErrorMemory(capacity=8, top_k=2)), "self_tuning"),
 ])
 def test_bad_config(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
@@ -140,8 +148,10 @@ def test_bad_config(kwargs, name):
 
 def test_prior_count_shrinks_toward_base():
     mem = filled_memory()
-    strong = r2.ErrorCompensation(memory=mem, compensation_weight=1.0)
-    shrunk = r2.ErrorCompensation(memory=mem, compensation_weight=1.0, prior_count=100.0)
+    strong = r2.ErrorCompensation(memory=mem, compensation_weight=1.0, prior_count=0.0,
+                                  self_tuning=False)
+    shrunk = r2.ErrorCompensation(memory=mem, compensation_weight=1.0, prior_count=100.0,
+                                  self_tuning=False)
     base = sigmoid(LOGITS)
     gap_strong = np.abs(strong.compensate(LOGITS, H)["probability"].numpy() - base)
     gap_shrunk = np.abs(shrunk.compensate(LOGITS, H)["probability"].numpy() - base)
@@ -154,7 +164,8 @@ def test_prior_count_shrinks_toward_base():
 ], ids=["lsh", "knn"])
 def test_get_config_round_trip(memory):
     comp = r2.ErrorCompensation(memory=memory, compensation_weight=0.7, temperature=0.3,
-                                gamma=0.2, prior_count=4.0)
+                                gamma=0.2, prior_count=4.0,
+                                self_tuning=isinstance(memory, r2.LSHErrorMemory))
     config = comp.get_config()
     clone = r2.ErrorCompensation.from_config(config)
     assert clone.get_config() == config
@@ -163,3 +174,127 @@ def test_get_config_round_trip(memory):
     # Deserialising through Keras needs no custom_objects: the layers are registered.
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(comp))
     assert again.get_config() == config
+
+
+def test_paper_configuration_is_one_call_away():
+    comp = r2.ErrorCompensation.paper()
+    assert not comp.self_tuning
+    assert (comp.compensation_weight, comp.gamma, comp.temperature, comp.prior_count) == (0.5, 1.0, 1.0, 0.0)
+    assert (comp.memory.num_tables, comp.memory.num_bits, comp.memory.id_groups,
+            comp.memory.half_life) == (64, 12, (), None)
+
+
+def _stream(rng, n, dim=6, items=20):
+    """Rows whose label depends on the item only; the base model ignores the item (logit 0)."""
+    item = rng.integers(0, items, n)
+    rate = np.linspace(0.1, 0.9, items)[item]
+    labels = (rng.random(n) < rate).astype(np.float32)
+    hidden = rng.normal(size=(n, dim)).astype(np.float32)
+    return hidden, {"item": item.astype(str)}, labels
+
+
+def test_trust_moves_towards_the_group_that_predicts_the_stream(rng):
+    # One SRP group over random hiddens (no signal), one id group over the item (all the signal).
+    mem = r2.LSHErrorMemory(num_tables=4, num_bits=4, id_groups=["item"])
+    comp = r2.ErrorCompensation(mem)
+    zeros = np.zeros(256, np.float32)
+    for _ in range(30):
+        hidden, ids, labels = _stream(rng, 256)
+        comp.update_memory(zeros, hidden, labels, ids=ids)
+    srp_trust, item_trust, _bias = comp.trust().numpy()
+    assert item_trust > 2.0 and abs(srp_trust) < 0.5 * item_trust
+    hidden, ids, labels = _stream(rng, 2000)
+    probs = comp.compensate(np.zeros(2000, np.float32), hidden, ids)["probability"].numpy()
+    logloss = -np.mean(labels * np.log(probs) + (1 - labels) * np.log(1 - probs))
+    assert logloss < np.log(2) - 0.05  # the base (p = 0.5) has log 2
+
+
+def test_nothing_to_correct_leaves_logloss_within_0_002_of_the_base(rng):
+    # Labels drawn from the base model's own probabilities: the base is right everywhere.
+    mem = r2.LSHErrorMemory(num_tables=8, num_bits=8, id_groups=["item", ("user", "item")])
+    comp = r2.ErrorCompensation(mem)
+    base_ll, comp_ll = [], []
+    for _ in range(60):
+        n = 1000
+        hidden = rng.normal(size=(n, 6)).astype(np.float32)
+        logits = (hidden[:, 0] * 1.5).astype(np.float32)
+        ids = {"item": rng.integers(0, 50, n).astype(str), "user": rng.integers(0, 300, n).astype(str)}
+        labels = (rng.random(n) < 1 / (1 + np.exp(-logits))).astype(np.float32)
+        out = comp.compensate(logits, hidden, ids)
+        for name, store in (("probability", comp_ll), ("base_probability", base_ll)):
+            p = np.clip(out[name].numpy(), 1e-7, 1 - 1e-7)
+            store.append(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+        comp.update_memory(logits, hidden, labels, ids=ids)
+    assert abs(np.mean(comp_ll) - np.mean(base_ll)) < 0.002
+
+
+def test_zero_trust_and_zero_lambda_give_the_base_bit_for_bit(rng):
+    hidden, ids, labels = _stream(rng, 512)
+    logits = rng.normal(size=512).astype(np.float32)
+    fresh = r2.ErrorCompensation(r2.LSHErrorMemory(num_tables=4, num_bits=4, id_groups=["item"]))
+    fresh.memory.update(hidden, labels, tf.sigmoid(logits), ids=ids)  # tables full, no trust sums
+    assert not fresh.trust().numpy().any()
+    out = fresh.compensate(logits, hidden, ids)
+    np.testing.assert_array_equal(out["probability"].numpy(), tf.sigmoid(logits).numpy())
+    off = r2.ErrorCompensation(r2.LSHErrorMemory(num_tables=4, num_bits=4, id_groups=["item"]),
+                               compensation_weight=0.0)
+    for _ in range(5):
+        off.update_memory(logits, hidden, labels, ids=ids)
+    np.testing.assert_array_equal(off.compensate(logits, hidden, ids)["probability"].numpy(),
+                                  tf.sigmoid(logits).numpy())
+    assert off.trust().numpy().any()  # the trust is learnt; lambda = 0 does not use it
+
+
+def test_writes_by_keys_equal_writes_by_features(rng):
+    def make():
+        return r2.ErrorCompensation(r2.LSHErrorMemory(num_tables=4, num_bits=5,
+                                                      id_groups=["item", ("item", "u")]))
+    by_features, by_keys = make(), make()
+    for _ in range(8):
+        hidden, ids, labels = _stream(rng, 300)
+        ids["u"] = rng.integers(0, 9, 300)
+        logits = rng.normal(size=300).astype(np.float32)
+        out = by_keys.compensate(logits, hidden, ids)
+        np.testing.assert_array_equal(out["probability"].numpy(),
+                                      by_features.compensate(logits, hidden, ids)["probability"].numpy())
+        by_features.update_memory(logits, hidden, labels, ids=ids)
+        by_keys.update_memory_by_keys(out["memory_keys"], out["base_probability"], labels)
+    np.testing.assert_array_equal(by_keys.memory.snapshot().numpy(),
+                                  by_features.memory.snapshot().numpy())
+    np.testing.assert_array_equal(by_keys.trust().numpy(), by_features.trust().numpy())
+
+
+@pytest.mark.parametrize("bad,name", [
+    (dict(memory_keys=np.full((3, 6), 5000)), "memory_keys"),
+    (dict(memory_keys=np.full((3, 6), -1)), "memory_keys"),
+    (dict(memory_keys=np.zeros((3, 5))), "memory_keys"),
+    (dict(labels=np.array([0.0, 2.0, 1.0])), "labels"),
+    (dict(base_probs=np.array([0.5, np.nan, 0.5])), "base_probs"),
+    (dict(sample_weight=np.array([1.0, -1.0, 1.0])), "sample_weight"),
+])
+def test_bad_write_by_keys_leaves_memory_and_trust_untouched(bad, name, rng):
+    comp = r2.ErrorCompensation(r2.LSHErrorMemory(num_tables=4, num_bits=5, id_groups=["item", "u"]))
+    hidden, ids, labels = _stream(rng, 64)
+    ids["u"] = ids["item"]
+    comp.update_memory(np.zeros(64, np.float32), hidden, labels, ids=ids)
+    good = comp.compensate(np.zeros(3, np.float32), hidden[:3], {k: v[:3] for k, v in ids.items()})
+    before = comp.memory.snapshot().numpy().copy(), comp.trust().numpy().copy()
+    args = dict(keys=good["memory_keys"].numpy(), base_probs=np.full(3, 0.5), labels=np.ones(3),
+                sample_weight=np.ones(3))
+    bad = {("keys" if k == "memory_keys" else k): v for k, v in bad.items()}
+    args.update(bad)
+    args["keys"] = tf.constant(args["keys"], tf.int32)
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=f"`{name}`"):
+        comp.update_memory_by_keys(**{k: (v if k == "keys" else tf.constant(v, tf.float32))
+                                      for k, v in args.items()})
+    np.testing.assert_array_equal(comp.memory.snapshot().numpy(), before[0])
+    np.testing.assert_array_equal(comp.trust().numpy(), before[1])
+
+
+def test_ids_are_required_by_name(rng):
+    comp = r2.ErrorCompensation(r2.LSHErrorMemory(num_tables=2, num_bits=3, id_groups=[("user", "genre")]))
+    hidden = rng.normal(size=(4, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="genre"):
+        comp.compensate(np.zeros(4, np.float32), hidden, {"user": np.arange(4)})
+    with pytest.raises(ValueError, match="strings or integers"):
+        comp.compensate(np.zeros(4, np.float32), hidden, {"user": np.arange(4), "genre": np.ones(4)})

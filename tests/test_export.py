@@ -5,20 +5,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import NUM_BITS, NUM_TABLES, ROOT, Session, build_model, make_features, take
+from serving_helpers import ROOT, Session, build_model, make_features, take
 
 import reloop2_tf as r2
 from reloop2_tf import export as ex
 from reloop2_tf._keras import tf
 
 FEATURES = {"item_id", "price", "user_id"}
-PREDICT = {"inputs": FEATURES,
-           "outputs": {"probability", "base_probability", "estimated_error", "memory_support"}}
+PREDICT = {"inputs": FEATURES, "outputs": {"probability", "base_probability", "estimated_error",
+                                           "memory_support", "memory_keys"}}
 CONTRACT = {
     "serving_default": PREDICT,
     "predict": PREDICT,
     "update_memory": {"inputs": FEATURES | {"label", "sample_weight"},
                       "outputs": {"weight_written", "memory_weight"}},
+    "update_memory_by_keys": {"inputs": {"memory_keys", "base_probability", "label", "sample_weight"},
+                              "outputs": {"weight_written", "memory_weight"}},
     "memory_snapshot": {"inputs": set(), "outputs": {"sketch", "memory_weight"}},
     "memory_restore": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
     "memory_merge": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
@@ -47,7 +49,10 @@ def test_signature_contract_exact_names_and_dtypes(exported):
     assert dtypes == {"user_id": tf.string, "item_id": tf.string, "price": tf.float32,
                       "label": tf.float32, "sample_weight": tf.float32}
     sketch = sess.sigs["memory_snapshot"].outputs["sketch"].tensor_shape
-    assert [d.size for d in sketch.dim] == [NUM_TABLES, 2**NUM_BITS, 3]
+    assert [d.size for d in sketch.dim] == [model.memory.num_state_rows, 3]
+    keys = sess.sigs["predict"].outputs["memory_keys"]
+    assert tf.dtypes.as_dtype(keys.dtype) == tf.int32
+    assert [d.size for d in keys.tensor_shape.dim] == [-1, model.memory.total_tables]
     for name in ("serving_default", "update_memory"):
         assert all(len(t.tensor_shape.dim) == 1 and t.tensor_shape.dim[0].size == -1
                    for t in sess.sigs[name].inputs.values())
@@ -92,7 +97,7 @@ def test_tf1_session_and_eager_agree_with_keras_through_an_update(exported, rng)
     "nan_price", "label_2", "nan_label", "negative_weight", "short_label", "short_feature",
     "empty", "wrong_sketch"])
 def test_invalid_input_fails_before_any_write(exported, rng, bad):
-    _, path = exported
+    model, path = exported
     sess = Session(path)
     x = make_features(4, rng)
     inputs = {**x, "label": np.ones(4, np.float32), "sample_weight": np.ones(4, np.float32)}
@@ -120,8 +125,8 @@ def test_invalid_input_fails_before_any_write(exported, rng, bad):
         match = "the batch is empty"
     else:
         signature, match = "memory_merge", "`state` has negative weights"
-        sketch = np.zeros([NUM_TABLES, 2**NUM_BITS, 3], np.float32)
-        sketch[0, 0, 0] = -1.0
+        sketch = np.zeros([model.memory.num_state_rows, 3], np.float32)
+        sketch[0, 0] = -1.0
         inputs = {"sketch": sketch}
     checksum = sess.checksum()
     with pytest.raises(tf.errors.InvalidArgumentError, match=match):
@@ -131,6 +136,31 @@ def test_invalid_input_fails_before_any_write(exported, rng, bad):
         with pytest.raises(tf.errors.InvalidArgumentError, match=match):
             sess("predict", **{k: v for k, v in inputs.items() if k in FEATURES})
     sess.close()
+
+
+def test_writes_by_keys_equal_writes_by_features_in_session(exported, rng):
+    _, path = exported
+    by_features, by_keys = Session(path), Session(path)
+    for _ in range(3):
+        x, y = make_features(40, rng), rng.integers(0, 2, 40).astype(np.float32)
+        w = rng.integers(0, 3, 40).astype(np.float32)
+        served = by_keys("predict", **x)
+        np.testing.assert_array_equal(served["probability"], by_features("predict", **x)["probability"])
+        a = by_features("update_memory", **x, label=y, sample_weight=w)
+        b = by_keys("update_memory_by_keys", memory_keys=served["memory_keys"],
+                    base_probability=served["base_probability"], label=y, sample_weight=w)
+        assert float(a["weight_written"]) == float(b["weight_written"]) == w.sum()
+    np.testing.assert_array_equal(by_keys("memory_snapshot")["sketch"],
+                                  by_features("memory_snapshot")["sketch"])
+    before = by_keys("memory_snapshot")["sketch"]
+    keys = served["memory_keys"].copy()
+    keys[0, -1] = 1 << 20  # beyond its table
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`memory_keys`"):
+        by_keys("update_memory_by_keys", memory_keys=keys, base_probability=served["base_probability"],
+                label=y, sample_weight=w)
+    np.testing.assert_array_equal(by_keys("memory_snapshot")["sketch"], before)
+    by_features.close()
+    by_keys.close()
 
 
 def test_snapshot_restore_merge_semantics_in_session(exported, rng):

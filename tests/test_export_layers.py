@@ -14,7 +14,9 @@ def make_module(memory):
     h = keras.layers.Dense(D, activation="tanh", name="hidden")(x)
     logit = keras.layers.Dense(1, name="logit")(h)
     model = r2.ReLoop2Model(keras.Model({"x": x}, logit),
-                            compensation=r2.ErrorCompensation(memory, compensation_weight=1.0))
+                            compensation=r2.ErrorCompensation(
+                                memory, compensation_weight=1.0,
+                                self_tuning=isinstance(memory, r2.LSHErrorMemory)))
     model.compensate({"x": np.zeros((1, 4), np.float32)})  # builds the memory
 
     module = tf.Module()
@@ -33,7 +35,8 @@ def make_module(memory):
     return module, {"serving_default": predict, "update_memory": update_memory}
 
 
-@pytest.mark.parametrize("memory", [lambda: r2.LSHErrorMemory(num_tables=8, num_bits=4),
+@pytest.mark.parametrize("memory", [lambda: r2.LSHErrorMemory(num_tables=8, num_bits=4,
+                                                               half_life=None),
                                     lambda: r2.KNNErrorMemory(capacity=64, top_k=4)],
                          ids=["lsh", "knn"])
 def test_saved_model_updates_through_signature_eager_and_tf1_session(memory, tmp_path, rng):

@@ -25,8 +25,13 @@ def numpy_sketch(h, y, b, w, projections, center, num_buckets):
     return sketch
 
 
+def tables(mem):
+    """The SRP tables of a memory without id tables, as ``[K, 2**L, 3]``."""
+    return mem.sketch.numpy()[:mem.num_cells].reshape(mem.num_tables, mem.num_buckets, 3)
+
+
 def test_golden_bucket_ids_and_sketch():
-    mem = r2.LSHErrorMemory(num_tables=3, num_bits=2, seed=7)
+    mem = r2.LSHErrorMemory(num_tables=3, num_bits=2, seed=7, half_life=None)
     written = mem.update(H3, Y3, B3)
     assert float(written) == 3.0
     projections = mem.projections.numpy()
@@ -37,14 +42,14 @@ def test_golden_bucket_ids_and_sketch():
     np.testing.assert_array_equal(mem.bucket_ids(H3).numpy(), buckets)
     assert mem.bucket_ids(H3).dtype == tf.int32
     expected = numpy_sketch(H3, Y3, B3, np.ones(3), projections, np.zeros(4), 4)
-    np.testing.assert_allclose(mem.sketch.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(tables(mem), expected, rtol=1e-6)
     # Rows 1 and 3 are identical: every table holds weight 2 in their bucket.
     for table, bucket in enumerate(buckets[0]):
-        np.testing.assert_allclose(mem.sketch.numpy()[table, bucket], [2.0, 1.0, 0.6], rtol=1e-6)
+        np.testing.assert_allclose(tables(mem)[table, bucket], [2.0, 1.0, 0.6], rtol=1e-6)
 
 
 def test_center_is_subtracted_before_hashing():
-    mem = r2.LSHErrorMemory(num_tables=8, num_bits=4, seed=3)
+    mem = r2.LSHErrorMemory(num_tables=8, num_bits=4, seed=3, half_life=None)
     mem.update(H3[:1], [1.0], [0.5])
     center = np.array([0.4, -0.5, 1.0, 0.0], np.float32)
     mem.set_center(center)
@@ -54,16 +59,16 @@ def test_center_is_subtracted_before_hashing():
 
 
 def test_zero_weight_row_changes_nothing():
-    mem = r2.LSHErrorMemory(num_tables=4, num_bits=3)
+    mem = r2.LSHErrorMemory(num_tables=4, num_bits=3, half_life=None)
     mem.update(H3, Y3, B3)
-    before = mem.sketch.numpy().copy()
+    before = tables(mem).copy()
     written = mem.update(H3[:2], [1.0, 1.0], [0.1, 0.1], sample_weight=[0.0, 0.0])
     assert float(written) == 0.0
-    np.testing.assert_array_equal(mem.sketch.numpy(), before)
+    np.testing.assert_array_equal(tables(mem), before)
 
 
 def test_lookup_and_estimate_match_numpy(rng):
-    mem = r2.LSHErrorMemory(num_tables=16, num_bits=3, seed=1)
+    mem = r2.LSHErrorMemory(num_tables=16, num_bits=3, seed=1, half_life=None)
     h = rng.normal(size=(200, 6)).astype(np.float32)
     y = (rng.random(200) < 0.3).astype(np.float32)
     b = rng.random(200).astype(np.float32)
@@ -111,7 +116,7 @@ BAD_UPDATES = [
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
 @pytest.mark.parametrize("case,bad,name", BAD_UPDATES, ids=[c[0] for c in BAD_UPDATES])
 def test_bad_update_names_argument_and_leaves_sketch_untouched(case, bad, name, graph):
-    mem = r2.LSHErrorMemory(num_tables=4, num_bits=3)
+    mem = r2.LSHErrorMemory(num_tables=4, num_bits=3, half_life=None)
     mem.update(H3, Y3, B3)
     before = mem.snapshot().numpy().copy()
     args = dict(hidden=H3, labels=Y3, base_probs=B3, sample_weight=np.ones(3, np.float32))
@@ -126,7 +131,7 @@ def test_bad_update_names_argument_and_leaves_sketch_untouched(case, bad, name, 
 def test_half_life_halves_old_rows_at_constant_cost():
     mem = r2.LSHErrorMemory(num_tables=2, num_bits=2, half_life=10)
     mem.update(H3[:1], [1.0], [0.5])
-    before = mem.sketch.numpy().copy()
+    before = tables(mem).copy()
     other = np.tile(H3[1:2], (10, 1))
     mem.update(other, np.zeros(10), np.zeros(10))
     old = mem.lookup(H3[:1])["weight"].numpy()
@@ -137,7 +142,7 @@ def test_half_life_halves_old_rows_at_constant_cost():
     bucket = mem.bucket_ids(H3[:1]).numpy()[0]
     for table, b in enumerate(bucket):
         if b not in mem.bucket_ids(H3[1:2]).numpy()[0][table:table + 1]:
-            assert mem.sketch.numpy()[table, b, 0] == before[table, b, 0]
+            assert tables(mem)[table, b, 0] == before[table, b, 0]
     np.testing.assert_allclose(float(mem.total_weight()), 10.5, rtol=1e-5)
 
 
@@ -153,7 +158,7 @@ def test_half_life_folds_scale_without_losing_weight():
 
 
 def test_reset_and_decay():
-    mem = r2.LSHErrorMemory(num_tables=4, num_bits=3)
+    mem = r2.LSHErrorMemory(num_tables=4, num_bits=3, half_life=None)
     mem.update(H3, Y3, B3)
     mem.decay(0.25)
     np.testing.assert_allclose(float(mem.total_weight()), 0.75, rtol=1e-6)
@@ -169,14 +174,14 @@ def test_merge_equals_memory_that_saw_both_streams(rng):
     h1, h2 = rng.normal(size=(50, 5)), rng.normal(size=(70, 5))
     y1, y2 = rng.random(50) < 0.5, rng.random(70) < 0.5
     b1, b2 = rng.random(50), rng.random(70)
-    a, b, both = (r2.LSHErrorMemory(num_tables=8, num_bits=4, seed=5) for _ in range(3))
+    a, b, both = (r2.LSHErrorMemory(num_tables=8, num_bits=4, seed=5, half_life=None) for _ in range(3))
     a.update(h1, y1, b1)
     b.update(h2, y2, b2)
     both.update(h1, y1, b1)
     both.update(h2, y2, b2)
     a.merge(b)
     np.testing.assert_allclose(a.snapshot().numpy(), both.snapshot().numpy(), rtol=1e-5)
-    c = r2.LSHErrorMemory(num_tables=8, num_bits=4, seed=6)
+    c = r2.LSHErrorMemory(num_tables=8, num_bits=4, seed=6, half_life=None)
     c.update(h1, y1, b1)
     with pytest.raises(ValueError, match="projections"):
         a.merge(c)
@@ -193,25 +198,27 @@ def test_snapshot_restore_round_trip_and_bad_state(rng):
         np.testing.assert_allclose(b.lookup(q)[key].numpy(), a.lookup(q)[key].numpy(), rtol=1e-5)
     before = b.snapshot().numpy().copy()
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="`state`"):
-        b.restore(np.zeros((4, 9, 3)))
+        b.restore(np.zeros((4 * 9 + 1, 3)))
     bad = before.copy()
-    bad[0, 0, 0] = np.nan
+    bad[0, 0] = np.nan
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="`state`"):
         b.restore(bad)
     np.testing.assert_array_equal(b.snapshot().numpy(), before)
 
 
 def test_footprint_is_constant_in_rows_written(rng):
-    mem = r2.LSHErrorMemory(num_tables=8, num_bits=6)
+    mem = r2.LSHErrorMemory(num_tables=8, num_bits=6, half_life=None)
     mem.update(rng.normal(size=(10, 4)), np.ones(10), np.ones(10) * 0.5)
     sizes = [v.numpy().nbytes for v in mem.weights]
     mem.update(rng.normal(size=(5000, 4)), np.ones(5000), np.ones(5000) * 0.5)
     assert [v.numpy().nbytes for v in mem.weights] == sizes
-    assert mem.sketch.shape == (8, 64, 3)
+    assert mem.num_cells == 8 * 64 and mem.sketch.shape == (mem.num_state_rows, 3)
 
 
 @pytest.mark.parametrize("kwargs,name", [
-    (dict(num_tables=0), "num_tables"), (dict(num_bits=0), "num_bits"),
+    (dict(num_tables=-1), "num_tables"), (dict(num_bits=0), "num_bits"),
+    (dict(num_tables=0), "num_tables"), (dict(id_bits=0), "id_bits"),
+    (dict(id_groups="item_id"), "id_groups"), (dict(id_groups=["a", "a"]), "id_groups"),
     (dict(num_bits=40), "num_bits"), (dict(half_life=-1.0), "half_life"),
 ])
 def test_bad_config(kwargs, name):

@@ -50,21 +50,36 @@ def check_in_unit_interval(x: tf.Tensor, name: str) -> list[tf.Operation]:
     ]
 
 
-def check_same_rows(reference: tf.Tensor, other: tf.Tensor, name: str) -> tf.Operation:
+def check_same_rows(reference: tf.Tensor, other: tf.Tensor, name: str,
+                    reference_name: str = "hidden") -> tf.Operation:
     rows, other_rows = reference.shape[0], other.shape[0]
     if rows is not None and other_rows is not None and rows != other_rows:
-        raise ValueError(f"`{name}` must have one entry per row of `hidden` ({rows}). "
+        raise ValueError(f"`{name}` must have one entry per row of `{reference_name}` ({rows}). "
                          f"Received: {other_rows} entries")
     return tf.debugging.assert_equal(
         tf.shape(other)[0],
         tf.shape(reference)[0],
-        message=f"`{name}` must have one entry per row of `hidden`",
+        message=f"`{name}` must have one entry per row of `{reference_name}`",
     )
 
 
-def update_checks(hidden, labels, base_probs, sample_weight):
-    """All assertions for a write; returns the list of assert ops."""
-    checks = [check_finite(hidden, "hidden")]
+def write_columns(labels, base_probs, sample_weight):
+    """Labels, base probabilities and weights of a write as float32 ``[B]`` (weights default 1)."""
+    labels = as_column(labels, "labels")
+    base_probs = as_column(base_probs, "base_probs")
+    if sample_weight is None:
+        sample_weight = tf.ones_like(labels)
+    return labels, base_probs, as_column(sample_weight, "sample_weight")
+
+
+def update_checks(hidden, labels, base_probs, sample_weight, reference=None,
+                  reference_name: str = "hidden"):
+    """All assertions for a write; returns the list of assert ops.
+
+    Rows are counted on ``hidden``, or on ``reference`` (e.g. the memory keys) when it is given.
+    """
+    checks = [] if hidden is None else [check_finite(hidden, "hidden")]
+    reference = hidden if reference is None else reference
     checks += check_in_unit_interval(labels, "labels")
     checks += check_in_unit_interval(base_probs, "base_probs")
     checks += [
@@ -72,8 +87,8 @@ def update_checks(hidden, labels, base_probs, sample_weight):
         tf.debugging.assert_non_negative(
             sample_weight, message="`sample_weight` must be >= 0"
         ),
-        check_same_rows(hidden, labels, "labels"),
-        check_same_rows(hidden, base_probs, "base_probs"),
-        check_same_rows(hidden, sample_weight, "sample_weight"),
+        check_same_rows(reference, labels, "labels", reference_name),
+        check_same_rows(reference, base_probs, "base_probs", reference_name),
+        check_same_rows(reference, sample_weight, "sample_weight", reference_name),
     ]
     return checks

@@ -1,4 +1,14 @@
-"""ErrorCompensation: corrects a base model's output with the error read from a memory (SPEC 1)."""
+"""ErrorCompensation: corrects a base model's output with the error read from a memory.
+
+Two read-outs (docs/core.md):
+
+* self-tuning (the default): each table group of the memory gives a shrunk residual, and an
+  online logistic combiner in logit space learns from the feedback stream how much to trust each
+  group. It starts at zero trust, which is the base model.
+* the paper's (``ErrorCompensation.paper()``, SPEC section 1): a fixed blend in probability
+  space, ``y_pred = clip(y_base + lambda * rho * (gamma (y_bar - y_base)
+  + (1 - gamma)(y_bar - y_bar_base)), 0, 1)``.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +20,38 @@ from reloop2_tf.layers.lsh_memory import LSHErrorMemory
 from reloop2_tf.layers.memory_base import ErrorMemory
 
 _EPS = 1e-7
+# Ridge added to the combiner's curvature: with little evidence the trust stays near zero.
+_RIDGE = 1.0
+# Trust stays in [-_MAX_TRUST, _MAX_TRUST] per group (docs/core.md).
+_MAX_TRUST = 16.0
 
 
 @keras.saving.register_keras_serializable(package="reloop2_tf")
 class ErrorCompensation(keras.layers.Layer):
-    """Compensates base predictions with the error the memory holds for similar rows.
+    """Compensates base predictions with the error the memory holds for similar rows and ids.
 
-        y_err  = rho * (gamma * (y_bar - y_base) + (1 - gamma) * (y_bar - y_bar_base))
-        y_pred = clip(y_base + compensation_weight * y_err, 0, 1)
+    Self-tuning (default): ``logit = z + compensation_weight * (sum_g w_g f_g + b)`` where
+    ``f_g`` is group ``g``'s shrunk residual (``LSHErrorMemory.trust_features``) and the trust
+    ``w``, ``b`` is the Newton step from the base model on the logloss of every row written,
+    each read as it was served (before its write) and forgotten at the memory's half-life.
+    The sums behind it are additive, so they snapshot, restore and merge with the tables.
 
-    with ``y_bar``/``y_bar_base`` the attention-weighted label/base prediction of the retrieved
-    rows, and ``rho = n / (n + prior_count)`` the shrinkage by the retrieved support ``n``.
-    ``call`` only reads the memory; labels are written with ``update_memory``.
+    Paper (``self_tuning=False``): ``y_pred = clip(y_base + compensation_weight * y_err, 0, 1)``
+    with ``y_err = rho (gamma (y_bar - y_base) + (1 - gamma)(y_bar - y_bar_base))``.
+
+    ``call`` only reads; labels are written with ``update_memory`` or ``update_memory_by_keys``.
 
     Args:
-        memory: an ``LSHErrorMemory`` or ``KNNErrorMemory``. Defaults to `LSHErrorMemory()`.
+        memory: an ``LSHErrorMemory`` (or, with ``self_tuning=False``, a ``KNNErrorMemory``).
+            Defaults to `LSHErrorMemory()`.
         compensation_weight: float >= 0, lambda. `0` returns the base probability exactly.
-            Defaults to `0.5`.
-        temperature: float > 0, tau (may be `inf`: all tables weigh the same). Defaults to `1.0`.
-        gamma: float in [0, 1]. `1` blends with the neighbours' label average, `0` adds their mean
-            residual. Defaults to `1.0`.
-        prior_count: float >= 0. Support shrinkage pseudo-count. Defaults to `0.0`.
+            Self-tuning: a multiplier on the learnt correction. Defaults to `1.0`.
+        temperature: float > 0, tau of the paper's read. Defaults to `1.0`.
+        gamma: float in [0, 1], of the paper's read. Defaults to `0.0`.
+        prior_count: float >= 0. Shrinkage pseudo-count: of every group's residual
+            (self-tuning), or ``rho = n / (n + prior_count)`` (paper). Defaults to `5.0`.
+        self_tuning: bool. Learn the trust online (`True`) or use the paper's fixed blend.
+            Defaults to `True`.
 
     Example:
 
@@ -39,9 +60,9 @@ class ErrorCompensation(keras.layers.Layer):
     >>> comp.update_memory(base_logits, hidden, labels)    # after the labels arrive
     """
 
-    def __init__(self, memory: ErrorMemory | None = None, compensation_weight: float = 0.5,
-                 temperature: float = 1.0, gamma: float = 1.0, prior_count: float = 0.0,
-                 **kwargs):
+    def __init__(self, memory: ErrorMemory | None = None, compensation_weight: float = 1.0,
+                 temperature: float = 1.0, gamma: float = 0.0, prior_count: float = 5.0,
+                 self_tuning: bool = True, **kwargs):
         super().__init__(**kwargs)
         if isinstance(memory, dict):
             memory = keras.saving.deserialize_keras_object(memory)
@@ -60,24 +81,88 @@ class ErrorCompensation(keras.layers.Layer):
             raise ValueError("`prior_count` should be a finite number >= 0. "
                              f"Received: prior_count={prior_count!r}")
         self.memory = memory if memory is not None else LSHErrorMemory()
+        self.self_tuning = bool(self_tuning)
+        if self.self_tuning and not isinstance(self.memory, LSHErrorMemory):
+            raise ValueError("`self_tuning` (True) reads the table groups of an LSHErrorMemory; with "
+                             f"a {type(self.memory).__name__} use self_tuning=False (the paper's read)")
         self.compensation_weight = float(compensation_weight)
         self.temperature = float(temperature)
         self.gamma = float(gamma)
         self.prior_count = float(prior_count)
 
-    def call(self, base_logits, hidden):
-        return self.compensate(base_logits, hidden)["probability"][:, None]
+    @classmethod
+    def paper(cls, memory: ErrorMemory | None = None, **kwargs) -> ErrorCompensation:
+        """The paper's configuration: a 64 x 12-bit sketch, lambda 0.5, gamma 1, tau 1, no trust
+        learning (SPEC section 1). ``kwargs`` override any of these."""
+        settings = dict(compensation_weight=0.5, temperature=1.0, gamma=1.0, prior_count=0.0,
+                        self_tuning=False)
+        settings.update(kwargs)
+        return cls(memory if memory is not None
+                   else LSHErrorMemory(num_tables=64, num_bits=12, half_life=None),
+                   **settings)
 
-    def compensate(self, base_logits, hidden) -> dict[str, tf.Tensor]:
-        """All serving outputs, each ``[B]``: ``probability``, ``base_probability``,
-        ``estimated_error`` (y_err) and ``memory_support`` (n)."""
+    # -- reads -------------------------------------------------------------------------------
+
+    def call(self, base_logits, hidden, ids=None):
+        return self.compensate(base_logits, hidden, ids)["probability"][:, None]
+
+    def compensate(self, base_logits, hidden, ids=None) -> dict[str, tf.Tensor]:
+        """Serving outputs, each ``[B]``: ``probability``, ``base_probability``,
+        ``estimated_error`` (probability - base) and ``memory_support`` (mean weight over the
+        tables); with an ``LSHErrorMemory`` also ``memory_keys`` (int32 ``[B, T]``)."""
         base_logits = v.as_column(base_logits, "base_logits")
         hidden = self.memory._check_hidden(hidden)
         checks = [v.check_finite(base_logits, "base_logits"), v.check_finite(hidden, "hidden"),
                   v.check_same_rows(hidden, base_logits, "base_logits")]
         with tf.control_dependencies(checks):
-            base = tf.sigmoid(base_logits)
-        est = self.memory.estimate(hidden, self.temperature)
+            base_logits = tf.identity(base_logits)
+        if not isinstance(self.memory, LSHErrorMemory):
+            return self._paper_read(base_logits, self.memory.estimate(hidden, self.temperature, ids))
+        return self._read_keys(base_logits, self.memory.keys(hidden, ids))
+
+    def compensate_keys(self, base_logits, keys) -> dict[str, tf.Tensor]:
+        """``compensate`` for rows given by their memory keys (from ``memory.keys``)."""
+        base_logits = v.as_column(base_logits, "base_logits")
+        keys = self.memory.check_keys(keys)
+        with tf.control_dependencies([v.check_finite(base_logits, "base_logits"),
+                                      v.check_same_rows(keys, base_logits, "base_logits",
+                                                        "memory_keys")]):
+            base_logits = tf.identity(base_logits)
+        return self._read_keys(base_logits, keys)
+
+    def _read_keys(self, base_logits, keys) -> dict[str, tf.Tensor]:
+        stats = self.memory.lookup_keys(keys)
+        if self.self_tuning:
+            out = self._self_tuned(base_logits, stats)
+        else:
+            out = self._paper_read(base_logits,
+                                   self.memory.estimate_from_stats(stats, self.temperature))
+        out["memory_keys"] = keys
+        return out
+
+    def _self_tuned(self, base_logits, stats) -> dict[str, tf.Tensor]:
+        base = tf.sigmoid(base_logits)
+        features = self.memory.trust_features(stats, self.prior_count)
+        correction = tf.linalg.matvec(features, self.trust())
+        probability = tf.sigmoid(base_logits + self.compensation_weight * correction)
+        return {"probability": probability, "base_probability": base,
+                "estimated_error": probability - base,
+                "memory_support": tf.reduce_mean(stats[..., 0], axis=-1)}
+
+    def trust(self) -> tf.Tensor:
+        """float32 ``[F]``: the learnt trust of every group (then the bias), zero when empty.
+
+        The Newton step from the base model on the ridge-regularised, forgetting-weighted
+        logloss of every row written so far: ``-(H + ridge I)^-1 g`` with ``H``, ``g`` the
+        curvature and gradient sums at zero trust that the memory keeps beside its tables.
+        """
+        curvature, gradient = self.memory.trust_sums()
+        ridge = _RIDGE * tf.eye(tf.shape(gradient)[0])
+        step = tf.linalg.solve(curvature + ridge, gradient[:, None])[:, 0]
+        return tf.clip_by_value(-step, -_MAX_TRUST, _MAX_TRUST)
+
+    def _paper_read(self, base_logits, est) -> dict[str, tf.Tensor]:
+        base = tf.sigmoid(base_logits)
         support = est["support"]
         if self.prior_count > 0:
             rho = support / (support + self.prior_count)
@@ -89,16 +174,51 @@ class ErrorCompensation(keras.layers.Layer):
         return {"probability": probability, "base_probability": base,
                 "estimated_error": error, "memory_support": support}
 
-    def update_memory(self, base_logits, hidden, labels, sample_weight=None) -> tf.Tensor:
-        """Writes ``(hidden, labels, sigmoid(base_logits))``; returns the total weight written."""
+    # -- writes ------------------------------------------------------------------------------
+
+    def update_memory(self, base_logits, hidden, labels, sample_weight=None, ids=None) -> tf.Tensor:
+        """Writes ``(hidden, ids, labels, sigmoid(base_logits))``; returns the total weight written.
+
+        Self-tuning: the rows also add their logloss gradient and curvature at zero trust, read
+        as they were served (before the write), to the combiner's sums.
+        """
         base_logits = v.as_column(base_logits, "base_logits")
         hidden = self.memory._check_hidden(hidden)
         with tf.control_dependencies([v.check_finite(base_logits, "base_logits"),
                                       v.check_same_rows(hidden, base_logits, "base_logits")]):
             base = tf.sigmoid(base_logits)
-        return self.memory.update(hidden, labels, base, sample_weight)
+        if not isinstance(self.memory, LSHErrorMemory):
+            return self.memory.update(hidden, labels, base, sample_weight, ids)
+        labels, base, sample_weight = v.write_columns(labels, base, sample_weight)
+        with tf.control_dependencies(v.update_checks(hidden, labels, base, sample_weight)):
+            keys = self.memory.keys(hidden, ids)
+        return self._write_keys(keys, base, labels, sample_weight)
+
+    def update_memory_by_keys(self, keys, base_probs, labels, sample_weight=None) -> tf.Tensor:
+        """Writes rows by the ``memory_keys`` and ``base_probability`` that ``compensate``
+        returned: no base model, no hashing. Same memory as ``update_memory`` on the same rows."""
+        keys = self.memory.check_keys(keys)
+        labels, base_probs, sample_weight = v.write_columns(labels, base_probs, sample_weight)
+        checks = v.update_checks(None, labels, base_probs, sample_weight, reference=keys,
+                                 reference_name="memory_keys")
+        with tf.control_dependencies(checks):
+            keys = tf.identity(keys)
+        return self._write_keys(keys, base_probs, labels, sample_weight)
+
+    def _write_keys(self, keys, base_probs, labels, sample_weight) -> tf.Tensor:
+        trust_delta = None
+        if self.self_tuning:
+            # The rows' contribution to the combiner's sums, read as they were served (before
+            # the write): gradient and curvature of the logloss at zero trust.
+            x = self.memory.trust_features(self.memory.lookup_keys(keys), self.prior_count)
+            curvature = tf.matmul(x * (sample_weight * base_probs * (1.0 - base_probs))[:, None],
+                                  x, transpose_a=True)
+            gradient = tf.linalg.matvec(x, sample_weight * (base_probs - labels), transpose_a=True)
+            trust_delta = (curvature, gradient)
+        return self.memory.write_keys(keys, labels, base_probs, sample_weight, trust_delta)
 
     def reset_memory(self) -> None:
+        """Forgets the memory, the learnt trust with it."""
         self.memory.reset()
 
     def get_config(self):
@@ -109,6 +229,7 @@ class ErrorCompensation(keras.layers.Layer):
             temperature=self.temperature,
             gamma=self.gamma,
             prior_count=self.prior_count,
+            self_tuning=self.self_tuning,
         )
         return config
 

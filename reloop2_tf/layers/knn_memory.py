@@ -47,7 +47,9 @@ class KNNErrorMemory(ErrorMemory):
     def _normalize(self, hidden) -> tf.Tensor:
         return tf.math.l2_normalize(hidden - self.center, axis=-1)
 
-    def _write(self, hidden, labels, base_probs, sample_weight) -> tf.Tensor:
+    def _write(self, hidden, labels, base_probs, sample_weight, ids=None) -> tf.Tensor:
+        if ids is not None:
+            raise ValueError("KNNErrorMemory has no id tables: `ids` must be None")
         # Zero-weight rows must not take a slot, or padding would evict real rows.
         keep = tf.reshape(tf.where(sample_weight > 0.0), [-1])
         keep = keep[-self.capacity:]  # a batch larger than the buffer keeps its newest rows
@@ -74,7 +76,9 @@ class KNNErrorMemory(ErrorMemory):
         return {"similarity": top.values, "index": top.indices,
                 "valid": tf.math.is_finite(top.values)}
 
-    def estimate(self, hidden, temperature: float) -> dict[str, tf.Tensor]:
+    def estimate(self, hidden, temperature: float, ids=None) -> dict[str, tf.Tensor]:
+        if ids is not None:
+            raise ValueError("KNNErrorMemory has no id tables: `ids` must be None")
         nb = self.neighbours(hidden)
         valid = nb["valid"]
         w = tf.gather(self.row_weights, nb["index"])

@@ -1,199 +1,373 @@
-"""The LSH sketch error memory (SPEC section 2): O(1) reads and writes, constant footprint."""
+"""The error memory: SRP tables keyed by similarity, id tables keyed by identity (docs/core.md).
+
+O(1) reads and writes, a constant footprint, and exact merges (SPEC section 2 and section 7).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from reloop2_tf._keras import keras, tf
+from reloop2_tf.layers import _validation as v
 from reloop2_tf.layers.memory_base import ErrorMemory
 
 # Below this global scale the stored values are folded back into true units, so float32 never
 # overflows: the fold costs one pass over the table every ~20 half-lives of rows.
 _MIN_SCALE = 1e-6
 _CHANNELS = ("weight_sum", "label_sum", "base_sum")
+_SEPARATOR = "\x1f"  # joins the values of a cross; cannot occur in a printable id
+
+
+def normalize_id_groups(id_groups) -> tuple[tuple[str, ...], ...]:
+    """``["item_id", ("user_id", "genre")]`` -> ``(("item_id",), ("user_id", "genre"))``."""
+    if id_groups is None:
+        return ()
+    if isinstance(id_groups, str):
+        raise ValueError("`id_groups` should be a list of feature names or tuples of names, e.g. "
+                         f"['item_id', ('user_id', 'genre')]. Received: id_groups={id_groups!r}")
+    groups = []
+    for group in id_groups:
+        names = (group,) if isinstance(group, str) else tuple(group)
+        if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
+            raise ValueError("every id group should be a feature name or a tuple of distinct names. "
+                             f"Received: {group!r} in id_groups={id_groups!r}")
+        groups.append(names)
+    if len(set(groups)) < len(groups):
+        raise ValueError(f"`id_groups` lists a group twice. Received: id_groups={id_groups!r}")
+    return tuple(groups)
 
 
 @keras.saving.register_keras_serializable(package="reloop2_tf")
 class LSHErrorMemory(ErrorMemory):
-    """Error memory held in a signed-random-projection (SRP) sketch.
+    """Error memory keyed by similarity (SRP tables) and by identity (id tables).
 
-    ``num_tables`` tables of ``2**num_bits`` buckets each store ``(weight_sum, label_sum,
-    base_sum)``. A row's bucket in table ``k`` is ``sum_j [ (h - center) . P[k, :, j] > 0 ] * 2**j``.
-    Reading a row averages the label and base prediction stored in its ``num_tables`` buckets.
+    Every table stores ``(weight_sum, label_sum, base_sum)`` per bucket.
+
+    * ``num_tables`` SRP tables of ``2**num_bits`` buckets: a row's bucket in table ``k`` is
+      ``sum_j [ (h - center) . P[k, :, j] > 0 ] * 2**j`` (the paper's sketch).
+    * One id table of ``2**id_bits`` buckets per entry of ``id_groups``: a row's bucket is a
+      FarmHash of the group's feature values (``"item_id"``, or a cross such as
+      ``("user_id", "genre")``). A cross is read as its deviation from its first feature's own
+      residual, so the first feature of every cross gets a table too (listed or not).
+
+    A row is written to all its buckets, so reads and writes touch ``num_tables +
+    len(id_tables)`` cells whatever the memory holds. ``keys`` gives those buckets as int32
+    ``[B, T]``; ``update_by_keys`` writes by them without the hidden vector or the ids.
 
     Args:
-        num_tables: int. Number of hash tables K. Defaults to `64`.
-        num_bits: int. SRP bits per table L; each table has ``2**num_bits`` buckets.
-            Defaults to `12`.
-        seed: int. Seed of the N(0, 1) projections. Defaults to `0`.
-        half_life: optional float. If set, older rows fade exponentially: a row's weight halves
-            after ``half_life`` further rows are written. Costs O(1) per write. Defaults to `None`.
-        num_id_tables: int. Extra tables keyed by identity (docs/drift.md). When > 0, the last
-            ``id_dims`` columns of the hidden input must be an id code (from ``IdCode``): the
-            ``num_tables`` SRP tables then hash only the other columns, and each id table hashes
-            only the code, i.e. is a hash table keyed by the id. One memory serves similarity and
-            identity. Defaults to `0`.
-        id_dims: int. Width of the id code at the end of the hidden input; > 0 exactly when
-            ``num_id_tables`` > 0. Defaults to `0`.
+        num_tables: int >= 0. SRP tables K (0: identity only; then ``id_groups`` is required).
+            Defaults to `8`.
+        num_bits: int. SRP bits per table L. Defaults to `10`.
+        seed: int. Seed of the N(0, 1) projections and of the id hashes. Defaults to `0`.
+        half_life: optional float. A row's weight halves after ``half_life`` further rows are
+            written (O(1) per write); `None` keeps every row at full weight. Defaults to
+            `100_000`.
+        id_groups: feature names or tuples of names that key id tables. Defaults to `()`.
+        id_bits: int. Each id table has ``2**id_bits`` buckets. Defaults to `18`.
 
     Example:
 
-    >>> mem = LSHErrorMemory(num_tables=4, num_bits=3, seed=0)
-    >>> mem.update(tf.ones([2, 8]), labels=[1.0, 0.0], base_probs=[0.5, 0.5])
-    >>> mem.lookup(tf.ones([1, 8]))["label_mean"]   # [1, 4] of 0.5
+    >>> mem = LSHErrorMemory(num_tables=4, num_bits=3, id_groups=["item_id"])
+    >>> mem.update(tf.ones([2, 8]), [1.0, 0.0], [0.5, 0.5], ids={"item_id": ["a", "b"]})
+    >>> mem.lookup(tf.ones([1, 8]), ids={"item_id": ["a"]})["label_mean"]  # [1, 5]
     """
 
-    def __init__(self, num_tables: int = 64, num_bits: int = 12, seed: int = 0,
-                 half_life: float | None = None, num_id_tables: int = 0, id_dims: int = 0,
+    def __init__(self, num_tables: int = 8, num_bits: int = 10, seed: int = 0,
+                 half_life: float | None = 100_000.0, id_groups: Iterable = (), id_bits: int = 18,
                  **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(num_tables, int) or num_tables < 1:
-            raise ValueError(f"`num_tables` should be an int >= 1. Received: num_tables={num_tables!r}")
+        if not isinstance(num_tables, int) or num_tables < 0:
+            raise ValueError(f"`num_tables` should be an int >= 0. Received: num_tables={num_tables!r}")
         if not isinstance(num_bits, int) or not 1 <= num_bits <= 24:
             raise ValueError(f"`num_bits` should be an int in [1, 24]. Received: num_bits={num_bits!r}")
+        if not isinstance(id_bits, int) or not 1 <= id_bits <= 24:
+            raise ValueError(f"`id_bits` should be an int in [1, 24]. Received: id_bits={id_bits!r}")
         if half_life is not None and not (half_life > 0 and math.isfinite(half_life)):
             raise ValueError("`half_life` should be a positive number or None. "
                              f"Received: half_life={half_life!r}")
-        for name, value in (("num_id_tables", num_id_tables), ("id_dims", id_dims)):
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"`{name}` should be an int >= 0. Received: {name}={value!r}")
-        if (num_id_tables > 0) != (id_dims > 0):
-            raise ValueError("`num_id_tables` and `id_dims` go together: both 0, or both > 0. "
-                             f"Received: num_id_tables={num_id_tables}, id_dims={id_dims}")
+        self.id_groups = normalize_id_groups(id_groups)
+        if num_tables == 0 and not self.id_groups:
+            raise ValueError("a memory needs tables: `num_tables` >= 1 or some `id_groups`. "
+                             f"Received: num_tables=0, id_groups={list(id_groups)!r}")
         self.num_tables = num_tables
-        self.num_id_tables = num_id_tables
-        self.id_dims = id_dims
         self.num_bits = num_bits
+        self.id_bits = id_bits
         self.seed = int(seed)
         self.half_life = None if half_life is None else float(half_life)
+        # The stored id tables: the listed groups, then the first features of crosses that are
+        # not listed themselves. `_parents[i]` is the table a listed group is centred on (-1: none).
+        tables = list(self.id_groups)
+        for group in self.id_groups:
+            if len(group) > 1 and group[:1] not in tables:
+                tables.append(group[:1])
+        self.id_tables: tuple[tuple[str, ...], ...] = tuple(tables)
+        self._parents = [tables.index(g[:1]) if len(g) > 1 else -1 for g in self.id_groups]
+        self.id_features: tuple[str, ...] = tuple(sorted({n for g in tables for n in g}))
+        sizes = [2**num_bits] * num_tables + [2**id_bits] * len(tables)
+        if sum(sizes) >= 2**31:
+            raise ValueError(f"the memory would hold {sum(sizes)} buckets; at most 2**31 - 1")
+        self.table_sizes: tuple[int, ...] = tuple(sizes)
 
     @property
     def num_buckets(self) -> int:
+        """Buckets per SRP table."""
         return 2**self.num_bits
 
     @property
     def total_tables(self) -> int:
-        """SRP tables plus id tables: the sketch's first axis."""
-        return self.num_tables + self.num_id_tables
+        """SRP tables plus id tables: the width T of ``keys``."""
+        return self.num_tables + len(self.id_tables)
+
+    @property
+    def num_cells(self) -> int:
+        """Buckets of all tables, table after table: the first rows of ``sketch``."""
+        return sum(self.table_sizes)
+
+    @property
+    def num_trust_features(self) -> int:
+        """Inputs of the self-tuning combiner: one for the SRP tables, one per id group, a bias."""
+        return (1 if self.num_tables else 0) + len(self.id_groups) + 1
+
+    @property
+    def num_state_rows(self) -> int:
+        """Rows of ``sketch``: the table cells, then the combiner's sums (3 values per row)."""
+        f = self.num_trust_features
+        return self.num_cells + -(-(f * (f + 1)) // 3)
 
     def _build_state(self, dim: int) -> None:
-        k, l = self.total_tables, self.num_bits
-        if self.id_dims and dim <= self.id_dims:
-            raise ValueError(f"the hidden input (width {dim}) must be wider than `id_dims` "
-                             f"({self.id_dims}): hidden columns first, then the id code")
+        k, l = self.num_tables, self.num_bits
         # Drawn with NumPy so that the projections depend only on `seed`, not on TF's RNG version.
         values = np.random.default_rng(self.seed).standard_normal((k, dim, l)).astype(np.float32)
-        if self.id_dims:  # SRP tables ignore the id code; id tables see nothing else
-            values[:self.num_tables, dim - self.id_dims:, :] = 0.0
-            values[self.num_tables:, :dim - self.id_dims, :] = 0.0
         self.projections = self.add_weight(
             name="projections", shape=[k, dim, l], trainable=False,
             initializer=keras.initializers.Constant(values),
         )
-        self.sketch = self.add_weight(
-            name="sketch", shape=[k, self.num_buckets, 3], initializer="zeros", trainable=False
-        )
+        # One additive state, so that snapshot, restore and merge move everything at once: the
+        # buckets of every table, then the self-tuning combiner's curvature and gradient sums.
+        self.sketch = self.add_weight(name="sketch", shape=[self.num_state_rows, 3],
+                                      initializer="zeros", trainable=False)
         # True sketch = sketch * scale. Only half-life forgetting moves it away from 1.
         self.scale = self.add_weight(name="scale", shape=[], initializer="ones", trainable=False)
         # [L, 1] powers of two: packing bits is one [B*K, L] x [L, 1] matmul, exact in float32
         # because every partial sum is an integer below 2**24.
         self._bit_values = tf.constant([[2.0**j] for j in range(l)], dtype=tf.float32)
-        self._table_offsets = tf.range(k, dtype=tf.int32) * self.num_buckets
-        # A batch of at least this many rows is summed per bucket and added in one pass over the
+        self._offsets = tf.constant(np.cumsum([0, *self.table_sizes[:-1]]), tf.int32)
+        self._sizes = tf.constant(self.table_sizes, tf.int32)
+        # A batch of at least this many rows is summed per cell and added in one pass over the
         # table; smaller batches scatter. Scattering costs ~30x more per update than the pass
-        # costs per cell (docs/performance.md), so the pass wins from 2**L / 32 rows.
-        self._dense_write_rows = max(1, self.num_buckets // 32)
+        # costs per cell (docs/performance.md), so the pass wins from cells / 32 rows.
+        self._dense_write_rows = max(1, self.num_state_rows // (32 * self.total_tables))
 
-    def call(self, hidden):
-        return self.lookup(hidden)
+    def call(self, hidden, ids=None):
+        return self.lookup(hidden, ids)
+
+    # -- keys --------------------------------------------------------------------------------
 
     def bucket_ids(self, hidden) -> tf.Tensor:
-        """int32 ``[B, K]``: the bucket of every row in every table."""
+        """int32 ``[B, K]``: the bucket of every row in every SRP table."""
         hidden = self._check_hidden(hidden)
-        k, l = self.total_tables, self.num_bits
+        k, l = self.num_tables, self.num_bits
+        if k == 0:
+            return tf.zeros([tf.shape(hidden)[0], 0], tf.int32)
         # One fused [d, K*L] matmul instead of K small ones.
         fused = tf.reshape(tf.transpose(self.projections, [1, 0, 2]), [self.dim, k * l])
         bits = tf.cast(tf.matmul(hidden - self.center, fused) > 0.0, tf.float32)  # [B, K*L]
         buckets = tf.matmul(tf.reshape(bits, [-1, l]), self._bit_values)  # [B*K, 1]
         return tf.reshape(tf.cast(buckets, tf.int32), [-1, k])
 
-    def _indices(self, buckets) -> tf.Tensor:
-        tables = tf.broadcast_to(tf.range(self.total_tables, dtype=tf.int32), tf.shape(buckets))
-        return tf.stack([tables, buckets], axis=-1)  # [B, K, 2]
+    def id_bucket_ids(self, ids: Mapping | None, rows=None) -> tf.Tensor:
+        """int32 ``[B, len(id_tables)]``: the bucket of every row in every id table.
 
-    def _scatter(self, buckets, values):
-        """Adds ``values`` ``[B, 3]`` at every row's K buckets: O(K) cells touched per row."""
-        updates = tf.broadcast_to(values[:, None, :], [tf.shape(values)[0], self.total_tables, 3])
-        self.sketch.scatter_nd_add(self._indices(buckets), updates)
-        return tf.no_op()
+        ``ids`` maps each name of ``id_features`` to ``[B]`` or ``[B, 1]`` strings or integers.
+        """
+        if not self.id_tables:
+            return tf.zeros([0 if rows is None else rows, 0], tf.int32)
+        if not isinstance(ids, Mapping):
+            raise ValueError(f"this memory has id tables {list(self.id_groups)}: pass `ids`, a dict "
+                             f"with {list(self.id_features)}. Received: ids={type(ids).__name__}")
+        missing = [n for n in self.id_features if n not in ids]
+        if missing:
+            raise ValueError(f"`ids` lacks {missing} (the id tables read {list(self.id_features)}). "
+                             f"Received keys: {sorted(ids)}")
+        strings = {n: _as_id_strings(ids[n], n) for n in self.id_features}
+        first = strings[self.id_features[0]]
+        checks = [tf.debugging.assert_equal(tf.shape(s)[0], tf.shape(first)[0],
+                                            message=f"`ids[{n!r}]` must have one id per row")
+                  for n, s in strings.items()]
+        if rows is not None:
+            checks.append(tf.debugging.assert_equal(
+                tf.shape(first)[0], rows, message="`ids` must have one id per row of `hidden`"))
+        columns = []
+        with tf.control_dependencies(checks):
+            for table in self.id_tables:
+                prefix = tf.fill(tf.shape(first), f"{self.seed}:{'*'.join(table)}")
+                key = tf.strings.join([prefix, *(strings[n] for n in table)], separator=_SEPARATOR)
+                columns.append(tf.strings.to_hash_bucket_fast(key, 2**self.id_bits))
+        return tf.cast(tf.stack(columns, axis=1), tf.int32)
 
-    def _add_dense(self, buckets, values):
-        """Same sum as ``_scatter``: per-bucket totals, then one locked ``assign_add``."""
-        flat = tf.reshape(buckets + self._table_offsets, [-1])  # [B*K], row-major
-        rows = tf.repeat(tf.range(tf.shape(values)[0]), self.total_tables)
-        delta = tf.math.unsorted_segment_sum(tf.gather(values, rows), flat,
-                                             self.total_tables * self.num_buckets)
-        # Scatters leave the sketch in copy-on-read mode, where assign_add first copies the
-        # whole table; switching back to copy-on-write skips that copy when nothing else holds it.
-        with tf.control_dependencies([tf.raw_ops.DisableCopyOnRead(resource=self.sketch.handle)]):
-            self.sketch.assign_add(tf.reshape(delta, [self.total_tables, self.num_buckets, 3]))
-        return tf.no_op()
+    def keys(self, hidden, ids: Mapping | None = None) -> tf.Tensor:
+        """int32 ``[B, T]``: every row's bucket in the SRP tables, then in the id tables."""
+        srp = self.bucket_ids(hidden)
+        return tf.concat([srp, self.id_bucket_ids(ids, rows=tf.shape(srp)[0])], axis=1)
 
-    def _write(self, hidden, labels, base_probs, sample_weight) -> tf.Tensor:
-        buckets = self.bucket_ids(hidden)
-        if self.half_life is not None:
-            rows = tf.reduce_sum(tf.cast(sample_weight > 0, tf.float32))
-            self.scale.assign(self.scale * tf.pow(0.5, rows / self.half_life))
-        w = sample_weight / self.scale
-        values = tf.stack([w, w * labels, w * base_probs], axis=-1)  # [B, 3]
-        batch = buckets.shape[0]
-        if batch is not None:
-            (self._add_dense if batch >= self._dense_write_rows else self._scatter)(buckets, values)
-        else:
-            tf.cond(tf.shape(buckets)[0] >= self._dense_write_rows,
-                    lambda: self._add_dense(buckets, values),
-                    lambda: self._scatter(buckets, values))
-        if self.half_life is not None:
-            tf.cond(self.scale < _MIN_SCALE, self._fold_scale, tf.no_op)
-        return tf.reduce_sum(sample_weight)
+    def check_keys(self, keys) -> tf.Tensor:
+        """``keys`` as int32 ``[B, T]`` after checking the shape and that every bucket exists."""
+        self._require_built()
+        keys = tf.convert_to_tensor(keys)
+        if not keys.dtype.is_integer:
+            raise ValueError(f"`memory_keys` must be integers. Received: dtype={keys.dtype.name}")
+        keys = tf.cast(keys, tf.int32)
+        t = self.total_tables
+        if keys.shape.rank != 2 or (keys.shape[1] is not None and keys.shape[1] != t):
+            raise ValueError(f"`memory_keys` must have shape [B, {t}] (one bucket per table). "
+                             f"Received: shape={keys.shape}")
+        checks = [
+            tf.debugging.assert_equal(tf.shape(keys)[1], t,
+                                      message=f"`memory_keys` must have {t} columns"),
+            tf.debugging.assert_non_negative(keys, message="`memory_keys` must be >= 0"),
+            tf.debugging.assert_less(keys, self._sizes[None, :],
+                                     message="`memory_keys` holds a bucket beyond its table"),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(keys)
 
-    def _fold_scale(self):
-        self.sketch.assign(self.sketch * self.scale)
-        self.scale.assign(1.0)
-        return tf.no_op()
+    def _require_built(self) -> None:
+        if not self.built:
+            raise ValueError("the memory is not built yet: write or read one row by hidden vector "
+                             "first, or call `build([None, d])`")
 
-    def lookup(self, hidden) -> dict[str, tf.Tensor]:
-        """Reads the buckets of ``hidden``: ``weight``, ``label_mean``, ``base_mean``, each ``[B, K]``.
+    # -- reads -------------------------------------------------------------------------------
+
+    def lookup_keys(self, keys) -> tf.Tensor:
+        """float32 ``[B, T, 3]``: ``(weight, label, base)`` sums in every key's bucket, true units."""
+        return tf.gather(self.sketch, keys + self._offsets) * self.scale
+
+    def lookup(self, hidden, ids: Mapping | None = None) -> dict[str, tf.Tensor]:
+        """Reads every table: ``weight``, ``label_mean``, ``base_mean``, each ``[B, T]``.
 
         Means are 0 where a bucket is empty (weight 0).
         """
-        stats = tf.gather_nd(self.sketch, self._indices(self.bucket_ids(hidden))) * self.scale  # [B, K, 3]
+        stats = self.lookup_keys(self.keys(hidden, ids))
         weight = stats[..., 0]
-        return {
-            "weight": weight,
-            "label_mean": tf.math.divide_no_nan(stats[..., 1], weight),
-            "base_mean": tf.math.divide_no_nan(stats[..., 2], weight),
-        }
+        return {"weight": weight, "label_mean": tf.math.divide_no_nan(stats[..., 1], weight),
+                "base_mean": tf.math.divide_no_nan(stats[..., 2], weight)}
 
-    def estimate(self, hidden, temperature: float) -> dict[str, tf.Tensor]:
-        # Attention over tables with similarity s_k = log c_k: a_k = c_k^(1/tau) / sum_j c_j^(1/tau).
-        stats = self.lookup(hidden)
-        weight = stats["weight"]
+    def estimate(self, hidden, temperature: float, ids: Mapping | None = None) -> dict:
+        return self.estimate_from_stats(self.lookup_keys(self.keys(hidden, ids)), temperature)
+
+    @staticmethod
+    def estimate_from_stats(stats, temperature: float) -> dict[str, tf.Tensor]:
+        """The paper's read over all tables (SPEC section 2): attention ``a_k ~ c_k^(1/tau)``."""
+        weight = stats[..., 0]
+        label_mean = tf.math.divide_no_nan(stats[..., 1], weight)
+        base_mean = tf.math.divide_no_nan(stats[..., 2], weight)
         filled = weight > 0.0
         scores = tf.where(filled, tf.math.log(tf.where(filled, weight, 1.0)) / temperature, 0.0)
         scores -= tf.reduce_max(tf.where(filled, scores, -np.inf), axis=-1, keepdims=True)
         attention = tf.where(filled, tf.exp(tf.where(filled, scores, 0.0)), 0.0)
         attention = tf.math.divide_no_nan(attention, tf.reduce_sum(attention, -1, keepdims=True))
         return {
-            "label_mean": tf.reduce_sum(attention * stats["label_mean"], axis=-1),
-            "base_mean": tf.reduce_sum(attention * stats["base_mean"], axis=-1),
-            "support": tf.reduce_sum(weight, axis=-1) / self.total_tables,
+            "label_mean": tf.reduce_sum(attention * label_mean, axis=-1),
+            "base_mean": tf.reduce_sum(attention * base_mean, axis=-1),
+            "support": tf.reduce_sum(weight, axis=-1) / tf.cast(tf.shape(weight)[-1], tf.float32),
         }
 
+    def trust_features(self, stats, prior_count: float) -> tf.Tensor:
+        """float32 ``[B, F]``: each group's shrunk residual, then 1: the combiner's inputs.
+
+        SRP tables pool into one feature, ``sum_k (label_k - base_k) / (sum_k c_k + K * prior)``.
+        An id group gives ``(label - base) / (c + prior)``; a cross gives the same after
+        subtracting what its first feature's own residual predicts for its ``c`` rows. The
+        last column, 1, lets the combiner follow a shift of the base rate.
+        """
+        weight, residual = stats[..., 0], stats[..., 1] - stats[..., 2]
+        columns = []
+        k = self.num_tables
+        if k:
+            columns.append(tf.reduce_sum(residual[:, :k], -1)
+                           / (tf.reduce_sum(weight[:, :k], -1) + k * prior_count + 1e-12))
+        for i, parent in enumerate(self._parents):
+            c, r = weight[:, k + i], residual[:, k + i]
+            if parent >= 0:
+                pc, pr = weight[:, k + parent], residual[:, k + parent]
+                r = r - c * pr / (pc + prior_count + 1e-12)
+            columns.append(r / (c + prior_count + 1e-12))
+        columns.append(tf.ones_like(weight[:, 0]))
+        return tf.stack(columns, axis=1)
+
+    def trust_sums(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """The combiner's sums in true units: curvature ``[F, F]`` and gradient ``[F]``."""
+        f = self.num_trust_features
+        flat = tf.reshape(self.sketch[self.num_cells:], [-1])[:f * (f + 1)] * self.scale
+        return tf.reshape(flat[:f * f], [f, f]), flat[f * f:]
+
     def total_weight(self) -> tf.Tensor:
-        return tf.reduce_sum(self.sketch[0, :, 0]) * self.scale
+        return tf.reduce_sum(self.sketch[:self.table_sizes[0], 0]) * self.scale
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def update_by_keys(self, keys, labels, base_probs, sample_weight=None) -> tf.Tensor:
+        """Writes rows by their ``keys`` (from ``keys`` or a ``predict``): no model, no hashing."""
+        keys = self.check_keys(keys)
+        labels, base_probs, sample_weight = v.write_columns(labels, base_probs, sample_weight)
+        checks = v.update_checks(None, labels, base_probs, sample_weight, reference=keys,
+                                 reference_name="memory_keys")
+        with tf.control_dependencies(checks):
+            keys = tf.identity(keys)
+        return self.write_keys(keys, labels, base_probs, sample_weight)
+
+    def write_keys(self, keys, labels, base_probs, sample_weight, trust_delta=None) -> tf.Tensor:
+        """Adds ``(w, w*y, w*y_base)`` at every row's T buckets, and ``trust_delta`` (curvature
+        ``[F, F]``, gradient ``[F]``) to the combiner's sums. Inputs must be checked already."""
+        if self.half_life is not None:
+            rows = tf.reduce_sum(tf.cast(sample_weight > 0, tf.float32))
+            self.scale.assign(self.scale * tf.pow(0.5, rows / self.half_life))
+        if trust_delta is not None:
+            curvature, gradient = trust_delta
+            flat = tf.concat([tf.reshape(curvature, [-1]), gradient], 0) / self.scale
+            rows = self.num_state_rows - self.num_cells
+            flat = tf.reshape(tf.pad(flat, [[0, 3 * rows - tf.size(flat)]]), [rows, 3])
+            self.sketch.scatter_nd_add(tf.range(self.num_cells, self.num_state_rows)[:, None], flat)
+        w = sample_weight / self.scale
+        values = tf.stack([w, w * labels, w * base_probs], axis=-1)  # [B, 3]
+        cells = keys + self._offsets  # [B, T]
+        batch = keys.shape[0]
+        if batch is not None:
+            (self._add_dense if batch >= self._dense_write_rows else self._scatter)(cells, values)
+        else:
+            tf.cond(tf.shape(keys)[0] >= self._dense_write_rows,
+                    lambda: self._add_dense(cells, values), lambda: self._scatter(cells, values))
+        if self.half_life is not None:
+            tf.cond(self.scale < _MIN_SCALE, self._fold_scale, tf.no_op)
+        return tf.reduce_sum(sample_weight)
+
+    def _scatter(self, cells, values):
+        """Adds ``values`` ``[B, 3]`` at every row's T cells: O(T) cells touched per row."""
+        updates = tf.broadcast_to(values[:, None, :], [tf.shape(values)[0], self.total_tables, 3])
+        self.sketch.scatter_nd_add(cells[..., None], updates)
+        return tf.no_op()
+
+    def _add_dense(self, cells, values):
+        """Same sum as ``_scatter``: per-cell totals, then one locked ``assign_add``."""
+        rows = tf.repeat(tf.range(tf.shape(values)[0]), self.total_tables)
+        delta = tf.math.unsorted_segment_sum(tf.gather(values, rows), tf.reshape(cells, [-1]),
+                                             self.num_state_rows)
+        # Scatters leave the sketch in copy-on-read mode, where assign_add first copies the
+        # whole table; switching back to copy-on-write skips that copy when nothing else holds it.
+        with tf.control_dependencies([tf.raw_ops.DisableCopyOnRead(resource=self.sketch.handle)]):
+            self.sketch.assign_add(delta)
+        return tf.no_op()
+
+    def _write(self, hidden, labels, base_probs, sample_weight, ids=None) -> tf.Tensor:
+        return self.write_keys(self.keys(hidden, ids), labels, base_probs, sample_weight)
+
+    def _fold_scale(self):
+        self.sketch.assign(self.sketch * self.scale)
+        self.scale.assign(1.0)
+        return tf.no_op()
 
     def reset(self) -> None:
         """Forgets everything."""
@@ -208,20 +382,24 @@ class LSHErrorMemory(ErrorMemory):
         self.scale.assign(self.scale * factor)
         tf.cond(self.scale < _MIN_SCALE, self._fold_scale, tf.no_op)
 
+    # -- snapshots and merges ----------------------------------------------------------------
+
     def snapshot(self) -> tf.Tensor:
-        """The sketch in true units, ``[K, 2**L, 3]``: what ``restore`` and ``merge`` take."""
+        """The whole state in true units, ``[num_state_rows, 3]``: the table cells, then the
+        combiner's sums. What ``restore`` and ``merge`` take."""
         return self.sketch * self.scale
 
     def _check_state(self, state) -> tf.Tensor:
         state = tf.convert_to_tensor(state, tf.float32)
-        expected = [self.total_tables, self.num_buckets, 3]
+        expected = [self.num_state_rows, 3]
         if state.shape.is_fully_defined() and state.shape.as_list() != expected:
             raise ValueError(f"`state` must have shape {expected}. Received: shape={state.shape}")
         checks = [
             tf.debugging.assert_equal(tf.shape(state), tf.constant(expected),
                                       message=f"`state` must have shape {expected}"),
             tf.debugging.assert_all_finite(state, "`state` contains NaN or Inf"),
-            tf.debugging.assert_non_negative(state[..., 0], "`state` has negative weights"),
+            tf.debugging.assert_non_negative(state[:self.num_cells, 0],
+                                             "`state` has negative weights"),
         ]
         with tf.control_dependencies(checks):
             return tf.identity(state)
@@ -233,25 +411,44 @@ class LSHErrorMemory(ErrorMemory):
         self.scale.assign(1.0)
 
     def merge(self, other) -> None:
-        """Adds another sketch (an ``LSHErrorMemory`` or a ``snapshot``) built on the same projections.
+        """Adds another memory (an ``LSHErrorMemory`` or a ``snapshot``) with the same layout.
 
         One ``assign_add`` holds the variable's lock for the whole add, so a merge never loses a
         concurrent ``update`` (stored values are true values divided by ``scale``).
         """
         if isinstance(other, LSHErrorMemory):
-            if ((other.num_tables, other.num_id_tables, other.num_bits, other.dim)
-                    != (self.num_tables, self.num_id_tables, self.num_bits, self.dim)):
-                raise ValueError("`other` must have the same num_tables, num_id_tables, num_bits "
-                                 "and width d.")
-            if not bool(tf.reduce_all(other.projections == self.projections)):
-                raise ValueError("`other` must share this memory's projections (same seed and d).")
+            mine, theirs = self.layout(), other.layout()
+            if ({**mine, "seed": 0} != {**theirs, "seed": 0}) or other.dim != self.dim:
+                raise ValueError("`other` must have the same num_tables, num_bits, id tables, "
+                                 "id_bits and width d.")
+            if mine["seed"] != theirs["seed"] or not bool(
+                    tf.reduce_all(other.projections == self.projections)):
+                raise ValueError("`other` must share this memory's projections and id hashes "
+                                 "(same seed and d).")
             other = other.snapshot()
         state = self._check_state(other)
         self.sketch.assign_add(state / self.scale)
 
+    def layout(self) -> dict:
+        """What two memories must share for their sketches to add up."""
+        return {"num_tables": self.num_tables, "num_bits": self.num_bits, "seed": self.seed,
+                "id_tables": [list(t) for t in self.id_tables], "id_bits": self.id_bits}
+
     def get_config(self):
         config = super().get_config()
         config.update(num_tables=self.num_tables, num_bits=self.num_bits, seed=self.seed,
-                      half_life=self.half_life, num_id_tables=self.num_id_tables,
-                      id_dims=self.id_dims)
+                      half_life=self.half_life, id_groups=[list(g) for g in self.id_groups],
+                      id_bits=self.id_bits)
         return config
+
+
+def _as_id_strings(ids, name: str) -> tf.Tensor:
+    ids = tf.convert_to_tensor(ids)
+    if ids.dtype != tf.string:
+        if not ids.dtype.is_integer:
+            raise ValueError(f"`ids[{name!r}]` must hold strings or integers. "
+                             f"Received: dtype={ids.dtype.name}")
+        ids = tf.strings.as_string(ids)
+    if ids.shape.rank not in (None, 1, 2) or (ids.shape.rank == 2 and ids.shape[1] not in (None, 1)):
+        raise ValueError(f"`ids[{name!r}]` must have shape [B] or [B, 1]. Received: shape={ids.shape}")
+    return tf.reshape(ids, [-1])

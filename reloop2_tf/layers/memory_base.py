@@ -50,7 +50,7 @@ class ErrorMemory(keras.layers.Layer):
         tf.debugging.assert_all_finite(center, "`center` contains NaN or Inf")
         self.center.assign(center)
 
-    def update(self, hidden, labels, base_probs, sample_weight=None) -> tf.Tensor:
+    def update(self, hidden, labels, base_probs, sample_weight=None, ids=None) -> tf.Tensor:
         """Writes labelled rows. Returns the total weight written (a float32 scalar).
 
         Args:
@@ -58,17 +58,14 @@ class ErrorMemory(keras.layers.Layer):
             labels: ``[B]`` or ``[B, 1]`` in [0, 1].
             base_probs: ``[B]`` or ``[B, 1]`` in [0, 1]: the base model's predictions.
             sample_weight: optional ``[B]`` or ``[B, 1]``, >= 0. Rows with weight 0 change nothing.
+            ids: dict of id features, for a memory with id tables. Defaults to `None`.
         """
         hidden = v.as_hidden(hidden, self.dim)
         self._ensure_built(hidden)
-        labels = v.as_column(labels, "labels")
-        base_probs = v.as_column(base_probs, "base_probs")
-        if sample_weight is None:
-            sample_weight = tf.ones_like(labels)
-        sample_weight = v.as_column(sample_weight, "sample_weight")
+        labels, base_probs, sample_weight = v.write_columns(labels, base_probs, sample_weight)
         checks = v.update_checks(hidden, labels, base_probs, sample_weight)
         with tf.control_dependencies(checks):
-            written = self._write(hidden, labels, base_probs, sample_weight)
+            written = self._write(hidden, labels, base_probs, sample_weight, ids)
         return written
 
     def _check_hidden(self, hidden) -> tf.Tensor:
