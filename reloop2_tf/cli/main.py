@@ -78,6 +78,27 @@ def _prepare(args) -> int:
     return 0
 
 
+def _feedback_every(value: str):
+    if value == "slot":
+        return None
+    try:
+        rows = int(value)
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of rows >= 1 or 'slot', got {value!r}")
+    return rows
+
+
+def _id_groups(value: str) -> list:
+    if value.strip().lower() == "none":
+        return []
+    groups = [[name.strip() for name in group.split("*")] for group in value.split(",")]
+    if not all(all(groups_part) for groups_part in groups):
+        raise argparse.ArgumentTypeError(f"expected names like 'item_id,user_id*genre', got {value!r}")
+    return groups
+
+
 def _bench(args) -> int:
     if args.dataset == "synthetic":
         from reloop2_tf.evaluation import synthetic_bench
@@ -118,7 +139,10 @@ def _bench(args) -> int:
                                        sweep=not args.no_sweep, quick=args.quick,
                                        hidden_layer=args.hidden_layer,
                                        center=not args.no_center)
-        config.memory.half_life = args.half_life
+        if args.half_life is not None:
+            config.memory.half_life = None if args.half_life == 0 else args.half_life
+        if args.id_groups is not None:
+            config.memory.id_groups = args.id_groups
         if args.epochs is not None:
             config.epochs = args.epochs
         if args.quick:
@@ -159,15 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_flags(bench, synthetic=True)
     bench.add_argument("--model", default="dcn", help="zoo model: deepfm, dcn, dcnv2, din, dien, bst")
     bench.add_argument("--slots", type=int, default=10, help="number of test slots T")
-    bench.add_argument("--feedback-every", type=int, default=None,
-                       help="write labels every B rows (default: after each slot)")
+    bench.add_argument("--feedback-every", type=_feedback_every, default=1000,
+                       help="write labels every B rows (default 1000, as serving does), or "
+                            "'slot': after each slot (the paper's protocol)")
+    bench.add_argument("--id-groups", type=_id_groups, default=None,
+                       help="the memory's id groups, e.g. 'item_id,user_id*genre' ('*' crosses, "
+                            "'none' for similarity only; default: found in the log)")
     bench.add_argument("--epochs", type=int, default=None)
     bench.add_argument("--hidden-layer", default="hidden",
                        help="layer whose output keys the memory (default: the input of the logit)")
     bench.add_argument("--no-center", action="store_true",
                        help="ablation: do not centre hidden vectors before hashing")
     bench.add_argument("--half-life", type=float, default=None,
-                       help="sketch forgetting, in rows written (default: none)")
+                       help="memory forgetting, in rows written (default 100000; 0: none)")
     bench.add_argument("--methods", help="comma-separated subset of the methods")
     bench.add_argument("--no-sweep", action="store_true",
                        help="skip the validation sweeps and use the default memory settings")

@@ -6,13 +6,20 @@ chosen on a validation stream from the training period only: a tuning model trai
 ``train_fraction - validation_fraction`` rows and the next ``validation_fraction`` rows are
 replayed. The test stream is never used for tuning.
 
+Labels are revealed every ``feedback_every`` rows (1,000 by default, what serving does), or
+once per slot (``None``, the paper's protocol).
+
 Methods, all from the same trained base model:
   static               the base model;
-  reloop2              base + LSH sketch memory, written with every revealed label;
-  reloop2-knn          base + exact k-NN memory;
+  reloop2              base + the default memory (SRP and id tables, self-tuning trust);
+  reloop2-paper        base + the paper's sketch and read (64 x 12-bit SRP, lambda/gamma/tau);
+  reloop2-knn          base + exact k-NN memory (the paper's read);
   incremental          one fine-tuning pass on each slot after it is revealed;
   incremental+reloop2  both; after each model update the memory is rebuilt by re-encoding the
-                       last ``rebuild_rows`` revealed rows with the new model.
+                       last ``rebuild_rows`` revealed rows with the new model;
+  item-bias, user-bias per-key running residuals;
+  ftrl-offset          FTRL-proximal logistic regression over the memory's id groups, with the
+                       base logit as offset.
 """
 
 from __future__ import annotations
@@ -32,26 +39,30 @@ from tqdm.auto import tqdm
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.data import DataError, slots as split_slots
 from reloop2_tf.evaluation import metrics
-from reloop2_tf.evaluation.baselines import BiasMemory
+from reloop2_tf.evaluation.baselines import BiasMemory, FTRLOffset
 from reloop2_tf.evaluation.plotting import plot_slots, plot_sweeps
-from reloop2_tf.evaluation.streaming import encode, replay_encoded
+from reloop2_tf.evaluation.streaming import encode, memory_inputs, replay_encoded, warm_start
 from reloop2_tf.features import FeatureSpec, SequenceFeature, SparseFeature, features_from_frame
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
 from reloop2_tf.models import build_model
 from reloop2_tf.training import compile_model, make_dataset
-from reloop2_tf.wrapper import ReLoop2Model
+from reloop2_tf.wrapper import ReLoop2Model, default_id_groups
 
 logger = logging.getLogger(__name__)
 
 _LOGIT_FNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-METHODS = ("static", "reloop2", "reloop2-knn", "incremental", "incremental+reloop2",
-           "item-bias", "user-bias")
+METHODS = ("static", "reloop2", "reloop2-paper", "reloop2-knn", "incremental",
+           "incremental+reloop2", "item-bias", "user-bias", "ftrl-offset")
 BIAS_KEYS = {"item-bias": "item_id", "user-bias": "user_id"}
 BIAS_GRID = [BiasMemory(lam, gamma, prior) for lam in (0.3, 0.6, 0.9) for gamma in (0.0, 1.0)
              for prior in (5.0, 20.0)]
-# Swept one parameter at a time, in this order, each at the others' current best. gamma and the
-# shrinkage go first: with gamma = 1 the output leans on the neighbours' label average, and a
-# lambda chosen under that setting flattens every later curve. lambda comes last.
+FTRL_GRID = [FTRLOffset(alpha=a) for a in (0.01, 0.02, 0.05, 0.1)]
+# The default memory's structural settings picked on validation (its trust learns the rest).
+DEFAULT_SWEEP_GRID = {"prior_count": [5.0, 20.0], "half_life": [20_000.0, 100_000.0, None]}
+QUICK_DEFAULT_SWEEP_GRID = {"prior_count": [5.0, 20.0]}
+# The paper's sketch, swept one parameter at a time, in this order, each at the others' current
+# best. gamma and the shrinkage go first: with gamma = 1 the output leans on the neighbours'
+# label average, and a lambda chosen under that setting flattens every later curve. lambda last.
 SWEEP_GRID = {
     "gamma": [0.0, 0.5, 1.0],
     "prior_count": [0.0, 5.0, 20.0],
@@ -69,25 +80,34 @@ KNN_GRID = {"gamma": [0.0, 1.0], "temperature": [0.1, 0.5],
 
 @dataclass
 class MemoryConfig:
-    """The sketch's and the compensation's hyperparameters (names from the paper)."""
+    """The memory's and the compensation's settings (names from the paper); the defaults are
+    the library's. ``id_groups=None`` means: the groups ``groups_for_frame`` finds in the log."""
 
-    num_tables: int = 64
-    num_bits: int = 12
-    compensation_weight: float = 0.5
+    num_tables: int = 8
+    num_bits: int = 10
+    half_life: float | None = 100_000.0
+    id_groups: list | None = None
+    id_bits: int = 18
+    compensation_weight: float = 1.0
     temperature: float = 1.0
-    gamma: float = 1.0
-    prior_count: float = 0.0
-    half_life: float | None = None
-    num_id_tables: int = 0
-    id_dims: int = 0
+    gamma: float = 0.0
+    prior_count: float = 5.0
+    self_tuning: bool = True
 
     def layer(self, seed: int) -> ErrorCompensation:
         memory = LSHErrorMemory(num_tables=self.num_tables, num_bits=self.num_bits, seed=seed,
-                                half_life=self.half_life, num_id_tables=self.num_id_tables,
-                                id_dims=self.id_dims)
+                                half_life=self.half_life, id_groups=self.id_groups or (),
+                                id_bits=self.id_bits)
         return ErrorCompensation(memory, compensation_weight=self.compensation_weight,
                                  temperature=self.temperature, gamma=self.gamma,
-                                 prior_count=self.prior_count)
+                                 prior_count=self.prior_count, self_tuning=self.self_tuning)
+
+
+def paper_memory() -> MemoryConfig:
+    """The paper's configuration (``ErrorCompensation.paper()``), before the validation sweep."""
+    return MemoryConfig(num_tables=64, num_bits=12, half_life=None, id_groups=[],
+                        compensation_weight=0.5, temperature=1.0, gamma=1.0, prior_count=0.0,
+                        self_tuning=False)
 
 
 @dataclass
@@ -101,7 +121,8 @@ class KNNConfig:
     def layer(self) -> ErrorCompensation:
         return ErrorCompensation(KNNErrorMemory(capacity=self.capacity, top_k=self.top_k),
                                  compensation_weight=self.compensation_weight,
-                                 temperature=self.temperature, gamma=self.gamma)
+                                 temperature=self.temperature, gamma=self.gamma,
+                                 self_tuning=False)
 
 
 @dataclass
@@ -117,7 +138,7 @@ class BenchConfig:
     batch_size: int = 512
     learning_rate: float = 1e-3
     incremental_learning_rate: float = 1e-4
-    feedback_every: int | None = None
+    feedback_every: int | None = 1000
     warm_start_rows: int = 20_000
     rebuild_rows: int = 20_000
     center_rows: int = 50_000
@@ -128,9 +149,11 @@ class BenchConfig:
     quick: bool = False
     seed: int = 0
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    paper: MemoryConfig = field(default_factory=paper_memory)
     knn: KNNConfig = field(default_factory=KNNConfig)
     model_kwargs: dict = field(default_factory=dict)
     bias: dict = field(default_factory=lambda: {name: BiasMemory() for name in BIAS_KEYS})
+    ftrl: FTRLOffset = field(default_factory=FTRLOffset)
 
     def validate(self, rows: int) -> None:
         if not 0 < self.validation_fraction < self.train_fraction < 1:
@@ -138,6 +161,9 @@ class BenchConfig:
                              f"{self.validation_fraction}, {self.train_fraction}")
         if self.num_slots < 1:
             raise ValueError(f"`--slots` should be >= 1. Received: {self.num_slots}")
+        if self.feedback_every is not None and self.feedback_every < 1:
+            raise ValueError("`--feedback-every` should be a number of rows >= 1 or 'slot'. "
+                             f"Received: {self.feedback_every}")
         test_rows = rows - int(rows * self.train_fraction)
         val_rows = int(rows * self.train_fraction) - int(rows * (self.train_fraction
                                                                   - self.validation_fraction))
@@ -176,6 +202,27 @@ def spec_for_frame(df: pd.DataFrame, history_length: int = 20) -> FeatureSpec:
         features.append(SequenceFeature("history", max_length=history_length,
                                          share_embedding_with="item_id"))
     return FeatureSpec(features, target_item="item_id")
+
+
+def groups_for_frame(df: pd.DataFrame, item: str = "item_id", user: str = "user_id") -> list:
+    """The default memory's id groups for a canonical log (``default_id_groups``).
+
+    A column is item-side when every item has one value of it (genre), user-side when every
+    user has one (age); other columns (position, context) are crossed with the item like
+    user-side ones. Constant columns are skipped.
+    """
+    skip = {item, user, "timestamp", "label", "history"}
+    item_side, user_side = [], []
+    for column in df.columns:
+        if column in skip or df[column].nunique() < 2:
+            continue
+        if item in df and df.groupby(item)[column].nunique().max() <= 1:
+            item_side.append(column)
+        elif user in df and df.groupby(user)[column].nunique().max() <= 1:
+            user_side.append(column)
+        else:
+            user_side.append(column)
+    return [list(g) for g in default_id_groups(df.columns, item, user, item_side, user_side)]
 
 
 class _Stream:
@@ -228,18 +275,17 @@ def _wrap(base: keras.Model, compensation: ErrorCompensation, center_features,
     return model
 
 
-def _warm_start(model: ReLoop2Model, features, labels) -> None:
+def _encode_for(model: ReLoop2Model, features) -> tuple[np.ndarray, np.ndarray]:
+    """Base logits and what the model's memory reads (keys for the sketch), for ``features``."""
+    logits, hidden = encode(model, features)
+    return logits, memory_inputs(model.memory, hidden, features)
+
+
+def _warm_start(model: ReLoop2Model, features, labels, config: BenchConfig) -> None:
     """Writes already-revealed rows so that the memory does not start empty."""
     if len(labels):
-        logits, hidden = encode(model, features)
-        model.compensation.update_memory(logits, hidden, labels)
-
-
-def _replay(compensation, encoded, stream: _Stream, feedback_every, progress, desc):
-    logits, hidden = encoded
-    out = replay_encoded(compensation, logits, hidden, stream.labels, stream.sizes,
-                         feedback_every, progress=progress, desc=desc)
-    return out["probability"]
+        warm_start(model.compensation, *_encode_for(model, features), labels,
+                   config.feedback_every)
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -252,83 +298,130 @@ def _score(stream: _Stream, probs: np.ndarray) -> tuple[float, float]:
     return (metrics.gauc(stream.labels, probs, stream.groups), metrics.auc(stream.labels, probs))
 
 
-def sweep_memory(base, spec, history: pd.DataFrame, stream: _Stream, config: BenchConfig,
-                 progress: bool) -> tuple[MemoryConfig, KNNConfig, dict]:
-    """One-at-a-time sweeps on the validation stream (the paper's Figs. 5–6).
+def _cross_keys(df: pd.DataFrame, groups) -> np.ndarray:
+    """One column of joined id values per group, for ``FTRLOffset``."""
+    columns = []
+    for group in groups:
+        values = df[group[0]].astype(str).to_numpy(object)
+        for name in group[1:]:
+            values = values + "\x1f" + df[name].astype(str).to_numpy(object)
+        columns.append(values)
+    return np.stack(columns, 1)
 
-    Each parameter is swept with the others at their current best, in the order of the grid,
-    and set to the value with the best validation gAUC (AUC breaks ties).
-    """
-    center = {k: v[-config.center_rows:] for k, v in features_from_frame(history, spec).items()}
-    warm = history.iloc[-config.warm_start_rows:]
-    warm_features, warm_labels = features_from_frame(warm, spec), warm["label"].to_numpy(np.float32)
-    probe = _wrap(base, config.memory.layer(config.seed), center, config)
-    encoded = encode(probe, stream.features)
-    warm_encoded = encode(probe, warm_features)
-    static = _score(stream, _sigmoid(encoded[0]))
 
-    def evaluate(comp: ErrorCompensation) -> tuple[float, float]:
-        comp.memory.build(tf.TensorShape([None, encoded[1].shape[1]]))
-        comp.memory.set_center(probe.memory.center)
-        comp.update_memory(warm_encoded[0], warm_encoded[1], warm_labels)
-        return _score(stream, _replay(comp, encoded, stream, config.feedback_every, False, ""))
+def _ftrl_groups(groups) -> list:
+    """The memory's id groups plus the bare first feature of every cross, as FTRL needs them
+    (a cross alone would carry the user's offset the memory centres away)."""
+    out = [tuple(g) for g in groups]
+    for g in list(out):
+        if len(g) > 1 and g[:1] not in out:
+            out.append(g[:1])
+    return out
 
-    grid = QUICK_SWEEP_GRID if config.quick else SWEEP_GRID
-    best = MemoryConfig(**asdict(config.memory))
-    curves: dict[str, list] = {}
-    total = sum(len(v) for v in grid.values())
-    bar = tqdm(total=total, desc="sweep (validation)", disable=not progress)
+
+class _Probe:
+    """One base model over a stream and its warm rows, encoded once, for many memories."""
+
+    def __init__(self, base, spec, history: pd.DataFrame, stream: _Stream, config: BenchConfig):
+        self.base, self.stream, self.config = base, stream, config
+        self.center = {k: v[-config.center_rows:]
+                       for k, v in features_from_frame(history, spec).items()}
+        warm = history.iloc[-config.warm_start_rows:]
+        self.warm_df = warm
+        self.warm_features = features_from_frame(warm, spec)
+        self.warm_labels = warm["label"].to_numpy(np.float32)
+        probe = _wrap(base, MemoryConfig(id_groups=[]).layer(config.seed), self.center, config)
+        self.center_vector = probe.memory.center.numpy()
+        self.logits, self.hidden = encode(probe, stream.features)
+        self.warm_logits, self.warm_hidden = encode(probe, self.warm_features)
+        self._inputs: dict = {}
+
+    def replay(self, comp: ErrorCompensation, feedback_every, progress=False, desc=""):
+        """``comp`` warm-started and replayed over the stream; returns its output arrays."""
+        comp.memory.build(tf.TensorShape([None, self.hidden.shape[1]]))
+        comp.memory.set_center(self.center_vector if self.config.center
+                               else np.zeros_like(self.center_vector))
+        layout = (json.dumps(comp.memory.layout()) if isinstance(comp.memory, LSHErrorMemory)
+                  else "hidden") + str(self.config.center)
+        if layout not in self._inputs:  # keys depend only on the layout (and the centre)
+            self._inputs[layout] = (
+                memory_inputs(comp.memory, self.warm_hidden, self.warm_features),
+                memory_inputs(comp.memory, self.hidden, self.stream.features))
+        warm_inputs, inputs = self._inputs[layout]
+        warm_start(comp, self.warm_logits, warm_inputs, self.warm_labels, feedback_every)
+        return replay_encoded(comp, self.logits, inputs, self.stream.labels, self.stream.sizes,
+                              feedback_every, progress=progress, desc=desc)
+
+
+def _sweep(probe: _Probe, start, grid: dict, layer, seed_bar) -> tuple[object, dict]:
+    """One-at-a-time sweep on the validation stream: each parameter, at the others' current
+    best, set to the value with the best validation gAUC (AUC breaks ties)."""
+    best, curves = start, {}
     for name, values in grid.items():
         points = []
         for value in values:
-            candidate = MemoryConfig(**{**asdict(best), name: value})
-            g, a = evaluate(candidate.layer(config.seed))
+            candidate = type(best)(**{**asdict(best), name: value})
+            out = probe.replay(layer(candidate), probe.config.feedback_every)
+            g, a = _score(probe.stream, out["probability"])
             points.append({"value": value, "gauc": g, "auc": a})
-            bar.update()
+            seed_bar.update()
         curves[name] = points
         choice = max(points, key=lambda p: (p["gauc"], p["auc"]))
-        best = MemoryConfig(**{**asdict(best), name: choice["value"]})
-    bar.close()
+        best = type(best)(**{**asdict(best), name: choice["value"]})
+    return best, curves
 
-    knn_best = KNNConfig(**asdict(config.knn))
-    knn_curves: dict[str, list] = {}
-    if not config.quick:
-        bar = tqdm(total=sum(len(v) for v in KNN_GRID.values()), desc="k-NN sweep (validation)",
-                   disable=not progress)
-        for name, values in KNN_GRID.items():
-            points = []
-            for value in values:
-                candidate = KNNConfig(**{**asdict(knn_best), name: value})
-                g, a = evaluate(candidate.layer())
-                points.append({"value": value, "gauc": g, "auc": a})
-                bar.update()
-            knn_curves[name] = points
-            choice = max(points, key=lambda p: (p["gauc"], p["auc"]))
-            knn_best = KNNConfig(**{**asdict(knn_best), name: choice["value"]})
-        bar.close()
-    else:
-        knn_best = KNNConfig(**{**asdict(knn_best), "compensation_weight": best.compensation_weight})
+
+def sweep_memory(base, spec, history: pd.DataFrame, stream: _Stream, config: BenchConfig,
+                 progress: bool) -> tuple[MemoryConfig, MemoryConfig, KNNConfig, dict, FTRLOffset,
+                                          dict]:
+    """The validation sweeps (the paper's Figs. 5–6 for the paper's sketch; the few structural
+    settings of the default memory; the baselines' own settings)."""
+    probe = _Probe(base, spec, history, stream, config)
+    static = _score(stream, _sigmoid(probe.logits))
+    quick = config.quick
+    grids = {"default": QUICK_DEFAULT_SWEEP_GRID if quick else DEFAULT_SWEEP_GRID,
+             "paper": QUICK_SWEEP_GRID if quick else SWEEP_GRID,
+             "knn": {} if quick else KNN_GRID}
+    bar = tqdm(total=sum(len(v) for g in grids.values() for v in g.values()),
+               desc="sweep (validation)", disable=not progress)
+    layer = lambda m: m.layer(config.seed)  # noqa: E731
+    best, curves = _sweep(probe, config.memory, grids["default"], layer, bar)
+    paper, paper_curves = _sweep(probe, config.paper, grids["paper"], layer, bar)
+    knn, knn_curves = _sweep(probe, config.knn, grids["knn"], lambda k: k.layer(), bar)
+    if quick:
+        knn = KNNConfig(**{**asdict(knn), "compensation_weight": paper.compensation_weight})
+    bar.close()
     # The practitioner's baselines get the same treatment: chosen on validation.
-    base_probs = _sigmoid(encoded[0])
-    warm_base = _sigmoid(warm_encoded[0])
+    base_probs, warm_base = _sigmoid(probe.logits), _sigmoid(probe.warm_logits)
+    warm = probe.warm_df
     bias_best, bias_curves = {}, {}
     for name, key in BIAS_KEYS.items():
         points = []
         for candidate in BIAS_GRID:
             probs = candidate.replay(stream.df[key].to_numpy(), base_probs, stream.labels,
-                                     stream.sizes, config.feedback_every,
-                                     warm[key].to_numpy(), warm_base, warm_labels)
+                                     stream.sizes, config.feedback_every, warm[key].to_numpy(),
+                                     warm_base, probe.warm_labels)
             g, a = _score(stream, probs)
             points.append({"value": asdict(candidate), "gauc": g, "auc": a})
         bias_curves[name] = points
         bias_best[name] = BiasMemory(**max(points, key=lambda p: (p["gauc"], p["auc"]))["value"])
-    report = {"static": {"gauc": static[0], "auc": static[1]}, "lsh": curves, "knn": knn_curves,
-              "bias": bias_curves,
-              "chosen": {"lsh": asdict(best), "knn": asdict(knn_best),
+    groups = _ftrl_groups(best.id_groups)
+    points = []
+    for candidate in FTRL_GRID:
+        probs = candidate.replay(_cross_keys(stream.df, groups), base_probs, stream.labels,
+                                 stream.sizes, config.feedback_every, _cross_keys(warm, groups),
+                                 warm_base, probe.warm_labels)
+        g, a = _score(stream, probs)
+        points.append({"value": asdict(candidate), "gauc": g, "auc": a})
+    ftrl = FTRLOffset(**max(points, key=lambda p: (p["gauc"], p["auc"]))["value"])
+    report = {"static": {"gauc": static[0], "auc": static[1]}, "reloop2": curves,
+              "lsh": paper_curves, "knn": knn_curves, "bias": bias_curves, "ftrl": points,
+              "chosen": {"reloop2": asdict(best), "lsh": asdict(paper), "knn": asdict(knn),
+                         "ftrl-offset": asdict(ftrl),
                          **{name: asdict(b) for name, b in bias_best.items()}}}
-    logger.info("validation: static gAUC %.4f; chosen sketch %s; chosen k-NN %s",
-                static[0], asdict(best), asdict(knn_best))
-    return best, knn_best, bias_best, report
+    logger.info("validation: static gAUC %.4f; chosen memory %s; paper sketch %s; k-NN %s",
+                static[0], asdict(best), asdict(paper), asdict(knn))
+    return best, paper, knn, bias_best, ftrl, report
 
 
 def _fine_tune(model: keras.Model, features, labels, config: BenchConfig) -> None:
@@ -350,7 +443,7 @@ def _incremental(base, stream: _Stream, config: BenchConfig, compensation=None, 
     wrapped = None
     if compensation is not None:
         wrapped = _wrap(model, compensation, center, config)
-        _warm_start(wrapped, *history)
+        _warm_start(wrapped, *history, config)
     probs = []
     desc = "incremental" + ("+reloop2" if wrapped else "")
     for a, b in tqdm(stream.bounds(), desc=desc, disable=not progress, leave=False):
@@ -359,16 +452,15 @@ def _incremental(base, stream: _Stream, config: BenchConfig, compensation=None, 
             logits = encode_logits(model, feats)
             probs.append(_sigmoid(logits))
         else:
-            encoded = encode(wrapped, feats)
-            out = replay_encoded(wrapped.compensation, *encoded, labels, [b - a],
-                                 config.feedback_every)
+            out = replay_encoded(wrapped.compensation, *_encode_for(wrapped, feats), labels,
+                                 [b - a], config.feedback_every)
             probs.append(out["probability"])
         _fine_tune(model, feats, labels, config)
         if wrapped is not None:
             # The hidden space moved with the weights: re-encode the latest revealed rows.
             recent_feats, recent_labels = _recent(history, stream, b, config.rebuild_rows)
             wrapped.reset_memory()
-            _warm_start(wrapped, recent_feats, recent_labels)
+            _warm_start(wrapped, recent_feats, recent_labels, config)
     return np.concatenate(probs)
 
 
@@ -411,48 +503,49 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
     train_df, test_df = df.iloc[:cut_train], df.iloc[cut_train:]
     test = _Stream(test_df, spec, config.num_slots)  # fails on an empty slot before training
 
+    if config.memory.id_groups is None:
+        config.memory.id_groups = groups_for_frame(df)
     sweep_report = None
     if config.sweep:
         tuning_base = _train(df.iloc[:cut_val], spec, config, progress)
         validation = _Stream(df.iloc[cut_val:cut_train], spec, config.num_slots)
-        config.memory, config.knn, config.bias, sweep_report = sweep_memory(
-            tuning_base, spec, df.iloc[:cut_val], validation, config, progress)
+        (config.memory, config.paper, config.knn, config.bias, config.ftrl,
+         sweep_report) = sweep_memory(tuning_base, spec, df.iloc[:cut_val], validation, config,
+                                      progress)
         plot_sweeps(sweep_report, output_dir / "sweeps.png")
 
     base = _train(train_df, spec, config, progress)
-    center_df = train_df.iloc[-config.center_rows:]
-    center = features_from_frame(center_df, spec)
-    warm_df = train_df.iloc[-config.warm_start_rows:]
-    history = (features_from_frame(warm_df, spec), warm_df["label"].to_numpy(np.float32))
+    probe = _Probe(base, spec, train_df, test, config)
+    every = config.feedback_every
     probs: dict[str, np.ndarray] = {}
-
-    sketch = _wrap(base, config.memory.layer(config.seed), center, config)
-    encoded = encode(sketch, test.features)
-    # Static is the base probability the sketch replay computes alongside its own output: the
+    # Static is the base probability the memory's replay computes alongside its own output: the
     # very same tensor, so that lambda = 0 gives back static bit for bit.
-    _warm_start(sketch, *history)
-    out = replay_encoded(sketch.compensation, *encoded, test.labels, test.sizes,
-                         config.feedback_every, progress=progress, desc="reloop2")
+    out = probe.replay(config.memory.layer(config.seed), every, progress, "reloop2")
     probs["static"] = out["base_probability"]
     if "reloop2" in methods:
         probs["reloop2"] = out["probability"]
-    if "reloop2-knn" in methods:
-        knn = _wrap(base, config.knn.layer(), center, config)
-        _warm_start(knn, *history)
-        probs["reloop2-knn"] = _replay(knn.compensation, encoded, test, config.feedback_every,
-                                       progress, "reloop2-knn")
+    for name, layer in (("reloop2-paper", lambda: config.paper.layer(config.seed)),
+                        ("reloop2-knn", config.knn.layer)):
+        if name in methods:
+            probs[name] = probe.replay(layer(), every, progress, name)["probability"]
+    warm_df, warm_base = probe.warm_df, _sigmoid(probe.warm_logits)
     for name, key in BIAS_KEYS.items():
         if name in methods:
-            warm_base = _sigmoid(encode(sketch, history[0])[0])
             probs[name] = config.bias[name].replay(
-                test_df[key].to_numpy(), probs["static"], test.labels, test.sizes,
-                config.feedback_every, warm_df[key].to_numpy(), warm_base, history[1])
+                test_df[key].to_numpy(), probs["static"], test.labels, test.sizes, every,
+                warm_df[key].to_numpy(), warm_base, probe.warm_labels)
+    if "ftrl-offset" in methods:
+        groups = _ftrl_groups(config.memory.id_groups)
+        probs["ftrl-offset"] = config.ftrl.replay(
+            _cross_keys(test_df, groups), probs["static"], test.labels, test.sizes, every,
+            _cross_keys(warm_df, groups), warm_base, probe.warm_labels)
+    history = (probe.warm_features, probe.warm_labels)
     if "incremental" in methods:
         probs["incremental"] = _incremental(base, test, config, progress=progress)
     if "incremental+reloop2" in methods:
         probs["incremental+reloop2"] = _incremental(
-            base, test, config, compensation=config.memory.layer(config.seed), center=center,
-            history=history, progress=progress)
+            base, test, config, compensation=config.memory.layer(config.seed),
+            center=probe.center, history=history, progress=progress)
 
     results = {
         "dataset": config.dataset,

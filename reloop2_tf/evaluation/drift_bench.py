@@ -8,22 +8,26 @@ predicts each row before its label is revealed. Labels are revealed every ``wind
 memories, and after every slot to the model-updating methods (a training step per ``window``
 rows is not what teams run). Metrics are computed per window of ``window`` rows and per slot.
 
-The memories' settings are fixed (``DRIFT_MEMORY``: what the ML-1M DCN benchmark chose on its own
-validation stream, before any shift), so the shift never leaks into tuning. Methods:
+The memories' settings are fixed, so the shift never leaks into tuning: the library's default
+memory (its id groups found in the log, its trust learnt online), and for the paper's sketch
+(``PAPER_DRIFT_MEMORY``) and the baselines what the ML-1M DCN benchmark chose on its own
+validation stream, before any shift. Methods:
 
   static                     the base model;
-  reloop2                    base + LSH sketch memory;
-  item-bias, user-bias       per-key running residuals with the sketch's lambda, gamma, prior_count;
+  reloop2                    base + the default memory (SRP and id tables, self-tuning trust);
+  reloop2-paper              base + the paper's sketch and read;
+  item-bias, user-bias       per-key running residuals with the paper sketch's lambda, gamma,
+                             prior_count;
+  ftrl-offset                FTRL over the memory's id groups with the base logit as offset;
   incremental                one fine-tuning pass per revealed slot (learning rate 1e-4);
   incremental-hot            the same at learning rate 1e-3 (adapts harder to the newest slot);
   incremental+reloop2        both, the memory rebuilt from re-encoded recent rows after each pass;
   incremental-hot+reloop2    the same with the hot learning rate;
   periodic-retrain           from scratch on every revealed row every ``retrain_every`` slots.
 
-Ablation rows (the sketch with one thing changed): feedback once per slot, no centering,
-support shrinkage (prior_count 20), gamma = 1 (blend towards the neighbours' label mean),
-coarser buckets (num_bits 8), id-keyed tables beside the SRP tables (item or user), and the
-item-bias memory with its own validated settings.
+Ablation rows (the default memory with one thing changed): feedback once per slot, no
+centering of hidden vectors, no id tables, no forgetting; and the item-bias memory with its own
+validated settings.
 """
 
 from __future__ import annotations
@@ -38,32 +42,30 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from reloop2_tf._keras import tf
 from reloop2_tf.data import DataError, slots as split_slots
 from reloop2_tf.evaluation import metrics, recovery
-from reloop2_tf.evaluation.baselines import BiasMemory
+from reloop2_tf.evaluation.baselines import BiasMemory, FTRLOffset
 from reloop2_tf.evaluation.benchmark import (BenchConfig, MemoryConfig, _check_frame,
-                                             _incremental, _jsonable, _sigmoid, _Stream,
-                                             _train, _wrap, encode_logits, spec_for_frame)
+                                             _cross_keys, _ftrl_groups, _incremental, _jsonable,
+                                             _Probe, _sigmoid, _Stream, _train, encode_logits,
+                                             groups_for_frame, spec_for_frame)
 from reloop2_tf.evaluation.plotting import plot_windows
 from reloop2_tf.evaluation.scenarios import Scenario, get_scenario
-from reloop2_tf.evaluation.streaming import encode, replay_encoded
-from reloop2_tf.features import features_from_frame
-from reloop2_tf.layers import IdCode
 
 logger = logging.getLogger(__name__)
 
 # Chosen by `reloop2 bench --dataset ml-1m --model dcn` on its validation stream (docs/benchmarks.md).
-DRIFT_MEMORY = MemoryConfig(num_tables=128, num_bits=14, compensation_weight=0.9, temperature=10.0,
-                            gamma=0.0, prior_count=0.0, half_life=20_000.0)
-# The item-bias memory's own choice on that validation stream.
+PAPER_DRIFT_MEMORY = MemoryConfig(num_tables=128, num_bits=14, compensation_weight=0.9,
+                                  temperature=10.0, gamma=0.0, prior_count=0.0,
+                                  half_life=20_000.0, id_groups=[], self_tuning=False)
+# The item-bias memory's and FTRL's own choices on that validation stream.
 VALIDATED_ITEM_BIAS = BiasMemory(compensation_weight=0.3, gamma=1.0, prior_count=5.0)
-METHODS = ("static", "reloop2", "item-bias", "user-bias", "incremental", "incremental-hot",
-           "incremental+reloop2", "incremental-hot+reloop2", "periodic-retrain")
-ABLATIONS = ("reloop2 slot-feedback", "reloop2 no-center", "reloop2 prior-20", "reloop2 gamma-1",
-             "reloop2 bits-8",
-             "reloop2 + item-id tables", "reloop2 + user-id tables", "item-bias validated")
-ID_KEYS = {"reloop2 + item-id tables": "item_id", "reloop2 + user-id tables": "user_id"}
+VALIDATED_FTRL = FTRLOffset(alpha=0.02)
+METHODS = ("static", "reloop2", "reloop2-paper", "item-bias", "user-bias", "ftrl-offset",
+           "incremental", "incremental-hot", "incremental+reloop2", "incremental-hot+reloop2",
+           "periodic-retrain")
+ABLATIONS = ("reloop2 slot-feedback", "reloop2 no-center", "reloop2 no-ids",
+             "reloop2 no-forgetting", "item-bias validated")
 
 
 @dataclass
@@ -80,10 +82,10 @@ class DriftConfig:
     steady_slots: int = 3
     hot_learning_rate: float = 1e-3
     retrain_every: int = 5
-    id_tables: int = 64
-    id_code_dims: int = 16
     methods: tuple = METHODS + ABLATIONS
-    memory: MemoryConfig = field(default_factory=lambda: replace(DRIFT_MEMORY))
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    paper: MemoryConfig = field(default_factory=lambda: replace(PAPER_DRIFT_MEMORY))
+    ftrl: FTRLOffset = field(default_factory=lambda: replace(VALIDATED_FTRL))
 
     def validate(self) -> None:
         if not 1 <= self.t0_slot < self.bench.num_slots:
@@ -117,17 +119,6 @@ def _shift(df: pd.DataFrame, config: DriftConfig):
     onsets = [int(kept_before[o]) for o in scenario.onsets(t0, n)]
     held = scenario.held_items(df, t0) if scenario.kind == "cold-start" else None
     return scenario, shifted, int(kept_before[cut]), new_sizes, onsets, held
-
-
-def _sketch(config: DriftConfig, memory: MemoryConfig, encoded, warm, center, labels, sizes,
-            feedback_every, progress: bool, desc: str) -> np.ndarray:
-    """Replays a fresh sketch over already-encoded rows (warm-started on ``warm``)."""
-    comp = memory.layer(config.bench.seed)
-    comp.memory.build(tf.TensorShape([None, encoded[1].shape[1]]))
-    comp.memory.set_center(center)
-    comp.update_memory(*warm)
-    return replay_encoded(comp, *encoded, labels, sizes, feedback_every, progress=progress,
-                          desc=desc)["probability"]
 
 
 def _periodic_retrain(base, train_df, test_df, spec, stream: _Stream, config: DriftConfig,
@@ -214,54 +205,45 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
               test_df["item_id"].astype(str).isin(held).to_numpy())  # cold-start: the held items
     original = df["label"].to_numpy()[cut:] if scenario.kind != "cold-start" else None
 
+    if config.memory.id_groups is None:
+        config.memory.id_groups = groups_for_frame(shifted)
     base = _train(train_df, spec, bench, progress)
-    center_features = features_from_frame(train_df.iloc[-bench.center_rows:], spec)
-    warm_df = train_df.iloc[-bench.warm_start_rows:]
-    history = (features_from_frame(warm_df, spec), warm_df["label"].to_numpy(np.float32))
+    probe = _Probe(base, spec, train_df, test, bench)
+    history = (probe.warm_features, probe.warm_labels)
 
     probs: dict[str, np.ndarray] = {}
-    sketch = _wrap(base, config.memory.layer(bench.seed), center_features, bench)
-    encoded = encode(sketch, test.features)
-    warm_encoded = encode(sketch, history[0])
-    sketch.compensation.update_memory(warm_encoded[0], warm_encoded[1], history[1])
-    out = replay_encoded(sketch.compensation, *encoded, test.labels, test.sizes, config.window,
-                         progress=progress, desc="reloop2")
+    out = probe.replay(config.memory.layer(bench.seed), config.window, progress, "reloop2")
     probs["static"] = out["base_probability"]
     wanted = set(config.methods)
     if "reloop2" in wanted:
         probs["reloop2"] = out["probability"]
-    center = sketch.memory.center.numpy()
-    warm = (warm_encoded[0], warm_encoded[1], history[1])
     m = config.memory
-    variants = {"reloop2 slot-feedback": (m, center, None),
-                "reloop2 no-center": (m, np.zeros_like(center), config.window),
-                "reloop2 prior-20": (replace(m, prior_count=20.0), center, config.window),
-                "reloop2 gamma-1": (replace(m, gamma=1.0), center, config.window),
-                "reloop2 bits-8": (replace(m, num_bits=8), center, config.window)}
-    for name, (memory, c, every) in variants.items():
+    variants = {"reloop2-paper": (config.paper, config.window),
+                "reloop2 slot-feedback": (m, None),
+                "reloop2 no-ids": (replace(m, id_groups=[]), config.window),
+                "reloop2 no-forgetting": (replace(m, half_life=None), config.window)}
+    for name, (memory, every) in variants.items():
         if name in wanted:
-            probs[name] = _sketch(config, memory, encoded, warm, c, test.labels, test.sizes, every,
-                                  progress, name)
-    for name, key in ID_KEYS.items():
-        if name in wanted:
-            # The id tables read an IdCode appended to the hidden vector (what
-            # ReLoop2Model(id_feature=...) does in-graph); the code's centre is 0.
-            keys = np.concatenate([warm_df[key].to_numpy(), test_df[key].to_numpy()]).astype(str)
-            codes = IdCode(config.id_code_dims, seed=bench.seed)(keys).numpy()
-            with_ids = replace(m, num_id_tables=config.id_tables, id_dims=config.id_code_dims)
-            probs[name] = _sketch(
-                config, with_ids, (encoded[0], np.concatenate([encoded[1], codes[len(warm_df):]], 1)),
-                (warm[0], np.concatenate([warm[1], codes[:len(warm_df)]], 1), warm[2]),
-                np.concatenate([center, np.zeros(config.id_code_dims, np.float32)]),
-                test.labels, test.sizes, config.window, progress, name)
-    warm_base = _sigmoid(warm_encoded[0])
-    same = BiasMemory(m.compensation_weight, m.gamma, m.prior_count)
+            probs[name] = probe.replay(memory.layer(bench.seed), every, progress,
+                                       name)["probability"]
+    if "reloop2 no-center" in wanted:
+        uncentred = _Probe(base, spec, train_df, test, replace(bench, center=False))
+        probs["reloop2 no-center"] = uncentred.replay(m.layer(bench.seed), config.window, progress,
+                                                      "reloop2 no-center")["probability"]
+    warm_df, warm_base = probe.warm_df, _sigmoid(probe.warm_logits)
+    p = config.paper
+    same = BiasMemory(p.compensation_weight, p.gamma, p.prior_count)
     for name, key, bias in (("item-bias", "item_id", same), ("user-bias", "user_id", same),
                             ("item-bias validated", "item_id", VALIDATED_ITEM_BIAS)):
         if name in wanted:
             probs[name] = bias.replay(test_df[key].to_numpy(), probs["static"], test.labels,
                                       test.sizes, config.window, warm_df[key].to_numpy(),
                                       warm_base, history[1])
+    if "ftrl-offset" in wanted:
+        groups = _ftrl_groups(m.id_groups)
+        probs["ftrl-offset"] = config.ftrl.replay(
+            _cross_keys(test_df, groups), probs["static"], test.labels, test.sizes, config.window,
+            _cross_keys(warm_df, groups), warm_base, history[1])
     if "incremental" in wanted:
         probs["incremental"] = _incremental(base, test, bench, progress=progress)
     if "incremental-hot" in wanted:
@@ -272,7 +254,7 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
         if name in wanted:
             probs[name] = _incremental(
                 base, test, replace(bench, incremental_learning_rate=learning_rate),
-                compensation=config.memory.layer(bench.seed), center=center_features,
+                compensation=config.memory.layer(bench.seed), center=probe.center,
                 history=history, progress=progress)
     if "periodic-retrain" in wanted:
         probs["periodic-retrain"] = _periodic_retrain(base, train_df, test_df, spec, test, config,
@@ -338,9 +320,9 @@ def quick_config(config: DriftConfig) -> DriftConfig:
     bench.center_rows = 20_000
     config.t0_slot, config.window, config.smooth, config.steady_slots = 1, 500, 3, 2
     config.retrain_every = 3
-    config.memory = replace(config.memory, num_tables=32, num_bits=10, half_life=5_000.0)
-    config.id_tables = 16
+    config.paper = replace(config.paper, num_tables=32, num_bits=10, half_life=5_000.0)
     return config
 
 
-__all__ = ["DriftConfig", "Scenario", "run_drift", "format_table", "quick_config", "DRIFT_MEMORY"]
+__all__ = ["DriftConfig", "Scenario", "run_drift", "format_table", "quick_config",
+           "PAPER_DRIFT_MEMORY"]

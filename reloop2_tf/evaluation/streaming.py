@@ -1,7 +1,8 @@
 """Streaming replay: score each slot, then reveal its labels to the memory (SPEC section 5).
 
 Scoring is split in two steps so that one encoding of a stream serves many memories: ``encode``
-runs the base model once, ``replay_encoded`` streams the encoded rows through an
+runs the base model once, ``memory_inputs`` turns hidden vectors (and ids) into what a memory
+reads (its keys, for the sketch), and ``replay_encoded`` streams the encoded rows through an
 ``ErrorCompensation`` layer (predict, then write the labels back).
 """
 
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 
 from reloop2_tf._keras import tf
 from reloop2_tf.evaluation import metrics
-from reloop2_tf.layers import ErrorCompensation
+from reloop2_tf.layers import ErrorCompensation, LSHErrorMemory
 from reloop2_tf.wrapper import ReLoop2Model
 
 logger = logging.getLogger(__name__)
@@ -58,31 +59,68 @@ def encode(model: ReLoop2Model, features: dict[str, np.ndarray],
     return np.concatenate(logits), np.concatenate(hidden)
 
 
-def replay_encoded(compensation: ErrorCompensation, logits: np.ndarray, hidden: np.ndarray,
+def memory_inputs(memory, hidden: np.ndarray, features: dict[str, np.ndarray] | None = None,
+                  batch_size: int = 16384) -> np.ndarray:
+    """What ``memory`` reads for each row: int32 keys ``[N, T]`` for an ``LSHErrorMemory``
+    (its SRP buckets of ``hidden``, then its id buckets of ``features``), ``hidden`` otherwise.
+
+    The memory must be built and centred: keys depend on the centre.
+    """
+    if not isinstance(memory, LSHErrorMemory):
+        return hidden
+    names = memory.id_features
+    if names and features is None:
+        raise ValueError(f"the memory's id tables read {list(names)}: pass `features`")
+    return np.concatenate([
+        memory.keys(hidden[a:b], {n: features[n][a:b] for n in names} if names else None).numpy()
+        for a, b in _batches(len(hidden), batch_size)]) if len(hidden) else np.zeros(
+            (0, memory.total_tables), np.int32)
+
+
+def replay_encoded(compensation: ErrorCompensation, logits: np.ndarray, inputs: np.ndarray,
                    labels: np.ndarray, slot_sizes: list[int], feedback_every: int | None = None,
                    batch_size: int = 8192, progress: bool = False,
                    desc: str = "replay") -> dict[str, np.ndarray]:
     """Streams encoded rows through ``compensation``: predict a chunk, then write its labels.
 
-    With ``feedback_every=None`` a slot's labels are written after the whole slot is scored (the
+    ``inputs`` comes from ``memory_inputs``: memory keys for the sketch (read and written by
+    keys, as a server does with what ``predict`` returned), hidden vectors for k-NN. With
+    ``feedback_every=None`` a slot's labels are written after the whole slot is scored (the
     paper's protocol); with ``feedback_every=B`` they are written every ``B`` rows. Returns the
     arrays ``probability`` and ``base_probability`` over all rows.
     """
+    by_keys = isinstance(compensation.memory, LSHErrorMemory)
     probs, base = [], []
     offset = 0
     for size in tqdm(slot_sizes, desc=desc, unit="slot", disable=not progress, leave=False):
         chunk = feedback_every or size
         for c0, c1 in _batches(size, chunk):
             a, b = offset + c0, offset + c1
+            served = []
             for b0, b1 in _batches(b - a, batch_size):
-                out = compensation.compensate(logits[a + b0:a + b1], hidden[a + b0:a + b1])
+                rows = slice(a + b0, a + b1)
+                out = (compensation.compensate_keys(logits[rows], inputs[rows]) if by_keys
+                       else compensation.compensate(logits[rows], inputs[rows]))
                 probs.append(out["probability"].numpy())
                 base.append(out["base_probability"].numpy())
-            for b0, b1 in _batches(b - a, batch_size):
-                compensation.update_memory(logits[a + b0:a + b1], hidden[a + b0:a + b1],
-                                           labels[a + b0:a + b1])
+                served.append(out["base_probability"])
+            for (b0, b1), served_base in zip(_batches(b - a, batch_size), served):
+                rows = slice(a + b0, a + b1)
+                if by_keys:
+                    compensation.update_memory_by_keys(inputs[rows], served_base, labels[rows])
+                else:
+                    compensation.update_memory(logits[rows], inputs[rows], labels[rows])
         offset += size
     return {"probability": np.concatenate(probs), "base_probability": np.concatenate(base)}
+
+
+def warm_start(compensation: ErrorCompensation, logits: np.ndarray, inputs: np.ndarray,
+               labels: np.ndarray, feedback_every: int | None) -> None:
+    """Writes already-revealed rows, in chunks of ``feedback_every`` as the stream would, so that
+    the self-tuning trust learns from them as it would have live (one chunk would read an empty
+    memory for every row)."""
+    if len(labels):
+        replay_encoded(compensation, logits, inputs, labels, [len(labels)], feedback_every)
 
 
 def replay(model: ReLoop2Model, slots: list[Slot], feedback_every: int | None = None,
@@ -92,8 +130,8 @@ def replay(model: ReLoop2Model, slots: list[Slot], feedback_every: int | None = 
     logits, hidden = encode(model, features, batch_size)
     labels = np.concatenate([s.labels for s in slots]).astype(np.float32)
     sizes = [len(s) for s in slots]
-    out = replay_encoded(model.compensation, logits, hidden, labels, sizes, feedback_every,
-                         progress=progress)
+    out = replay_encoded(model.compensation, logits, memory_inputs(model.memory, hidden, features),
+                         labels, sizes, feedback_every, progress=progress)
     bounds = np.cumsum([0, *sizes])
     return [{k: v[a:b] for k, v in out.items()} for a, b in zip(bounds[:-1], bounds[1:])]
 
