@@ -16,8 +16,8 @@ them); ``tests/test_export.py`` pins them:
 * ``memory_restore`` (``sketch`` in, replaces the memory) and ``memory_merge`` (``sketch`` in,
   added to the memory): output ``memory_weight``.
 
-``update_memory_by_keys`` and the three ``memory_*`` signatures exist only for the sketch memory (``LSHErrorMemory``); a
-``KNNErrorMemory`` model gets ``serving_default``, ``predict`` and ``update_memory``.
+``update_memory_by_keys`` and the three ``memory_*`` signatures exist only for the sketch memory
+(``LSHErrorMemory``); a ``KNNErrorMemory`` model gets ``serving_default``, ``predict`` and ``update_memory``.
 
 TF Serving treats models as pure functions; see docs/serving.md for what a stateful model means
 there (reloads reset the memory to the exported snapshot, replicas diverge unless synced,

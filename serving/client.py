@@ -149,7 +149,8 @@ class ReLoop2Client:
     # -- the ReLoop2 signatures -------------------------------------------------------------------
     def predict(self, features: Mapping[str, object], signature_name: str = "serving_default",
                 output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        """``probability``, ``base_probability``, ``estimated_error``, ``memory_support``."""
+        """``probability``, ``base_probability``, ``estimated_error``, ``memory_support`` and,
+        for a sketch memory, ``memory_keys`` (what ``update_memory_by_keys`` takes back)."""
         return self.call(signature_name, self._features(features, signature_name), output_filter)
 
     def update_memory(self, features: Mapping[str, object], labels,
@@ -166,8 +167,22 @@ class ReLoop2Client:
         inputs["sample_weight"] = np.asarray(sample_weight, dtype=np.float32).reshape(-1)
         return self.call("update_memory", inputs)
 
+    def update_memory_by_keys(self, memory_keys, base_probability, labels,
+                              sample_weight=None) -> dict[str, np.ndarray]:
+        """Writes revealed labels by the ``memory_keys`` and ``base_probability`` that ``predict``
+        returned for the same rows: the server runs no model. Same outputs as ``update_memory``."""
+        labels = np.asarray(labels, dtype=np.float32).reshape(-1)
+        if sample_weight is None:
+            sample_weight = np.ones_like(labels)
+        return self.call("update_memory_by_keys", {
+            "memory_keys": np.asarray(memory_keys, dtype=np.int32),
+            "base_probability": np.asarray(base_probability, dtype=np.float32).reshape(-1),
+            "label": labels,
+            "sample_weight": np.asarray(sample_weight, dtype=np.float32).reshape(-1)})
+
     def snapshot(self) -> np.ndarray:
-        """The memory sketch ``[K, 2**L, 3]`` in true units."""
+        """The memory's whole state ``[num_state_rows, 3]`` in true units (tables, then the
+        self-tuning combiner's sums)."""
         return self.call("memory_snapshot", {})["sketch"]
 
     def memory_weight(self) -> float:

@@ -1,7 +1,9 @@
 """Replays a time-ordered canonical CSV through a server: score each batch, then write its labels.
 
-Each batch is scored first, then its labels are written back with ``update_memory``; the base and
-compensated predictions are compared at the end. ``reloop2 replay`` and the demo use it.
+Each batch is scored first, then its labels are written back: with ``update_memory_by_keys`` (the
+memory keys and base probability ``predict`` returned; no model runs) when the model has it, else
+with ``update_memory``. The base and compensated predictions are compared at the end.
+``reloop2 replay`` and the demo use it.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def replay(data: str, target: str, model_name: str = "reloop2", batch_size: int 
     with ReLoop2Client(target, model_name, timeout=timeout) as client:
         dtypes = client.input_dtypes("update_memory")
         dtypes = {k: v for k, v in dtypes.items() if k not in ("label", "sample_weight")}
+        by_keys = "update_memory_by_keys" in client.metadata()
         features = _columns(frame, dtypes)
         labels = frame["label"].to_numpy().astype(np.float32)
         base, compensated = np.empty(len(frame)), np.empty(len(frame))
@@ -80,7 +83,11 @@ def replay(data: str, target: str, model_name: str = "reloop2", batch_size: int 
             batch = {k: v[rows] for k, v in features.items()}
             out = client.predict(batch)  # scored before its labels are revealed
             base[rows], compensated[rows] = out["base_probability"], out["probability"]
-            written = client.update_memory(batch, labels[rows])
+            if by_keys:
+                written = client.update_memory_by_keys(out["memory_keys"], out["base_probability"],
+                                                       labels[rows])
+            else:
+                written = client.update_memory(batch, labels[rows])
             batches += 1
         seconds = time.monotonic() - started
     users = frame["user_id"].to_numpy()

@@ -1,6 +1,6 @@
 import numpy as np
 
-from reloop2_tf.evaluation.baselines import BiasMemory
+from reloop2_tf.evaluation.baselines import BiasMemory, FTRLOffset
 
 
 def test_bias_memory_by_hand():
@@ -24,3 +24,34 @@ def test_zero_weight_is_static_and_warm_start_counts():
         keys, base, [1, 0], [2], warm_keys=np.array(["a"]), warm_base=np.array([0.5]),
         warm_labels=np.array([0.0]))
     np.testing.assert_allclose(warm, [0.0, 0.6])
+
+
+def test_ftrl_offset_first_step_by_hand():
+    # One key column; feedback after each row. Row 0 predicts the base; after its label the
+    # weights of key "a" and of the bias move by FTRL's first step: w = -alpha * g / (beta + |g|)
+    # per coordinate (l1 = l2 = 0), with g = p - y.
+    ftrl = FTRLOffset(alpha=0.5, beta=1.0, l1=0.0, l2=0.0)
+    base = np.array([0.5, 0.5])
+    out = ftrl.replay(np.array([["a"], ["a"]]), base, np.array([1.0, 1.0]), [2], feedback_every=1)
+    assert out[0] == 0.5
+    w = -0.5 * (0.5 - 1.0) / (1.0 + 0.5)  # per coordinate: key "a" and the bias
+    np.testing.assert_allclose(out[1], 1 / (1 + np.exp(-2 * w)))
+
+
+def test_ftrl_offset_learns_an_id_effect_the_base_misses():
+    rng = np.random.default_rng(0)
+    n = 20_000
+    item = rng.integers(0, 30, n)
+    rate = np.linspace(0.1, 0.9, 30)[item]
+    labels = (rng.random(n) < rate).astype(float)
+    base = np.full(n, labels.mean())
+    out = FTRLOffset(alpha=0.1).replay(item.astype(str)[:, None], base, labels, [n], 500)
+
+    def logloss(p):
+        y = labels[n // 2:]
+        return -np.mean(y * np.log(p[n // 2:]) + (1 - y) * np.log(1 - p[n // 2:]))
+
+    assert logloss(out) < logloss(base) - 0.05
+    # A learning rate of ~0 is the base model.
+    still = FTRLOffset(alpha=1e-12).replay(item.astype(str)[:, None], base, labels, [n], 500)
+    np.testing.assert_allclose(still, base, rtol=1e-6)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from reloop2_tf.cli import main as cli
-from reloop2_tf.data import DataError, load_dataset
+from reloop2_tf.data import DataError, id_groups_for_frame, load_dataset
 from reloop2_tf.evaluation import benchmark
 
 
@@ -32,6 +32,12 @@ def test_quick_cli_run_writes_results_json_and_plots(tmp_path, ml100k):
     assert results["config"]["quick"] is True and results["seed"] == 0
     chosen = results["validation"]["chosen"]["lsh"]
     assert chosen["compensation_weight"] in benchmark.QUICK_SWEEP_GRID["compensation_weight"]
+    default = results["validation"]["chosen"]["reloop2"]
+    assert default["prior_count"] in benchmark.QUICK_DEFAULT_SWEEP_GRID["prior_count"]
+    assert default["self_tuning"] and ["item_id"] in default["id_groups"]
+    assert results["config"]["feedback_every"] == 1000
+    assert results["validation"]["chosen"]["ftrl-offset"]["alpha"] in {
+        f.alpha for f in benchmark.FTRL_GRID}
     assert results["split"]["test_start_timestamp"] >= int(
         ml100k["timestamp"].iloc[results["split"]["train_rows"] - 1])
     assert (out / "slots.png").stat().st_size > 10_000
@@ -89,3 +95,26 @@ def test_cli_bench_on_a_generic_csv_with_missing_column(capsys, tmp_path):
                   "--output", str(tmp_path / "out")])
     assert exit_info.value.code != 0
     assert "clicked" in capsys.readouterr().err
+
+
+def test_default_id_groups_follow_the_sides_of_the_log(ml100k):
+    groups = id_groups_for_frame(ml100k)
+    assert groups[0] == ["item_id"]
+    assert {tuple(g) for g in groups[1:]} == {
+        ("user_id", "genre"), ("user_id", "release_year"),   # item-side features x user
+        ("item_id", "age"), ("item_id", "gender"), ("item_id", "occupation")}  # user-side x item
+    # A context column (neither the item's nor the user's) is crossed with the item.
+    df = ml100k.iloc[:3000].assign(position=np.arange(3000) % 3, constant=1)
+    assert ["item_id", "position"] in id_groups_for_frame(df)
+    assert not any("constant" in g for g in id_groups_for_frame(df))
+
+
+def test_cli_feedback_and_id_group_flags():
+    assert cli._feedback_every("slot") is None and cli._feedback_every("250") == 250
+    assert cli._id_groups("item_id,user_id*genre") == [["item_id"], ["user_id", "genre"]]
+    assert cli._id_groups("none") == []
+    for bad in ("0", "-3", "often"):
+        with pytest.raises(Exception, match="rows"):
+            cli._feedback_every(bad)
+    with pytest.raises(Exception, match="item_id"):
+        cli._id_groups("item_id,*genre")

@@ -93,9 +93,10 @@ def test_model_updating_methods_equal_static_until_they_update(flip_run):
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_lambda_zero_equals_static_in_every_scenario(log, tmp_path, scenario):
-    config = _config(scenario, methods=("static", "reloop2", "reloop2 + item-id tables",
-                                        "reloop2 gamma-1", "item-bias", "user-bias"))
+    config = _config(scenario, methods=("static", "reloop2", "reloop2-paper", "reloop2 no-ids",
+                                        "item-bias", "user-bias"))
     config.memory = replace(config.memory, compensation_weight=0.0)
+    config.paper = replace(config.paper, compensation_weight=0.0)  # the bias memories' lambda
     results = drift_bench.run_drift(log, config, tmp_path, progress=False)
     static = json.dumps(results["methods"]["static"], sort_keys=True)  # NaN-aware equality
     for name, m in results["methods"].items():

@@ -19,6 +19,8 @@ import pytest
 from serving_helpers import (
     NUM_BITS,
     NUM_TABLES,
+    STATE_ROWS,
+    TABLE_SIZES,
     DevServer,
     build_model,
     make_features,
@@ -31,7 +33,8 @@ from reloop2_serving import cli
 from reloop2_serving.client import FanOutClient, ReLoop2Client
 
 pytestmark = pytest.mark.e2e
-ZEROS = np.zeros([NUM_TABLES, 2**NUM_BITS, 3], np.float32)
+ZEROS = np.zeros([STATE_ROWS, 3], np.float32)
+TABLE_OFFSETS = np.cumsum([0, *TABLE_SIZES[:-1]])
 
 
 @pytest.fixture(scope="module")
@@ -64,27 +67,34 @@ def test_predict_update_predict_over_grpc_matches_keras(served):
     stream = take(pairs, np.repeat(np.arange(6), 10))
     labels = (np.repeat(np.arange(6), 10) < 3).astype(np.float32)
     before = client.predict(pairs)
-    assert set(before) == set(ex.PREDICT_OUTPUTS)
+    assert set(before) == set(ex.PREDICT_OUTPUTS) | {"memory_keys"}
     np.testing.assert_array_equal(before["probability"], before["base_probability"])  # empty memory
-    out = client.update_memory(stream, labels)
-    assert float(out["weight_written"]) == 60.0 and float(out["memory_weight"]) == 60.0
+    # Ten rounds of feedback: each round is read before it is written, so the trust learns
+    # from rounds 2-10 which groups predict the labels.
+    for round_ in range(10):
+        rows = slice(6 * round_, 6 * round_ + 6)
+        out = client.update_memory(take(stream, np.arange(60)[rows]), labels[rows])
+        assert float(out["weight_written"]) == 6.0
+    assert float(out["memory_weight"]) == 60.0
     after = client.predict(pairs)
     # Identical rows share every bucket, so each moves towards its own label.
     assert (after["probability"][:3] > before["probability"][:3]).all()
     assert (after["probability"][3:] < before["probability"][3:]).all()
     assert (after["memory_support"] > 0).all()
 
-    model.update_memory(stream, labels)
+    for round_ in range(10):
+        rows = np.arange(60)[6 * round_:6 * round_ + 6]
+        model.update_memory(take(stream, rows), labels[rows])
     expected = model.compensate(pairs)
-    for key in ex.PREDICT_OUTPUTS:
+    for key in (*ex.PREDICT_OUTPUTS, "memory_keys"):
         np.testing.assert_allclose(after[key], expected[key].numpy(), atol=1e-5)
     np.testing.assert_allclose(client.snapshot(), model.memory.snapshot().numpy(), atol=1e-5)
     only = client.predict(pairs, output_filter=["probability"])
     assert set(only) == {"probability"}
     np.testing.assert_array_equal(only["probability"], after["probability"])
     meta = client.metadata()
-    assert set(meta) == {"serving_default", "predict", "update_memory", "memory_snapshot",
-                         "memory_restore", "memory_merge"}
+    assert set(meta) == {"serving_default", "predict", "update_memory", "update_memory_by_keys",
+                         "memory_snapshot", "memory_restore", "memory_merge"}
     assert meta["update_memory"]["outputs"] == {"weight_written": ("float32", []),
                                                 "memory_weight": ("float32", [])}
     assert client.status() == {1: "AVAILABLE"}
@@ -112,7 +122,7 @@ def test_concurrent_updates_lose_no_weight_and_predicts_never_fail(served):
     def merge():
         # memory_merge runs alongside the writers: an add of the whole table must not undo them.
         delta = ZEROS.copy()
-        delta[:, 3, 0] = 2.5
+        delta[3 + TABLE_OFFSETS, 0] = 2.5  # bucket 3 of every table
         with ReLoop2Client(server.target) as c:
             start.wait()
             for _ in range(10):
@@ -143,7 +153,9 @@ def test_concurrent_updates_lose_no_weight_and_predicts_never_fail(served):
     assert predicts[0] > 0
     # Every table holds every row once, so each table's weights add up to the total.
     assert client.memory_weight() == sent.sum()
-    np.testing.assert_array_equal(client.snapshot()[:, :, 0].sum(axis=1), sent.sum())
+    weights = client.snapshot()[:, 0]
+    np.testing.assert_array_equal(
+        [weights[a:a + n].sum() for a, n in zip(TABLE_OFFSETS, TABLE_SIZES)], sent.sum())
 
 
 def _bad_cases(features):
@@ -199,11 +211,11 @@ def _corrupt(rng):
         sketch = rng.uniform(0, 2, ZEROS.shape).astype(np.float32)
         kind = rng.integers(4)
         if kind == 0:
-            sketch[rng.integers(NUM_TABLES), rng.integers(2**NUM_BITS), 0] = -rng.uniform(0.1, 9)
+            sketch[rng.integers(NUM_TABLES * 2**NUM_BITS), 0] = -rng.uniform(0.1, 9)
         elif kind == 1:
             sketch.flat[rng.integers(sketch.size)] = rng.choice([np.nan, np.inf, -np.inf])
         elif kind == 2:
-            sketch = sketch[: rng.integers(0, NUM_TABLES)]
+            sketch = sketch[: rng.integers(0, STATE_ROWS)]
         else:
             sketch = sketch.astype(np.float64)
         return signature, {"sketch": sketch}
@@ -327,7 +339,11 @@ def test_restart_restore_and_merge_of_replica_deltas(served):
         assert set(result.results) == {second.target, third.target}
         assert set(result.errors) == {"127.0.0.1:1"} and not result.ok
         assert result.errors["127.0.0.1:1"].code() == grpc.StatusCode.UNAVAILABLE
-        np.testing.assert_allclose(c2.snapshot() - delta2, c3.snapshot() - delta3, atol=1e-5)
+        # The same rows add the same to every table; the trust sums read each replica's own
+        # memory, so they differ between replicas that held different rows.
+        cells = sum(TABLE_SIZES)
+        np.testing.assert_allclose((c2.snapshot() - delta2)[:cells], (c3.snapshot() - delta3)[:cells],
+                                   atol=1e-5)
 
         # A new version replaces the memory with the one it was exported with: what the
         # replica learnt since is gone unless it was snapshotted and restored.

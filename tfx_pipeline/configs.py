@@ -39,16 +39,14 @@ HISTORY_LENGTH = 20
 WARM_START_ROWS = 2048
 # Rows whose mean hidden vector centres the memory's projections (a sample bounds the cost).
 CENTER_ROWS = 20_000
-# Memory settings chosen on the ML-1M validation stream of `reloop2 bench` (docs/benchmarks.md):
-# gamma = 0 (add the neighbours' mean residual) is what helps on real logs; gamma = 1 with any
-# lambda > 0 lowered validation gAUC there.
-NUM_TABLES = 64
-NUM_BITS = 12
-COMPENSATION_WEIGHT = 0.9
-GAMMA = 0.0
-# No forgetting by default: the served memory's weight then equals the weight written, which is
-# what replicas, snapshots and dashboards can check. MovieLens gained nothing from it (+0.01).
-HALF_LIFE = None
+# The memory: the library's defaults (docs/benchmarks.md). 8 SRP tables of 10 bits, id tables for
+# the groups found in the training rows ("auto": the item, user x item-side columns, item x
+# user-side columns), a trust learnt online from the feedback, forgetting at 100,000 rows.
+NUM_TABLES = 8
+NUM_BITS = 10
+ID_GROUPS = "auto"
+COMPENSATION_WEIGHT = 1.0
+HALF_LIFE = 100_000.0
 
 # --- Evaluator gates -------------------------------------------------------------------------
 # The candidate is blessed only if its AUC on the eval split is at least MIN_AUC and it loses at

@@ -88,8 +88,8 @@ def create_pipeline(
     center_rows: int = configs.CENTER_ROWS,
     num_tables: int = configs.NUM_TABLES,
     num_bits: int = configs.NUM_BITS,
+    id_groups: str | list = configs.ID_GROUPS,
     compensation_weight: float = configs.COMPENSATION_WEIGHT,
-    gamma: float = configs.GAMMA,
     half_life: float | None = configs.HALF_LIFE,
     min_auc: float = configs.MIN_AUC,
     max_auc_drop: float = configs.MAX_AUC_DROP,
@@ -160,8 +160,8 @@ def create_pipeline(
             "center_rows": center_rows,
             "num_tables": num_tables,
             "num_bits": num_bits,
+            "id_groups": id_groups,
             "compensation_weight": compensation_weight,
-            "gamma": gamma,
             "half_life": half_life,
         })
 

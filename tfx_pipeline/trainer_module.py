@@ -21,8 +21,10 @@ from typing import Any
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np
+import pandas as pd
 
 from reloop2_tf import ErrorCompensation, LSHErrorMemory, ReLoop2Model
+from reloop2_tf.data import id_groups_for_frame
 from reloop2_tf.export import export_serving_model
 from reloop2_tf.models import HIDDEN_LAYER, build_model
 from reloop2_tf.training import compile_model
@@ -31,7 +33,9 @@ from reloop2_tfx.eval_signature import add_examples_signature
 
 logger = logging.getLogger(__name__)
 
-_WRITE_BATCH = 8192
+# Warm-start writes in chunks of this many rows, as feedback would arrive: the memory's trust
+# learns from each chunk read before it is written.
+_WRITE_BATCH = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +50,8 @@ class TrainerSettings:
     center_rows: int = configs.CENTER_ROWS
     num_tables: int = configs.NUM_TABLES
     num_bits: int = configs.NUM_BITS
+    id_groups: str | list = configs.ID_GROUPS
     compensation_weight: float = configs.COMPENSATION_WEIGHT
-    gamma: float = configs.GAMMA
     half_life: float | None = configs.HALF_LIFE
 
     @classmethod
@@ -94,12 +98,17 @@ def run_fn(fn_args) -> None:
     logger.info("training: %s", {k: float(v[-1]) for k, v in history.history.items()})
     lap("build+fit")
 
-    model = ReLoop2Model(base, hidden_layer=HIDDEN_LAYER, compensation=ErrorCompensation(
-        LSHErrorMemory(num_tables=settings.num_tables, num_bits=settings.num_bits,
-                       half_life=settings.half_life),
-        compensation_weight=settings.compensation_weight, gamma=settings.gamma))
     ordered = examples.examples_dataset(fn_args.train_files, types, spec, 4096, with_time=True)
     center = examples.first_rows(ordered, settings.center_rows)
+    id_groups = settings.id_groups
+    if id_groups == "auto":  # the sides of the columns, read off the centring rows
+        id_groups = id_groups_for_frame(pd.DataFrame(
+            {name: center[name] for name in spec.names if np.ndim(center[name]) == 1}))
+    logger.info("memory id groups: %s", id_groups)
+    model = ReLoop2Model(base, hidden_layer=HIDDEN_LAYER, compensation=ErrorCompensation(
+        LSHErrorMemory(num_tables=settings.num_tables, num_bits=settings.num_bits,
+                       half_life=settings.half_life, id_groups=id_groups),
+        compensation_weight=settings.compensation_weight))
     model.set_center({name: center[name] for name in spec.names})
     lap("center")
 

@@ -16,6 +16,7 @@ from reloop2_tf.data.loaders import (
     load_dataset,
 )
 from reloop2_tf.data.prepare import load_prepared, prepare
+from reloop2_tf.data.sides import feature_sides, id_groups_for_frame
 from reloop2_tf.data.splits import slots, time_split
 
 __all__ = [
@@ -27,7 +28,9 @@ __all__ = [
     "default_cache_dir",
     "extract_members",
     "feature_columns",
+    "feature_sides",
     "fetch",
+    "id_groups_for_frame",
     "load_csv",
     "load_dataset",
     "load_prepared",

@@ -37,7 +37,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from reloop2_tf._keras import keras, tf
-from reloop2_tf.data import DataError, slots as split_slots
+from reloop2_tf.data import DataError, id_groups_for_frame, slots as split_slots
 from reloop2_tf.evaluation import metrics
 from reloop2_tf.evaluation.baselines import BiasMemory, FTRLOffset
 from reloop2_tf.evaluation.plotting import plot_slots, plot_sweeps
@@ -46,7 +46,7 @@ from reloop2_tf.features import FeatureSpec, SequenceFeature, SparseFeature, fea
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
 from reloop2_tf.models import build_model
 from reloop2_tf.training import compile_model, make_dataset
-from reloop2_tf.wrapper import ReLoop2Model, default_id_groups
+from reloop2_tf.wrapper import ReLoop2Model
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ KNN_GRID = {"gamma": [0.0, 1.0], "temperature": [0.1, 0.5],
 @dataclass
 class MemoryConfig:
     """The memory's and the compensation's settings (names from the paper); the defaults are
-    the library's. ``id_groups=None`` means: the groups ``groups_for_frame`` finds in the log."""
+    the library's. ``id_groups=None`` means: the groups ``id_groups_for_frame`` finds in the log."""
 
     num_tables: int = 8
     num_bits: int = 10
@@ -202,27 +202,6 @@ def spec_for_frame(df: pd.DataFrame, history_length: int = 20) -> FeatureSpec:
         features.append(SequenceFeature("history", max_length=history_length,
                                          share_embedding_with="item_id"))
     return FeatureSpec(features, target_item="item_id")
-
-
-def groups_for_frame(df: pd.DataFrame, item: str = "item_id", user: str = "user_id") -> list:
-    """The default memory's id groups for a canonical log (``default_id_groups``).
-
-    A column is item-side when every item has one value of it (genre), user-side when every
-    user has one (age); other columns (position, context) are crossed with the item like
-    user-side ones. Constant columns are skipped.
-    """
-    skip = {item, user, "timestamp", "label", "history"}
-    item_side, user_side = [], []
-    for column in df.columns:
-        if column in skip or df[column].nunique() < 2:
-            continue
-        if item in df and df.groupby(item)[column].nunique().max() <= 1:
-            item_side.append(column)
-        elif user in df and df.groupby(user)[column].nunique().max() <= 1:
-            user_side.append(column)
-        else:
-            user_side.append(column)
-    return [list(g) for g in default_id_groups(df.columns, item, user, item_side, user_side)]
 
 
 class _Stream:
@@ -504,7 +483,7 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
     test = _Stream(test_df, spec, config.num_slots)  # fails on an empty slot before training
 
     if config.memory.id_groups is None:
-        config.memory.id_groups = groups_for_frame(df)
+        config.memory.id_groups = id_groups_for_frame(df)
     sweep_report = None
     if config.sweep:
         tuning_base = _train(df.iloc[:cut_val], spec, config, progress)

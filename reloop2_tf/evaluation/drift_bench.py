@@ -42,13 +42,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from reloop2_tf.data import DataError, slots as split_slots
+from reloop2_tf.data import DataError, id_groups_for_frame, slots as split_slots
 from reloop2_tf.evaluation import metrics, recovery
 from reloop2_tf.evaluation.baselines import BiasMemory, FTRLOffset
 from reloop2_tf.evaluation.benchmark import (BenchConfig, MemoryConfig, _check_frame,
                                              _cross_keys, _ftrl_groups, _incremental, _jsonable,
                                              _Probe, _sigmoid, _Stream, _train, encode_logits,
-                                             groups_for_frame, spec_for_frame)
+                                             spec_for_frame)
 from reloop2_tf.evaluation.plotting import plot_windows
 from reloop2_tf.evaluation.scenarios import Scenario, get_scenario
 
@@ -206,7 +206,7 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
     original = df["label"].to_numpy()[cut:] if scenario.kind != "cold-start" else None
 
     if config.memory.id_groups is None:
-        config.memory.id_groups = groups_for_frame(shifted)
+        config.memory.id_groups = id_groups_for_frame(shifted)
     base = _train(train_df, spec, bench, progress)
     probe = _Probe(base, spec, train_df, test, bench)
     history = (probe.warm_features, probe.warm_labels)
