@@ -201,7 +201,7 @@ def test_trust_moves_towards_the_group_that_predicts_the_stream(rng):
     for _ in range(30):
         hidden, ids, labels = _stream(rng, 256)
         comp.update_memory(zeros, hidden, labels, ids=ids)
-    srp_trust, item_trust, _bias = comp.trust().numpy()
+    srp_trust, item_trust, _pooling, _bias = comp.trust().numpy()
     assert item_trust > 2.0 and abs(srp_trust) < 0.5 * item_trust
     hidden, ids, labels = _stream(rng, 2000)
     probs = comp.compensate(np.zeros(2000, np.float32), hidden, ids)["probability"].numpy()

@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import replace
 
 from reloop2_serving import cli as serving_cli
 from reloop2_tfx import cli as pipeline_cli
@@ -148,6 +149,10 @@ def _bench(args) -> int:
         if args.quick:
             config = benchmark.quick_config(config)
         methods = tuple(args.methods.split(",")) if args.methods else benchmark.METHODS
+        if args.ablations:
+            methods += ("reloop2 no-centre", *benchmark.ablations(
+                replace(config.memory, id_groups=config.memory.id_groups
+                        or benchmark.id_groups_for_frame(df))))
         results = benchmark.run_benchmark(df, config, args.output, methods=methods)
         print(benchmark.format_table(results))
     print(f"results: {args.output}/results.json, plot: {args.output}/slots.png "
@@ -197,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--half-life", type=float, default=None,
                        help="memory forgetting, in rows written (default 100000; 0: none)")
     bench.add_argument("--methods", help="comma-separated subset of the methods")
+    bench.add_argument("--ablations", action="store_true",
+                       help="also run the default memory with each part switched off")
     bench.add_argument("--no-sweep", action="store_true",
                        help="skip the validation sweeps and use the default memory settings")
     bench.add_argument("--scenario", choices=SCENARIO_NAMES,

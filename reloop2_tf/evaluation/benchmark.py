@@ -29,7 +29,7 @@ import logging
 import math
 import time
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,21 @@ BIAS_KEYS = {"item-bias": "item_id", "user-bias": "user_id"}
 BIAS_GRID = [BiasMemory(lam, gamma, prior) for lam in (0.3, 0.6, 0.9) for gamma in (0.0, 1.0)
              for prior in (5.0, 20.0)]
 FTRL_GRID = [FTRLOffset(alpha=a) for a in (0.01, 0.02, 0.05, 0.1)]
+
+
+def ablations(memory: "MemoryConfig") -> dict[str, "MemoryConfig"]:
+    """The default memory with one part switched off (or the bare user offset switched on)."""
+    groups = [list(g) for g in memory.id_groups or []]
+    out = {"reloop2 no-ids": replace(memory, id_groups=[]),
+           "reloop2 no-srp": replace(memory, num_tables=0),
+           "reloop2 no-crosses": replace(memory, id_groups=[g for g in groups if len(g) == 1]),
+           "reloop2 fixed-trust": replace(memory, self_tuning=False),
+           "reloop2 no-forgetting": replace(memory, half_life=None),
+           "reloop2 + user": replace(memory, id_groups=groups + [["user_id"]])}
+    for g in groups:
+        if len(g) > 1:
+            out[f"reloop2 no-{'*'.join(g)}"] = replace(memory, id_groups=[h for h in groups if h != g])
+    return out
 # The default memory's structural settings picked on validation (its trust learns the rest).
 DEFAULT_SWEEP_GRID = {"prior_count": [5.0, 20.0], "half_life": [20_000.0, 100_000.0, None]}
 QUICK_DEFAULT_SWEEP_GRID = {"prior_count": [5.0, 20.0]}
@@ -507,6 +522,14 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
                         ("reloop2-knn", config.knn.layer)):
         if name in methods:
             probs[name] = probe.replay(layer(), every, progress, name)["probability"]
+    for name, memory in ablations(config.memory).items():
+        if name in methods and not (memory.num_tables == 0 and not memory.id_groups):
+            probs[name] = probe.replay(memory.layer(config.seed), every, progress,
+                                       name)["probability"]
+    if "reloop2 no-centre" in methods:
+        uncentred = _Probe(base, spec, train_df, test, replace(config, center=False))
+        probs["reloop2 no-centre"] = uncentred.replay(config.memory.layer(config.seed), every,
+                                                      progress, "no-centre")["probability"]
     warm_df, warm_base = probe.warm_df, _sigmoid(probe.warm_logits)
     for name, key in BIAS_KEYS.items():
         if name in methods:
@@ -585,14 +608,15 @@ def _jsonable(value):
 
 def format_table(results: dict) -> str:
     """The overall figures per method and the lift over static, as plain text."""
-    lines = [f"{'method':<22}{'AUC':>8}{'gAUC':>8}{'logloss':>9}{'ΔAUC':>8}{'ΔgAUC':>8}"
+    width = max(22, *(len(name) + 2 for name in results["methods"]))
+    lines = [f"{'method':<{width}}{'AUC':>8}{'gAUC':>8}{'logloss':>9}{'ΔAUC':>8}{'ΔgAUC':>8}"
              f"{'ΔgAUC 95% CI':>18}"]
     for name, m in results["methods"].items():
         lift = results["lift_vs_static"].get(name)
         extra = (f"{100 * lift['auc']:+8.2f}{100 * lift['gauc']:+8.2f}"
                  f"   [{100 * lift['gauc_ci95'][0]:+.2f}, {100 * lift['gauc_ci95'][1]:+.2f}]"
                  if lift else "")
-        lines.append(f"{name:<22}{100 * m['auc']:8.2f}{100 * m['gauc']:8.2f}"
+        lines.append(f"{name:<{width}}{100 * m['auc']:8.2f}{100 * m['gauc']:8.2f}"
                      f"{m['logloss']:9.4f}{extra}")
     return "\n".join(lines)
 

@@ -31,7 +31,7 @@ class ErrorCompensation(keras.layers.Layer):
     """Compensates base predictions with the error the memory holds for similar rows and ids.
 
     Self-tuning (default): ``logit = z + compensation_weight * (sum_g w_g f_g + b)`` where
-    ``f_g`` is group ``g``'s shrunk residual (``LSHErrorMemory.trust_features``) and the trust
+    ``f_g`` are the groups' shrunk residuals (``LSHErrorMemory.trust_features``) and the trust
     ``w``, ``b`` is the Newton step from the base model on the logloss of every row written,
     each read as it was served (before its write) and forgotten at the memory's half-life.
     The sums behind it are additive, so they snapshot, restore and merge with the tables.
@@ -142,7 +142,7 @@ class ErrorCompensation(keras.layers.Layer):
 
     def _self_tuned(self, base_logits, stats) -> dict[str, tf.Tensor]:
         base = tf.sigmoid(base_logits)
-        features = self.memory.trust_features(stats, self.prior_count)
+        features = self.memory.trust_features(stats, base, self.prior_count)
         correction = tf.linalg.matvec(features, self.trust())
         probability = tf.sigmoid(base_logits + self.compensation_weight * correction)
         return {"probability": probability, "base_probability": base,
@@ -210,7 +210,8 @@ class ErrorCompensation(keras.layers.Layer):
         if self.self_tuning:
             # The rows' contribution to the combiner's sums, read as they were served (before
             # the write): gradient and curvature of the logloss at zero trust.
-            x = self.memory.trust_features(self.memory.lookup_keys(keys), self.prior_count)
+            x = self.memory.trust_features(self.memory.lookup_keys(keys), base_probs,
+                                           self.prior_count)
             curvature = tf.matmul(x * (sample_weight * base_probs * (1.0 - base_probs))[:, None],
                                   x, transpose_a=True)
             gradient = tf.linalg.matvec(x, sample_weight * (base_probs - labels), transpose_a=True)

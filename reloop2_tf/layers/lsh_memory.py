@@ -128,8 +128,10 @@ class LSHErrorMemory(ErrorMemory):
 
     @property
     def num_trust_features(self) -> int:
-        """Inputs of the self-tuning combiner: one for the SRP tables, one per id group, a bias."""
-        return (1 if self.num_tables else 0) + len(self.id_groups) + 1
+        """Inputs of the self-tuning combiner: one for the SRP tables, one per id group and one
+        more per single-feature group, then a bias (``trust_features``)."""
+        singles = sum(1 for p in self._parents if p < 0)
+        return (1 if self.num_tables else 0) + len(self.id_groups) + singles + 1
 
     @property
     def num_state_rows(self) -> int:
@@ -275,26 +277,36 @@ class LSHErrorMemory(ErrorMemory):
             "support": tf.reduce_sum(weight, axis=-1) / tf.cast(tf.shape(weight)[-1], tf.float32),
         }
 
-    def trust_features(self, stats, prior_count: float) -> tf.Tensor:
-        """float32 ``[B, F]``: each group's shrunk residual, then 1: the combiner's inputs.
+    def trust_features(self, stats, base_probs, prior_count: float) -> tf.Tensor:
+        """float32 ``[B, F]``: the self-tuning combiner's inputs for rows with these ``stats``
+        (from ``lookup_keys``) and base probabilities ``base_probs`` ``[B]``.
 
-        SRP tables pool into one feature, ``sum_k (label_k - base_k) / (sum_k c_k + K * prior)``.
-        An id group gives ``(label - base) / (c + prior)``; a cross gives the same after
-        subtracting what its first feature's own residual predicts for its ``c`` rows. The
-        last column, 1, lets the combiner follow a shift of the base rate.
+        * SRP tables pool into one shrunk residual, ``sum_k (y_k - b_k) / (sum_k c_k + K prior)``
+          (``y_k``, ``b_k``, ``c_k``: the label, base and weight sums of the row's bucket).
+        * An id group gives its shrunk residual ``(y - b) / (c + prior)``; a cross gives the same
+          after subtracting what its first feature's own residual predicts for its ``c`` rows.
+        * A single-feature group (the item) also gives ``(b - c * base) / (c + prior)``: how far
+          this row's base prediction lies from the group's mean one, which lets the combiner pool
+          the base model's predictions towards the group's (the paper's gamma = 1, learnt).
+        * The last column, 1, lets the combiner follow a shift of the base rate.
         """
-        weight, residual = stats[..., 0], stats[..., 1] - stats[..., 2]
-        columns = []
+        weight, label, base = stats[..., 0], stats[..., 1], stats[..., 2]
+        residual = label - base
+        columns, pooling = [], []
         k = self.num_tables
         if k:
             columns.append(tf.reduce_sum(residual[:, :k], -1)
                            / (tf.reduce_sum(weight[:, :k], -1) + k * prior_count + 1e-12))
         for i, parent in enumerate(self._parents):
             c, r = weight[:, k + i], residual[:, k + i]
+            shrunk = c + prior_count + 1e-12
             if parent >= 0:
                 pc, pr = weight[:, k + parent], residual[:, k + parent]
                 r = r - c * pr / (pc + prior_count + 1e-12)
-            columns.append(r / (c + prior_count + 1e-12))
+            else:
+                pooling.append((base[:, k + i] - c * base_probs) / shrunk)
+            columns.append(r / shrunk)
+        columns += pooling
         columns.append(tf.ones_like(weight[:, 0]))
         return tf.stack(columns, axis=1)
 
