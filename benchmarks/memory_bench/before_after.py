@@ -44,11 +44,11 @@ def _before_after_one(args, dim: int, name: str, before_cls, after_cls) -> dict:
     fns = {}
     for label, cls in (("before", before_cls), ("after", after_cls)):
         if name == "LSHErrorMemory":
-            comp = ErrorCompensation(cls(num_tables=64, num_bits=12, seed=0),
-                                     compensation_weight=COMPENSATION_WEIGHT)
+            comp = ErrorCompensation(cls(num_tables=64, num_bits=12, seed=0, half_life=None),
+                                     compensation_weight=COMPENSATION_WEIGHT, self_tuning=False)
         else:
             comp = ErrorCompensation(cls(capacity=rows, top_k=TOP_K), temperature=KNN_TEMPERATURE,
-                                     compensation_weight=COMPENSATION_WEIGHT)
+                                     compensation_weight=COMPENSATION_WEIGHT, self_tuning=False)
         col, hid = tf.TensorSpec([None]), tf.TensorSpec([None, dim])
         fns[label] = (comp, tf.function(comp.compensate, input_signature=[col, hid]),
                       tf.function(comp.update_memory, input_signature=[col, hid, col]))

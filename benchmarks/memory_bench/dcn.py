@@ -43,11 +43,13 @@ def bench_dcn(args) -> dict:
     base = build_model("dcn", spec)
     models = {
         f"sketch_k{k}_l{l}": ReLoop2Model(base, hidden_layer="hidden", compensation=ErrorCompensation(
-            LSHErrorMemory(num_tables=k, num_bits=l), compensation_weight=COMPENSATION_WEIGHT))
+            LSHErrorMemory(num_tables=k, num_bits=l, half_life=None),
+            compensation_weight=COMPENSATION_WEIGHT, self_tuning=False))
         for k, l in args.dcn_sketches}  # the default first; ML-1M DCN's validated pick; small
     models["knn"] = ReLoop2Model(base, hidden_layer="hidden", compensation=ErrorCompensation(
         KNNErrorMemory(capacity=args.dcn_knn_capacity, top_k=TOP_K),
-        compensation_weight=COMPENSATION_WEIGHT, temperature=KNN_TEMPERATURE))
+        compensation_weight=COMPENSATION_WEIGHT, temperature=KNN_TEMPERATURE,
+        self_tuning=False))
     default = f"sketch_k{args.dcn_sketches[0][0]}_l{args.dcn_sketches[0][1]}"
     specs = feature_specs(models[default])
     features = {k: tf.constant(v) for k, v in random_features(spec, args.dcn_batch, rng).items()}

@@ -89,12 +89,12 @@ def tf_memory(kind: str, dim: int, capacity: int):
     from reloop2_tf.layers.lsh_memory import LSHErrorMemory
 
     if kind == "sketch":
-        comp = ErrorCompensation(LSHErrorMemory(num_tables=64, num_bits=12, seed=0),
-                                 compensation_weight=COMPENSATION_WEIGHT)
+        comp = ErrorCompensation(LSHErrorMemory(num_tables=64, num_bits=12, seed=0, half_life=None),
+                                 compensation_weight=COMPENSATION_WEIGHT, self_tuning=False)
     else:
         comp = ErrorCompensation(KNNErrorMemory(capacity=capacity, top_k=TOP_K),
                                  compensation_weight=COMPENSATION_WEIGHT,
-                                 temperature=KNN_TEMPERATURE)
+                                 temperature=KNN_TEMPERATURE, self_tuning=False)
     comp.memory._ensure_built(tf.zeros([1, dim]))
     col = tf.TensorSpec([None], tf.float32)
     hid = tf.TensorSpec([None, dim], tf.float32)
