@@ -36,8 +36,14 @@ def table(path: str) -> str:
         out += ["", f"Sketch share of the k-NN gAUC lift: {100 * share:.0f} %."]
     if r.get("validation"):
         chosen = r["validation"]["chosen"]
-        out += ["", f"Chosen on validation: sketch `{chosen['lsh']}`; k-NN `{chosen['knn']}`" +
-                "".join(f"; {k} `{v}`" for k, v in chosen.items() if k.endswith("bias"))]
+        default = chosen.get("reloop2", {})
+        settings = {k: default[k] for k in ("prior_count", "half_life") if k in default}
+        out += ["", f"Chosen on validation: reloop2 `{settings}` (id groups "
+                f"`{['*'.join(g) for g in default.get('id_groups', [])]}`); reloop2-paper "
+                f"`{chosen['lsh']}`; k-NN `{chosen['knn']}`" +
+                "".join(f"; {k} `{v}`" for k, v in chosen.items() if k.endswith("bias")) +
+                (f"; ftrl-offset alpha {chosen['ftrl-offset']['alpha']}"
+                 if "ftrl-offset" in chosen else "")]
     return "\n".join(out)
 
 

@@ -7,7 +7,7 @@ written in NumPy because it is a benchmark baseline, not a serving layer: ``np.a
 factorised keys is all it needs.
 
 ``FTRLOffset`` is the strongest cheap baseline we know: online logistic regression over hashed
-ids with the base logit as a fixed offset. It is written here (60 lines of NumPy) rather than
+ids with the base logit as a fixed offset. It is written here in NumPy rather than
 taken from a library because none we can install does FTRL-proximal with a per-row offset and
 chunked (delayed) feedback; sklearn's ``SGDClassifier`` has neither offsets nor FTRL.
 """
