@@ -104,9 +104,11 @@ def test_default_id_groups_follow_the_sides_of_the_log(ml100k):
         ("user_id", "genre"), ("user_id", "release_year"),   # item-side features x user
         ("item_id", "age"), ("item_id", "gender"), ("item_id", "occupation")}  # user-side x item
     # A context column (neither the item's nor the user's) is crossed with the item.
-    df = ml100k.iloc[:3000].assign(position=np.arange(3000) % 3, constant=1)
-    assert ["item_id", "position"] in id_groups_for_frame(df)
-    assert not any("constant" in g for g in id_groups_for_frame(df))
+    df = ml100k.iloc[:3000].assign(position=np.arange(3000) % 3, constant=1, row=np.arange(3000),
+                                   score=np.linspace(0, 1, 3000))
+    groups = id_groups_for_frame(df)
+    assert ["item_id", "position"] in groups
+    assert not any(name in g for g in groups for name in ("constant", "row", "score"))
 
 
 def test_cli_feedback_and_id_group_flags():

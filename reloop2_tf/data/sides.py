@@ -14,11 +14,15 @@ def feature_sides(df: pd.DataFrame, item: str = "item_id",
     """``{"item": [...], "user": [...], "context": [...]}``: the columns other than the ids.
 
     A column is item-side when every item has one value of it (genre), user-side when every
-    user has one (age), context otherwise (position). Constant columns are left out.
+    user has one (age), context otherwise (position). Left out: constant columns, float columns
+    (scores, not ids) and columns with a distinct value in most rows (row numbers, free text).
     """
     sides: dict[str, list[str]] = {"item": [], "user": [], "context": []}
     for column in df.columns:
-        if column in (item, user, *_NOT_FEATURES) or df[column].nunique() < 2:
+        if column in (item, user, *_NOT_FEATURES) or pd.api.types.is_float_dtype(df[column]):
+            continue
+        distinct = df[column].nunique()
+        if distinct < 2 or distinct > len(df) // 2:
             continue
         if item in df and df.groupby(item)[column].nunique().max() <= 1:
             sides["item"].append(column)
