@@ -224,3 +224,38 @@ def test_footprint_is_constant_in_rows_written(rng):
 def test_bad_config(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         r2.LSHErrorMemory(**kwargs)
+
+
+def test_id_tables_key_rows_by_identity_and_crosses_get_their_first_feature(rng):
+    mem = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_groups=["item", ("user", "genre")],
+                            id_bits=10, half_life=None)
+    # The cross's first feature gets a table of its own: it is what the cross is centred on.
+    assert mem.id_tables == (("item",), ("user", "genre"), ("user",))
+    assert mem.id_features == ("genre", "item", "user")
+    hidden = rng.normal(size=(6, 4)).astype(np.float32)
+    ids = {"item": ["a", "b", "a", "c", "a", "b"], "user": [1, 2, 1, 2, 3, 3],
+           "genre": ["x", "x", "x", "y", "y", "x"]}
+    keys = mem.keys(hidden, ids).numpy()
+    assert keys.shape == (6, 5) and keys.dtype == np.int32
+    assert keys[0, 2] == keys[2, 2] == keys[4, 2] and keys[0, 2] != keys[1, 2]  # item "a"
+    assert keys[0, 3] == keys[2, 3] and keys[0, 3] != keys[4, 3]             # (1, x) vs (3, y)
+    np.testing.assert_array_equal(keys[:, :2], mem.bucket_ids(hidden).numpy())  # SRP first
+    # Integer ids hash like their decimal strings; the seed changes every id bucket.
+    same = mem.keys(hidden, {**ids, "user": ["1", "2", "1", "2", "3", "3"]}).numpy()
+    np.testing.assert_array_equal(same, keys)
+    other = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_groups=["item", ("user", "genre")],
+                              id_bits=10, seed=1)
+    assert (other.keys(hidden, ids).numpy()[:, 2:] != keys[:, 2:]).any()
+    # A write lands in every table; by keys it is the same write.
+    mem.update(hidden, np.ones(6), np.full(6, 0.5), ids=ids)
+    twin = r2.LSHErrorMemory.from_config(mem.get_config())
+    twin.build(tf.TensorShape([None, 4]))
+    twin.update_by_keys(keys, np.ones(6), np.full(6, 0.5))
+    np.testing.assert_array_equal(twin.snapshot().numpy(), mem.snapshot().numpy())
+    weights = mem.lookup(hidden, ids)["weight"].numpy()
+    np.testing.assert_array_equal(weights[:, 2], [3, 2, 3, 1, 3, 2])  # rows per item
+    with pytest.raises(ValueError, match="genre"):
+        mem.keys(hidden, {"item": ids["item"], "user": ids["user"]})
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="memory_keys"):
+        twin.update_by_keys(np.full((1, 5), 1024), [1.0], [0.5])  # beyond a 2**10 table
+    np.testing.assert_array_equal(twin.snapshot().numpy(), mem.snapshot().numpy())
