@@ -17,7 +17,6 @@ from reloop2_tf.layers.memory_base import ErrorMemory
 # Below this global scale the stored values are folded back into true units, so float32 never
 # overflows: the fold costs one pass over the table every ~20 half-lives of rows.
 _MIN_SCALE = 1e-6
-_CHANNELS = ("weight_sum", "label_sum", "base_sum")
 _SEPARATOR = "\x1f"  # joins the values of a cross; cannot occur in a printable id
 
 
