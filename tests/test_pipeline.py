@@ -143,19 +143,19 @@ def test_pushed_model_serves_in_tf1_session_and_update_memory_changes_prediction
     session("predict_examples", examples=serialized)
     np.testing.assert_array_equal(session("memory_snapshot")["sketch"], snapshot)
 
-    # Every row turns out to be a click: the memory should pull these rows' predictions up.
-    # (With true labels the rows share buckets, so each moves towards the batch's mean label,
-    # not necessarily towards its own.)
+    # These rows turn out to be clicks, again and again: the memory (its tables, and the trust it
+    # learns from each round, read before it is written) should pull their predictions up.
     labels = np.ones(len(rows), np.float32)
-    written = session("update_memory", **features, label=labels,
-                      sample_weight=np.ones(len(rows), np.float32))
-    assert written["weight_written"] == pytest.approx(len(rows))
-    # The memory forgets at a half-life of 100,000 rows: 2,112 rows written lose < 1 %.
-    assert written["memory_weight"] == pytest.approx(2048 + len(rows), rel=0.01)
+    for _ in range(10):
+        written = session("update_memory", **features, label=labels,
+                          sample_weight=np.ones(len(rows), np.float32))
+        assert written["weight_written"] == pytest.approx(len(rows))
+    # The memory forgets at a half-life of 100,000 rows: 2,688 rows written lose < 2 %.
+    assert written["memory_weight"] == pytest.approx(2048 + 10 * len(rows), rel=0.02)
     after = session("predict", **features)
     np.testing.assert_allclose(after["base_probability"], before["base_probability"], rtol=1e-6)
     change = after["probability"] - before["probability"]
-    assert change.mean() > 1e-3
+    assert change.mean() > 1e-2
     assert (change > 0).mean() > 0.9
 
 

@@ -7,7 +7,7 @@
 3. Start the development PredictionService server on 127.0.0.1 over the pushed SavedModel, or
    use a real TF Serving address (``target``) that serves the same directory.
 4. Replay the held-out period in time order through the gRPC client: predict each batch, then
-   send its labels back with ``update_memory``.
+   send its labels back with ``update_memory_by_keys`` (the keys predict returned).
 5. Report AUC, gAUC and logloss of the base and the compensated predictions, per slot and
    overall (the same rows for both), as a table, ``report.json`` and ``slots.png``; stop the
    server.
