@@ -312,11 +312,14 @@ class LSHErrorMemory(ErrorMemory):
     def trust_sums(self) -> tuple[tf.Tensor, tf.Tensor]:
         """The combiner's sums in true units: curvature ``[F, F]`` and gradient ``[F]``."""
         f = self.num_trust_features
-        flat = tf.reshape(self.sketch[self.num_cells:], [-1])[:f * (f + 1)] * self.scale
+        # A gather reads only these rows; slicing the variable would copy all of it first.
+        rows = tf.gather(self.sketch, tf.range(self.num_cells, self.num_state_rows))
+        flat = tf.reshape(rows, [-1])[:f * (f + 1)] * self.scale
         return tf.reshape(flat[:f * f], [f, f]), flat[f * f:]
 
     def total_weight(self) -> tf.Tensor:
-        return tf.reduce_sum(self.sketch[:self.table_sizes[0], 0]) * self.scale
+        first_table = tf.gather(self.sketch, tf.range(self.table_sizes[0]))
+        return tf.reduce_sum(first_table[:, 0]) * self.scale
 
     # -- writes ------------------------------------------------------------------------------
 
