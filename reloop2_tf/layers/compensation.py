@@ -197,12 +197,8 @@ class ErrorCompensation(keras.layers.Layer):
     def update_memory_by_keys(self, keys, base_probs, labels, sample_weight=None) -> tf.Tensor:
         """Writes rows by the ``memory_keys`` and ``base_probability`` that ``compensate``
         returned: no base model, no hashing. Same memory as ``update_memory`` on the same rows."""
-        keys = self.memory.check_keys(keys)
-        labels, base_probs, sample_weight = v.write_columns(labels, base_probs, sample_weight)
-        checks = v.update_checks(None, labels, base_probs, sample_weight, reference=keys,
-                                 reference_name="memory_keys")
-        with tf.control_dependencies(checks):
-            keys = tf.identity(keys)
+        keys, labels, base_probs, sample_weight = self.memory.checked_key_write(
+            keys, labels, base_probs, sample_weight)
         return self._write_keys(keys, base_probs, labels, sample_weight)
 
     def _write_keys(self, keys, base_probs, labels, sample_weight) -> tf.Tensor:

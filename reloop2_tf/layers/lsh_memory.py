@@ -323,15 +323,19 @@ class LSHErrorMemory(ErrorMemory):
 
     # -- writes ------------------------------------------------------------------------------
 
-    def update_by_keys(self, keys, labels, base_probs, sample_weight=None) -> tf.Tensor:
-        """Writes rows by their ``keys`` (from ``keys`` or a ``predict``): no model, no hashing."""
+    def checked_key_write(self, keys, labels, base_probs, sample_weight=None) -> tuple:
+        """``(keys, labels, base_probs, sample_weight)`` of a write by keys, all checked (keys
+        in their tables, labels and base probabilities in [0, 1], weights >= 0, one per row)."""
         keys = self.check_keys(keys)
         labels, base_probs, sample_weight = v.write_columns(labels, base_probs, sample_weight)
         checks = v.update_checks(None, labels, base_probs, sample_weight, reference=keys,
                                  reference_name="memory_keys")
         with tf.control_dependencies(checks):
-            keys = tf.identity(keys)
-        return self.write_keys(keys, labels, base_probs, sample_weight)
+            return tuple(tf.identity(t) for t in (keys, labels, base_probs, sample_weight))
+
+    def update_by_keys(self, keys, labels, base_probs, sample_weight=None) -> tf.Tensor:
+        """Writes rows by their ``keys`` (from ``keys`` or a ``predict``): no model, no hashing."""
+        return self.write_keys(*self.checked_key_write(keys, labels, base_probs, sample_weight))
 
     def write_keys(self, keys, labels, base_probs, sample_weight, trust_delta=None) -> tf.Tensor:
         """Adds ``(w, w*y, w*y_base)`` at every row's T buckets, and ``trust_delta`` (curvature
