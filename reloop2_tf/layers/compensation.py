@@ -189,9 +189,8 @@ class ErrorCompensation(keras.layers.Layer):
             base = tf.sigmoid(base_logits)
         if not isinstance(self.memory, LSHErrorMemory):
             return self.memory.update(hidden, labels, base, sample_weight, ids)
-        labels, base, sample_weight = v.write_columns(labels, base, sample_weight)
-        with tf.control_dependencies(v.update_checks(hidden, labels, base, sample_weight)):
-            keys = self.memory.keys(hidden, ids)
+        keys, labels, base, sample_weight = self.memory.checked_write(hidden, labels, base,
+                                                                      sample_weight, ids)
         return self._write_keys(keys, base, labels, sample_weight)
 
     def update_memory_by_keys(self, keys, base_probs, labels, sample_weight=None) -> tf.Tensor:

@@ -323,6 +323,20 @@ class LSHErrorMemory(ErrorMemory):
 
     # -- writes ------------------------------------------------------------------------------
 
+    def checked_write(self, hidden, labels, base_probs, sample_weight=None, ids=None) -> tuple:
+        """``(keys, labels, base_probs, sample_weight)`` of a write by hidden vector and ids, every
+        input checked before the keys are computed (``ErrorMemory.update``'s checks)."""
+        hidden = v.as_hidden(hidden, self.dim)
+        self._ensure_built(hidden)
+        labels, base_probs, sample_weight = v.write_columns(labels, base_probs, sample_weight)
+        with tf.control_dependencies(v.update_checks(hidden, labels, base_probs, sample_weight)):
+            return self.keys(hidden, ids), labels, base_probs, sample_weight
+
+    def update(self, hidden, labels, base_probs, sample_weight=None, ids=None) -> tf.Tensor:
+        """Writes labelled rows by hidden vector and ids (``ErrorMemory.update``); the tables
+        only, not the trust sums (``ErrorCompensation.update_memory`` adds those)."""
+        return self.write_keys(*self.checked_write(hidden, labels, base_probs, sample_weight, ids))
+
     def checked_key_write(self, keys, labels, base_probs, sample_weight=None) -> tuple:
         """``(keys, labels, base_probs, sample_weight)`` of a write by keys, all checked (keys
         in their tables, labels and base probabilities in [0, 1], weights >= 0, one per row)."""
@@ -378,9 +392,6 @@ class LSHErrorMemory(ErrorMemory):
         with tf.control_dependencies([tf.raw_ops.DisableCopyOnRead(resource=self.sketch.handle)]):
             self.sketch.assign_add(delta)
         return tf.no_op()
-
-    def _write(self, hidden, labels, base_probs, sample_weight, ids=None) -> tf.Tensor:
-        return self.write_keys(self.keys(hidden, ids), labels, base_probs, sample_weight)
 
     def _fold_scale(self):
         self.sketch.assign(self.sketch * self.scale)

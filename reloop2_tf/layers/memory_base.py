@@ -10,7 +10,8 @@ class ErrorMemory(keras.layers.Layer):
     """Base class of the error memories.
 
     Subclasses define ``_build_state(dim)`` (their variables), ``_write(hidden, labels, base_probs,
-    sample_weight)`` (called after validation, returns the weight written), ``estimate(hidden,
+    sample_weight, ids)`` (called after validation, returns the weight written; the sketch
+    overrides ``update`` itself, since it writes by keys), ``estimate(hidden,
     temperature)`` (a dict of ``label_mean``, ``base_mean`` and ``support``, each ``[B]``) and
     ``total_weight()``.
 
