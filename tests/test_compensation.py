@@ -98,8 +98,8 @@ def test_default_layer_works_with_no_arguments_and_call_never_writes(rng):
     comp.compensate(logits, h)
     comp.memory(h)
     np.testing.assert_array_equal(comp.memory.snapshot().numpy(), before)
-    # The update moved predictions toward the labels (all ones).
-    assert (comp(logits, h).numpy() > probs.numpy()).all()
+    # The update moved predictions toward the labels (all ones): their logloss fell.
+    assert np.log(comp(logits, h).numpy()).mean() > np.log(probs.numpy()).mean() + 0.01
 
 
 def test_functional_keras_model_with_the_layer(rng):
@@ -201,12 +201,64 @@ def test_trust_moves_towards_the_group_that_predicts_the_stream(rng):
     for _ in range(30):
         hidden, ids, labels = _stream(rng, 256)
         comp.update_memory(zeros, hidden, labels, ids=ids)
-    srp_trust, item_trust, _pooling, _bias = comp.trust().numpy()
+    # Features: (SRP, item, item pooling) at two shrinkages, then the base logit and the bias.
+    trust = comp.trust().numpy()
+    assert trust.shape == (mem.num_trust_features,) == (8,)
+    srp_trust, item_trust = trust[0] + trust[3], trust[1] + trust[4]
     assert item_trust > 2.0 and abs(srp_trust) < 0.5 * item_trust
     hidden, ids, labels = _stream(rng, 2000)
     probs = comp.compensate(np.zeros(2000, np.float32), hidden, ids)["probability"].numpy()
     logloss = -np.mean(labels * np.log(probs) + (1 - labels) * np.log(1 - probs))
     assert logloss < np.log(2) - 0.05  # the base (p = 0.5) has log 2
+
+
+def test_online_newton_trust_reaches_the_logistic_fit_one_step_from_zero_stops_short(rng):
+    from sklearn.linear_model import LogisticRegression
+
+    # Strong item effects (rates 0.03..0.97): the logloss optimum lies far from zero trust.
+    mem = r2.LSHErrorMemory(num_tables=0, id_groups=["item"], half_life=None)
+    comp = r2.ErrorCompensation(mem)
+    items = np.arange(10).repeat(400)
+    rates = np.linspace(0.03, 0.97, 10)[items]
+    fill = (rng.random(items.size) < rates).astype(np.float32)
+    # Tables full first, so that the combiner's features barely move while it learns.
+    comp.update_memory(np.zeros(items.size, np.float32), np.zeros((items.size, 1), np.float32),
+                       fill, ids={"item": items.astype(str)}, learn_trust=False)
+    rows = []
+    for _ in range(40):
+        idx = rng.integers(0, items.size, 200)
+        labels = (rng.random(200) < rates[idx]).astype(np.float32)
+        keys = mem.keys(np.zeros((200, 1), np.float32), {"item": items[idx].astype(str)})
+        rows.append((mem.trust_features(mem.lookup_keys(keys), tf.fill([200], 0.5),
+                                        comp.prior_count).numpy(), labels))
+        comp.update_memory_by_keys(keys, np.full(200, 0.5, np.float32), labels)
+    x = np.concatenate([r[0] for r in rows])
+    y = np.concatenate([r[1] for r in rows])
+
+    def logloss(w):
+        p = np.clip(1 / (1 + np.exp(-(x @ w))), 1e-7, 1 - 1e-7)
+        return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+    # Same objective: logloss sum + ridge / 2 |w|^2 (sklearn: C = 1 / ridge, no extra intercept).
+    best = LogisticRegression(C=1 / 10.0, fit_intercept=False, max_iter=1000).fit(x, y).coef_[0]
+    g = x.T @ (0.5 - y)
+    h = (x * 0.25).T @ x + 10.0 * np.eye(x.shape[1])
+    one_step = -np.linalg.solve(h, g)
+    learnt = comp.trust().numpy()
+    assert logloss(learnt) < logloss(best) + 0.002
+    assert logloss(one_step) > logloss(best) + 0.01  # what the old one-step trust would give
+
+
+def test_warm_start_fills_the_tables_without_teaching_the_combiner(rng):
+    hidden, ids, labels = _stream(rng, 512)
+    comp = r2.ErrorCompensation(r2.LSHErrorMemory(num_tables=4, num_bits=4, id_groups=["item"]))
+    written = comp.update_memory(np.zeros(512, np.float32), hidden, labels, ids=ids,
+                                 learn_trust=False)
+    assert float(written) == 512.0
+    assert comp.memory.total_weight().numpy() == pytest.approx(512.0)
+    assert not comp.trust().numpy().any()
+    curvature, moment = comp.memory.trust_sums()
+    assert not curvature.numpy().any() and not moment.numpy().any()
 
 
 def test_nothing_to_correct_leaves_logloss_within_0_002_of_the_base(rng):

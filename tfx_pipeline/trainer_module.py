@@ -115,8 +115,10 @@ def run_fn(fn_args) -> None:
     newest = examples.newest_rows(ordered, settings.warm_start_rows)
     written = 0.0
     for batch in _batches(newest, _WRITE_BATCH):
+        # Training rows fill the tables but do not teach the combiner (ReLoop2Model.update_memory).
         written += float(model.update_memory({name: batch[name] for name in spec.names},
-                                             batch[examples.LABEL_KEY].astype(np.float32)))
+                                             batch[examples.LABEL_KEY].astype(np.float32),
+                                             learn_trust=False))
     logger.info("memory warm-started with the %d newest training rows (timestamps %d..%d), "
                 "weight %.0f", len(newest[examples.LABEL_KEY]), newest[examples.TIME_KEY][0],
                 newest[examples.TIME_KEY][-1], written)

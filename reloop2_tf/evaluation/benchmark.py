@@ -73,8 +73,8 @@ def ablations(memory: "MemoryConfig") -> dict[str, "MemoryConfig"]:
             out[f"reloop2 no-{'*'.join(g)}"] = replace(memory, id_groups=[h for h in groups if h != g])
     return out
 # The default memory's structural settings picked on validation (its trust learns the rest).
-DEFAULT_SWEEP_GRID = {"prior_count": [5.0, 20.0], "half_life": [20_000.0, 100_000.0, None]}
-QUICK_DEFAULT_SWEEP_GRID = {"prior_count": [5.0, 20.0]}
+DEFAULT_SWEEP_GRID = {"prior_count": [2.0, 5.0], "half_life": [20_000.0, 100_000.0, None]}
+QUICK_DEFAULT_SWEEP_GRID = {"prior_count": [2.0, 5.0]}
 # The paper's sketch, swept one parameter at a time, in this order, each at the others' current
 # best. gamma and the shrinkage go first: with gamma = 1 the output leans on the neighbours'
 # label average, and a lambda chosen under that setting flattens every later curve. lambda last.
@@ -106,7 +106,7 @@ class MemoryConfig:
     compensation_weight: float = 1.0
     temperature: float = 1.0
     gamma: float = 0.0
-    prior_count: float = 5.0
+    prior_count: float = 2.0
     self_tuning: bool = True
 
     def layer(self, seed: int) -> ErrorCompensation:
@@ -452,9 +452,15 @@ def _incremental(base, stream: _Stream, config: BenchConfig, compensation=None, 
         _fine_tune(model, feats, labels, config)
         if wrapped is not None:
             # The hidden space moved with the weights: re-encode the latest revealed rows.
+            # The combiner's trust carries over; the tables are rebuilt (tables only: the model
+            # was just trained on these rows).
             recent_feats, recent_labels = _recent(history, stream, b, config.rebuild_rows)
+            memory = wrapped.memory
+            trust_sums = memory.snapshot().numpy()
+            trust_sums[:memory.num_cells] = 0.0
             wrapped.reset_memory()
             _warm_start(wrapped, recent_feats, recent_labels, config)
+            memory.merge(trust_sums)
     return np.concatenate(probs)
 
 

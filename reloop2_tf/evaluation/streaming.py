@@ -80,7 +80,7 @@ def memory_inputs(memory, hidden: np.ndarray, features: dict[str, np.ndarray] | 
 def replay_encoded(compensation: ErrorCompensation, logits: np.ndarray, inputs: np.ndarray,
                    labels: np.ndarray, slot_sizes: list[int], feedback_every: int | None = None,
                    batch_size: int = 8192, progress: bool = False,
-                   desc: str = "replay") -> dict[str, np.ndarray]:
+                   desc: str = "replay", learn_trust: bool = True) -> dict[str, np.ndarray]:
     """Streams encoded rows through ``compensation``: predict a chunk, then write its labels.
 
     ``inputs`` comes from ``memory_inputs``: memory keys for the sketch (read and written by
@@ -107,20 +107,23 @@ def replay_encoded(compensation: ErrorCompensation, logits: np.ndarray, inputs: 
             for (b0, b1), served_base in zip(_batches(b - a, batch_size), served):
                 rows = slice(a + b0, a + b1)
                 if by_keys:
-                    compensation.update_memory_by_keys(inputs[rows], served_base, labels[rows])
+                    compensation.update_memory_by_keys(inputs[rows], served_base, labels[rows],
+                                                       learn_trust=learn_trust)
                 else:
-                    compensation.update_memory(logits[rows], inputs[rows], labels[rows])
+                    compensation.update_memory(logits[rows], inputs[rows], labels[rows],
+                                               learn_trust=learn_trust)
         offset += size
     return {"probability": np.concatenate(probs), "base_probability": np.concatenate(base)}
 
 
 def warm_start(compensation: ErrorCompensation, logits: np.ndarray, inputs: np.ndarray,
                labels: np.ndarray, feedback_every: int | None) -> None:
-    """Writes already-revealed rows, in chunks of ``feedback_every`` as the stream would, so that
-    the self-tuning trust learns from them as it would have live (one chunk would read an empty
-    memory for every row)."""
+    """Writes already-revealed rows (the training tail) into the tables, in chunks of
+    ``feedback_every`` as the stream would. The combiner does not learn from them: the base
+    model was trained on these rows, so their residuals understate its error on new traffic."""
     if len(labels):
-        replay_encoded(compensation, logits, inputs, labels, [len(labels)], feedback_every)
+        replay_encoded(compensation, logits, inputs, labels, [len(labels)], feedback_every,
+                       learn_trust=False)
 
 
 def replay(model: ReLoop2Model, slots: list[Slot], feedback_every: int | None = None,

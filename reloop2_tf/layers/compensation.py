@@ -20,8 +20,9 @@ from reloop2_tf.layers.lsh_memory import LSHErrorMemory
 from reloop2_tf.layers.memory_base import ErrorMemory
 
 _EPS = 1e-7
-# Ridge added to the combiner's curvature: with little evidence the trust stays near zero.
-_RIDGE = 1.0
+# Ridge added to the combiner's curvature (about 40 rows of evidence at p = 0.5): with little
+# evidence, or features that move together (a group at its two shrinkages), trust stays small.
+_RIDGE = 10.0
 # Trust stays in [-_MAX_TRUST, _MAX_TRUST] per group (docs/core.md).
 _MAX_TRUST = 16.0
 
@@ -32,8 +33,8 @@ class ErrorCompensation(keras.layers.Layer):
 
     Self-tuning (default): ``logit = z + compensation_weight * (sum_g w_g f_g + b)`` where
     ``f_g`` are the groups' shrunk residuals (``LSHErrorMemory.trust_features``) and the trust
-    ``w``, ``b`` is the Newton step from the base model on the logloss of every row written,
-    each read as it was served (before its write) and forgotten at the memory's half-life.
+    ``w``, ``b`` is an online Newton fit of the logloss of every row written, each read as it
+    was served (before its write) and forgotten at the memory's half-life (``trust``).
     The sums behind it are additive, so they snapshot, restore and merge with the tables.
 
     Paper (``self_tuning=False``): ``y_pred = clip(y_base + compensation_weight * y_err, 0, 1)``
@@ -48,8 +49,9 @@ class ErrorCompensation(keras.layers.Layer):
             Self-tuning: a multiplier on the learnt correction. Defaults to `1.0`.
         temperature: float > 0, tau of the paper's read. Defaults to `1.0`.
         gamma: float in [0, 1], of the paper's read. Defaults to `0.0`.
-        prior_count: float >= 0. Shrinkage pseudo-count: of every group's residual
-            (self-tuning), or ``rho = n / (n + prior_count)`` (paper). Defaults to `5.0`.
+        prior_count: float >= 0. Shrinkage pseudo-count: self-tuning reads every group's
+            residual at ``prior_count`` and ``10 * prior_count`` and learns the blend; the paper's
+            read uses ``rho = n / (n + prior_count)``. Defaults to `2.0`.
         self_tuning: bool. Learn the trust online (`True`) or use the paper's fixed blend.
             Defaults to `True`.
 
@@ -61,7 +63,7 @@ class ErrorCompensation(keras.layers.Layer):
     """
 
     def __init__(self, memory: ErrorMemory | None = None, compensation_weight: float = 1.0,
-                 temperature: float = 1.0, gamma: float = 0.0, prior_count: float = 5.0,
+                 temperature: float = 1.0, gamma: float = 0.0, prior_count: float = 2.0,
                  self_tuning: bool = True, **kwargs):
         super().__init__(**kwargs)
         if isinstance(memory, dict):
@@ -152,14 +154,17 @@ class ErrorCompensation(keras.layers.Layer):
     def trust(self) -> tf.Tensor:
         """float32 ``[F]``: the learnt trust of every group (then the bias), zero when empty.
 
-        The Newton step from the base model on the ridge-regularised, forgetting-weighted
-        logloss of every row written so far: ``-(H + ridge I)^-1 g`` with ``H``, ``g`` the
-        curvature and gradient sums at zero trust that the memory keeps beside its tables.
+        An online Newton fit of the ridge-regularised, forgetting-weighted logloss of every row
+        written so far: each row adds its loss's second-order expansion at the trust it was
+        served with, so that ``trust = (H + ridge I)^-1 m`` with ``H`` the curvature sum and
+        ``m`` the sum of ``H_t w_t - g_t`` (curvature times served trust minus gradient), both
+        kept beside the tables. From zero trust its first step is Newton's; later ones refine it
+        where one step from zero would stop short (a large correction, a sign flip).
         """
-        curvature, gradient = self.memory.trust_sums()
-        ridge = _RIDGE * tf.eye(tf.shape(gradient)[0])
-        step = tf.linalg.solve(curvature + ridge, gradient[:, None])[:, 0]
-        return tf.clip_by_value(-step, -_MAX_TRUST, _MAX_TRUST)
+        curvature, moment = self.memory.trust_sums()
+        ridge = _RIDGE * tf.eye(tf.shape(moment)[0])
+        solved = tf.linalg.solve(curvature + ridge, moment[:, None])[:, 0]
+        return tf.clip_by_value(solved, -_MAX_TRUST, _MAX_TRUST)
 
     def _paper_read(self, base_logits, est) -> dict[str, tf.Tensor]:
         base = tf.sigmoid(base_logits)
@@ -176,11 +181,15 @@ class ErrorCompensation(keras.layers.Layer):
 
     # -- writes ------------------------------------------------------------------------------
 
-    def update_memory(self, base_logits, hidden, labels, sample_weight=None, ids=None) -> tf.Tensor:
+    def update_memory(self, base_logits, hidden, labels, sample_weight=None, ids=None,
+                      learn_trust: bool = True) -> tf.Tensor:
         """Writes ``(hidden, ids, labels, sigmoid(base_logits))``; returns the total weight written.
 
-        Self-tuning: the rows also add their logloss gradient and curvature at zero trust, read
-        as they were served (before the write), to the combiner's sums.
+        Self-tuning: the rows also add their logloss expansion at the current trust, read as
+        they were served (before the write), to the combiner's sums. ``learn_trust=False``
+        writes the tables only: for rows the base model was trained on (a warm start), whose
+        residuals understate its error on new traffic and would teach the combiner too little
+        trust.
         """
         base_logits = v.as_column(base_logits, "base_logits")
         hidden = self.memory._check_hidden(hidden)
@@ -191,26 +200,30 @@ class ErrorCompensation(keras.layers.Layer):
             return self.memory.update(hidden, labels, base, sample_weight, ids)
         keys, labels, base, sample_weight = self.memory.checked_write(hidden, labels, base,
                                                                       sample_weight, ids)
-        return self._write_keys(keys, base, labels, sample_weight)
+        return self._write_keys(keys, base, labels, sample_weight, learn_trust)
 
-    def update_memory_by_keys(self, keys, base_probs, labels, sample_weight=None) -> tf.Tensor:
+    def update_memory_by_keys(self, keys, base_probs, labels, sample_weight=None,
+                              learn_trust: bool = True) -> tf.Tensor:
         """Writes rows by the ``memory_keys`` and ``base_probability`` that ``compensate``
         returned: no base model, no hashing. Same memory as ``update_memory`` on the same rows."""
         keys, labels, base_probs, sample_weight = self.memory.checked_key_write(
             keys, labels, base_probs, sample_weight)
-        return self._write_keys(keys, base_probs, labels, sample_weight)
+        return self._write_keys(keys, base_probs, labels, sample_weight, learn_trust)
 
-    def _write_keys(self, keys, base_probs, labels, sample_weight) -> tf.Tensor:
+    def _write_keys(self, keys, base_probs, labels, sample_weight, learn_trust=True) -> tf.Tensor:
         trust_delta = None
-        if self.self_tuning:
-            # The rows' contribution to the combiner's sums, read as they were served (before
-            # the write): gradient and curvature of the logloss at zero trust.
+        if self.self_tuning and learn_trust:
+            # The rows' logloss expansion at the trust they are served with, their features
+            # read before the write: curvature H_t and moment H_t w_t - g_t.
             x = self.memory.trust_features(self.memory.lookup_keys(keys), base_probs,
                                            self.prior_count)
-            curvature = tf.matmul(x * (sample_weight * base_probs * (1.0 - base_probs))[:, None],
-                                  x, transpose_a=True)
-            gradient = tf.linalg.matvec(x, sample_weight * (base_probs - labels), transpose_a=True)
-            trust_delta = (curvature, gradient)
+            trust = self.trust()
+            p = tf.sigmoid(probability_to_logit(base_probs) + tf.linalg.matvec(x, trust))
+            curvature = tf.matmul(x * (sample_weight * p * (1.0 - p))[:, None], x,
+                                  transpose_a=True)
+            moment = (tf.linalg.matvec(curvature, trust)
+                      - tf.linalg.matvec(x, sample_weight * (p - labels), transpose_a=True))
+            trust_delta = (curvature, moment)
         return self.memory.write_keys(keys, labels, base_probs, sample_weight, trust_delta)
 
     def reset_memory(self) -> None:

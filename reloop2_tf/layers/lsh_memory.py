@@ -127,10 +127,11 @@ class LSHErrorMemory(ErrorMemory):
 
     @property
     def num_trust_features(self) -> int:
-        """Inputs of the self-tuning combiner: one for the SRP tables, one per id group and one
-        more per single-feature group, then a bias (``trust_features``)."""
+        """Inputs of the self-tuning combiner: at each of two shrinkages, one for the SRP tables,
+        one per id group and one more per single-feature group; then the base logit and a bias
+        (``trust_features``)."""
         singles = sum(1 for p in self._parents if p < 0)
-        return (1 if self.num_tables else 0) + len(self.id_groups) + singles + 1
+        return 2 * ((1 if self.num_tables else 0) + len(self.id_groups) + singles) + 2
 
     @property
     def num_state_rows(self) -> int:
@@ -280,37 +281,47 @@ class LSHErrorMemory(ErrorMemory):
         """float32 ``[B, F]``: the self-tuning combiner's inputs for rows with these ``stats``
         (from ``lookup_keys``) and base probabilities ``base_probs`` ``[B]``.
 
-        * SRP tables pool into one shrunk residual, ``sum_k (y_k - b_k) / (sum_k c_k + K prior)``
+        Every group is read at two shrinkages, ``n = prior_count`` and ``10 * prior_count``, so
+        that the combiner learns how fast to trust a bucket as its count ``c`` grows:
+
+        * SRP tables pool into one shrunk residual, ``sum_k (y_k - b_k) / (sum_k c_k + K n)``
           (``y_k``, ``b_k``, ``c_k``: the label, base and weight sums of the row's bucket).
-        * An id group gives its shrunk residual ``(y - b) / (c + prior)``; a cross gives the same
+        * An id group gives its shrunk residual ``(y - b) / (c + n)``; a cross gives the same
           after subtracting what its first feature's own residual predicts for its ``c`` rows.
-        * A single-feature group (the item) also gives ``(b - c * base) / (c + prior)``: how far
+        * A single-feature group (the item) also gives ``(b - c * base) / (c + n)``: how far
           this row's base prediction lies from the group's mean one, which lets the combiner pool
           the base model's predictions towards the group's (the paper's gamma = 1, learnt).
-        * The last column, 1, lets the combiner follow a shift of the base rate.
+
+        Then the row's base logit (the combiner can temper an over- or under-confident base) and
+        1 (it can follow a shift of the base rate).
         """
         weight, label, base = stats[..., 0], stats[..., 1], stats[..., 2]
         residual = label - base
-        columns, pooling = [], []
-        k = self.num_tables
-        if k:
-            columns.append(tf.reduce_sum(residual[:, :k], -1)
-                           / (tf.reduce_sum(weight[:, :k], -1) + k * prior_count + 1e-12))
-        for i, parent in enumerate(self._parents):
-            c, r = weight[:, k + i], residual[:, k + i]
-            shrunk = c + prior_count + 1e-12
-            if parent >= 0:
-                pc, pr = weight[:, k + parent], residual[:, k + parent]
-                r = r - c * pr / (pc + prior_count + 1e-12)
-            else:
-                pooling.append((base[:, k + i] - c * base_probs) / shrunk)
-            columns.append(r / shrunk)
-        columns += pooling
+        columns = []
+        for n in (prior_count, 10.0 * prior_count):
+            pooling = []
+            k = self.num_tables
+            if k:
+                columns.append(tf.reduce_sum(residual[:, :k], -1)
+                               / (tf.reduce_sum(weight[:, :k], -1) + k * n + 1e-12))
+            for i, parent in enumerate(self._parents):
+                c, r = weight[:, k + i], residual[:, k + i]
+                shrunk = c + n + 1e-12
+                if parent >= 0:
+                    pc, pr = weight[:, k + parent], residual[:, k + parent]
+                    r = r - c * pr / (pc + n + 1e-12)
+                else:
+                    pooling.append((base[:, k + i] - c * base_probs) / shrunk)
+                columns.append(r / shrunk)
+            columns += pooling
+        probs = tf.clip_by_value(base_probs, 1e-7, 1.0 - 1e-7)
+        columns.append(tf.math.log(probs) - tf.math.log1p(-probs))
         columns.append(tf.ones_like(weight[:, 0]))
         return tf.stack(columns, axis=1)
 
     def trust_sums(self) -> tuple[tf.Tensor, tf.Tensor]:
-        """The combiner's sums in true units: curvature ``[F, F]`` and gradient ``[F]``."""
+        """The combiner's sums in true units: curvature ``[F, F]`` and moment ``[F]``
+        (``ErrorCompensation.trust``)."""
         f = self.num_trust_features
         # A gather reads only these rows; slicing the variable would copy all of it first.
         rows = tf.gather(self.sketch, tf.range(self.num_cells, self.num_state_rows))
@@ -353,13 +364,13 @@ class LSHErrorMemory(ErrorMemory):
 
     def write_keys(self, keys, labels, base_probs, sample_weight, trust_delta=None) -> tf.Tensor:
         """Adds ``(w, w*y, w*y_base)`` at every row's T buckets, and ``trust_delta`` (curvature
-        ``[F, F]``, gradient ``[F]``) to the combiner's sums. Inputs must be checked already."""
+        ``[F, F]``, moment ``[F]``) to the combiner's sums. Inputs must be checked already."""
         if self.half_life is not None:
             rows = tf.reduce_sum(tf.cast(sample_weight > 0, tf.float32))
             self.scale.assign(self.scale * tf.pow(0.5, rows / self.half_life))
         if trust_delta is not None:
-            curvature, gradient = trust_delta
-            flat = tf.concat([tf.reshape(curvature, [-1]), gradient], 0) / self.scale
+            curvature, moment = trust_delta
+            flat = tf.concat([tf.reshape(curvature, [-1]), moment], 0) / self.scale
             rows = self.num_state_rows - self.num_cells
             flat = tf.reshape(tf.pad(flat, [[0, 3 * rows - tf.size(flat)]]), [rows, 3])
             self.sketch.scatter_nd_add(tf.range(self.num_cells, self.num_state_rows)[:, None], flat)
