@@ -1,0 +1,94 @@
+"""The design study behind the self-tuning combiner's defaults (docs/benchmarks.md).
+
+    python benchmarks/trust_study.py dump --dataset ml-1m --model dcn --out runs/study/ml1m-dcn.npz
+    python benchmarks/trust_study.py run runs/study/*.npz
+
+``dump`` trains the benchmark's base model (``reloop2 bench`` defaults, no sweep) and saves its
+test stream and warm-start rows; ``run`` replays each combiner variant over them in NumPy
+(``benchmarks/trust_study/replica.py``) and prints AUC, gAUC, logloss and the lift over static.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+VARIANTS = {
+    "before (one step from zero, 1 prior, ridge 1, warm trust)":
+        dict(priors=(5.0,), logit=False, ridge=1.0, online=False, warm_trust=True),
+    "+ trust from served rows only": dict(priors=(5.0,), logit=False, ridge=1.0, online=False),
+    "+ online Newton": dict(priors=(5.0,), logit=False, ridge=1.0),
+    "+ base-logit column": dict(priors=(5.0,), ridge=1.0),
+    "+ two shrinkages (2, 20), ridge 1": dict(ridge=1.0),
+    "default (two shrinkages, logit, ridge 10)": dict(),
+    "default, ridge 3": dict(ridge=3.0),
+    "default, ridge 30": dict(ridge=30.0),
+    "default + bare user group": dict(user=True),
+}
+
+
+def dump(args) -> None:
+    from reloop2_tf import data
+    from reloop2_tf.evaluation import benchmark as b
+
+    df = data.load_dataset(args.dataset, data_dir=args.data_dir)
+    config = b.BenchConfig(dataset=args.dataset, model=args.model, sweep=False)
+    cut = int(len(df) * config.train_fraction)
+    spec = b.spec_for_frame(df, history_length=config.history_length)
+    test = b._Stream(df.iloc[cut:], spec, config.num_slots)
+    probe = b._Probe(b._train(df.iloc[:cut], spec, config, False), spec, df.iloc[:cut], test,
+                     config)
+    groups = b.id_groups_for_frame(df)
+    cols = sorted({c for g in groups for c in g} | {"user_id"})
+    np.savez(args.out, logits=probe.logits, labels=test.labels, warm_logits=probe.warm_logits,
+             warm_labels=probe.warm_labels, groups=np.array(["*".join(g) for g in groups]),
+             cols=np.array(cols),
+             **{"t_" + c: df.iloc[cut:][c].astype(str).to_numpy() for c in cols},
+             **{"w_" + c: probe.warm_df[c].astype(str).to_numpy() for c in cols})
+    print(f"saved {args.out}: {len(test.labels)} test rows, groups {groups}")
+
+
+def run(args) -> None:
+    from reloop2_tf.evaluation import metrics
+    from trust_study.replica import Replica, Stream, bias_memory, sigmoid
+
+    for path in args.streams:
+        s = Stream(path)
+        static = metrics.evaluate(s.y, sigmoid(s.z), s.users)
+        print(f"\n{path}\n{'variant':58s}   AUC   gAUC logloss    ΔAUC  ΔgAUC  Δlogloss")
+        rows = {name: Replica(s, **{k: v for k, v in kw.items() if k != "user"},
+                              groups=s.groups + [("user_id",)] if kw.get("user") else None).run()
+                for name, kw in VARIANTS.items()}
+        rows["item-bias λ .3 γ 0 prior 5"] = bias_memory(s)
+        rows["item-bias λ .3 γ 1 prior 5"] = bias_memory(s, gamma=1.0)
+        rows["user-bias λ .3 γ 0 prior 20"] = bias_memory(s, key="user_id", prior=20.0)
+        for name, p in rows.items():
+            m = metrics.evaluate(s.y, np.clip(p, 1e-7, 1 - 1e-7), s.users)
+            print(f"{name:58s} {100 * m['auc']:5.2f} {100 * m['gauc']:6.2f} {m['logloss']:.4f}  "
+                  f"{100 * (m['auc'] - static['auc']):+6.2f} {100 * (m['gauc'] - static['gauc']):+6.2f}"
+                  f"  {m['logloss'] - static['logloss']:+.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("dump")
+    d.add_argument("--dataset", default="ml-100k")
+    d.add_argument("--model", default="dcn")
+    d.add_argument("--data-dir", default=None)
+    d.add_argument("--out", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("streams", nargs="+")
+    args = parser.parse_args()
+    (dump if args.command == "dump" else run)(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The id-table memory and its combiners, in NumPy: the same sums, features and trust as
+``LSHErrorMemory`` / ``ErrorCompensation`` (without SRP tables), written per chunk of feedback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+class Stream:
+    """Test and warm rows of one log and base model, from ``dump``'s ``.npz``."""
+
+    def __init__(self, path):
+        d = np.load(path, allow_pickle=True)
+        self.z, self.y = d["logits"].astype(np.float64), d["labels"].astype(np.float64)
+        self.wz, self.wy = d["warm_logits"].astype(np.float64), d["warm_labels"].astype(np.float64)
+        self.groups = [tuple(g.split("*")) for g in d["groups"]]
+        cols = list(d["cols"])
+        self.test = {c: d["t_" + c] for c in cols}
+        self.warm = {c: d["w_" + c] for c in cols}
+        self.users = self.test["user_id"]
+
+    def codes(self, table):
+        key = None
+        for c in table:
+            v = np.concatenate([self.warm[c], self.test[c]]).astype(object)
+            key = v if key is None else key + "\x1f" + v
+        codes, uniques = pd.factorize(key)
+        return codes, len(uniques)
+
+
+class Replica:
+    """Variants: ``priors`` (shrinkages each group is read at), ``logit`` (base-logit column),
+    ``ridge``, ``online`` (expansions at the served trust, else at zero trust), ``warm_trust``
+    (learn the trust from the warm rows too), ``half_life``, ``groups``."""
+
+    def __init__(self, s: Stream, groups=None, priors=(2.0, 20.0), logit=True, ridge=10.0,
+                 online=True, warm_trust=False, half_life=1e5, every=1000):
+        self.s, self.groups = s, list(groups or s.groups)
+        self.priors, self.logit, self.ridge, self.online = priors, logit, ridge, online
+        self.warm_trust, self.half_life, self.every = warm_trust, half_life, every
+        tables = list(self.groups)
+        for g in self.groups:
+            if len(g) > 1 and g[:1] not in tables:
+                tables.append(g[:1])
+        self.parents = [tables.index(g[:1]) if len(g) > 1 else -1 for g in self.groups]
+        self.codes, self.state = [], []
+        for t in tables:
+            c, n = s.codes(t)
+            self.codes.append(c)
+            self.state.append(np.zeros((n, 3)))
+
+    def features(self, idx, base):
+        st = [s[c[idx]] for s, c in zip(self.state, self.codes)]
+        cols = []
+        for n in self.priors:
+            pool = []
+            for i, par in enumerate(self.parents):
+                c, r = st[i][:, 0], st[i][:, 1] - st[i][:, 2]
+                if par >= 0:
+                    r = r - c * (st[par][:, 1] - st[par][:, 2]) / (st[par][:, 0] + n)
+                else:
+                    pool.append((st[i][:, 2] - c * base) / (c + n))
+                cols.append(r / (c + n))
+            cols += pool
+        if self.logit:
+            cols.append(np.log(base) - np.log1p(-base))
+        cols.append(np.ones_like(base))
+        return np.stack(cols, 1)
+
+    def run(self) -> np.ndarray:
+        s = self.s
+        z, y = np.concatenate([s.wz, s.z]), np.concatenate([s.wy, s.y])
+        warm, out = len(s.wy), np.empty(len(s.y))
+        h = m = None
+        for a in range(0, len(y), self.every):
+            idx = np.arange(a, min(a + self.every, len(y)))
+            base = sigmoid(z[idx])
+            x = self.features(idx, base)
+            if h is None:
+                h, m = np.zeros((x.shape[1],) * 2), np.zeros(x.shape[1])
+            w = np.clip(np.linalg.solve(h + self.ridge * np.eye(len(m)), m), -16, 16)
+            p = sigmoid(z[idx] + x @ w)
+            if a >= warm:
+                out[idx - warm] = p
+            if self.half_life:
+                f = 0.5 ** (len(idx) / self.half_life)
+                h, m = h * f, m * f
+                for t in self.state:
+                    t *= f
+            if self.warm_trust or a >= warm:
+                q = p if self.online else base
+                ht = (x * (q * (1 - q))[:, None]).T @ x
+                m += (ht @ w if self.online else 0.0) - x.T @ (q - y[idx])
+                h += ht
+            for t, c in zip(self.state, self.codes):
+                np.add.at(t, c[idx], np.stack([np.ones_like(base), y[idx], base], 1))
+        self.trust = w
+        return out
+
+
+def bias_memory(s: Stream, key="item_id", lam=0.3, gamma=0.0, prior=5.0, every=1000):
+    """``BiasMemory.replay`` over the same rows (the benchmark's item-bias / user-bias)."""
+    codes, n = s.codes((key,))
+    st = np.zeros((n, 3))
+    z, y = np.concatenate([s.wz, s.z]), np.concatenate([s.wy, s.y])
+    warm, out = len(s.wy), np.empty(len(s.y))
+    for a in range(0, len(y), every):
+        idx = np.arange(a, min(a + every, len(y)))
+        base = sigmoid(z[idx])
+        c, ls, bs = st[codes[idx]].T
+        safe = np.maximum(c, 1e-12)
+        err = c / (c + prior) * (gamma * (ls / safe - base) + (1 - gamma) * (ls / safe - bs / safe))
+        if a >= warm:
+            out[idx - warm] = np.clip(base + lam * err, 0, 1)
+        np.add.at(st, codes[idx], np.stack([np.ones_like(base), y[idx], base], 1))
+    return out
