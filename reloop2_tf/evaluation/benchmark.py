@@ -452,15 +452,17 @@ def _incremental(base, stream: _Stream, config: BenchConfig, compensation=None, 
         _fine_tune(model, feats, labels, config)
         if wrapped is not None:
             # The hidden space moved with the weights: re-encode the latest revealed rows.
-            # The combiner's trust carries over; the tables are rebuilt (tables only: the model
-            # was just trained on these rows).
+            # The SRP tables are rebuilt from re-encoded recent rows (tables only: the model was
+            # just trained on them); the id tables and the combiner's trust carry over, since an
+            # id's bucket does not move with the weights.
             recent_feats, recent_labels = _recent(history, stream, b, config.rebuild_rows)
             memory = wrapped.memory
-            trust_sums = memory.snapshot().numpy()
-            trust_sums[:memory.num_cells] = 0.0
+            kept = memory.snapshot().numpy()
             wrapped.reset_memory()
             _warm_start(wrapped, recent_feats, recent_labels, config)
-            memory.merge(trust_sums)
+            srp_cells = sum(memory.table_sizes[:memory.num_tables])
+            kept[:srp_cells] = memory.snapshot().numpy()[:srp_cells]
+            memory.restore(kept)
     return np.concatenate(probs)
 
 
