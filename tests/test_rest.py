@@ -277,9 +277,9 @@ def test_curl_gets_the_same_bytes_as_urllib(served, tmp_path):
 
 
 def test_serve_rejects_a_bad_rest_port(tmp_path, capsys):
-    model = build_model(seed=1)
-    path = ex.export_serving_model(model, tmp_path / "m")
-    args = dev_server.build_parser().parse_args(["--model-dir", path, "--rest-port", "70000"])
+    (tmp_path / "saved_model.pb").touch()  # the port is checked before anything is loaded
+    args = dev_server.build_parser().parse_args(["--model-dir", str(tmp_path),
+                                                 "--rest-port", "70000"])
     assert args.rest_host == "127.0.0.1"
     assert dev_server.run(args) == 2
     assert "--rest-port must be in [0, 65535], got 70000" in capsys.readouterr().err
