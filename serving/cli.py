@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     TensorFlow is imported only when a command runs, so ``reloop2 --help`` stays fast.
     """
     serve = subparsers.add_parser(
-        "serve", help="serve a ReLoop2 SavedModel over gRPC (development server)",
+        "serve", help="serve a ReLoop2 SavedModel over gRPC and REST (development server)",
         description="Serve a SavedModel, or the newest version of a TF-Serving base dir, with a "
                     "PredictionService-compatible development server on 127.0.0.1.")
     add_serve_arguments(serve)
@@ -51,9 +51,10 @@ def register(subparsers) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from reloop2_serving import dev_server
 
+    rest = f" --rest_api_port={args.rest_port}" if args.rest_port else ""
     print("note: the real TF Serving equivalent is `tensorflow_model_server --port="
-          f"{args.port} --model_name={args.model_name} --model_base_path=<absolute base dir>`; "
-          "this is the development server.", flush=True)
+          f"{args.port}{rest} --model_name={args.model_name} --model_base_path=<absolute base "
+          "dir>`; this is the development server.", flush=True)
     return dev_server.run(args)
 
 

@@ -5,12 +5,13 @@ Debian or PyPI package, no Docker engine), so this server stands in for it in te
 It loads a SavedModel the way TF Serving does, in a TF1 Session over the SignatureDefs, and
 speaks the same gRPC API (``tensorflow.serving.PredictionService``: ``Predict`` and
 ``GetModelMetadata``; ``tensorflow.serving.ModelService``: ``GetModelStatus``), so the client
-and the tests run unchanged against the real server.
+and the tests run unchanged against the real server. With ``--rest-port`` it also serves TF
+Serving's REST API (``reloop2_serving.rest``) over the same loaded model.
 
-    python -m reloop2_serving.dev_server --model-dir DIR [--port 8500] [--model-name reloop2]
+    python -m reloop2_serving.dev_server --model-dir DIR [--port 8500] [--rest-port 8501]
 
 ``DIR`` is a SavedModel or a TF-Serving base dir with numbered versions; the newest is served.
-It is not a production server: no REST API, no batching scheduler, no model config file.
+It is not a production server: no batching scheduler, no model config file.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ from reloop2_tf.export import (
     numbered_versions,
     resolve_model_dir,
 )
+from reloop2_serving.errors import ServingError
 from reloop2_serving.flags import add_serve_arguments
+from reloop2_serving.rest import start_rest_server
 
 logger = logging.getLogger("reloop2.dev_server")
 
@@ -57,15 +60,6 @@ DEFAULT_SIGNATURE = "serving_default"
 # TF Serving lifts gRPC's 4 MB default; a 64 x 2**14 sketch is 12 MB.
 GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
-
-
-class ServingError(Exception):
-    """A request error with its gRPC status code."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def readable(message: str) -> str:
@@ -339,17 +333,35 @@ def start_server(model_dir: str | os.PathLike, port: int = 8500, model_name: str
 
 
 def serve(model_dir: str | os.PathLike, port: int = 8500, model_name: str = "reloop2",
-          host: str = "127.0.0.1", max_workers: int = 16, poll_seconds: float = 0.0) -> int:
-    """Serves until SIGTERM or SIGINT, then drains in-flight calls and exits 0."""
+          host: str = "127.0.0.1", max_workers: int = 16, poll_seconds: float = 0.0,
+          rest_port: int | None = None, rest_host: str = "127.0.0.1") -> int:
+    """Serves until SIGTERM or SIGINT, then drains in-flight calls and exits 0.
+
+    ``rest_port`` (``None``: no REST API; 0 picks a free port) also serves TF Serving's REST
+    API on ``rest_host``.
+    """
     server, manager, bound = start_server(model_dir, port, model_name, host, max_workers,
                                           poll_seconds)
+    rest = None
+    if rest_port is not None:
+        try:
+            rest = start_rest_server(manager, rest_host, rest_port)
+        except OSError:
+            server.stop(grace=0).wait()
+            manager.close()
+            raise
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if rest is not None:  # printed before the ready line, which readiness checks wait for
+        print(f"reloop2 dev server: REST API at http://{rest.host}:{rest.port}/v1/models/"
+              f"{model_name}", flush=True)
     print(f"reloop2 dev server: serving model '{model_name}' version {manager.current.version} "
           f"from {manager.current.path} on {host}:{bound}", flush=True)
     stop.wait()
     logger.info("shutting down")
+    if rest is not None:
+        rest.close()
     server.stop(grace=5).wait()
     manager.close()
     return 0
@@ -366,10 +378,11 @@ def run(args: argparse.Namespace) -> int:
     """Runs the server for parsed ``args``; exits non-zero with a one-line error on bad input."""
     try:
         resolve_model_dir(args.model_dir)
-        if args.port < 0 or args.port > 65535:
-            raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+        for flag, value in (("--port", args.port), ("--rest-port", args.rest_port)):
+            if value is not None and not 0 <= value <= 65535:
+                raise ValueError(f"{flag} must be in [0, 65535], got {value}")
         return serve(args.model_dir, args.port, args.model_name, args.host, args.max_workers,
-                     args.poll_seconds)
+                     args.poll_seconds, args.rest_port, args.rest_host)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -19,4 +19,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--max-workers", type=int, default=16, help="gRPC worker threads")
     parser.add_argument("--poll-seconds", type=float, default=0.0,
                         help="check the base dir for a newer version every N s (0: never)")
+    parser.add_argument("--rest-port", type=int, default=None,
+                        help="also serve TF Serving's REST API on this port (TF Serving uses "
+                             "8501; 0 picks a free one); off when not given")
+    parser.add_argument("--rest-host", default="127.0.0.1",
+                        help="address the REST API binds; the default keeps it on loopback")
     return parser

@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 _READY = re.compile(r"serving .* on (127\.0\.0\.1:\d+)")
+_REST = re.compile(r"REST API at (http://[^/\s]+)")
 
 
 class DevServerProcess:
@@ -48,6 +49,15 @@ class DevServerProcess:
             raise RuntimeError("dev server did not start:\n" + "".join(self.lines))
         self._drain = threading.Thread(target=self._read_rest, daemon=True)
         self._drain.start()
+
+    @property
+    def rest_url(self) -> str | None:
+        """``http://HOST:PORT`` of the REST API when the server was started with ``--rest-port``."""
+        for line in list(self.lines):
+            match = _REST.search(line)
+            if match:
+                return match.group(1)
+        return None
 
     @property
     def pid(self) -> int:

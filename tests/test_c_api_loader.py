@@ -1,0 +1,251 @@
+"""Every exported SavedModel kind, loaded by TensorFlow's C API as ``tensorflow_model_server`` does.
+
+``TF_LoadSessionFromSavedModel`` in the wheel's ``libtensorflow_cc.so.2`` is the C++
+``LoadSavedModel`` that TF Serving links. ``tests/c_api/saved_model_runner.c`` is built here with
+gcc against the installed ``tensorflow`` package (nothing else is needed), and runs predict from
+several threads, update_memory with string features, memory_snapshot and memory_merge by the
+SignatureDef tensor names this test resolves; the answers must equal the TF1 Session's.
+"""
+
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serving_helpers import Session, build_model
+
+import reloop2_tf as r2
+from reloop2_tf import export as ex
+from reloop2_tf._keras import tf
+
+pytestmark = pytest.mark.e2e
+RUNNER = Path(__file__).parent / "c_api" / "saved_model_runner.c"
+TF_DIR = Path(os.path.dirname(tf.__file__))
+ROWS = 6
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    gcc = shutil.which("gcc")
+    assert gcc, "gcc is needed to build the C API test program (apt-get install gcc)"
+    assert (TF_DIR / "include" / "tensorflow" / "c" / "c_api.h").is_file(), TF_DIR
+    binary = tmp_path_factory.mktemp("c_api") / "saved_model_runner"
+    command = [gcc, "-O1", "-Wall", str(RUNNER), "-o", str(binary),
+               f"-I{TF_DIR / 'include'}", f"-L{TF_DIR}", "-l:libtensorflow_cc.so.2",
+               "-l:libtensorflow_framework.so.2", "-lpthread", f"-Wl,-rpath,{TF_DIR}"]
+    build = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    return binary
+
+
+def _features(model, n, rng):
+    """Raw features for every input of ``model``, by the dtype its signature declares."""
+    out = {}
+    for name, spec in ex.feature_specs(model).items():
+        if spec.dtype == tf.string:
+            ids = rng.integers(0, 12, n)
+            if name == "history":
+                values = [" ".join(f"item_id{k}" for k in rng.integers(0, 12, k % 4)) for k in ids]
+            else:  # non-ASCII too: the C side copies raw bytes into TF_TStrings
+                values = [f"{name}{k}é" for k in ids]
+            out[name] = np.array(values, dtype=object)
+        else:
+            out[name] = rng.uniform(0, 3, n).astype(spec.dtype.as_numpy_dtype)
+    return out
+
+
+def _zoo(name, **memory):
+    from reloop2_tf import models
+    from reloop2_tf.features import FeatureSpec
+
+    base = models.build_model(name, FeatureSpec.movielens(history_length=5))
+    return r2.ReLoop2Model(base, compensation=r2.ErrorCompensation(
+        r2.LSHErrorMemory(num_tables=4, num_bits=4, seed=1, **memory), compensation_weight=1.0))
+
+
+KINDS = {  # the model, and the export options
+    "id_groups": (lambda: build_model(seed=3), {}),
+    "dcn": (lambda: _zoo("dcn", half_life=None), {}),
+    "din": (lambda: _zoo("din"), {}),  # the default decay (half_life) too
+    # In-graph batching (6-row requests padded to 8) and a warm-up file, in one export.
+    "batching_warmup": (lambda: build_model(seed=1), {"warmup_features": True,
+                                                      "batching": ex.PredictBatching(
+        max_batch_size=8, batch_timeout_micros=100, allowed_batch_sizes=(4, 8))}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(KINDS))
+def exported(request, tmp_path_factory):
+    make, options = KINDS[request.param]
+    model = make()
+    rng = np.random.default_rng(0)
+    x = _features(model, 10, rng)
+    model.update_memory(x, rng.integers(0, 2, 10))  # a non-empty exported memory
+    if options.get("warmup_features"):
+        options = {**options, "warmup_features": _features(model, 3, rng)}
+    path = ex.export_serving_model(model, tmp_path_factory.mktemp(request.param) / "m", **options)
+    return request.param, model, Path(path)
+
+
+def write_tensor(path, value):
+    value = np.asarray(value)
+    dtype = tf.as_dtype(tf.string if value.dtype == object else value.dtype)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<ii", dtype.as_datatype_enum, value.ndim))
+        f.write(struct.pack(f"<{value.ndim}q", *value.shape))
+        if dtype == tf.string:
+            for item in value.ravel():
+                data = item.encode() if isinstance(item, str) else bytes(item)
+                f.write(struct.pack("<Q", len(data)) + data)
+        else:
+            f.write(np.ascontiguousarray(value).tobytes())
+
+
+def read_tensor(path):
+    raw = Path(path).read_bytes()
+    enum, rank = struct.unpack_from("<ii", raw)
+    shape = struct.unpack_from(f"<{rank}q", raw, 8)
+    offset = 8 + 8 * rank
+    dtype = tf.dtypes.as_dtype(enum)
+    if dtype == tf.string:
+        items = []
+        for _ in range(int(np.prod(shape))):
+            (length,) = struct.unpack_from("<Q", raw, offset)
+            items.append(raw[offset + 8:offset + 8 + length])
+            offset += 8 + length
+        return np.array(items, dtype=object).reshape(shape)
+    return np.frombuffer(raw, dtype.as_numpy_dtype, offset=offset).reshape(shape)
+
+
+class Plan:
+    """The C program's plan: steps of concurrent calls on signature tensors by name."""
+
+    def __init__(self, folder: Path, signature_defs):
+        self.folder, self.sigs, self.lines, self.files = folder, signature_defs, [], 0
+
+    def step(self, *calls):
+        """``calls``: ``(signature, inputs, threads, repeat)``; returns each call's output files."""
+        self.lines.append("step")
+        outs = []
+        for signature, inputs, threads, repeat in calls:
+            sig = self.sigs[signature]
+            assert set(inputs) == set(sig.inputs), (signature, sorted(sig.inputs))
+            self.lines.append(f"call {threads} {repeat}")
+            for alias, value in sorted(inputs.items()):
+                self.files += 1
+                path = self.folder / f"in{self.files}.tensor"
+                write_tensor(path, value)
+                self.lines.append(f"in {sig.inputs[alias].name} {path}")
+            files = {}
+            for alias in sorted(sig.outputs):
+                self.files += 1
+                files[alias] = self.folder / f"out{self.files}.tensor"
+                self.lines.append(f"out {sig.outputs[alias].name} {files[alias]}")
+            outs.append((files, threads))
+        self.lines.append("end")
+        return outs
+
+    def run(self, binary, export_dir):
+        plan = self.folder / "plan.txt"
+        plan.write_text("\n".join(self.lines) + "\n")
+        done = subprocess.run([str(binary), str(export_dir), str(plan)], capture_output=True,
+                              text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "loaded " in done.stdout
+
+
+def results(call):
+    """Every thread's outputs of one call: ``[{alias: ndarray}, ...]``."""
+    files, threads = call
+    return [{alias: read_tensor(f"{path}.{k}") for alias, path in files.items()}
+            for k in range(threads)]
+
+
+def assert_outputs_equal(got, expected, atol=1e-6):
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=0, atol=atol, err_msg=key)
+
+
+def test_c_api_loader_matches_tf1_session(runner, exported, tmp_path):
+    kind, model, path = exported
+    sess = Session(path)
+    rng = np.random.default_rng(42)
+    x = _features(model, ROWS, rng)
+    write = {**x, "label": rng.integers(0, 2, ROWS).astype(np.float32),
+             "sample_weight": rng.integers(1, 8, ROWS).astype(np.float32) * 0.25}
+    plan = Plan(tmp_path, sess.sigs)
+
+    warmup = None
+    if (path / ex.WARMUP_FILE).is_file():  # replayed as TF Serving does at load; it must not write
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        record = next(iter(tf.data.TFRecordDataset(str(path / ex.WARMUP_FILE))))
+        request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+        assert request.model_spec.signature_name == "serving_default"
+        warmup_inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        (warmup,) = plan.step(("serving_default", warmup_inputs, 2, 2))
+    (start,) = plan.step(("memory_snapshot", {}, 1, 1))
+    (pred0,) = plan.step(("predict", x, 4, 3))  # 4 threads at once (and into the batcher)
+    (upd,) = plan.step(("update_memory", write, 1, 2))  # the same rows, twice, in order
+    (pred1,) = plan.step(("serving_default", x, 2, 1))
+    (snap1,) = plan.step(("memory_snapshot", {}, 1, 1))
+    delta = sess("memory_snapshot")["sketch"]  # a valid sketch: the exported memory
+    (merged,) = plan.step(("memory_merge", {"sketch": delta}, 1, 1))
+    (snap2,) = plan.step(("memory_snapshot", {}, 1, 1))
+    # Writers, mergers and readers at the same time.
+    busy = plan.step(("update_memory", write, 4, 3), ("memory_merge", {"sketch": delta}, 2, 2),
+                     ("predict", x, 2, 4))
+    (snap3,) = plan.step(("memory_snapshot", {}, 1, 1))
+    plan.run(runner, path)
+
+    # The Python (TF1 Session) side, the same calls in order.
+    exported_memory = sess("memory_snapshot")
+    assert_outputs_equal(results(start)[0], exported_memory, atol=0)
+    if warmup is not None:
+        for out in results(warmup):
+            assert_outputs_equal(out, sess("serving_default", **warmup_inputs))
+    expected = sess("predict", **x)
+    for out in results(pred0):
+        assert_outputs_equal(out, expected)
+    sess("update_memory", **write)
+    assert_outputs_equal(results(upd)[0], sess("update_memory", **write))
+    assert_outputs_equal(results(pred1)[0], sess("serving_default", **x))
+    assert_outputs_equal(results(pred1)[1], results(pred1)[0], atol=0)
+    assert_outputs_equal(results(snap1)[0], sess("memory_snapshot"), atol=1e-5)
+    assert_outputs_equal(results(merged)[0], sess("memory_merge", sketch=delta), atol=1e-5)
+    after_merge = sess("memory_snapshot")
+    assert_outputs_equal(results(snap2)[0], after_merge, atol=1e-5)
+    assert float(after_merge["memory_weight"]) > float(exported_memory["memory_weight"])
+
+    for _ in range(12):
+        sess("update_memory", **write)
+    for _ in range(4):
+        sess("memory_merge", sketch=delta)
+    final, sequential = results(snap3)[0], sess("memory_snapshot")
+    assert np.isfinite(final["sketch"]).all()
+    sizes = model.memory.table_sizes
+    cells = sum(sizes)
+    offsets = np.cumsum([0, *sizes[:-1]])
+    if model.memory.half_life is None:
+        # Concurrent writes lose nothing: quarter-integer weights add up exactly in any order.
+        expected_weight = (float(after_merge["memory_weight"]) + 12 * write["sample_weight"].sum()
+                           + 4 * float(exported_memory["memory_weight"]))
+        assert float(final["memory_weight"]) == expected_weight
+        np.testing.assert_array_equal(
+            [final["sketch"][a:a + n, 0].sum() for a, n in zip(offsets, sizes)],
+            np.float32(expected_weight))
+        # Table cells do not depend on the order of the writes. The trust sums read the memory
+        # between writes, so they depend on the interleaving and are not compared.
+        np.testing.assert_allclose(final["sketch"][:cells], sequential["sketch"][:cells],
+                                   rtol=1e-5, atol=1e-4)
+    else:
+        # With decay the weights depend on when each write lands, and concurrent writers may
+        # drop a decay step (docs/serving.md section 4): close to the sequential memory.
+        np.testing.assert_allclose(final["memory_weight"], sequential["memory_weight"], rtol=1e-3)
+    for out in results(busy[2]):
+        assert ((out["probability"] >= 0) & (out["probability"] <= 1)).all()
+    sess.close()
