@@ -202,28 +202,13 @@ class LSHErrorMemory(ErrorMemory):
         if rows is not None:
             checks.append(tf.debugging.assert_equal(
                 tf.shape(first)[0], rows, message="`ids` must have one id per row of `hidden`"))
+        columns = []
         with tf.control_dependencies(checks):
-            # [B, features + 1]: every id column, then the empty string for the table prefixes.
-            values = tf.stack([strings[n] for n in self.id_features], axis=1)
-            columns, order = [], []
-            # Tables of the same arity are keyed together: one gather, one join, one hash
-            # (the same strings, so the same buckets, as a join per table).
-            for arity in sorted({len(t) for t in self.id_tables}):
-                tables = [i for i, t in enumerate(self.id_tables) if len(t) == arity]
-                index = [[self.id_features.index(n) for n in self.id_tables[i]] for i in tables]
-                picked = tf.gather(values, index, axis=1)  # [B, tables, arity]
-                prefixes = tf.constant([f"{self.seed}:{'*'.join(self.id_tables[i])}"
-                                        for i in tables])
-                prefixes = tf.broadcast_to(prefixes[None, :, None],
-                                           [tf.shape(values)[0], len(tables), 1])
-                key = tf.strings.reduce_join(tf.concat([prefixes, picked], axis=2), axis=2,
-                                             separator=_SEPARATOR)
+            for table in self.id_tables:
+                prefix = tf.fill(tf.shape(first), f"{self.seed}:{'*'.join(table)}")
+                key = tf.strings.join([prefix, *(strings[n] for n in table)], separator=_SEPARATOR)
                 columns.append(tf.strings.to_hash_bucket_fast(key, 2**self.id_bits))
-                order += tables
-            buckets = tf.concat(columns, axis=1)
-            if order != sorted(order):
-                buckets = tf.gather(buckets, np.argsort(order), axis=1)
-        return tf.cast(buckets, tf.int32)
+        return tf.cast(tf.stack(columns, axis=1), tf.int32)
 
     def keys(self, hidden, ids: Mapping | None = None) -> tf.Tensor:
         """int32 ``[B, T]``: every row's bucket in the SRP tables, then in the id tables."""
@@ -312,31 +297,27 @@ class LSHErrorMemory(ErrorMemory):
         """
         weight, label, base = stats[..., 0], stats[..., 1], stats[..., 2]
         residual = label - base
-        k, g = self.num_tables, len(self.id_groups)
-        n = tf.constant([prior_count, 10.0 * prior_count])[None, :, None]  # [1, 2, 1]
-        parts = []
-        if k:
-            parts.append(tf.reduce_sum(residual[:, :k], -1)[:, None, None]
-                         / (tf.reduce_sum(weight[:, :k], -1)[:, None, None] + k * n + 1e-12))
-        c, r = weight[:, None, k:k + g], residual[:, None, k:k + g]  # [B, 1, G]
-        crosses = [i for i, p in enumerate(self._parents) if p >= 0]
-        if crosses:
-            parents = [k + (p if p >= 0 else i) for i, p in enumerate(self._parents)]
-            pc = tf.gather(weight, parents, axis=1)[:, None, :]
-            pr = tf.gather(residual, parents, axis=1)[:, None, :]
-            is_cross = tf.constant([p >= 0 for p in self._parents])[None, None, :]
-            r = tf.where(is_cross, r - c * pr / (pc + n + 1e-12), r)
-        parts.append(r / (c + n + 1e-12))
-        singles = [k + i for i, p in enumerate(self._parents) if p < 0]
-        if singles:
-            sc = tf.gather(weight, singles, axis=1)[:, None, :]
-            sb = tf.gather(base, singles, axis=1)[:, None, :]
-            parts.append((sb - sc * base_probs[:, None, None]) / (sc + n + 1e-12))
-        columns = tf.concat(parts, axis=2)  # [B, 2, F/2 - 1]: one row of columns per shrinkage
+        columns = []
+        for n in (prior_count, 10.0 * prior_count):
+            pooling = []
+            k = self.num_tables
+            if k:
+                columns.append(tf.reduce_sum(residual[:, :k], -1)
+                               / (tf.reduce_sum(weight[:, :k], -1) + k * n + 1e-12))
+            for i, parent in enumerate(self._parents):
+                c, r = weight[:, k + i], residual[:, k + i]
+                shrunk = c + n + 1e-12
+                if parent >= 0:
+                    pc, pr = weight[:, k + parent], residual[:, k + parent]
+                    r = r - c * pr / (pc + n + 1e-12)
+                else:
+                    pooling.append((base[:, k + i] - c * base_probs) / shrunk)
+                columns.append(r / shrunk)
+            columns += pooling
         probs = tf.clip_by_value(base_probs, 1e-7, 1.0 - 1e-7)
-        logit = tf.math.log(probs) - tf.math.log1p(-probs)
-        return tf.concat([tf.reshape(columns, [tf.shape(weight)[0], -1]), logit[:, None],
-                          tf.ones_like(logit)[:, None]], axis=1)
+        columns.append(tf.math.log(probs) - tf.math.log1p(-probs))
+        columns.append(tf.ones_like(weight[:, 0]))
+        return tf.stack(columns, axis=1)
 
     def trust_sums(self) -> tuple[tf.Tensor, tf.Tensor]:
         """The combiner's sums in true units: curvature ``[F, F]`` and moment ``[F]``
