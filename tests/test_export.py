@@ -24,6 +24,7 @@ CONTRACT = {
     "memory_snapshot": {"inputs": set(), "outputs": {"sketch", "memory_weight"}},
     "memory_restore": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
     "memory_merge": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
+    "memory_layout": {"inputs": set(), "outputs": {"fingerprint"}},
 }
 
 
@@ -189,6 +190,26 @@ def test_snapshot_restore_merge_semantics_in_session(exported, rng):
     np.testing.assert_array_equal(c("memory_snapshot")["sketch"], start)
     for s in (a, b, c, whole):
         s.close()
+
+
+def test_memory_layout_fingerprint_names_the_projections_not_the_state(exported, tmp_path, rng):
+    model, path = exported
+    sess = Session(path)
+    served = sess("memory_layout")["fingerprint"].decode()
+    sess.close()
+    assert served == ex.memory_fingerprint(model.memory) and served.startswith("sha256:")
+    # The same seed and layout in a model built again: the same fingerprint, and writes
+    # change the state, never the layout.
+    twin, other = build_model(seed=3), build_model(seed=4)
+    for m in (twin, other):
+        m(make_features(1, rng))
+    twin.update_memory(make_features(5, rng), np.ones(5))
+    assert ex.memory_fingerprint(twin.memory) == served
+    assert ex.memory_fingerprint(other.memory) != served   # other projections
+    twin.memory.set_center(np.full([twin.memory.dim], 0.5, np.float32))
+    assert ex.memory_fingerprint(twin.memory) != served    # other buckets for the same hidden
+    with pytest.raises(ValueError, match="built LSHErrorMemory"):
+        ex.memory_fingerprint(r2.KNNErrorMemory(capacity=4, top_k=2))
 
 
 def test_resaved_model_keeps_updated_memory_and_old_version_does_not(tmp_path, rng):
