@@ -19,4 +19,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--max-workers", type=int, default=16, help="gRPC worker threads")
     parser.add_argument("--poll-seconds", type=float, default=0.0,
                         help="check the base dir for a newer version every N s (0: never)")
+    parser.add_argument("--memory-store", default=None,
+                        help="keep the memory durable: a folder or tf.io.gfile URL (gs://...) "
+                             "for snapshots; the newest valid one is restored at every load")
+    parser.add_argument("--snapshot-seconds", type=float, default=30.0,
+                        help="with --memory-store: seconds between snapshots (default 30)")
+    parser.add_argument("--keep-snapshots", type=int, default=3,
+                        help="with --memory-store: snapshots kept (default 3)")
     return parser
