@@ -21,6 +21,7 @@ from serving_helpers import DevServer, Session, build_model, make_features
 from reloop2_tf import export as ex
 from reloop2_tf.cli.main import main as reloop2_main
 from reloop2_serving.client import ReLoop2Client
+from reloop2_serving.durable import DurableMemory, MemoryEndpoint
 from reloop2_serving.keep import Keeper, probe_server
 from reloop2_serving.store import MemoryStore
 
@@ -153,13 +154,15 @@ def test_sigkill_restart_corrupt_snapshot_and_new_version(tmp_path, capsys):
         # 3. A new version pushed while writes stream gets the memory before it takes traffic,
         # and the writes that reached version 1 during the hand-over are carried over.
         start = client.memory_weight()
-        writer = Writer(server.target, stream[:300], pause=0.002)
+        writer = Writer(server.target, stream, pause=0.001)
         writer.start()
         wait_for(lambda: writer.acked > 20, what="writes")
         ex.export_serving_model(build_model(seed=7), base, version="auto")
         first = wait_for(lambda: 2 in client.status() and client.memory_weight(), what="version 2")
         assert first >= start + 20 * ROWS   # version 2 answered first with the learnt memory
+        time.sleep(0.3)
         acked = writer.finish()
+        assert acked < len(stream)           # the stream spanned the hand-over
         assert client.status() == {2: "AVAILABLE"}
         assert client.memory_weight() == start + acked * ROWS       # nothing lost
         lines = "".join(server.lines)
@@ -177,6 +180,33 @@ def test_sigkill_restart_corrupt_snapshot_and_new_version(tmp_path, capsys):
         client.close()
     finally:
         assert server.stop() == 0, "".join(server.lines)
+
+
+def test_hand_over_carries_the_writes_made_during_it(tmp_path):
+    """The hand-over's last step, in process: writes to the old version after its memory was
+    handed over are merged into the new one once the old one has drained."""
+    path = ex.export_serving_model(build_model(seed=7), tmp_path / "m")
+    old, new = Session(path), Session(path)
+
+    def endpoint(sess, version):
+        return MemoryEndpoint(lambda name, inputs: sess(name, **inputs), version, set(sess.sigs))
+
+    durable = DurableMemory(MemoryStore(tmp_path / "store"), snapshot_seconds=60)
+    stream = batches(6)
+    ones = np.ones(ROWS, np.float32)
+    for features, labels in stream[:3]:
+        old("update_memory", **features, label=labels, sample_weight=ones)
+    handed = durable.hand_over(endpoint(old, 1), endpoint(new, 2))
+    np.testing.assert_array_equal(new("memory_snapshot")["sketch"], handed)
+    assert MemoryStore(tmp_path / "store").read(durable.last_path).memory_weight == 3 * ROWS
+    for features, labels in stream[3:]:      # reached version 1 after the hand-over
+        old("update_memory", **features, label=labels, sample_weight=ones)
+    durable.carry_rest(endpoint(old, 1), endpoint(new, 2), handed)
+    np.testing.assert_allclose(new("memory_snapshot")["sketch"], old("memory_snapshot")["sketch"],
+                               rtol=1e-6, atol=1e-5)
+    assert float(new("memory_snapshot")["memory_weight"]) == 6 * ROWS
+    old.close()
+    new.close()
 
 
 def test_unwritable_store_keeps_serving_and_reports_the_error(tmp_path):
