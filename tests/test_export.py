@@ -327,10 +327,22 @@ def test_real_server_configs_parse():
     assert model.model_version_policy.latest.num_versions == 1
     docs = list(yaml.safe_load_all((ROOT / "serving" / "k8s.yaml").read_text()))
     assert [d["kind"] for d in docs] == ["Deployment", "Service", "Service"]
-    (container,) = docs[0]["spec"]["template"]["spec"]["containers"]
+    pod = docs[0]["spec"]["template"]["spec"]
+    container, keeper = pod["containers"]
     assert container["image"].startswith("tensorflow/serving:")
     assert "--model_config_file=/config/models.config" in container["args"]
     assert not any(a.startswith("--enable_batching") for a in container["args"])
+    # The memory sidecar: `reloop2 memory keep` on the server's port, its /ready gates the pod,
+    # and its store is a mounted volume; the flags it is given are flags it has.
+    from reloop2_tf.cli.main import build_parser
+
+    args = build_parser().parse_args([*keeper["command"][1:], *keeper["args"]])
+    assert keeper["command"][0] == "reloop2" and args.func.__name__ == "_keep"
+    assert args.target == "127.0.0.1:8500" and args.http_host == "0.0.0.0"
+    assert keeper["readinessProbe"]["httpGet"] == {"path": "/ready", "port": args.http_port}
+    mounts = {m["mountPath"]: m["name"] for m in keeper["volumeMounts"]}
+    assert args.store.startswith("/memory/") and mounts["/memory"] in {
+        v["name"] for v in pod["volumes"]}
     assert ex.PredictBatching.from_file(ROOT / "serving" / "batching_parameters.txt") == \
         ex.PredictBatching(max_batch_size=256, batch_timeout_micros=1000,
                            max_enqueued_batches=100, num_batch_threads=2)
