@@ -117,10 +117,12 @@ class DurableMemory:
             return None
         started = time.monotonic()
         sketch, weight = endpoint.snapshot()
-        return self._write(endpoint, sketch, weight, force, started)
+        return self.write(endpoint, sketch, weight, force, started)
 
-    def _write(self, endpoint: MemoryEndpoint, sketch: np.ndarray, weight: float, force: bool,
-               started: float) -> str | None:
+    def write(self, endpoint: MemoryEndpoint, sketch: np.ndarray, weight: float,
+              force: bool = False, started: float | None = None) -> str | None:
+        """Writes a snapshot already taken of ``endpoint`` (``save`` without the call)."""
+        started = time.monotonic() if started is None else started
         digest = (endpoint.version, _digest(sketch))
         with self._lock:
             if not force and digest == self._last_digest:
@@ -197,7 +199,7 @@ class DurableMemory:
             return None
         started = time.monotonic()
         sketch, weight = old.snapshot()
-        self._write(old, sketch, weight, False, started)
+        self.write(old, sketch, weight, False, started)
         new.restore(sketch)
         with self._lock:
             self._last_digest = (new.version, _digest(sketch))

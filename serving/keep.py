@@ -100,19 +100,24 @@ class Keeper:
                 self._adopt(newest, states)
                 return
             endpoint = self._endpoint(newest)
-            weight = endpoint.weight()
+            # The weight checked for a restart is the snapshot's own, so a snapshot of a
+            # freshly restarted server is never written over the good ones.
+            started = time.monotonic()
+            due = endpoint.durable and started >= self._next_snapshot
+            sketch, weight = endpoint.snapshot() if due else (None, endpoint.weight())
             dropped = self.weight is not None and weight < self.weight * (1 - self.drop_fraction)
             if self._down or dropped:
                 logger.warning("the server at %s restarted (%s): restoring version %d's memory",
                                self.target, "it was unreachable" if self._down else
                                f"memory_weight fell from {self.weight:.6g} to {weight:.6g}",
                                newest)
-                self._restore(endpoint, heavier_only=False)
+                self._forget_endpoints()
+                self._restore(self._endpoint(newest), heavier_only=False)
                 return
             self.weight = weight
-            if time.monotonic() >= self._next_snapshot:
-                self._next_snapshot = time.monotonic() + self.durable.snapshot_seconds
-                self.durable.save(endpoint)
+            if due:
+                self._next_snapshot = started + self.durable.snapshot_seconds
+                self.durable.write(endpoint, sketch, weight, started=started)
         except grpc.RpcError as err:
             if not self._down:
                 logger.warning("the server at %s is unreachable (%s); not ready until its memory "
@@ -122,6 +127,8 @@ class Keeper:
 
     def _adopt(self, version: int, states: dict[int, str]) -> None:
         self.ready = False
+        if self._down:
+            self._forget_endpoints()
         new = self._endpoint(version)
         old = self.version
         if old is None:

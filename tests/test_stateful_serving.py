@@ -16,7 +16,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-from serving_helpers import DevServer, Session, build_model, make_features
+from serving_helpers import STATE_ROWS, DevServer, Session, build_model, make_features
 
 from reloop2_tf import export as ex
 from reloop2_tf.cli.main import main as reloop2_main
@@ -275,7 +275,14 @@ def test_keep_sidecar_restores_a_restarted_server_and_a_new_version(tmp_path):
             ex.export_serving_model(build_model(seed=7), base, version="auto")
             wait_for(lambda: keeper.version == 2 and keeper.ready, what="version 2 ready")
             assert client.memory_weight() == 11 * ROWS
-        assert keeper.restores == 3
+            # A drop of the total weight (what a fast restart looks like) is restored too, and
+            # the emptied memory is never written over the good snapshots.
+            client.restore(np.zeros([STATE_ROWS, 3], np.float32))
+            wait_for(lambda: keeper.restores == 4 and keeper.ready, what="restore after a drop")
+            assert client.memory_weight() == 11 * ROWS
+            newest = MemoryStore(store).snapshots()[0]
+            assert MemoryStore(store).read(newest).memory_weight == 11 * ROWS
+        assert keeper.restores == 4
     finally:
         keeper.stop()
         http.shutdown()
