@@ -15,8 +15,10 @@ them); ``tests/test_export.py`` pins them:
   ``memory_weight``.
 * ``memory_restore`` (``sketch`` in, replaces the memory) and ``memory_merge`` (``sketch`` in,
   added to the memory): output ``memory_weight``.
+* ``memory_layout`` (no inputs): ``fingerprint`` (a string scalar, ``memory_fingerprint``): two
+  models whose fingerprints are equal can take each other's snapshots.
 
-``update_memory_by_keys`` and the three ``memory_*`` signatures exist only for the sketch memory
+``update_memory_by_keys`` and the four ``memory_*`` signatures exist only for the sketch memory
 (``LSHErrorMemory``); a ``KNNErrorMemory`` model gets ``serving_default``, ``predict`` and ``update_memory``.
 
 TF Serving treats models as pure functions; see docs/serving.md for what a stateful model means
@@ -27,6 +29,8 @@ warm-up must not write, batch padding must not write).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import re
@@ -50,6 +54,7 @@ UPDATE_MEMORY_BY_KEYS = "update_memory_by_keys"
 MEMORY_SNAPSHOT = "memory_snapshot"
 MEMORY_RESTORE = "memory_restore"
 MEMORY_MERGE = "memory_merge"
+MEMORY_LAYOUT = "memory_layout"
 
 LABEL = "label"
 SAMPLE_WEIGHT = "sample_weight"
@@ -59,8 +64,9 @@ BASE_PROBABILITY = "base_probability"
 PREDICT_OUTPUTS = ("probability", "base_probability", "estimated_error", "memory_support")
 UPDATE_OUTPUTS = ("weight_written", "memory_weight")
 MEMORY_WEIGHT = "memory_weight"
+FINGERPRINT = "fingerprint"
 
-READ_ONLY_SIGNATURES = (SERVING_DEFAULT, PREDICT, MEMORY_SNAPSHOT)
+READ_ONLY_SIGNATURES = (SERVING_DEFAULT, PREDICT, MEMORY_SNAPSHOT, MEMORY_LAYOUT)
 WRITE_SIGNATURES = (UPDATE_MEMORY, UPDATE_MEMORY_BY_KEYS, MEMORY_RESTORE, MEMORY_MERGE)
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -190,6 +196,26 @@ def _checked_label_and_weight(checked: Mapping[str, tf.Tensor]) -> tuple[tf.Tens
         return tf.identity(label), tf.identity(sample_weight)
 
 
+def memory_fingerprint(memory: LSHErrorMemory) -> str:
+    """``"sha256:<hex>"`` of everything that decides what a snapshot's rows mean.
+
+    That is the layout (tables, bits, seed and id hashes), the width ``d``, the state's shape,
+    and the values of the projections and the centre. A snapshot restored into a model with
+    another fingerprint would put every count in the wrong bucket.
+    """
+    if not isinstance(memory, LSHErrorMemory) or not memory.built:
+        raise ValueError("`memory` should be a built LSHErrorMemory. "
+                         f"Received: {type(memory).__name__}")
+    digest = hashlib.sha256()
+    digest.update(json.dumps({**memory.layout(), "dim": memory.dim,
+                              "table_sizes": list(memory.table_sizes),
+                              "state_shape": [memory.num_state_rows, 3]},
+                             sort_keys=True).encode())
+    for variable in (memory.projections, memory.center):
+        digest.update(np.ascontiguousarray(variable.numpy(), dtype="<f4").tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
 def predict_outputs(model: ReLoop2Model) -> tuple[str, ...]:
     """The outputs of ``predict``: ``PREDICT_OUTPUTS``, plus ``memory_keys`` for the sketch."""
     return PREDICT_OUTPUTS + ((MEMORY_KEYS,) if isinstance(model.memory, LSHErrorMemory) else ())
@@ -281,9 +307,18 @@ class _ServingModule(tf.Module):
             memory.merge(sketch)  # one locked assign_add: safe beside concurrent writers
             return {MEMORY_WEIGHT: memory.total_weight()}
 
+        # Computed now from the values being saved; a constant in the graph, so the sidecar can
+        # read it over gRPC without loading the SavedModel.
+        fingerprint = memory_fingerprint(memory)
+
+        @tf.function(input_signature=[])
+        def memory_layout():
+            return {FINGERPRINT: tf.constant(fingerprint)}
+
         return {MEMORY_SNAPSHOT: memory_snapshot.get_concrete_function(),
                 MEMORY_RESTORE: memory_restore.get_concrete_function(),
-                MEMORY_MERGE: memory_merge.get_concrete_function()}
+                MEMORY_MERGE: memory_merge.get_concrete_function(),
+                MEMORY_LAYOUT: memory_layout.get_concrete_function()}
 
 
 def signature_contract(model: ReLoop2Model) -> dict[str, dict[str, list[str]]]:
@@ -302,6 +337,7 @@ def signature_contract(model: ReLoop2Model) -> dict[str, dict[str, list[str]]]:
         contract[MEMORY_SNAPSHOT] = {"inputs": [], "outputs": [SKETCH, MEMORY_WEIGHT]}
         contract[MEMORY_RESTORE] = {"inputs": [SKETCH], "outputs": [MEMORY_WEIGHT]}
         contract[MEMORY_MERGE] = {"inputs": [SKETCH], "outputs": [MEMORY_WEIGHT]}
+        contract[MEMORY_LAYOUT] = {"inputs": [], "outputs": [FINGERPRINT]}
     return contract
 
 
@@ -463,6 +499,7 @@ def memory_footprint_bytes(model: ReLoop2Model) -> int:
 
 
 __all__ = [
+    "MEMORY_LAYOUT",
     "MEMORY_MERGE",
     "MEMORY_RESTORE",
     "MEMORY_SNAPSHOT",
@@ -475,6 +512,7 @@ __all__ = [
     "PredictBatching",
     "export_serving_model",
     "feature_specs",
+    "memory_fingerprint",
     "memory_footprint_bytes",
     "numbered_versions",
     "predict_outputs",

@@ -1,10 +1,12 @@
-"""``reloop2 serve`` and ``reloop2 replay`` (SPEC section 6).
+"""``reloop2 serve``, ``reloop2 replay`` (SPEC section 6) and ``reloop2 memory keep``.
 
 ``serve`` runs the development server (``reloop2_serving.dev_server``), because the real
 ``tensorflow_model_server`` cannot be installed here; it prints the equivalent command for the
 real server. ``replay`` streams a time-ordered canonical CSV through a server
 (``reloop2_serving.replay``): each batch is scored first, then its labels are written back with
 ``update_memory``, and the base and compensated predictions are compared at the end.
+
+``memory keep`` runs the durable-memory sidecar (``reloop2_serving.keep``) beside any server.
 
 The command line imports the server and the replay, never the reverse.
 """
@@ -46,6 +48,59 @@ def register(subparsers) -> None:
     replay.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     replay.add_argument("--output", default=None, help="also write the results as JSON here")
     replay.set_defaults(func=_replay)
+
+
+def register_keep(memory_subparsers) -> None:
+    """Adds ``keep`` to the subparsers of the ``reloop2 memory`` group."""
+    keep = memory_subparsers.add_parser(
+        "keep", help="sidecar: snapshot a server's memory to a store, restore it on reloads",
+        description="Snapshot the memory of the model served at --target into --store every "
+                    "--snapshot-seconds, and restore the newest valid snapshot when a new "
+                    "version appears or the server restarts. GET /ready answers 200 only once "
+                    "the current version's memory is restored; GET /healthz reports the state.")
+    keep.add_argument("--target", required=True, help="HOST:PORT of the gRPC server")
+    keep.add_argument("--store", required=True,
+                      help="a folder or tf.io.gfile URL (gs://...) for the snapshots")
+    keep.add_argument("--model-name", default="reloop2")
+    keep.add_argument("--snapshot-seconds", type=float, default=30.0)
+    keep.add_argument("--keep-snapshots", type=int, default=3)
+    keep.add_argument("--poll-seconds", type=float, default=1.0,
+                      help="seconds between GetModelStatus polls")
+    keep.add_argument("--timeout", type=float, default=30.0, help="seconds per gRPC call")
+    keep.add_argument("--http-host", default="127.0.0.1",
+                      help="address of /ready and /healthz (0.0.0.0 for a kubelet probe)")
+    keep.add_argument("--http-port", type=int, default=8510, help="0 picks a free port")
+    keep.set_defaults(func=_keep)
+
+
+def _keep(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from reloop2_serving.keep import Keeper, probe_server
+    from reloop2_serving.store import MemoryStore
+
+    try:
+        if not args.snapshot_seconds > 0:
+            raise ValueError(f"--snapshot-seconds must be > 0, got {args.snapshot_seconds}")
+        store = MemoryStore(args.store, args.model_name, args.keep_snapshots)
+        keeper = Keeper(args.target, store, args.model_name, args.snapshot_seconds,
+                        args.poll_seconds, args.timeout)
+        http = probe_server(keeper, args.http_host, args.http_port)
+    except (ValueError, OSError) as err:
+        print(f"reloop2 memory keep: error: {err}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    keeper.start()
+    host, port = http.server_address[:2]
+    print(f"reloop2 memory keep: keeping {args.target} model '{args.model_name}' in {store.url}; "
+          f"probes on http://{host}:{port}/ready", flush=True)
+    stop.wait()
+    keeper.stop()
+    http.shutdown()
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

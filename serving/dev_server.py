@@ -50,9 +50,11 @@ from reloop2_tf.export import (
     numbered_versions,
     resolve_model_dir,
 )
+from reloop2_serving.durable import DurableMemory, MemoryEndpoint
 from reloop2_serving.errors import ServingError
 from reloop2_serving.flags import add_serve_arguments
 from reloop2_serving.rest import start_rest_server
+from reloop2_serving.store import MemoryStore
 
 logger = logging.getLogger("reloop2.dev_server")
 
@@ -94,6 +96,7 @@ class Servable:
         self._inflight = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._memory: MemoryEndpoint | None = None
 
     def signature(self, name: str):
         name = name or DEFAULT_SIGNATURE
@@ -133,8 +136,12 @@ class Servable:
             feeds[info.name] = value
         return feeds
 
-    def run(self, signature_name: str, inputs, output_filter: Iterable[str] = ()):
-        """Runs a signature on TensorProto inputs; returns ``(signature name, {alias: ndarray})``."""
+    def run(self, signature_name: str, inputs, output_filter: Iterable[str] = (),
+            internal: bool = False):
+        """Runs a signature on TensorProto inputs; returns ``(signature name, {alias: ndarray})``.
+
+        ``internal`` calls (the durable memory's) still run while the servable is unloading.
+        """
         name, sig = self.signature(signature_name)
         feeds = self._feeds(name, sig, inputs)
         aliases = list(output_filter) or list(sig.outputs)
@@ -145,7 +152,7 @@ class Servable:
                                f"'{name}': {sorted(sig.outputs)}")
         fetches = {alias: sig.outputs[alias].name for alias in aliases}
         with self._cond:
-            if self._closing:
+            if self._closing and not internal:
                 raise ServingError(grpc.StatusCode.UNAVAILABLE, "servable is being unloaded")
             self._inflight += 1
         try:
@@ -159,6 +166,16 @@ class Servable:
             with self._cond:
                 self._inflight -= 1
                 self._cond.notify_all()
+
+    def memory(self) -> MemoryEndpoint:
+        """This version's memory signatures, called in process."""
+        def call(name, arrays):
+            protos = {k: tf.make_tensor_proto(np.asarray(v)) for k, v in arrays.items()}
+            return self.run(name, protos, internal=True)[1]
+
+        if self._memory is None:
+            self._memory = MemoryEndpoint(call, self.version, set(self.signature_defs))
+        return self._memory
 
     def warm_up(self) -> int:
         """Replays ``assets.extra/tf_serving_warmup_requests`` as TF Serving does at load.
@@ -183,21 +200,38 @@ class Servable:
             count += 1
         return count
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = 30.0, before_close=None) -> None:
+        """Refuses new calls, waits for the in-flight ones, runs ``before_close()``, closes."""
         with self._cond:
             self._closing = True
             self._cond.wait_for(lambda: self._inflight == 0, timeout=timeout)
-        self.session.close()
+        try:
+            if before_close is not None:
+                before_close()
+        except Exception:
+            logger.exception("while unloading version %d", self.version)
+        finally:
+            self.session.close()
 
 
 class ModelManager:
-    """The servable currently served under ``model_name``; optionally polls for new versions."""
+    """The servable currently served under ``model_name``; optionally polls for new versions.
 
-    def __init__(self, model_dir: str | os.PathLike, model_name: str, poll_seconds: float = 0.0):
+    With ``durable``, every loaded version gets the memory before it becomes current: the
+    store's newest valid snapshot at start, the previous version's live memory on a version
+    change. The memory is snapshotted periodically and once more at ``close``.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, model_name: str, poll_seconds: float = 0.0,
+                 durable: DurableMemory | None = None):
         self.model_dir = Path(model_dir)
         self.model_name = model_name
+        self.durable = durable
         self._lock = threading.Lock()
         self.current = self._load(*resolve_model_dir(self.model_dir))
+        if durable is not None:
+            durable.restore_newest(self.current.memory())
+            durable.start(lambda: self.current.memory())
         self._stop = threading.Event()
         self._poller = None
         if poll_seconds > 0:
@@ -225,12 +259,23 @@ class ModelManager:
                 logger.exception("could not load version %d; still serving %d", newest,
                                  self.current.version)
                 continue
+            handed = None
+            if self.durable is not None:
+                try:
+                    handed = self.durable.hand_over(self.current.memory(), fresh.memory())
+                except Exception:
+                    logger.exception("memory hand-over to version %d failed; it starts from "
+                                     "its exported memory", newest)
             with self._lock:
                 old, self.current = self.current, fresh
-            # The new version starts from its exported memory: what the old one learnt since
-            # its export is gone unless a sidecar snapshotted and restored it.
+            # Without a durable store the new version starts from its exported memory: what
+            # the old one learnt since its export is gone unless a sidecar carries it over.
             logger.info("now serving version %d; unloading %d", newest, old.version)
-            old.close()
+            carry = None
+            if self.durable is not None:
+                def carry():
+                    self.durable.carry_rest(old.memory(), fresh.memory(), handed)
+            old.close(before_close=carry)
 
     def get(self, model_spec) -> Servable:
         if model_spec.name != self.model_name:
@@ -252,7 +297,14 @@ class ModelManager:
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=5)
-        self.current.close()
+        final = None
+        if self.durable is not None:
+            self.durable.stop()
+            current = self.current
+
+            def final():
+                self.durable.save(current.memory())
+        self.current.close(before_close=final)
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -313,10 +365,10 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def start_server(model_dir: str | os.PathLike, port: int = 8500, model_name: str = "reloop2",
-                 host: str = "127.0.0.1", max_workers: int = 16,
-                 poll_seconds: float = 0.0) -> tuple[grpc.Server, ModelManager, int]:
+                 host: str = "127.0.0.1", max_workers: int = 16, poll_seconds: float = 0.0,
+                 durable: DurableMemory | None = None) -> tuple[grpc.Server, ModelManager, int]:
     """Loads the model and starts serving; returns ``(server, manager, bound port)``."""
-    manager = ModelManager(model_dir, model_name, poll_seconds)
+    manager = ModelManager(model_dir, model_name, poll_seconds, durable)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionServicer(manager), server)
@@ -334,14 +386,16 @@ def start_server(model_dir: str | os.PathLike, port: int = 8500, model_name: str
 
 def serve(model_dir: str | os.PathLike, port: int = 8500, model_name: str = "reloop2",
           host: str = "127.0.0.1", max_workers: int = 16, poll_seconds: float = 0.0,
-          rest_port: int | None = None, rest_host: str = "127.0.0.1") -> int:
-    """Serves until SIGTERM or SIGINT, then drains in-flight calls and exits 0.
+          rest_port: int | None = None, rest_host: str = "127.0.0.1",
+          durable: DurableMemory | None = None) -> int:
+    """Serves until SIGTERM or SIGINT, then drains in-flight calls (and, with ``durable``,
+    writes a last snapshot) and exits 0.
 
     ``rest_port`` (``None``: no REST API; 0 picks a free port) also serves TF Serving's REST
     API on ``rest_host``.
     """
     server, manager, bound = start_server(model_dir, port, model_name, host, max_workers,
-                                          poll_seconds)
+                                          poll_seconds, durable)
     rest = None
     if rest_port is not None:
         try:
@@ -381,8 +435,16 @@ def run(args: argparse.Namespace) -> int:
         for flag, value in (("--port", args.port), ("--rest-port", args.rest_port)):
             if value is not None and not 0 <= value <= 65535:
                 raise ValueError(f"{flag} must be in [0, 65535], got {value}")
+        durable = None
+        if args.memory_store:
+            if not args.snapshot_seconds > 0:
+                raise ValueError(f"--snapshot-seconds must be > 0, got {args.snapshot_seconds}")
+            if args.keep_snapshots < 1:
+                raise ValueError(f"--keep-snapshots must be >= 1, got {args.keep_snapshots}")
+            durable = DurableMemory(MemoryStore(args.memory_store, args.model_name,
+                                                args.keep_snapshots), args.snapshot_seconds)
         return serve(args.model_dir, args.port, args.model_name, args.host, args.max_workers,
-                     args.poll_seconds, args.rest_port, args.rest_host)
+                     args.poll_seconds, args.rest_port, args.rest_host, durable)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -24,4 +24,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              "8501; 0 picks a free one); off when not given")
     parser.add_argument("--rest-host", default="127.0.0.1",
                         help="address the REST API binds; the default keeps it on loopback")
+    parser.add_argument("--memory-store", default=None,
+                        help="keep the memory durable: a folder or tf.io.gfile URL (gs://...) "
+                             "for snapshots; the newest valid one is restored at every load")
+    parser.add_argument("--snapshot-seconds", type=float, default=30.0,
+                        help="with --memory-store: seconds between snapshots (default 30)")
+    parser.add_argument("--keep-snapshots", type=int, default=3,
+                        help="with --memory-store: snapshots kept (default 3)")
     return parser

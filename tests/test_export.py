@@ -24,6 +24,7 @@ CONTRACT = {
     "memory_snapshot": {"inputs": set(), "outputs": {"sketch", "memory_weight"}},
     "memory_restore": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
     "memory_merge": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
+    "memory_layout": {"inputs": set(), "outputs": {"fingerprint"}},
 }
 
 
@@ -191,6 +192,26 @@ def test_snapshot_restore_merge_semantics_in_session(exported, rng):
         s.close()
 
 
+def test_memory_layout_fingerprint_names_the_projections_not_the_state(exported, tmp_path, rng):
+    model, path = exported
+    sess = Session(path)
+    served = sess("memory_layout")["fingerprint"].decode()
+    sess.close()
+    assert served == ex.memory_fingerprint(model.memory) and served.startswith("sha256:")
+    # The same seed and layout in a model built again: the same fingerprint, and writes
+    # change the state, never the layout.
+    twin, other = build_model(seed=3), build_model(seed=4)
+    for m in (twin, other):
+        m(make_features(1, rng))
+    twin.update_memory(make_features(5, rng), np.ones(5))
+    assert ex.memory_fingerprint(twin.memory) == served
+    assert ex.memory_fingerprint(other.memory) != served   # other projections
+    twin.memory.set_center(np.full([twin.memory.dim], 0.5, np.float32))
+    assert ex.memory_fingerprint(twin.memory) != served    # other buckets for the same hidden
+    with pytest.raises(ValueError, match="built LSHErrorMemory"):
+        ex.memory_fingerprint(r2.KNNErrorMemory(capacity=4, top_k=2))
+
+
 def test_resaved_model_keeps_updated_memory_and_old_version_does_not(tmp_path, rng):
     model = build_model(seed=5)
     base = tmp_path / "models"
@@ -306,10 +327,22 @@ def test_real_server_configs_parse():
     assert model.model_version_policy.latest.num_versions == 1
     docs = list(yaml.safe_load_all((ROOT / "serving" / "k8s.yaml").read_text()))
     assert [d["kind"] for d in docs] == ["Deployment", "Service", "Service"]
-    (container,) = docs[0]["spec"]["template"]["spec"]["containers"]
+    pod = docs[0]["spec"]["template"]["spec"]
+    container, keeper = pod["containers"]
     assert container["image"].startswith("tensorflow/serving:")
     assert "--model_config_file=/config/models.config" in container["args"]
     assert not any(a.startswith("--enable_batching") for a in container["args"])
+    # The memory sidecar: `reloop2 memory keep` on the server's port, its /ready gates the pod,
+    # and its store is a mounted volume; the flags it is given are flags it has.
+    from reloop2_tf.cli.main import build_parser
+
+    args = build_parser().parse_args([*keeper["command"][1:], *keeper["args"]])
+    assert keeper["command"][0] == "reloop2" and args.func.__name__ == "_keep"
+    assert args.target == "127.0.0.1:8500" and args.http_host == "0.0.0.0"
+    assert keeper["readinessProbe"]["httpGet"] == {"path": "/ready", "port": args.http_port}
+    mounts = {m["mountPath"]: m["name"] for m in keeper["volumeMounts"]}
+    assert args.store.startswith("/memory/") and mounts["/memory"] in {
+        v["name"] for v in pod["volumes"]}
     assert ex.PredictBatching.from_file(ROOT / "serving" / "batching_parameters.txt") == \
         ex.PredictBatching(max_batch_size=256, batch_timeout_micros=1000,
                            max_enqueued_batches=100, num_batch_threads=2)

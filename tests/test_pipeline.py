@@ -25,7 +25,7 @@ TRAIN_STEPS = 50
 FIRST_ROWS = 4000
 EXPORT_SIGNATURES = {"serving_default", "predict", "update_memory", "update_memory_by_keys",
                      "memory_snapshot",
-                     "memory_restore", "memory_merge"}
+                     "memory_restore", "memory_merge", "memory_layout"}
 
 
 def _versions(serving_dir):

@@ -94,7 +94,7 @@ def test_predict_update_predict_over_grpc_matches_keras(served):
     np.testing.assert_array_equal(only["probability"], after["probability"])
     meta = client.metadata()
     assert set(meta) == {"serving_default", "predict", "update_memory", "update_memory_by_keys",
-                         "memory_snapshot", "memory_restore", "memory_merge"}
+                         "memory_snapshot", "memory_restore", "memory_merge", "memory_layout"}
     assert meta["update_memory"]["outputs"] == {"weight_written": ("float32", []),
                                                 "memory_weight": ("float32", [])}
     assert client.status() == {1: "AVAILABLE"}

@@ -235,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     # serve, replay; pipeline run|compile
     serving_cli.register(sub)
     pipeline_cli.register(sub)
+
+    memory = sub.add_parser("memory", help="the served memory: keep it durable")
+    memory_sub = memory.add_subparsers(dest="memory_command", required=True)
+    serving_cli.register_keep(memory_sub)
     return parser
 
 
