@@ -77,9 +77,17 @@ def test_predict_update_predict_over_grpc_matches_keras(served):
         assert float(out["weight_written"]) == 6.0
     assert float(out["memory_weight"]) == 60.0
     after = client.predict(pairs)
-    # Identical rows share every bucket, so each moves towards its own label.
-    assert (after["probability"][:3] > before["probability"][:3]).all()
-    assert (after["probability"][3:] < before["probability"][3:]).all()
+    # Identical rows share every bucket: the clicked pairs move up, the others down, and the
+    # pairs' logloss falls. (Row by row the learnt base-logit weight may pull one row against
+    # its own residual; docs/core.md.)
+    assert after["probability"][:3].mean() > before["probability"][:3].mean()
+    assert after["probability"][3:].mean() < before["probability"][3:].mean()
+    pair_labels = (np.arange(6) < 3).astype(np.float64)
+
+    def logloss(p):
+        return -np.mean(pair_labels * np.log(p) + (1 - pair_labels) * np.log(1 - p))
+
+    assert logloss(after["probability"]) < logloss(before["probability"]) - 0.05
     assert (after["memory_support"] > 0).all()
 
     for round_ in range(10):
