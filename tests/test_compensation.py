@@ -350,3 +350,24 @@ def test_ids_are_required_by_name(rng):
         comp.compensate(np.zeros(4, np.float32), hidden, {"user": np.arange(4)})
     with pytest.raises(ValueError, match="strings or integers"):
         comp.compensate(np.zeros(4, np.float32), hidden, {"user": np.arange(4), "genre": np.ones(4)})
+
+
+def test_the_base_logit_trust_tempers_but_never_inverts_the_base(rng):
+    # Near-constant base logits and labels that run against them (rare positives, as on a
+    # click log): unconstrained, the logit column's trust trades off against the bias and goes
+    # below -1, which would invert the base model's ranking.
+    comp = r2.ErrorCompensation(r2.LSHErrorMemory(num_tables=0, id_groups=["item"], half_life=None))
+    for _ in range(40):
+        logits = (-4.0 + 0.5 * rng.normal(size=500)).astype(np.float32)
+        labels = (rng.random(500) < 1 / (1 + np.exp(-(-4.0 - 6.0 * (logits + 4.0))))).astype(np.float32)
+        comp.update_memory(logits, np.zeros((500, 1), np.float32), labels,
+                           ids={"item": rng.integers(0, 50, 500).astype(str)})
+    curvature, moment = (t.numpy().astype(np.float64) for t in comp.memory.trust_sums())
+    system = curvature + 10.0 * np.eye(len(moment))
+    free = np.linalg.solve(system, moment)
+    assert free[-2] < -1.0  # the unconstrained fit would invert the ranking
+    trust = comp.trust().numpy()
+    assert trust[-2] == pytest.approx(-0.5)
+    rest = [i for i in range(len(moment)) if i != len(moment) - 2]
+    expected = np.linalg.solve(system[np.ix_(rest, rest)], moment[rest] - system[rest, -2] * -0.5)
+    np.testing.assert_allclose(trust[rest], np.clip(expected, -16, 16), rtol=1e-3, atol=1e-4)

@@ -25,6 +25,9 @@ _EPS = 1e-7
 _RIDGE = 10.0
 # Trust stays in [-_MAX_TRUST, _MAX_TRUST] per group (docs/core.md).
 _MAX_TRUST = 16.0
+# The base-logit column's trust stays in [-_MAX_TEMPER, _MAX_TEMPER]: the corrected logit keeps
+# between half and 1.5 times the base's, so the base ranking is never inverted by it.
+_MAX_TEMPER = 0.5
 
 
 @keras.saving.register_keras_serializable(package="reloop2_tf")
@@ -162,9 +165,21 @@ class ErrorCompensation(keras.layers.Layer):
         where one step from zero would stop short (a large correction, a sign flip).
         """
         curvature, moment = self.memory.trust_sums()
-        ridge = _RIDGE * tf.eye(tf.shape(moment)[0])
-        solved = tf.linalg.solve(curvature + ridge, moment[:, None])[:, 0]
-        return tf.clip_by_value(solved, -_MAX_TRUST, _MAX_TRUST)
+        f = self.memory.num_trust_features
+        system = curvature + _RIDGE * tf.eye(f)
+        solved = tf.linalg.solve(system, moment[:, None])[:, 0]
+        # The base-logit column (second to last) may temper the base model's logit, never invert
+        # or double it: its trust stays in [-_MAX_TEMPER, _MAX_TEMPER] and the others are solved
+        # again with it held there (the same solution when it is inside). Near-constant logits
+        # (rare positives) otherwise let it trade off against the bias and flip the ranking.
+        z = f - 2
+        temper = tf.clip_by_value(solved[z], -_MAX_TEMPER, _MAX_TEMPER)
+        rest = list(range(z)) + [f - 1]
+        rest_system = tf.gather(tf.gather(system, rest), rest, axis=1)
+        rest_moment = tf.gather(moment - system[:, z] * temper, rest)
+        others = tf.linalg.solve(rest_system, rest_moment[:, None])[:, 0]
+        trust = tf.concat([others[:z], temper[None], others[z:]], axis=0)
+        return tf.clip_by_value(trust, -_MAX_TRUST, _MAX_TRUST)
 
     def _paper_read(self, base_logits, est) -> dict[str, tf.Tensor]:
         base = tf.sigmoid(base_logits)
