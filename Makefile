@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/reloop2 demo --output runs/demo
 
 bench: $(STAMP)
+	$(PY) benchmarks/serving_cost.py --output runs/bench/serving_cost.json
 	$(PY) benchmarks/memory_benchmark.py --output runs/bench/memory.json
 
 drift: $(STAMP)
