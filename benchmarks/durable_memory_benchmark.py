@@ -13,7 +13,6 @@ Each restarted server is the next trial's server.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -37,22 +36,12 @@ from reloop2_tf._keras import keras
 from reloop2_tf.features import FeatureSpec
 from reloop2_tf.models import build_model
 from reloop2_serving.client import ReLoop2Client
+from random_rows import make_features, report  # noqa: E402  (benchmarks/)
 from reloop2_serving.process import DevServerProcess
 from reloop2_serving.store import MemoryStore
 
 _WROTE = re.compile(r"wrote memory snapshot \S+ \(version \d+, memory_weight \S+, (\d+) bytes "
                     r"of state, ([\d.]+) ms\)")
-
-
-def make_features(spec: FeatureSpec, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    out = {}
-    for name in spec.names:
-        if name == "history":
-            out[name] = np.array([" ".join(str(i) for i in rng.integers(1, 3700, 20))
-                                  for _ in range(n)], dtype=object)
-        else:
-            out[name] = np.array([str(v) for v in rng.integers(1, 3000, n)], dtype=object)
-    return out
 
 
 class Writer(threading.Thread):
@@ -150,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [trial_series(tmp / "models", tmp / f"store-{s:g}", s, args.trials,
                             args.rows_per_second, batches, labels, rng)
                for s in args.snapshot_seconds]
-    print(json.dumps(results, indent=2))
-    if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    report(results, args.output)
     return 0
 
 

@@ -32,6 +32,7 @@ from reloop2_tf.features import FeatureSpec
 from reloop2_tf.models import build_model
 from reloop2_serving.client import ReLoop2Client
 from reloop2_serving.process import DevServerProcess
+from random_rows import report  # noqa: E402  (benchmarks/)
 
 
 def make_features(spec: FeatureSpec, n: int, rng: np.random.Generator) -> dict[str, list[str]]:
@@ -90,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                                                               "rest_columnar": len(col)}
             client.close()
     results["load_average_1min"] = os.getloadavg()[0]
-    print(json.dumps(results, indent=2))
-    if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    report(results, args.output)
     return 0
 
 

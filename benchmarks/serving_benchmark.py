@@ -39,18 +39,7 @@ from reloop2_tf._keras import keras, tf
 from reloop2_tf.features import FeatureSpec
 from reloop2_tf.models import build_model
 from reloop2_serving.client import ReLoop2Client
-
-
-def make_features(spec: FeatureSpec, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random raw rows in the canonical columns (ids as strings, history space-separated)."""
-    out = {}
-    for name in spec.names:
-        if name == "history":
-            out[name] = np.array([" ".join(str(i) for i in rng.integers(1, 3700, 20))
-                                  for _ in range(n)], dtype=object)
-        else:
-            out[name] = np.array([str(v) for v in rng.integers(1, 3000, n)], dtype=object)
-    return out
+from random_rows import make_features  # noqa: E402  (benchmarks/)
 
 
 def export_base(base: r2.ReLoop2Model, path: str) -> None:

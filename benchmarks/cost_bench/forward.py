@@ -9,21 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from cost_bench import macs, stats
+from random_rows import make_features
 
 MOVIELENS_GROUPS = [["item_id"], ["user_id", "genre"], ["user_id", "release_year"],
                     ["item_id", "age"], ["item_id", "gender"], ["item_id", "occupation"]]
-
-
-def make_features(spec, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random raw rows: ids as strings, sequences as 20 space-separated ids."""
-    out = {}
-    for feature in spec.features:
-        if hasattr(feature, "max_length"):
-            out[feature.name] = np.array([" ".join(map(str, rng.integers(1, 3700, 20)))
-                                          for _ in range(n)], dtype=object)
-        else:
-            out[feature.name] = rng.integers(1, 3000, n).astype(str).astype(object)
-    return out
 
 
 def default_model(name: str):
