@@ -7,14 +7,22 @@ them); ``tests/test_export.py`` pins them:
   the base model's ``keras.Input``; outputs ``probability``, ``base_probability``,
   ``estimated_error``, ``memory_support`` (each ``[B]``) and, for the sketch memory,
   ``memory_keys`` (int32 ``[B, T]``: the row's bucket in every table).
-* ``update_memory``: the features plus ``label`` and ``sample_weight`` (float32 ``[B]``);
-  outputs ``weight_written`` and ``memory_weight`` (float32 scalars).
+* ``update_memory``: the features plus ``label`` and ``sample_weight`` (float32 ``[B]``) and
+  ``write_id`` (string scalar); outputs ``weight_written`` and ``memory_weight`` (float32
+  scalars).
 * ``update_memory_by_keys`` (sketch memory): ``memory_keys``, ``base_probability`` (as predict
-  returned them), ``label`` and ``sample_weight``; the same outputs. It runs no base model.
+  returned them), ``label``, ``sample_weight`` and ``write_id``; the same outputs. It runs no
+  base model.
 * ``memory_snapshot`` (no inputs): ``sketch`` (float32 ``[num_cells, 3]``, true units) and
   ``memory_weight``.
-* ``memory_restore`` (``sketch`` in, replaces the memory) and ``memory_merge`` (``sketch`` in,
-  added to the memory): output ``memory_weight``.
+* ``memory_restore`` (``sketch`` in, replaces the memory): output ``memory_weight``.
+  ``memory_merge`` (``sketch`` and ``write_id`` in, added to the memory): outputs
+  ``weight_written`` (the delta's weight) and ``memory_weight``.
+
+Writes are idempotent by ``write_id``: a non-empty id among the last ``WRITE_ID_WINDOW`` ids
+this model has written writes nothing and returns ``weight_written = 0``, so a client may retry
+a write whose answer it lost. An empty id is never deduplicated. The window lives in the
+served graph (not in the memory's snapshot): a restart or a new version starts it empty.
 * ``memory_layout`` (no inputs): ``fingerprint`` (a string scalar, ``memory_fingerprint``): two
   models whose fingerprints are equal can take each other's snapshots.
 
@@ -65,6 +73,10 @@ PREDICT_OUTPUTS = ("probability", "base_probability", "estimated_error", "memory
 UPDATE_OUTPUTS = ("weight_written", "memory_weight")
 MEMORY_WEIGHT = "memory_weight"
 FINGERPRINT = "fingerprint"
+WRITE_ID = "write_id"
+# The most recent write ids a served model remembers (2**17 >= 100,000): a retry older than
+# this many newer writes would write again.
+WRITE_ID_WINDOW = 2**17
 
 READ_ONLY_SIGNATURES = (SERVING_DEFAULT, PREDICT, MEMORY_SNAPSHOT, MEMORY_LAYOUT)
 WRITE_SIGNATURES = (UPDATE_MEMORY, UPDATE_MEMORY_BY_KEYS, MEMORY_RESTORE, MEMORY_MERGE)
@@ -145,10 +157,10 @@ def feature_specs(model: ReLoop2Model) -> dict[str, tf.TensorSpec]:
         if not _VALID_NAME.match(name):
             raise ValueError(f"Input names become signature inputs and must match "
                              f"{_VALID_NAME.pattern}. Received: input name {name!r}")
-        if name in (LABEL, SAMPLE_WEIGHT, MEMORY_KEYS, BASE_PROBABILITY):
+        if name in (LABEL, SAMPLE_WEIGHT, MEMORY_KEYS, BASE_PROBABILITY, WRITE_ID):
             raise ValueError(f"A base-model input may not be called {name!r}: the writing "
-                             f"signatures take `{LABEL}`, `{SAMPLE_WEIGHT}`, `{MEMORY_KEYS}` and "
-                             f"`{BASE_PROBABILITY}` themselves.")
+                             f"signatures take `{LABEL}`, `{SAMPLE_WEIGHT}`, `{MEMORY_KEYS}`, "
+                             f"`{BASE_PROBABILITY}` and `{WRITE_ID}` themselves.")
         shape = tf.TensorShape([None]).concatenate(tensor.shape[1:])
         specs[name] = tf.TensorSpec(shape, tensor.dtype, name=name)
     if not specs:
@@ -230,6 +242,34 @@ class _ServingModule(tf.Module):
         self.model = model
         self._specs = specs
         self._batching = batching
+        # The recent write ids, as 62-bit hashes (0: an empty slot) in a ring; `write_count`
+        # ids have been remembered so far.
+        self.write_ids = tf.Variable(tf.zeros([WRITE_ID_WINDOW], tf.int64), trainable=False,
+                                     name="write_ids")
+        self.write_count = tf.Variable(tf.constant(0, tf.int64), trainable=False,
+                                       name="write_count")
+
+    def once(self, write_id, write) -> tf.Tensor:
+        """Runs ``write()`` (which returns the weight written) unless ``write_id`` is a recent,
+        non-empty id; then returns 0 and writes nothing. Inputs must be checked already."""
+        given = tf.strings.length(write_id) > 0
+        # +1 so that no id hashes to 0, the mark of an empty slot.
+        code = tf.strings.to_hash_bucket_fast(write_id, 2**62) + 1
+        seen = tf.logical_and(given, tf.reduce_any(tf.equal(self.write_ids, code)))
+
+        def remember():
+            slot = tf.math.floormod(self.write_count, WRITE_ID_WINDOW)
+            self.write_ids.scatter_nd_update(slot[None, None], code[None])
+            self.write_count.assign_add(1)
+            return tf.no_op()
+
+        def fresh():
+            written = write()
+            with tf.control_dependencies([written]):
+                tf.cond(given, remember, tf.no_op)
+                return tf.identity(written)
+
+        return tf.cond(seen, lambda: tf.constant(0.0), fresh)
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         specs, model = self._specs, self.model
@@ -256,13 +296,15 @@ class _ServingModule(tf.Module):
 
         label_spec = tf.TensorSpec([None], tf.float32, name=LABEL)
         weight_spec = tf.TensorSpec([None], tf.float32, name=SAMPLE_WEIGHT)
+        id_spec = tf.TensorSpec([], tf.string, name=WRITE_ID)
 
-        @tf.function(input_signature=[specs, label_spec, weight_spec])
-        def update_memory(features, label, sample_weight):
+        @tf.function(input_signature=[specs, label_spec, weight_spec, id_spec])
+        def update_memory(features, label, sample_weight, write_id):
             checked = _checked({**features, LABEL: label, SAMPLE_WEIGHT: sample_weight},
                                [*names, LABEL, SAMPLE_WEIGHT])
             label, sample_weight = _checked_label_and_weight(checked)
-            written = model.update_memory({n: checked[n] for n in names}, label, sample_weight)
+            written = self.once(write_id, lambda: model.update_memory(
+                {n: checked[n] for n in names}, label, sample_weight))
             # Read after the write: automatic control dependencies order ops on the variable.
             return {"weight_written": written, MEMORY_WEIGHT: model.memory.total_weight()}
 
@@ -274,23 +316,22 @@ class _ServingModule(tf.Module):
             keys_spec = tf.TensorSpec([None, memory.total_tables], tf.int32, name=MEMORY_KEYS)
             base_spec = tf.TensorSpec([None], tf.float32, name=BASE_PROBABILITY)
 
-            @tf.function(input_signature=[keys_spec, base_spec, label_spec, weight_spec])
-            def update_memory_by_keys(memory_keys, base_probability, label, sample_weight):
+            @tf.function(input_signature=[keys_spec, base_spec, label_spec, weight_spec, id_spec])
+            def update_memory_by_keys(memory_keys, base_probability, label, sample_weight,
+                                      write_id):
                 checked = _checked({MEMORY_KEYS: memory_keys, BASE_PROBABILITY: base_probability,
                                     LABEL: label, SAMPLE_WEIGHT: sample_weight},
                                    [MEMORY_KEYS, BASE_PROBABILITY, LABEL, SAMPLE_WEIGHT])
                 label, sample_weight = _checked_label_and_weight(checked)
-                written = model.update_memory_by_keys(checked[MEMORY_KEYS],
-                                                      checked[BASE_PROBABILITY], label,
-                                                      sample_weight)
+                written = self.once(write_id, lambda: model.update_memory_by_keys(
+                    checked[MEMORY_KEYS], checked[BASE_PROBABILITY], label, sample_weight))
                 return {"weight_written": written, MEMORY_WEIGHT: memory.total_weight()}
 
             functions[UPDATE_MEMORY_BY_KEYS] = update_memory_by_keys.get_concrete_function()
-            functions.update(self._sketch_signatures(memory))
+            functions.update(self._sketch_signatures(memory, id_spec))
         return functions
 
-    @staticmethod
-    def _sketch_signatures(memory: LSHErrorMemory) -> dict:
+    def _sketch_signatures(self, memory: LSHErrorMemory, id_spec: tf.TensorSpec) -> dict:
         sketch_spec = tf.TensorSpec([memory.num_state_rows, 3], tf.float32, name=SKETCH)
 
         @tf.function(input_signature=[])
@@ -302,10 +343,16 @@ class _ServingModule(tf.Module):
             memory.restore(sketch)
             return {MEMORY_WEIGHT: memory.total_weight()}
 
-        @tf.function(input_signature=[sketch_spec])
-        def memory_merge(sketch):
-            memory.merge(sketch)  # one locked assign_add: safe beside concurrent writers
-            return {MEMORY_WEIGHT: memory.total_weight()}
+        @tf.function(input_signature=[sketch_spec, id_spec])
+        def memory_merge(sketch, write_id):
+            sketch = memory.check_delta(sketch)
+
+            def merge():
+                memory.merge(sketch)  # one locked assign_add: safe beside concurrent writers
+                return tf.reduce_sum(sketch[:memory.table_sizes[0], 0])
+
+            written = self.once(write_id, merge)
+            return {"weight_written": written, MEMORY_WEIGHT: memory.total_weight()}
 
         # Computed now from the values being saved; a constant in the graph, so the sidecar can
         # read it over gRPC without loading the SavedModel.
@@ -328,15 +375,16 @@ def signature_contract(model: ReLoop2Model) -> dict[str, dict[str, list[str]]]:
     contract = {
         SERVING_DEFAULT: predict,
         PREDICT: predict,
-        UPDATE_MEMORY: {"inputs": [*names, LABEL, SAMPLE_WEIGHT], "outputs": list(UPDATE_OUTPUTS)},
+        UPDATE_MEMORY: {"inputs": [*names, LABEL, SAMPLE_WEIGHT, WRITE_ID],
+                        "outputs": list(UPDATE_OUTPUTS)},
     }
     if isinstance(model.memory, LSHErrorMemory):
         contract[UPDATE_MEMORY_BY_KEYS] = {
-            "inputs": [MEMORY_KEYS, BASE_PROBABILITY, LABEL, SAMPLE_WEIGHT],
+            "inputs": [MEMORY_KEYS, BASE_PROBABILITY, LABEL, SAMPLE_WEIGHT, WRITE_ID],
             "outputs": list(UPDATE_OUTPUTS)}
         contract[MEMORY_SNAPSHOT] = {"inputs": [], "outputs": [SKETCH, MEMORY_WEIGHT]}
         contract[MEMORY_RESTORE] = {"inputs": [SKETCH], "outputs": [MEMORY_WEIGHT]}
-        contract[MEMORY_MERGE] = {"inputs": [SKETCH], "outputs": [MEMORY_WEIGHT]}
+        contract[MEMORY_MERGE] = {"inputs": [SKETCH, WRITE_ID], "outputs": list(UPDATE_OUTPUTS)}
         contract[MEMORY_LAYOUT] = {"inputs": [], "outputs": [FINGERPRINT]}
     return contract
 
@@ -509,6 +557,8 @@ __all__ = [
     "UPDATE_MEMORY",
     "UPDATE_MEMORY_BY_KEYS",
     "UPDATE_OUTPUTS",
+    "WRITE_ID",
+    "WRITE_ID_WINDOW",
     "PredictBatching",
     "export_serving_model",
     "feature_specs",

@@ -4,9 +4,11 @@
 >>> out = client.predict({"user_id": ["u1"], "item_id": ["i9"]})      # out["probability"]: [1]
 >>> client.update_memory({"user_id": ["u1"], "item_id": ["i9"]}, labels=[1.0])
 
-``update_memory`` is not idempotent: a retried call that had reached the server writes twice.
-The client therefore never retries it; on DEADLINE_EXCEEDED or UNAVAILABLE the write may or may
-not have happened (compare ``memory_weight`` before and after if it matters).
+Writes are exactly-once: every ``update_memory``, ``update_memory_by_keys`` and ``merge`` sends
+a ``write_id`` (a fresh one unless the caller gives one), and a call that fails with UNAVAILABLE
+or DEADLINE_EXCEEDED is retried with the same id. The model drops an id it has already written
+(``weight_written`` 0), so a retry of a write whose answer was lost adds nothing
+(docs/serving.md, "Exactly-once writes").
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from concurrent import futures
 from typing import Self
@@ -35,6 +39,14 @@ from tensorflow_serving.apis import (
 logger = logging.getLogger(__name__)
 
 GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+# Status codes after which a call may or may not have reached the model: retried (writes with
+# the same write_id, so the model counts them once).
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def new_write_id() -> str:
+    """A fresh, unique ``write_id``."""
+    return uuid.uuid4().hex
 
 
 class ReLoop2Client:
@@ -45,14 +57,21 @@ class ReLoop2Client:
         model_name: str. The model name in the server's config. Defaults to `"reloop2"`.
         timeout: float. Seconds per call. Defaults to `30.0`.
         version: optional int. Pin a model version. Defaults to `None` (the newest).
+        retries: int >= 0. Further attempts after UNAVAILABLE or DEADLINE_EXCEEDED, with
+            exponential backoff from ``backoff`` seconds. Defaults to `3`.
+        backoff: float. Seconds before the first retry. Defaults to `0.1`.
     """
 
     def __init__(self, target: str, model_name: str = "reloop2", timeout: float = 30.0,
-                 version: int | None = None):
+                 version: int | None = None, retries: int = 3, backoff: float = 0.1):
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"`retries` should be an int >= 0. Received: retries={retries!r}")
         self.target = target
         self.model_name = model_name
         self.timeout = timeout
         self.version = version
+        self.retries = retries
+        self.backoff = float(backoff)
         self._channel = grpc.insecure_channel(target, options=GRPC_OPTIONS)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
@@ -84,9 +103,22 @@ class ReLoop2Client:
 
     def call(self, signature_name: str, inputs: Mapping[str, object],
              output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        """Runs any signature; raises ``grpc.RpcError`` with the server's status code."""
+        """Runs any signature; raises ``grpc.RpcError`` with the server's status code.
+
+        UNAVAILABLE and DEADLINE_EXCEEDED are retried ``retries`` times (the same request, so a
+        write keeps its ``write_id``); other errors are raised at once.
+        """
         request = self.request(signature_name, inputs, output_filter)
-        response = self._stub.Predict(request, timeout=self.timeout)
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._stub.Predict(request, timeout=self.timeout)
+                break
+            except grpc.RpcError as err:
+                if err.code() not in RETRYABLE or attempt == self.retries:
+                    raise
+                logger.info("%s on %s: %s; retry %d of %d", signature_name, self.target,
+                            err.code().name, attempt + 1, self.retries)
+                time.sleep(self.backoff * 2**attempt)
         return {alias: tf.make_ndarray(proto) for alias, proto in response.outputs.items()}
 
     def metadata(self) -> dict[str, dict[str, dict[str, tuple[str, list[int] | None]]]]:
@@ -153,11 +185,13 @@ class ReLoop2Client:
         for a sketch memory, ``memory_keys`` (what ``update_memory_by_keys`` takes back)."""
         return self.call(signature_name, self._features(features, signature_name), output_filter)
 
-    def update_memory(self, features: Mapping[str, object], labels,
-                      sample_weight=None) -> dict[str, np.ndarray]:
-        """Writes revealed labels; returns ``weight_written`` and ``memory_weight``.
+    def update_memory(self, features: Mapping[str, object], labels, sample_weight=None,
+                      write_id: str | None = None) -> dict[str, np.ndarray]:
+        """Writes revealed labels; returns ``weight_written`` (0 if ``write_id`` was already
+        written) and ``memory_weight``.
 
         TF Serving feeds every input of a signature, so missing weights are sent as ones.
+        ``write_id``: `None` for a fresh one, ``""`` for no deduplication.
         """
         inputs = self._features(features, "update_memory")
         labels = np.asarray(labels, dtype=np.float32).reshape(-1)
@@ -165,10 +199,11 @@ class ReLoop2Client:
             sample_weight = np.ones_like(labels)
         inputs["label"] = labels
         inputs["sample_weight"] = np.asarray(sample_weight, dtype=np.float32).reshape(-1)
+        inputs["write_id"] = _write_id(write_id)
         return self.call("update_memory", inputs)
 
-    def update_memory_by_keys(self, memory_keys, base_probability, labels,
-                              sample_weight=None) -> dict[str, np.ndarray]:
+    def update_memory_by_keys(self, memory_keys, base_probability, labels, sample_weight=None,
+                              write_id: str | None = None) -> dict[str, np.ndarray]:
         """Writes revealed labels by the ``memory_keys`` and ``base_probability`` that ``predict``
         returned for the same rows: the server runs no model. Same outputs as ``update_memory``."""
         labels = np.asarray(labels, dtype=np.float32).reshape(-1)
@@ -178,7 +213,8 @@ class ReLoop2Client:
             "memory_keys": np.asarray(memory_keys, dtype=np.int32),
             "base_probability": np.asarray(base_probability, dtype=np.float32).reshape(-1),
             "label": labels,
-            "sample_weight": np.asarray(sample_weight, dtype=np.float32).reshape(-1)})
+            "sample_weight": np.asarray(sample_weight, dtype=np.float32).reshape(-1),
+            "write_id": _write_id(write_id)})
 
     def snapshot(self) -> np.ndarray:
         """The memory's whole state ``[num_state_rows, 3]`` in true units (tables, then the
@@ -194,10 +230,19 @@ class ReLoop2Client:
         out = self.call("memory_restore", {"sketch": np.asarray(sketch, dtype=np.float32)})
         return float(out["memory_weight"])
 
-    def merge(self, delta) -> float:
-        """Adds ``delta`` (a sketch or a difference of snapshots); returns the new total weight."""
-        out = self.call("memory_merge", {"sketch": np.asarray(delta, dtype=np.float32)})
-        return float(out["memory_weight"])
+    def merge(self, delta, write_id: str | None = None) -> dict[str, np.ndarray]:
+        """Adds ``delta`` (a sketch or a difference of snapshots); returns ``weight_written``
+        (the delta's weight, 0 if ``write_id`` was already written) and ``memory_weight``."""
+        return self.call("memory_merge", {"sketch": np.asarray(delta, dtype=np.float32),
+                                          "write_id": _write_id(write_id)})
+
+
+def _write_id(write_id: str | None) -> np.ndarray:
+    if write_id is None:
+        write_id = new_write_id()
+    if not isinstance(write_id, str):
+        raise TypeError(f"`write_id` should be a str or None. Received: {type(write_id).__name__}")
+    return np.array(write_id.encode("utf-8"), dtype=object)
 
 
 @dataclasses.dataclass
@@ -216,8 +261,9 @@ class FanOutResult:
 class FanOutClient:
     """Sends every ``update_memory`` to all replicas in parallel, so their memories stay equal.
 
-    A replica that fails is reported, never retried (a retry could write twice); heal it with
-    ``memory_restore`` from a healthy replica's snapshot.
+    Every replica gets the same ``write_id``, and each client retries UNAVAILABLE and
+    DEADLINE_EXCEEDED with it. A replica that still fails is reported; heal it with
+    ``memory_restore`` from a healthy replica's snapshot (``reloop2 memory sync`` does).
 
     Args:
         targets: ``host:port`` of every replica.
@@ -243,9 +289,11 @@ class FanOutClient:
                 errors[target] = err
         return FanOutResult(results, errors)
 
-    def update_memory(self, features, labels, sample_weight=None) -> FanOutResult:
-        """``update_memory`` on every replica at once."""
-        return self._each("update_memory", features, labels, sample_weight)
+    def update_memory(self, features, labels, sample_weight=None,
+                      write_id: str | None = None) -> FanOutResult:
+        """``update_memory`` on every replica at once, with one ``write_id``."""
+        write_id = new_write_id() if write_id is None else write_id
+        return self._each("update_memory", features, labels, sample_weight, write_id)
 
     def predict(self, features) -> FanOutResult:
         """``predict`` on every replica (to compare them)."""

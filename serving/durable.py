@@ -68,7 +68,9 @@ class MemoryEndpoint:
         return float(self.call(MEMORY_RESTORE, {"sketch": sketch})["memory_weight"])
 
     def merge(self, delta: np.ndarray) -> float:
-        return float(self.call(MEMORY_MERGE, {"sketch": delta})["memory_weight"])
+        # An internal hand-over, never retried: no deduplication.
+        out = self.call(MEMORY_MERGE, {"sketch": delta, "write_id": np.array(b"", object)})
+        return float(out["memory_weight"])
 
 
 def _digest(sketch: np.ndarray) -> str:
@@ -216,7 +218,7 @@ class DurableMemory:
             return
         try:
             weight = new.merge(delta)
-        except Exception as err:  # e.g. half-life decay made a weight delta negative
+        except Exception as err:  # e.g. the new version was restored meanwhile
             logger.warning("writes to version %d during the hand-over were not carried over: %s",
                            old.version, err)
             return

@@ -69,7 +69,8 @@ def replay(data: str, target: str, model_name: str = "reloop2", batch_size: int 
         frame = frame.iloc[:max_rows]
     with ReLoop2Client(target, model_name, timeout=timeout) as client:
         dtypes = client.input_dtypes("update_memory")
-        dtypes = {k: v for k, v in dtypes.items() if k not in ("label", "sample_weight")}
+        dtypes = {k: v for k, v in dtypes.items()
+                  if k not in ("label", "sample_weight", "write_id")}
         by_keys = "update_memory_by_keys" in client.metadata()
         features = _columns(frame, dtypes)
         labels = frame["label"].to_numpy().astype(np.float32)

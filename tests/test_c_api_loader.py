@@ -176,7 +176,9 @@ def test_c_api_loader_matches_tf1_session(runner, exported, tmp_path):
     rng = np.random.default_rng(42)
     x = _features(model, ROWS, rng)
     write = {**x, "label": rng.integers(0, 2, ROWS).astype(np.float32),
-             "sample_weight": rng.integers(1, 8, ROWS).astype(np.float32) * 0.25}
+             "sample_weight": rng.integers(1, 8, ROWS).astype(np.float32) * 0.25,
+             "write_id": np.array("", dtype=object)}  # "": no deduplication
+    merge = {"sketch": None, "write_id": np.array("", dtype=object)}
     plan = Plan(tmp_path, sess.sigs)
 
     warmup = None
@@ -194,12 +196,16 @@ def test_c_api_loader_matches_tf1_session(runner, exported, tmp_path):
     (pred1,) = plan.step(("serving_default", x, 2, 1))
     (snap1,) = plan.step(("memory_snapshot", {}, 1, 1))
     delta = sess("memory_snapshot")["sketch"]  # a valid sketch: the exported memory
-    (merged,) = plan.step(("memory_merge", {"sketch": delta}, 1, 1))
+    merge["sketch"] = delta
+    (merged,) = plan.step(("memory_merge", merge, 1, 1))
     (snap2,) = plan.step(("memory_snapshot", {}, 1, 1))
     # Writers, mergers and readers at the same time.
-    busy = plan.step(("update_memory", write, 4, 3), ("memory_merge", {"sketch": delta}, 2, 2),
+    busy = plan.step(("update_memory", write, 4, 3), ("memory_merge", merge, 2, 2),
                      ("predict", x, 2, 4))
     (snap3,) = plan.step(("memory_snapshot", {}, 1, 1))
+    # One write id sent three times: the C++ loader's session writes it once.
+    (once,) = plan.step(("update_memory", {**write, "write_id": np.array("c-api", object)}, 1, 3))
+    (snap4,) = plan.step(("memory_snapshot", {}, 1, 1))
     plan.run(runner, path)
 
     # The Python (TF1 Session) side, the same calls in order.
@@ -248,4 +254,8 @@ def test_c_api_loader_matches_tf1_session(runner, exported, tmp_path):
         np.testing.assert_allclose(final["memory_weight"], sequential["memory_weight"], rtol=1e-3)
     for out in results(busy[2]):
         assert ((out["probability"] >= 0) & (out["probability"] <= 1)).all()
+    assert float(results(once)[0]["weight_written"]) == 0.0  # the third of three
+    np.testing.assert_allclose(float(results(snap4)[0]["memory_weight"]),
+                               float(final["memory_weight"]) + write["sample_weight"].sum(),
+                               rtol=1e-3)
     sess.close()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import ROOT, Session, build_model, make_features, take
+from serving_helpers import ROOT, TABLE_SIZES, Session, build_model, make_features, take
 
 import reloop2_tf as r2
 from reloop2_tf import export as ex
@@ -17,13 +17,14 @@ PREDICT = {"inputs": FEATURES, "outputs": {"probability", "base_probability", "e
 CONTRACT = {
     "serving_default": PREDICT,
     "predict": PREDICT,
-    "update_memory": {"inputs": FEATURES | {"label", "sample_weight"},
+    "update_memory": {"inputs": FEATURES | {"label", "sample_weight", "write_id"},
                       "outputs": {"weight_written", "memory_weight"}},
-    "update_memory_by_keys": {"inputs": {"memory_keys", "base_probability", "label", "sample_weight"},
+    "update_memory_by_keys": {"inputs": {"memory_keys", "base_probability", "label", "sample_weight",
+                                         "write_id"},
                               "outputs": {"weight_written", "memory_weight"}},
     "memory_snapshot": {"inputs": set(), "outputs": {"sketch", "memory_weight"}},
     "memory_restore": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
-    "memory_merge": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
+    "memory_merge": {"inputs": {"sketch", "write_id"}, "outputs": {"weight_written", "memory_weight"}},
     "memory_layout": {"inputs": set(), "outputs": {"fingerprint"}},
 }
 
@@ -48,7 +49,8 @@ def test_signature_contract_exact_names_and_dtypes(exported):
             for k, v in ex.signature_contract(model).items()} == CONTRACT
     dtypes = {k: tf.dtypes.as_dtype(v.dtype) for k, v in sess.sigs["update_memory"].inputs.items()}
     assert dtypes == {"user_id": tf.string, "item_id": tf.string, "price": tf.float32,
-                      "label": tf.float32, "sample_weight": tf.float32}
+                      "label": tf.float32, "sample_weight": tf.float32, "write_id": tf.string}
+    assert [d.size for d in sess.sigs["update_memory"].inputs["write_id"].tensor_shape.dim] == []
     sketch = sess.sigs["memory_snapshot"].outputs["sketch"].tensor_shape
     assert [d.size for d in sketch.dim] == [model.memory.num_state_rows, 3]
     keys = sess.sigs["predict"].outputs["memory_keys"]
@@ -56,7 +58,7 @@ def test_signature_contract_exact_names_and_dtypes(exported):
     assert [d.size for d in keys.tensor_shape.dim] == [-1, model.memory.total_tables]
     for name in ("serving_default", "update_memory"):
         assert all(len(t.tensor_shape.dim) == 1 and t.tensor_shape.dim[0].size == -1
-                   for t in sess.sigs[name].inputs.values())
+                   for k, t in sess.sigs[name].inputs.items() if k != "write_id")
     sess.close()
 
 
@@ -77,7 +79,8 @@ def test_tf1_session_and_eager_agree_with_keras_through_an_update(exported, rng)
 
     eager = tf.saved_model.load(str(path))
     out = eager.signatures["update_memory"](**{k: tf.constant(v) for k, v in x.items()},
-                                            label=tf.constant(labels), sample_weight=tf.constant(weights))
+                                            label=tf.constant(labels), sample_weight=tf.constant(weights),
+                                            write_id=tf.constant(""))
     assert float(out["memory_weight"]) == 20 + weights.sum()
     eager_after = eager.signatures["serving_default"](**{k: tf.constant(v) for k, v in x.items()})
 
@@ -125,9 +128,9 @@ def test_invalid_input_fails_before_any_write(exported, rng, bad):
         inputs = {k: v[:0] for k, v in inputs.items()}
         match = "the batch is empty"
     else:
-        signature, match = "memory_merge", "`state` has negative weights"
+        signature, match = "memory_merge", "`state` would leave negative weights"
         sketch = np.zeros([model.memory.num_state_rows, 3], np.float32)
-        sketch[0, 0] = -1.0
+        sketch[0, 0] = -1e6
         inputs = {"sketch": sketch}
     checksum = sess.checksum()
     with pytest.raises(tf.errors.InvalidArgumentError, match=match):
@@ -190,6 +193,89 @@ def test_snapshot_restore_merge_semantics_in_session(exported, rng):
     np.testing.assert_array_equal(c("memory_snapshot")["sketch"], start)
     for s in (a, b, c, whole):
         s.close()
+
+
+def test_a_repeated_write_id_writes_nothing_in_session_and_eagerly(exported, rng):
+    _, path = exported
+    x, y = make_features(25, rng), rng.integers(0, 2, 25).astype(np.float32)
+    w = np.ones(25, np.float32)
+    sess, reference = Session(path), Session(path)
+    served = sess("predict", **x)
+    by_keys = dict(memory_keys=served["memory_keys"], base_probability=served["base_probability"],
+                   label=y, sample_weight=w)
+    first = sess("update_memory", **x, label=y, sample_weight=w, write_id="a")
+    assert float(first["weight_written"]) == 25
+    after = sess("memory_snapshot")["sketch"]
+    # The same id again, on every writing signature: nothing is written, 0 is returned.
+    for name, inputs in (("update_memory", {**x, "label": y, "sample_weight": w}),
+                         ("update_memory_by_keys", by_keys)):
+        again = sess(name, **inputs, write_id="a")
+        assert float(again["weight_written"]) == 0.0
+        assert float(again["memory_weight"]) == float(first["memory_weight"])
+    np.testing.assert_array_equal(sess("memory_snapshot")["sketch"], after)
+    # Fresh ids and empty ids write; an empty id is never remembered.
+    assert float(sess("update_memory_by_keys", **by_keys, write_id="b")["weight_written"]) == 25
+    for _ in range(2):
+        assert float(sess("update_memory_by_keys", **by_keys, write_id="")["weight_written"]) == 25
+    reference("update_memory", **x, label=y, sample_weight=w)
+    for _ in range(3):
+        reference("update_memory_by_keys", **by_keys)
+    np.testing.assert_allclose(sess("memory_snapshot")["sketch"],
+                               reference("memory_snapshot")["sketch"], rtol=1e-6)
+    # Merges: a delta under one id is added once.
+    delta = sess("memory_snapshot")["sketch"] - after
+    merged = reference("memory_merge", sketch=delta, write_id="m")
+    assert float(merged["weight_written"]) == pytest.approx(75)
+    state = reference("memory_snapshot")["sketch"]
+    assert float(reference("memory_merge", sketch=delta, write_id="m")["weight_written"]) == 0
+    np.testing.assert_array_equal(reference("memory_snapshot")["sketch"], state)
+    # A bad request with a known id is still rejected by name (checks come first).
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`label` must be in"):
+        sess("update_memory", **x, label=y * 3, sample_weight=w, write_id="a")
+    sess.close()
+    reference.close()
+    # Eagerly, after tf.saved_model.load, the same.
+    loaded = tf.saved_model.load(path)
+    upd = loaded.signatures["update_memory_by_keys"]
+    args = {k: tf.constant(v) for k, v in by_keys.items()}
+    assert float(upd(**args, write_id=tf.constant("e"))["weight_written"]) == 25
+    assert float(upd(**args, write_id=tf.constant("e"))["weight_written"]) == 0
+
+
+def test_the_write_id_window_forgets_the_oldest_id(tmp_path, rng, monkeypatch):
+    monkeypatch.setattr(ex, "WRITE_ID_WINDOW", 4)
+    model = build_model(seed=1)
+    path = ex.export_serving_model(model, tmp_path / "m")
+    sess = Session(path)
+    x, y = make_features(3, rng), np.ones(3, np.float32)
+    w = np.ones(3, np.float32)
+
+    def write(write_id):
+        return float(sess("update_memory", **x, label=y, sample_weight=w,
+                          write_id=write_id)["weight_written"])
+
+    assert [write(i) for i in "abcd"] == [3.0] * 4
+    assert [write(i) for i in "abcd"] == [0.0] * 4  # all four remembered
+    assert write("e") == 3.0                           # pushes "a" out of the window
+    assert [write("b"), write("a")] == [0.0, 3.0]
+    sess.close()
+
+
+def test_a_merge_may_forget_but_not_leave_negative_weights(exported, rng):
+    _, path = exported
+    sess = Session(path)
+    state = sess("memory_snapshot")["sketch"]
+    # A delta that halves every bucket (what half-life decay between two snapshots looks like).
+    out = sess("memory_merge", sketch=-0.5 * state, write_id="halve")
+    np.testing.assert_allclose(sess("memory_snapshot")["sketch"], 0.5 * state, rtol=1e-6)
+    assert float(out["weight_written"]) == pytest.approx(-0.5 * state[:TABLE_SIZES[0], 0].sum(), rel=1e-5)
+    before = sess("memory_snapshot")["sketch"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="negative weights"):
+        sess("memory_merge", sketch=-2.0 * state, write_id="too-much")
+    np.testing.assert_array_equal(sess("memory_snapshot")["sketch"], before)
+    # The rejected id was not remembered: the same id with a valid delta is written.
+    assert float(sess("memory_merge", sketch=0.5 * state, write_id="too-much")["weight_written"]) > 0
+    sess.close()
 
 
 def test_memory_layout_fingerprint_names_the_projections_not_the_state(exported, tmp_path, rng):

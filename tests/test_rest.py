@@ -138,41 +138,46 @@ def test_rest_writes_change_the_memory_as_grpc_writes_do(served):
     by_grpc = client.snapshot()
 
     client.restore(ZEROS)
-    out = predict(server, {"signature_name": "update_memory",
-                           "inputs": {**columns(x), "label": labels.tolist(),
-                                      "sample_weight": weights.tolist()}})["outputs"]
+    body = {"signature_name": "update_memory",
+            "inputs": {**columns(x), "label": labels.tolist(), "sample_weight": weights.tolist(),
+                       "write_id": "rest-1"}}
+    out = predict(server, body)["outputs"]
     np.testing.assert_allclose(out["weight_written"], weights.sum(), rtol=1e-6)
+    np.testing.assert_array_equal(client.snapshot(), by_grpc)
+    # A retried REST write with the same id writes nothing.
+    again = predict(server, body)["outputs"]
+    assert again["weight_written"] == 0.0
     np.testing.assert_array_equal(client.snapshot(), by_grpc)
 
     # The other writing signatures: by keys, restore and merge (bare value: one input each).
     keys = client.predict(take(x, slice(0, 5)))
     client.restore(ZEROS)
-    client.call("update_memory_by_keys", {"memory_keys": keys["memory_keys"],
-                                          "base_probability": keys["base_probability"],
-                                          "label": labels[:5], "sample_weight": weights[:5]})
+    client.update_memory_by_keys(keys["memory_keys"], keys["base_probability"], labels[:5],
+                                 weights[:5])
     by_keys_grpc = client.snapshot()
     client.restore(ZEROS)
     predict(server, {"signature_name": "update_memory_by_keys", "inputs": {
         "memory_keys": keys["memory_keys"].tolist(),
         "base_probability": keys["base_probability"].tolist(),
-        "label": labels[:5].tolist(), "sample_weight": weights[:5].tolist()}})
+        "label": labels[:5].tolist(), "sample_weight": weights[:5].tolist(), "write_id": ""}})
     np.testing.assert_array_equal(client.snapshot(), by_keys_grpc)
 
     out = predict(server, {"signature_name": "memory_restore", "inputs": by_grpc.tolist()})
     assert out["outputs"] == pytest.approx(float(weights.sum()), rel=1e-6)
     np.testing.assert_array_equal(client.snapshot(), by_grpc)
-    predict(server, {"signature_name": "memory_merge", "inputs": {"sketch": by_grpc.tolist()}})
+    predict(server, {"signature_name": "memory_merge",
+                     "inputs": {"sketch": by_grpc.tolist(), "write_id": ""}})
     np.testing.assert_allclose(client.snapshot(), 2 * by_grpc, rtol=1e-6)
-    # TF Serving would run a row-format merge and then fail to write its scalar answer; here
-    # it is refused before it runs, so the memory is untouched.
+    # A row-format merge (a plain list of rows) cannot carry the scalar write_id: refused
+    # before it runs, so the memory is untouched.
     status, raw = http(server, "POST", "/v1/models/reloop2:predict",
                        {"signature_name": "memory_merge", "instances": by_grpc.tolist()})
-    assert status == 400 and b"no shape information" in raw
+    assert status == 400 and b"expecting list of objects" in raw
     np.testing.assert_allclose(client.snapshot(), 2 * by_grpc, rtol=1e-6)
 
 
 def _bad_requests(x):
-    good = {**columns(x), "label": [1.0] * 3, "sample_weight": [1.0] * 3}
+    good = {**columns(x), "label": [1.0] * 3, "sample_weight": [1.0] * 3, "write_id": ""}
 
     def update(**change):
         return {"signature_name": "update_memory", "inputs": {**good, **change}}
@@ -204,13 +209,19 @@ def _bad_requests(x):
                                                           "'instances'"),
         ("no tensors", {"signature_name": "update_memory"}, "Missing 'inputs' or 'instances' key"),
         ("row update has scalar outputs", {"signature_name": "update_memory", "instances": [
-            {**{k: v[0] for k, v in good.items()}}]}, "Tensor name: memory_weight has no shape"),
+            {**{k: v[0] if isinstance(v, list) else v for k, v in good.items()}}]},
+         "Tensor name: memory_weight has no shape"),
         ("row keys differ", {"instances": [{"user_id": "u1", "item_id": "i1"}]},
          "keys must be equal to: item_id,price,user_id"),
-        ("sketch shape", {"signature_name": "memory_merge", "inputs": [[1.0, 2.0, 3.0]]},
+        ("sketch shape", {"signature_name": "memory_merge",
+                          "inputs": {"sketch": [[1.0, 2.0, 3.0]], "write_id": ""}},
          "must have shape"),
-        ("negative sketch", {"signature_name": "memory_merge",
-                             "inputs": np.full([STATE_ROWS, 3], -1.0).tolist()}, "negative"),
+        ("merge without a write_id", {"signature_name": "memory_merge",
+                                      "inputs": [[1.0, 2.0, 3.0]]},
+         "expecting an object as multiple input tensors required as per tensorinfo_map: "
+         "['sketch', 'write_id']"),
+        ("negative sketch", {"signature_name": "memory_merge", "inputs": {
+            "sketch": np.full([STATE_ROWS, 3], -1.0).tolist(), "write_id": ""}}, "negative"),
     ]
 
 

@@ -168,7 +168,8 @@ def test_concurrent_updates_lose_no_weight_and_predicts_never_fail(served):
 
 def _bad_cases(features):
     n = len(features["price"])
-    good = {**features, "label": np.ones(n, np.float32), "sample_weight": np.ones(n, np.float32)}
+    good = {**features, "label": np.ones(n, np.float32), "sample_weight": np.ones(n, np.float32),
+            "write_id": np.array(b"", object)}
     drop = {k: v for k, v in good.items() if k != "price"}
     return [
         ("missing feature", "update_memory", drop, "missing: ['price']"),
@@ -181,14 +182,18 @@ def _bad_cases(features):
          "`label` must be in [0, 1]"),
         ("negative weight", "update_memory", {**good, "sample_weight": -good["sample_weight"]},
          "`sample_weight` must be >= 0"),
-        ("empty batch", "update_memory", {k: v[:0] for k, v in good.items()}, "the batch is empty"),
+        ("empty batch", "update_memory", {k: v if k == "write_id" else v[:0]
+                                          for k, v in good.items()}, "the batch is empty"),
         ("mismatched batch", "update_memory", {**good, "label": good["label"][:-1]},
          "`label` must have as many rows"),
         ("unknown signature", "update", good, 'Serving signature name: "update" not found'),
-        ("extra input", "predict", good, "unexpected: ['label', 'sample_weight']"),
+        ("extra input", "predict", good, "unexpected: ['label', 'sample_weight', 'write_id']"),
         ("wrong rank", "update_memory", {**good, "price": good["price"][:, None]},
          "must have shape"),
-        ("bad sketch", "memory_merge", {"sketch": np.full_like(ZEROS, -1)}, "negative weights"),
+        ("bad sketch", "memory_merge", {"sketch": np.full_like(ZEROS, -1),
+                                        "write_id": np.array(b"", object)}, "negative weights"),
+        ("write_id of rank 1", "update_memory", {**good, "write_id": np.array([b"a"], object)},
+         "input 'write_id' must have shape ()"),
         ("sketch shape", "memory_restore", {"sketch": ZEROS[:1]}, "must have shape"),
     ]
 
@@ -336,7 +341,7 @@ def test_restart_restore_and_merge_of_replica_deltas(served):
         assert not np.array_equal(delta2, full)
         client.restore(ZEROS)
         client.merge(delta2)
-        assert client.merge(delta3) == 120.0
+        assert float(client.merge(delta3)["memory_weight"]) == 120.0
         np.testing.assert_allclose(client.snapshot(), full, rtol=1e-6, atol=1e-5)
         np.testing.assert_allclose(client.predict(query)["probability"], expected["probability"],
                                    atol=1e-6)

@@ -429,7 +429,7 @@ class LSHErrorMemory(ErrorMemory):
         combiner's sums. What ``restore`` and ``merge`` take."""
         return self.sketch * self.scale
 
-    def _check_state(self, state) -> tf.Tensor:
+    def _check_state(self, state, delta: bool = False) -> tf.Tensor:
         state = tf.convert_to_tensor(state, tf.float32)
         expected = [self.num_state_rows, 3]
         if state.shape.is_fully_defined() and state.shape.as_list() != expected:
@@ -438,11 +438,25 @@ class LSHErrorMemory(ErrorMemory):
             tf.debugging.assert_equal(tf.shape(state), tf.constant(expected),
                                       message=f"`state` must have shape {expected}"),
             tf.debugging.assert_all_finite(state, "`state` contains NaN or Inf"),
-            tf.debugging.assert_non_negative(state[:self.num_cells, 0],
-                                             "`state` has negative weights"),
         ]
         with tf.control_dependencies(checks):
-            return tf.identity(state)
+            weights = state[:self.num_cells, 0]
+            if delta:
+                # A delta may be negative where the other memory forgot (half-life decay
+                # between two snapshots); what it leaves behind may not. The tolerance absorbs
+                # float32 rounding of a difference of snapshots.
+                current = tf.gather(self.sketch, tf.range(self.num_cells))[:, 0] * self.scale
+                weights = current + weights + 1e-3 * (tf.abs(current) + 1e-3)
+                message = "`state` would leave negative weights (a delta larger than the memory)"
+            else:
+                message = "`state` has negative weights"
+            with tf.control_dependencies([tf.debugging.assert_non_negative(weights, message)]):
+                return tf.identity(state)
+
+    def check_delta(self, state) -> tf.Tensor:
+        """``state`` after checking that ``merge`` may add it: shape, finite values, and no
+        bucket left with a negative weight."""
+        return self._check_state(state, delta=True)
 
     def restore(self, state) -> None:
         """Replaces the sketch with ``state`` (from ``snapshot``)."""
@@ -451,7 +465,9 @@ class LSHErrorMemory(ErrorMemory):
         self.scale.assign(1.0)
 
     def merge(self, other) -> None:
-        """Adds another memory (an ``LSHErrorMemory`` or a ``snapshot``) with the same layout.
+        """Adds another memory (an ``LSHErrorMemory``, a ``snapshot`` or a difference of two
+        snapshots) with the same layout. A delta may hold negative values (what the other
+        memory forgot) as long as no bucket's weight ends below zero.
 
         One ``assign_add`` holds the variable's lock for the whole add, so a merge never loses a
         concurrent ``update`` (stored values are true values divided by ``scale``).
@@ -466,7 +482,7 @@ class LSHErrorMemory(ErrorMemory):
                 raise ValueError("`other` must share this memory's projections and id hashes "
                                  "(same seed and d).")
             other = other.snapshot()
-        state = self._check_state(other)
+        state = self.check_delta(other)
         self.sketch.assign_add(state / self.scale)
 
     def layout(self) -> dict:

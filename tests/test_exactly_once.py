@@ -1,0 +1,149 @@
+"""Exactly-once writes over real gRPC: write ids, client retries, and a proxy that loses answers.
+
+A loopback proxy forwards every call to the development server and, for one call in ten, throws
+the server's answer away and returns UNAVAILABLE instead: the write happened, the client does
+not know it. The client retries with the same ``write_id``; the model must count it once.
+"""
+
+import threading
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+from serving_helpers import STATE_ROWS, DevServer, build_model, make_features
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from reloop2_tf import export as ex
+from reloop2_serving.client import GRPC_OPTIONS, ReLoop2Client
+
+pytestmark = pytest.mark.e2e
+ZEROS = np.zeros([STATE_ROWS, 3], np.float32)
+
+
+class LossyProxy(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Forwards ``Predict`` to ``target``; every ``drop_every``-th answer is replaced by
+    UNAVAILABLE after the server has run the call."""
+
+    def __init__(self, target: str, drop_every: int = 10):
+        self._channel = grpc.insecure_channel(target, options=GRPC_OPTIONS)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self.drop_every, self.calls, self.dropped = drop_every, 0, 0
+        self._lock = threading.Lock()
+        self.server = grpc.server(futures.ThreadPoolExecutor(16), options=GRPC_OPTIONS)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def GetModelMetadata(self, request, context):
+        return self._stub.GetModelMetadata(request, timeout=60)
+
+    def Predict(self, request, context):
+        response = self._stub.Predict(request, timeout=60)
+        with self._lock:
+            self.calls += 1
+            drop = self.calls % self.drop_every == 0
+            self.dropped += drop
+        if drop:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "proxy: answer lost")
+        return response
+
+    def stop(self) -> None:
+        self.server.stop(grace=None).wait()
+        self._channel.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("exactly_once") / "reloop2"
+    ex.export_serving_model(build_model(seed=11), base, version="auto")  # half_life None
+    process = DevServer(base)
+    yield process
+    assert process.stop() == 0, "".join(process.lines)
+
+
+@pytest.fixture
+def proxy(server):
+    lossy = LossyProxy(server.target)
+    yield lossy
+    lossy.stop()
+
+
+def test_eight_retrying_writers_through_a_lossy_proxy_write_the_exact_total(server, proxy):
+    with ReLoop2Client(server.target, timeout=60) as direct:
+        direct.restore(ZEROS)
+    rng = np.random.default_rng(0)
+    batches = [(make_features(16, rng), rng.integers(0, 2, 16), rng.integers(1, 4, 16))
+               for _ in range(8 * 12)]
+    by_keys = [False, True] * 4  # half the writers write by the keys predict returned
+
+    def writer(k):
+        written = 0.0
+        with ReLoop2Client(proxy.target, timeout=60, retries=5, backoff=0.01) as client:
+            for features, labels, weights in batches[k::8]:
+                if by_keys[k]:
+                    served = client.predict(features)
+                    out = client.update_memory_by_keys(served["memory_keys"],
+                                                       served["base_probability"], labels,
+                                                       weights)
+                else:
+                    out = client.update_memory(features, labels, weights)
+                written += float(out["weight_written"])
+        return written
+
+    with futures.ThreadPoolExecutor(8) as pool:
+        written = list(pool.map(writer, range(8)))
+    total = float(sum(w.sum() for _, _, w in batches))
+    assert proxy.dropped >= 10  # the proxy did lose answers, writes among them
+    with ReLoop2Client(server.target) as direct:
+        assert direct.memory_weight() == total
+        # A dropped answer's write happened once; its retry returned 0. So the weights the
+        # clients saw add up to less than the total by what the lost answers carried.
+        assert sum(written) <= total
+        weights = direct.snapshot()[:, 0]
+    first = 2**5  # the first SRP table holds every row once
+    assert weights[:first].sum() == total
+
+
+def test_without_write_ids_a_lost_answer_writes_twice(server, proxy):
+    """The reason for write ids: the same proxy, retries with an empty id double-count."""
+    with ReLoop2Client(server.target) as direct:
+        direct.restore(ZEROS)
+    rng = np.random.default_rng(1)
+    sent = 0.0
+    with ReLoop2Client(proxy.target, timeout=60, retries=5, backoff=0.01) as client:
+        for _ in range(20):
+            features, labels = make_features(5, rng), rng.integers(0, 2, 5)
+            client.update_memory(features, labels, write_id="")
+            sent += 5
+    with ReLoop2Client(server.target) as direct:
+        assert direct.memory_weight() == sent + 5 * proxy.dropped
+    assert proxy.dropped == 2
+
+
+def test_every_event_delivered_twice_is_counted_once(server):
+    """At-least-once delivery (a queue that redelivers): ids derived from the events."""
+    rng = np.random.default_rng(2)
+    events = [(f"event-{k}", make_features(4, rng), rng.integers(0, 2, 4)) for k in range(30)]
+    with ReLoop2Client(server.target) as once, ReLoop2Client(server.target) as twice:
+        once.restore(ZEROS)
+        for _, features, labels in events:
+            once.update_memory(features, labels, write_id="")
+        reference = once.snapshot()
+        twice.restore(ZEROS)
+        delivered = events + events[::-1]  # every event twice, the second time out of order
+        outs = [twice.update_memory(f, y, write_id=i)["weight_written"]
+                for i, f, y in delivered]
+        assert [float(w) for w in outs] == [4.0] * 30 + [0.0] * 30
+        # Tables and trust sums alike: the duplicates left no trace.
+        np.testing.assert_array_equal(twice.snapshot(), reference)
+        # A merge under a known id is dropped too.
+        merged = twice.merge(reference, write_id="merge-1")
+        assert float(merged["weight_written"]) == 120.0
+        again = twice.merge(reference, write_id="merge-1")
+        assert float(again["weight_written"]) == 0.0
+        assert float(again["memory_weight"]) == 240.0
