@@ -178,11 +178,15 @@ class KeyByWindow(beam.DoFn):
         yield round(float(window.start) / self.seconds), row
 
 
-def read_source(pipeline, source: str, fmt: str, features: dict, num_tables: int):
+def read_source(pipeline, source: str, fmt: str, features: dict, num_tables: int,
+                messages=None):
     """The rows of ``source``: a file pattern, ``pubsub:projects/P/subscriptions/S``,
-    ``pubsub:projects/P/topics/T`` or ``kafka:BOOTSTRAP_SERVERS/TOPIC``. Returns
+    ``pubsub:projects/P/topics/T`` or ``kafka:BOOTSTRAP_SERVERS/TOPIC``; or of ``messages``, a
+    PCollection of payloads from any other unbounded source (JSON lines, timestamped). Returns
     ``(rows, bounded)``."""
-    if source.startswith("pubsub:"):
+    if messages is not None:
+        pass
+    elif source.startswith("pubsub:"):
         name = source[len("pubsub:"):]
         kind = "topic" if "/topics/" in name else "subscription"
         messages = pipeline | "ReadFromPubSub" >> beam.io.ReadFromPubSub(**{kind: name})
@@ -213,12 +217,14 @@ def build_feedback(pipeline, *, model_path: str, features: dict, num_tables: int
                    targets: Sequence[str], fmt: str = "csv", window_rows: int | None = None,
                    window_seconds: float | None = None, model_name: str = "reloop2",
                    batch_size: int = 1024, retries: int = 3, timeout: float = 30.0,
-                   source_id: str = "", on_window: Callable[[int], None] | None = None):
+                   source_id: str = "", on_window: Callable[[int], None] | None = None,
+                   messages=None):
     """Adds the feedback transforms to ``pipeline``; returns the PCollection of reports (one per
-    window, then one ``{"final": True, ...}`` for a bounded source)."""
+    window, then one ``{"final": True, ...}`` for a bounded source). ``messages`` replaces
+    ``source`` by a PCollection of unbounded payloads (see ``read_source``)."""
     if (window_rows is None) == (window_seconds is None):
         raise ValueError("give exactly one of --window-rows and --window-seconds")
-    rows, bounded = read_source(pipeline, source, fmt, features, num_tables)
+    rows, bounded = read_source(pipeline, source, fmt, features, num_tables, messages)
     if window_rows is not None:
         if not bounded:
             raise ValueError("--window-rows needs a file input; use --window-seconds for a stream")
