@@ -124,18 +124,34 @@ class WindowApplier:
                 client.close()
             raise
 
-    def _each(self, targets: Sequence[str], method: str, *args, **kwargs) -> dict:
-        """``method`` on every target at once: target -> result, or the exception it raised."""
-        pending = {t: self._pool.submit(self._call, t, method, *args, **kwargs) for t in targets}
+    def _each(self, targets: Sequence[str], fn: Callable[[str], object], what: str) -> dict:
+        """``fn(target)`` on every target at once: target -> result, or the exception raised."""
+        pending = {t: self._pool.submit(fn, t) for t in targets}
         out = {}
         for target, future in pending.items():
             try:
                 out[target] = future.result()
             except Exception as err:  # noqa: BLE001 - any failure of one target is reported
-                logger.warning("target %s: %s failed: %s", target, method,
+                logger.warning("target %s: %s failed: %s", target, what,
                                str(err).strip().splitlines()[0] if str(err).strip() else err)
                 out[target] = err
         return out
+
+    def _layout_ok(self, target: str) -> bool:
+        """Whether ``target`` serves the local model's memory layout; if not, it is excluded."""
+        theirs = self._call(target, "call", "memory_layout", {})["fingerprint"].item().decode()
+        if theirs != self.local.fingerprint:
+            self.excluded[target] = f"memory layout {theirs} != the model's"
+            logger.error("target %s serves another memory layout (%s); it is skipped",
+                         target, theirs)
+        return target not in self.excluded
+
+    def _heal(self, state: np.ndarray) -> Callable[[str], float]:
+        def heal(target: str) -> float:
+            if not self._layout_ok(target):
+                raise ValueError(f"{target} serves another memory layout")
+            return self._call(target, "restore", state)
+        return heal
 
     def _live(self) -> list[str]:
         return [t for t in self.targets if t not in self.excluded]
@@ -148,16 +164,10 @@ class WindowApplier:
             self.local = LocalMemory(self.model_path)
         if self._pool is None:
             self._pool = futures.ThreadPoolExecutor(max_workers=min(32, len(self.targets)))
-        layouts = self._each(self.targets, "call", "memory_layout", {})
+        layouts = self._each(self.targets, self._layout_ok, "memory_layout")
         for target, out in layouts.items():
             if isinstance(out, Exception):
                 self.to_heal.add(target)  # unreachable now: healed once it answers
-                continue
-            theirs = out["fingerprint"].item().decode()
-            if theirs != self.local.fingerprint:
-                self.excluded[target] = f"memory layout {theirs} != the model's"
-                logger.error("target %s serves another memory layout (%s); it is skipped",
-                             target, theirs)
         for target in self._live():
             if target in self.to_heal:
                 continue
@@ -188,7 +198,9 @@ class WindowApplier:
         healing = [t for t in self._live() if t in self.to_heal]
         merging = [t for t in self._live() if t not in self.to_heal]
         outcomes = {}
-        for target, out in self._each(merging, "merge", delta, write_id=wid).items():
+        merges = self._each(merging, lambda t: self._call(t, "merge", delta, write_id=wid),
+                            "memory_merge")
+        for target, out in merges.items():
             if isinstance(out, Exception):
                 outcomes[target] = FAILED
             else:
@@ -203,7 +215,7 @@ class WindowApplier:
             if outcomes[target] == FAILED or (duplicate and outcomes[target] == MERGED):
                 self.to_heal.add(target)
         state = before if duplicate else after
-        for target, out in self._each(healing, "restore", state).items():
+        for target, out in self._each(healing, self._heal(state), "heal").items():
             outcomes[target] = HEAL_FAILED if isinstance(out, Exception) else HEALED
             if outcomes[target] == HEALED:
                 self.to_heal.discard(target)
@@ -230,7 +242,7 @@ class WindowApplier:
         healing = [t for t in self._live() if t in self.to_heal]
         if healing:
             state = self.local.snapshot()
-            for target, out in self._each(healing, "restore", state).items():
+            for target, out in self._each(healing, self._heal(state), "heal").items():
                 outcomes[target] = HEAL_FAILED if isinstance(out, Exception) else HEALED
                 if outcomes[target] == HEALED:
                     self.to_heal.discard(target)
