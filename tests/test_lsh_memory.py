@@ -34,7 +34,8 @@ def test_golden_bucket_ids_and_sketch():
     mem = r2.LSHErrorMemory(num_tables=3, num_bits=2, seed=7, half_life=None)
     written = mem.update(H3, Y3, B3)
     assert float(written) == 3.0
-    projections = mem.projections.numpy()
+    assert mem.projections.shape == (4, 3 * 2)  # stored fused: [d, K*L]
+    projections = mem.projection_matrices.numpy()
     assert projections.shape == (3, 4, 2)
     expected_projections = np.random.default_rng(7).standard_normal((3, 4, 2)).astype(np.float32)
     np.testing.assert_array_equal(projections, expected_projections)
@@ -53,9 +54,9 @@ def test_center_is_subtracted_before_hashing():
     mem.update(H3[:1], [1.0], [0.5])
     center = np.array([0.4, -0.5, 1.0, 0.0], np.float32)
     mem.set_center(center)
-    expected = numpy_buckets(H3, mem.projections.numpy(), center)
+    expected = numpy_buckets(H3, mem.projection_matrices.numpy(), center)
     np.testing.assert_array_equal(mem.bucket_ids(H3).numpy(), expected)
-    assert not np.array_equal(expected, numpy_buckets(H3, mem.projections.numpy(), np.zeros(4)))
+    assert not np.array_equal(expected, numpy_buckets(H3, mem.projection_matrices.numpy(), np.zeros(4)))
 
 
 def test_zero_weight_row_changes_nothing():
@@ -75,8 +76,8 @@ def test_lookup_and_estimate_match_numpy(rng):
     w = rng.random(200).astype(np.float32)
     mem.update(h, y, b, w)
     q = rng.normal(size=(5, 6)).astype(np.float32)
-    sketch = numpy_sketch(h, y, b, w, mem.projections.numpy(), np.zeros(6), 8)
-    qb = numpy_buckets(q, mem.projections.numpy(), np.zeros(6))
+    sketch = numpy_sketch(h, y, b, w, mem.projection_matrices.numpy(), np.zeros(6), 8)
+    qb = numpy_buckets(q, mem.projection_matrices.numpy(), np.zeros(6))
     stats = sketch[np.arange(16)[None, :], qb]  # [5, 16, 3]
     got = mem.lookup(q)
     np.testing.assert_allclose(got["weight"].numpy(), stats[..., 0], rtol=1e-5)

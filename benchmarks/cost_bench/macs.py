@@ -79,6 +79,6 @@ def memory_macs(dim: int, num_tables: int, num_bits: int, num_trust_features: in
 def memory_macs_of(model, batch: int = 1) -> dict:
     """``memory_macs`` for a built ``ReLoop2Model``'s sketch memory."""
     memory = model.memory
-    dim = int(memory.projections.shape[1])
+    dim = int(memory.dim)
     return memory_macs(dim, memory.num_tables, memory.num_bits, memory.num_trust_features,
                        batch, model.compensation.self_tuning)

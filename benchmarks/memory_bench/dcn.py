@@ -73,9 +73,8 @@ def bench_dcn(args) -> dict:
     memory = models[default].memory
     logits, hidden = encode_fn(features)
     hid = tf.TensorSpec([None, hidden_width])
-    fused = tf.reshape(tf.transpose(memory.projections, [1, 0, 2]), [hidden_width, -1])
     parts = {
-        f"{default}:projection_matmul": tf.function(lambda h: tf.matmul(h - memory.center, fused),
+        f"{default}:projection_matmul": tf.function(lambda h: tf.matmul(h, memory.projections),
                                                     input_signature=[hid]),
         f"{default}:bucket_ids": tf.function(memory.bucket_ids, input_signature=[hid]),
         f"{default}:lookup": tf.function(memory.lookup, input_signature=[hid]),

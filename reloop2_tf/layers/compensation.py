@@ -20,14 +20,6 @@ from reloop2_tf.layers.lsh_memory import LSHErrorMemory
 from reloop2_tf.layers.memory_base import ErrorMemory
 
 _EPS = 1e-7
-# Ridge added to the combiner's curvature (about 40 rows of evidence at p = 0.5): with little
-# evidence, or features that move together (a group at its two shrinkages), trust stays small.
-_RIDGE = 10.0
-# Trust stays in [-_MAX_TRUST, _MAX_TRUST] per group (docs/core.md).
-_MAX_TRUST = 16.0
-# The base-logit column's trust stays in [-_MAX_TEMPER, _MAX_TEMPER]: the corrected logit keeps
-# between half and 1.5 times the base's, so the base ranking is never inverted by it.
-_MAX_TEMPER = 0.5
 
 
 @keras.saving.register_keras_serializable(package="reloop2_tf")
@@ -117,7 +109,9 @@ class ErrorCompensation(keras.layers.Layer):
         tables); with an ``LSHErrorMemory`` also ``memory_keys`` (int32 ``[B, T]``)."""
         base_logits = v.as_column(base_logits, "base_logits")
         hidden = self.memory._check_hidden(hidden)
-        checks = [v.check_finite(base_logits, "base_logits"), v.check_finite(hidden, "hidden"),
+        # A read cannot corrupt the memory, and a non-finite hidden vector only picks SRP
+        # buckets: its finiteness is checked on writes, not on every read (docs/performance.md).
+        checks = [v.check_finite(base_logits, "base_logits"),
                   v.check_same_rows(hidden, base_logits, "base_logits")]
         with tf.control_dependencies(checks):
             base_logits = tf.identity(base_logits)
@@ -155,31 +149,18 @@ class ErrorCompensation(keras.layers.Layer):
                 "memory_support": tf.reduce_mean(stats[..., 0], axis=-1)}
 
     def trust(self) -> tf.Tensor:
-        """float32 ``[F]``: the learnt trust of every group (then the bias), zero when empty.
+        """float32 ``[F]``: the learnt trust of every group (then the base logit and the bias),
+        zero when empty.
 
         An online Newton fit of the ridge-regularised, forgetting-weighted logloss of every row
         written so far: each row adds its loss's second-order expansion at the trust it was
         served with, so that ``trust = (H + ridge I)^-1 m`` with ``H`` the curvature sum and
         ``m`` the sum of ``H_t w_t - g_t`` (curvature times served trust minus gradient), both
         kept beside the tables. From zero trust its first step is Newton's; later ones refine it
-        where one step from zero would stop short (a large correction, a sign flip).
+        where one step from zero would stop short (a large correction, a sign flip). The memory
+        solves it whenever its state changes (``LSHErrorMemory.trust``), so reads never solve.
         """
-        curvature, moment = self.memory.trust_sums()
-        f = self.memory.num_trust_features
-        system = curvature + _RIDGE * tf.eye(f)
-        solved = tf.linalg.solve(system, moment[:, None])[:, 0]
-        # The base-logit column (second to last) may temper the base model's logit, never invert
-        # or double it: its trust stays in [-_MAX_TEMPER, _MAX_TEMPER] and the others are solved
-        # again with it held there (the same solution when it is inside). Near-constant logits
-        # (rare positives) otherwise let it trade off against the bias and flip the ranking.
-        z = f - 2
-        temper = tf.clip_by_value(solved[z], -_MAX_TEMPER, _MAX_TEMPER)
-        rest = list(range(z)) + [f - 1]
-        rest_system = tf.gather(tf.gather(system, rest), rest, axis=1)
-        rest_moment = tf.gather(moment - system[:, z] * temper, rest)
-        others = tf.linalg.solve(rest_system, rest_moment[:, None])[:, 0]
-        trust = tf.concat([others[:z], temper[None], others[z:]], axis=0)
-        return tf.clip_by_value(trust, -_MAX_TRUST, _MAX_TRUST)
+        return self.memory.trust()
 
     def _paper_read(self, base_logits, est) -> dict[str, tf.Tensor]:
         base = tf.sigmoid(base_logits)

@@ -5,6 +5,7 @@ O(1) reads and writes, a constant footprint, and exact merges (SPEC section 2 an
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Mapping
 
@@ -17,7 +18,19 @@ from reloop2_tf.layers.memory_base import ErrorMemory
 # Below this global scale the stored values are folded back into true units, so float32 never
 # overflows: the fold costs one pass over the table every ~20 half-lives of rows.
 _MIN_SCALE = 1e-6
-_SEPARATOR = "\x1f"  # joins the values of a cross; cannot occur in a printable id
+# Id keys (``id_bucket_ids``): an odd 64-bit multiplier (2^64 / golden ratio) and an xorshift.
+_MIX = 0x9E3779B97F4A7C15
+_SHIFT = 31
+# The scheme of the id keys; part of `layout`, so memories keyed another way never merge.
+_ID_HASH = "fingerprint64-mix64"
+# Ridge added to the combiner's curvature (about 40 rows of evidence at p = 0.5): with little
+# evidence, or features that move together (a group at its two shrinkages), trust stays small.
+_RIDGE = 10.0
+# Trust stays in [-_MAX_TRUST, _MAX_TRUST] per group (docs/core.md).
+_MAX_TRUST = 16.0
+# The base-logit column's trust stays in [-_MAX_TEMPER, _MAX_TEMPER]: the corrected logit keeps
+# between half and 1.5 times the base's, so the base ranking is never inverted by it.
+_MAX_TEMPER = 0.5
 
 
 def normalize_id_groups(id_groups) -> tuple[tuple[str, ...], ...]:
@@ -105,6 +118,13 @@ class LSHErrorMemory(ErrorMemory):
         self.id_tables: tuple[tuple[str, ...], ...] = tuple(tables)
         self._parents = [tables.index(g[:1]) if len(g) > 1 else -1 for g in self.id_groups]
         self.id_features: tuple[str, ...] = tuple(sorted({n for g in tables for n in g}))
+        # Id keys: a seed per table (from the memory's seed and the table's names), and for
+        # every position in a cross the column of `id_features` each table reads (last: none).
+        self._id_seeds = [int.from_bytes(hashlib.sha256(f"{self.seed}:{'*'.join(t)}".encode())
+                                         .digest()[:8], "little") for t in tables]
+        none = len(self.id_features)
+        self._id_columns = [[self.id_features.index(t[j]) if j < len(t) else none for t in tables]
+                            for j in range(max((len(t) for t in tables), default=0))]
         sizes = [2**num_bits] * num_tables + [2**id_bits] * len(tables)
         if sum(sizes) >= 2**31:
             raise ValueError(f"the memory would hold {sum(sizes)} buckets; at most 2**31 - 1")
@@ -143,9 +163,11 @@ class LSHErrorMemory(ErrorMemory):
         k, l = self.num_tables, self.num_bits
         # Drawn with NumPy so that the projections depend only on `seed`, not on TF's RNG version.
         values = np.random.default_rng(self.seed).standard_normal((k, dim, l)).astype(np.float32)
+        # Stored fused, [d, K*L] (column k*L + j is bit j of table k), so a read is one matmul
+        # with no transpose; `projection_matrices` gives the [K, d, L] view.
         self.projections = self.add_weight(
-            name="projections", shape=[k, dim, l], trainable=False,
-            initializer=keras.initializers.Constant(values),
+            name="projections", shape=[dim, k * l], trainable=False,
+            initializer=keras.initializers.Constant(values.transpose(1, 0, 2).reshape(dim, k * l)),
         )
         # One additive state, so that snapshot, restore and merge move everything at once: the
         # buckets of every table, then the self-tuning combiner's curvature and gradient sums.
@@ -153,9 +175,17 @@ class LSHErrorMemory(ErrorMemory):
                                       initializer="zeros", trainable=False)
         # True sketch = sketch * scale. Only half-life forgetting moves it away from 1.
         self.scale = self.add_weight(name="scale", shape=[], initializer="ones", trainable=False)
-        # [L, 1] powers of two: packing bits is one [B*K, L] x [L, 1] matmul, exact in float32
-        # because every partial sum is an integer below 2**24.
-        self._bit_values = tf.constant([[2.0**j] for j in range(l)], dtype=tf.float32)
+        # The combiner's trust solved from the sums above, kept up to date by every method that
+        # changes them, so that a read gathers it instead of solving (docs/performance.md).
+        self.trust_solution = self.add_weight(name="trust_solution",
+                                              shape=[self.num_trust_features],
+                                              initializer="zeros", trainable=False)
+        # [K*L, K] block-diagonal powers of two: packing every table's bits is one matmul, exact
+        # in float32 because every partial sum is an integer below 2**24.
+        pack = np.zeros([k * l, k], np.float32)
+        for table in range(k):
+            pack[table * l:(table + 1) * l, table] = 2.0 ** np.arange(l)
+        self._pack = tf.constant(pack)
         self._offsets = tf.constant(np.cumsum([0, *self.table_sizes[:-1]]), tf.int32)
         self._sizes = tf.constant(self.table_sizes, tf.int32)
         # A batch of at least this many rows is summed per cell and added in one pass over the
@@ -171,19 +201,29 @@ class LSHErrorMemory(ErrorMemory):
     def bucket_ids(self, hidden) -> tf.Tensor:
         """int32 ``[B, K]``: the bucket of every row in every SRP table."""
         hidden = self._check_hidden(hidden)
-        k, l = self.num_tables, self.num_bits
-        if k == 0:
+        if self.num_tables == 0:
             return tf.zeros([tf.shape(hidden)[0], 0], tf.int32)
-        # One fused [d, K*L] matmul instead of K small ones.
-        fused = tf.reshape(tf.transpose(self.projections, [1, 0, 2]), [self.dim, k * l])
-        bits = tf.cast(tf.matmul(hidden - self.center, fused) > 0.0, tf.float32)  # [B, K*L]
-        buckets = tf.matmul(tf.reshape(bits, [-1, l]), self._bit_values)  # [B*K, 1]
-        return tf.reshape(tf.cast(buckets, tf.int32), [-1, k])
+        # (h - c) . p > 0 as h . p > c . p: the centre is projected once per call, not
+        # subtracted from every row.
+        threshold = tf.matmul(self.center[None, :], self.projections)  # [1, K*L]
+        bits = tf.cast(tf.matmul(hidden, self.projections) > threshold, tf.float32)
+        return tf.cast(tf.matmul(bits, self._pack), tf.int32)
+
+    @property
+    def projection_matrices(self) -> tf.Tensor:
+        """float32 ``[K, d, L]``: table ``k``'s hyperplanes are ``projection_matrices[k]``."""
+        self._require_built()
+        k, l = self.num_tables, self.num_bits
+        return tf.transpose(tf.reshape(self.projections, [self.dim, k, l]), [1, 0, 2])
 
     def id_bucket_ids(self, ids: Mapping | None, rows=None) -> tf.Tensor:
         """int32 ``[B, len(id_tables)]``: the bucket of every row in every id table.
 
-        ``ids`` maps each name of ``id_features`` to ``[B]`` or ``[B, 1]`` strings or integers.
+        ``ids`` maps each name of ``id_features`` to ``[B]`` or ``[B, 1]`` strings or integers
+        (an integer hashes as its decimal string). Every feature is hashed once (FarmHash
+        Fingerprint64), and every table mixes its features' hashes in order into a 64-bit key
+        seeded by the memory's seed and the table's names (multiply-xorshift); the bucket is
+        the key's top ``id_bits`` bits. All tables at once, whatever their number.
         """
         if not self.id_tables:
             return tf.zeros([0 if rows is None else rows, 0], tf.int32)
@@ -194,21 +234,25 @@ class LSHErrorMemory(ErrorMemory):
         if missing:
             raise ValueError(f"`ids` lacks {missing} (the id tables read {list(self.id_features)}). "
                              f"Received keys: {sorted(ids)}")
-        strings = {n: _as_id_strings(ids[n], n) for n in self.id_features}
-        first = strings[self.id_features[0]]
-        checks = [tf.debugging.assert_equal(tf.shape(s)[0], tf.shape(first)[0],
-                                            message=f"`ids[{n!r}]` must have one id per row")
-                  for n, s in strings.items()]
-        if rows is not None:
-            checks.append(tf.debugging.assert_equal(
-                tf.shape(first)[0], rows, message="`ids` must have one id per row of `hidden`"))
-        columns = []
-        with tf.control_dependencies(checks):
-            for table in self.id_tables:
-                prefix = tf.fill(tf.shape(first), f"{self.seed}:{'*'.join(table)}")
-                key = tf.strings.join([prefix, *(strings[n] for n in table)], separator=_SEPARATOR)
-                columns.append(tf.strings.to_hash_bucket_fast(key, 2**self.id_bits))
-        return tf.cast(tf.stack(columns, axis=1), tf.int32)
+        strings = [_as_id_strings(ids[n], n) for n in self.id_features]
+        sizes = tf.stack([tf.size(s) for s in strings])
+        expected = sizes[0] if rows is None else rows
+        check = tf.debugging.assert_equal(
+            sizes, tf.fill(tf.shape(sizes), expected),
+            message=f"`ids` must have one id per row (of `hidden`) for each of "
+                    f"{list(self.id_features)}")
+        with tf.control_dependencies([check]):
+            hashed = tf.stack([tf.strings.to_hash_bucket_fast(s, 2**63 - 1) for s in strings], 1)
+        # A last column of zeros stands for "no feature" in tables shorter than the longest.
+        hashed = tf.pad(tf.bitcast(hashed, tf.uint64), [[0, 0], [0, 1]])
+        mix, shift = tf.constant(_MIX, tf.uint64), tf.constant(_SHIFT, tf.uint64)
+        key = tf.constant(self._id_seeds, tf.uint64)[None, :]
+        for columns in self._id_columns:
+            key = tf.bitwise.bitwise_xor(key, tf.gather(hashed, columns, axis=1)) * mix
+            key = tf.bitwise.bitwise_xor(key, tf.bitwise.right_shift(key, shift))
+        key = key * mix
+        bucket = tf.bitwise.right_shift(key, tf.constant(64 - self.id_bits, tf.uint64))
+        return tf.cast(bucket, tf.int32)
 
     def keys(self, hidden, ids: Mapping | None = None) -> tf.Tensor:
         """int32 ``[B, T]``: every row's bucket in the SRP tables, then in the id tables."""
@@ -328,6 +372,36 @@ class LSHErrorMemory(ErrorMemory):
         flat = tf.reshape(rows, [-1])[:f * (f + 1)] * self.scale
         return tf.reshape(flat[:f * f], [f, f]), flat[f * f:]
 
+    def trust(self) -> tf.Tensor:
+        """float32 ``[F]``: the self-tuning combiner's trust (``ErrorCompensation.trust``),
+        solved when the state last changed."""
+        self._require_built()
+        return tf.identity(self.trust_solution)
+
+    def solve_trust(self) -> tf.Tensor:
+        """Solves ``(H + ridge I) w = m`` from the current sums, the base-logit column held in
+        ``[-0.5, 0.5]`` and every trust in ``[-16, 16]`` (docs/core.md)."""
+        curvature, moment = self.trust_sums()
+        f = self.num_trust_features
+        system = curvature + _RIDGE * tf.eye(f)
+        solved = tf.linalg.solve(system, moment[:, None])[:, 0]
+        # The base-logit column (second to last) may temper the base model's logit, never invert
+        # or double it: its trust stays in [-_MAX_TEMPER, _MAX_TEMPER] and the others are solved
+        # again with it held there (the same solution when it is inside). Near-constant logits
+        # (rare positives) otherwise let it trade off against the bias and flip the ranking.
+        z = f - 2
+        temper = tf.clip_by_value(solved[z], -_MAX_TEMPER, _MAX_TEMPER)
+        rest = list(range(z)) + [f - 1]
+        rest_system = tf.gather(tf.gather(system, rest), rest, axis=1)
+        rest_moment = tf.gather(moment - system[:, z] * temper, rest)
+        others = tf.linalg.solve(rest_system, rest_moment[:, None])[:, 0]
+        trust = tf.concat([others[:z], temper[None], others[z:]], axis=0)
+        return tf.clip_by_value(trust, -_MAX_TRUST, _MAX_TRUST)
+
+    def _refresh_trust(self):
+        self.trust_solution.assign(self.solve_trust())
+        return tf.no_op()
+
     def total_weight(self) -> tf.Tensor:
         first_table = tf.gather(self.sketch, tf.range(self.table_sizes[0]))
         return tf.reduce_sum(first_table[:, 0]) * self.scale
@@ -385,6 +459,8 @@ class LSHErrorMemory(ErrorMemory):
                     lambda: self._add_dense(cells, values), lambda: self._scatter(cells, values))
         if self.half_life is not None:
             tf.cond(self.scale < _MIN_SCALE, self._fold_scale, tf.no_op)
+        if trust_delta is not None or self.half_life is not None:  # decay moves it too
+            self._refresh_trust()
         return tf.reduce_sum(sample_weight)
 
     def _scatter(self, cells, values):
@@ -413,6 +489,7 @@ class LSHErrorMemory(ErrorMemory):
         """Forgets everything."""
         self.sketch.assign(tf.zeros_like(self.sketch))
         self.scale.assign(1.0)
+        self.trust_solution.assign(tf.zeros_like(self.trust_solution))
 
     def decay(self, factor) -> None:
         """Multiplies every stored weight by ``factor`` in (0, 1]."""
@@ -421,6 +498,7 @@ class LSHErrorMemory(ErrorMemory):
             raise ValueError(f"`factor` should be in (0, 1]. Received: factor={factor!r}")
         self.scale.assign(self.scale * factor)
         tf.cond(self.scale < _MIN_SCALE, self._fold_scale, tf.no_op)
+        self._refresh_trust()
 
     # -- snapshots and merges ----------------------------------------------------------------
 
@@ -463,6 +541,7 @@ class LSHErrorMemory(ErrorMemory):
         state = self._check_state(state)
         self.sketch.assign(state)
         self.scale.assign(1.0)
+        self._refresh_trust()
 
     def merge(self, other) -> None:
         """Adds another memory (an ``LSHErrorMemory``, a ``snapshot`` or a difference of two
@@ -484,11 +563,13 @@ class LSHErrorMemory(ErrorMemory):
             other = other.snapshot()
         state = self.check_delta(other)
         self.sketch.assign_add(state / self.scale)
+        self._refresh_trust()
 
     def layout(self) -> dict:
         """What two memories must share for their sketches to add up."""
         return {"num_tables": self.num_tables, "num_bits": self.num_bits, "seed": self.seed,
-                "id_tables": [list(t) for t in self.id_tables], "id_bits": self.id_bits}
+                "id_tables": [list(t) for t in self.id_tables], "id_bits": self.id_bits,
+                "id_hash": _ID_HASH}
 
     def get_config(self):
         config = super().get_config()
