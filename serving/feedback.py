@@ -158,8 +158,7 @@ def _offsets(counts: dict[str, int]) -> dict[str, int]:
 
 def _indexed(element, offsets: dict[str, int]) -> dict:
     path, number, row = element
-    row["order"] = (offsets[path] + number, "")
-    return row
+    return {**row, "order": (offsets[path] + number, "")}  # inputs are never mutated
 
 
 def _event_time(row: dict):

@@ -71,11 +71,16 @@ def register_feedback(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     from reloop2_serving.feedback import run_feedback
 
-    summary = run_feedback(
-        args.model, args.input, args.targets, window_rows=args.window_rows,
-        window_seconds=args.window_seconds, fmt=args.format, model_name=args.model_name,
-        batch_size=args.batch_size, retries=args.retries, timeout=args.timeout,
-        source_id=args.source_id, report=args.report, beam_args=args.beam_args)
+    try:
+        summary = run_feedback(
+            args.model, args.input, args.targets, window_rows=args.window_rows,
+            window_seconds=args.window_seconds, fmt=args.format, model_name=args.model_name,
+            batch_size=args.batch_size, retries=args.retries, timeout=args.timeout,
+            source_id=args.source_id, report=args.report, beam_args=args.beam_args)
+    except RuntimeError as err:  # e.g. no target answered; Beam wraps a DoFn's error in it
+        lines = str(err).strip().splitlines()
+        print(f"reloop2 feedback run: error: {lines[-1] if lines else err!r}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=2))
     failed = summary.get("unhealed") or []
     if failed:
