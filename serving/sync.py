@@ -232,8 +232,8 @@ class MemorySync:
             self.clients = dict(targets)
             self._owned = False
         else:
-            self.clients = {t: ReLoop2Client(t, model_name, timeout, retries=retries)
-                            for t in targets}
+            self._new_client = lambda t: ReLoop2Client(t, model_name, timeout, retries=retries)
+            self.clients = {t: self._new_client(t) for t in targets}
             self._owned = True
         if len(self.clients) < 2:
             raise ValueError("sync needs at least two replicas")
@@ -320,7 +320,13 @@ class MemorySync:
         result = RoundResult(self.round)
         started = time.perf_counter()
 
-        # 1. Read every replica.
+        # 1. Read every replica. A replica that failed gets a fresh channel: a gRPC channel that
+        # failed to connect waits out its reconnect backoff (seconds, growing) before it tries
+        # again, and a replica that is back should be healed at once.
+        if self._owned:
+            for target in self.to_heal:
+                self.clients[target].close()
+                self.clients[target] = self._new_client(target)
         reads = self._each(self.targets, self._read)
         snapshots: dict[str, np.ndarray] = {}
         weights: dict[str, float] = {}
