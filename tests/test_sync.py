@@ -7,6 +7,10 @@ holds the sum of the three replicas' own trust deltas (docs/sync_section.md).
 """
 
 import argparse
+import os
+import signal
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -282,6 +286,12 @@ def test_the_cli_syncs_and_refuses_bad_targets(cluster, capsys, caplog, tmp_path
     assert "0 merges sent" in capsys.readouterr().out
     assert "memories differ at start" in caplog.text and "--since" in caplog.text
 
+    # A replica that never answers: reported, and the run exits 1.
+    args = _parser().parse_args(["memory", "sync", "--targets", f"{joined},127.0.0.1:1",
+                                 "--rounds", "1", "--retries", "0"])
+    assert args.func(args) == 1
+    assert "failed: 127.0.0.1:1 (UNAVAILABLE" in capsys.readouterr().out
+
     wrong = tmp_path / "other.r2snap"
     wrong.write_bytes(encode_snapshot(synced[0], {"fingerprint": "not-this-one",
                                                   "memory_weight": 1.0}))
@@ -379,3 +389,33 @@ def test_with_half_life_synced_replicas_are_close_to_one_memory_not_equal(tmp_pa
     # rows, 6 % at 240, for a half-life of 400 rows).
     assert 0.002 < errors[6][0] < 0.03 and 0.002 < errors[6][1] < 0.03
     assert 2 * errors[6][0] < errors[30][0] < 0.12 and 2 * errors[6][1] < errors[30][1] < 0.12
+
+
+def test_the_cli_runs_until_sigterm_and_exits_cleanly(cluster):
+    """``--every`` without ``--rounds``: rounds until SIGTERM, which ends the process with 0."""
+    code = ("import argparse, logging, sys\n"
+            "logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')\n"
+            "from reloop2_serving.sync_cli import register_sync\n"
+            "parser = argparse.ArgumentParser()\n"
+            "register_sync(parser.add_subparsers())\n"
+            "args = parser.parse_args(sys.argv[1:])\n"
+            "sys.exit(args.func(args))\n")
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-c", code, "sync", "--targets",
+                             ",".join(targets(cluster)), "--every", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "reloop2.sync: round 3:" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output
+    assert "reloop2 memory sync: stopped after" in output and "Traceback" not in output, output
