@@ -18,6 +18,8 @@ import sys
 from dataclasses import replace
 
 from reloop2_serving import cli as serving_cli
+from reloop2_serving.feedback_cli import register_feedback
+from reloop2_serving.sync_cli import register_sync
 from reloop2_tfx import cli as pipeline_cli
 
 DATASETS = ("ml-100k", "ml-1m", "csv")
@@ -236,9 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     serving_cli.register(sub)
     pipeline_cli.register(sub)
 
-    memory = sub.add_parser("memory", help="the served memory: keep it durable")
+    # feedback run: labelled rows to every replica's memory, once each (Beam)
+    register_feedback(sub)
+
+    memory = sub.add_parser("memory", help="the served memory: keep it durable, keep replicas in sync")
     memory_sub = memory.add_subparsers(dest="memory_command", required=True)
     serving_cli.register_keep(memory_sub)
+    register_sync(memory_sub)
     return parser
 
 

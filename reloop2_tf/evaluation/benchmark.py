@@ -98,8 +98,8 @@ class MemoryConfig:
     """The memory's and the compensation's settings (names from the paper); the defaults are
     the library's. ``id_groups=None`` means: the groups ``id_groups_for_frame`` finds in the log."""
 
-    num_tables: int = 8
-    num_bits: int = 10
+    num_tables: int = 4
+    num_bits: int = 8
     half_life: float | None = 100_000.0
     id_groups: list | None = None
     id_bits: int = 18

@@ -71,8 +71,8 @@ class LSHErrorMemory(ErrorMemory):
 
     Args:
         num_tables: int >= 0. SRP tables K (0: identity only; then ``id_groups`` is required).
-            Defaults to `8`.
-        num_bits: int. SRP bits per table L. Defaults to `10`.
+            Defaults to `4`.
+        num_bits: int. SRP bits per table L. Defaults to `8`.
         seed: int. Seed of the N(0, 1) projections and of the id hashes. Defaults to `0`.
         half_life: optional float. A row's weight halves after ``half_life`` further rows are
             written (O(1) per write); `None` keeps every row at full weight. Defaults to
@@ -87,7 +87,7 @@ class LSHErrorMemory(ErrorMemory):
     >>> mem.lookup(tf.ones([1, 8]), ids={"item_id": ["a"]})["label_mean"]  # [1, 5]
     """
 
-    def __init__(self, num_tables: int = 8, num_bits: int = 10, seed: int = 0,
+    def __init__(self, num_tables: int = 4, num_bits: int = 8, seed: int = 0,
                  half_life: float | None = 100_000.0, id_groups: Iterable = (), id_bits: int = 18,
                  **kwargs):
         super().__init__(**kwargs)
@@ -341,27 +341,32 @@ class LSHErrorMemory(ErrorMemory):
         """
         weight, label, base = stats[..., 0], stats[..., 1], stats[..., 2]
         residual = label - base
+        k = self.num_tables
+        groups = _indices([k + i for i in range(len(self._parents))])
+        # Every group's count and residual, and its parent's (a cross is centred on its first
+        # feature; a single-feature group on nothing: a zero column of weight and residual).
+        padded_w = tf.pad(weight, [[0, 0], [0, 1]])
+        padded_r = tf.pad(residual, [[0, 0], [0, 1]])
+        none = weight.shape[-1] if weight.shape[-1] is not None else self.total_tables
+        parents = _indices([k + p if p >= 0 else none for p in self._parents])
+        c, r = tf.gather(weight, groups, axis=1), tf.gather(residual, groups, axis=1)
+        pc, pr = tf.gather(padded_w, parents, axis=1), tf.gather(padded_r, parents, axis=1)
+        singles = _indices([k + i for i, p in enumerate(self._parents) if p < 0])
+        sc = tf.gather(weight, singles, axis=1)
+        spread = tf.gather(base, singles, axis=1) - sc * base_probs[:, None]
+        if k:
+            srp_r = tf.reduce_sum(residual[:, :k], -1, keepdims=True)
+            srp_c = tf.reduce_sum(weight[:, :k], -1, keepdims=True)
         columns = []
         for n in (prior_count, 10.0 * prior_count):
-            pooling = []
-            k = self.num_tables
             if k:
-                columns.append(tf.reduce_sum(residual[:, :k], -1)
-                               / (tf.reduce_sum(weight[:, :k], -1) + k * n + 1e-12))
-            for i, parent in enumerate(self._parents):
-                c, r = weight[:, k + i], residual[:, k + i]
-                shrunk = c + n + 1e-12
-                if parent >= 0:
-                    pc, pr = weight[:, k + parent], residual[:, k + parent]
-                    r = r - c * pr / (pc + n + 1e-12)
-                else:
-                    pooling.append((base[:, k + i] - c * base_probs) / shrunk)
-                columns.append(r / shrunk)
-            columns += pooling
+                columns.append(srp_r / (srp_c + k * n + 1e-12))
+            columns.append((r - c * pr / (pc + n + 1e-12)) / (c + n + 1e-12))
+            columns.append(spread / (sc + n + 1e-12))
         probs = tf.clip_by_value(base_probs, 1e-7, 1.0 - 1e-7)
-        columns.append(tf.math.log(probs) - tf.math.log1p(-probs))
-        columns.append(tf.ones_like(weight[:, 0]))
-        return tf.stack(columns, axis=1)
+        columns.append((tf.math.log(probs) - tf.math.log1p(-probs))[:, None])
+        columns.append(tf.ones_like(weight[:, :1]))
+        return tf.concat(columns, axis=1)
 
     def trust_sums(self) -> tuple[tf.Tensor, tf.Tensor]:
         """The combiner's sums in true units: curvature ``[F, F]`` and moment ``[F]``
@@ -577,6 +582,10 @@ class LSHErrorMemory(ErrorMemory):
                       half_life=self.half_life, id_groups=[list(g) for g in self.id_groups],
                       id_bits=self.id_bits)
         return config
+
+
+def _indices(values: list[int]) -> tf.Tensor:
+    return tf.constant(values, tf.int32, shape=[len(values)])
 
 
 def _as_id_strings(ids, name: str) -> tf.Tensor:
