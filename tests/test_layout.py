@@ -254,7 +254,8 @@ def test_help_of_every_command_loads_no_tensorflow(tmp_path):
     print(f"import {out['import_seconds']:.3f} s; " + ", ".join(
         f"{' '.join(p['argv'])}: {p['seconds']:.3f} s" for p in out["paths"]))
     assert {"--help", "bench --help", "data prepare --help", "serve --help", "replay --help",
-            "pipeline run --help", "pipeline compile --help", "demo --help"} <= set(argvs)
+            "pipeline run --help", "pipeline compile --help", "demo --help",
+            "feedback run --help", "memory sync --help", "memory keep --help"} <= set(argvs)
     assert all(p["code"] == 0 and p["usage"] for p in out["paths"]), out["paths"]
     assert out["loaded"] == [], out["loaded"]
     assert out["tf_cpp_min_log_level"] == "2"  # the CLI's default, set before TF can load
