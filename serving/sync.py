@@ -18,11 +18,16 @@ last round:
   order in float32, so without half-life it is bit for bit what the replica holds.
 
 A replica that fails (after the client's retries) is reported in the round's result and skipped.
-It is **healed** the first time it answers again with the same layout: ``memory_restore`` of the
-state the healthy replicas hold after that round's merges (``base_h`` of a healthy ``h``), and its
-base is reset to it. A replica whose ``memory_weight`` fell below ``(1 - drop_fraction)`` of its
-base's restarted (from its export or an older snapshot) and is healed the same way. Healing keeps
-the other replicas' writes and loses the healed replica's own writes since its last good round.
+Its base moves on as if it had received the round's merges, and those merges are *owed* to it:
+when it answers again (and did not restart) it is **caught up**, sent what it missed first, in
+order. A merge that was attempted keeps its write id, so one whose answer was lost counts once;
+the ones never attempted are summed into one merge. Nothing is lost.
+
+A replica whose ``memory_weight`` fell below ``(1 - drop_fraction)`` of its base's restarted
+(from its export or an older snapshot), and one that refused a merge or came back with another
+layout, is **healed**: ``memory_restore`` of the state the healthy replicas hold after that
+round's merges (``base_h`` of a healthy ``h``), and its base is reset to it. Healing keeps the
+other replicas' writes and loses the writes the healed replica had not synced yet.
 """
 
 from __future__ import annotations
@@ -64,8 +69,10 @@ class RoundResult:
         failed: target -> reason, for every replica that did not answer a call (or serves
             another layout). Its delta, if already read, was still delivered to the others.
         restarted: targets whose weight fell by more than ``drop_fraction`` since the last round.
+        caught_up: targets that were sent the merges they had missed, this round.
         healed: targets restored this round from the healthy replicas' state.
         pending: targets still waiting to be healed after the round.
+        owing: targets that still have merges to receive after the round (they failed).
         bytes_sent: int. Payload bytes of the merges and restores (float32 state tensors).
         bytes_received: int. Payload bytes of the snapshots.
         write_ids: the write ids of the merges sent (target -> ids, in sending order).
@@ -79,16 +86,18 @@ class RoundResult:
     duplicates: int = 0
     failed: dict[str, str] = dataclasses.field(default_factory=dict)
     restarted: list[str] = dataclasses.field(default_factory=list)
+    caught_up: list[str] = dataclasses.field(default_factory=list)
     healed: list[str] = dataclasses.field(default_factory=list)
     pending: list[str] = dataclasses.field(default_factory=list)
+    owing: list[str] = dataclasses.field(default_factory=list)
     bytes_sent: int = 0
     bytes_received: int = 0
     write_ids: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def in_sync(self) -> bool:
-        """Every replica answered and took part, or was healed."""
-        return not self.failed and not self.pending
+        """Every replica answered and holds every delta so far (caught up or healed)."""
+        return not self.failed and not self.pending and not self.owing
 
     def line(self) -> str:
         """One log line."""
@@ -100,8 +109,12 @@ class RoundResult:
             parts.append("failed: " + ", ".join(f"{t} ({why})" for t, why in self.failed.items()))
         if self.restarted:
             parts.append("restarted: " + ", ".join(self.restarted))
+        if self.caught_up:
+            parts.append("caught up: " + ", ".join(self.caught_up))
         if self.healed:
             parts.append("healed: " + ", ".join(self.healed))
+        if self.owing:
+            parts.append("owing merges: " + ", ".join(self.owing))
         if self.pending:
             parts.append("to heal: " + ", ".join(self.pending))
         return "; ".join(parts)
@@ -247,6 +260,10 @@ class MemorySync:
         self.base: dict[str, np.ndarray] = {}
         self.base_weight: dict[str, float] = {}
         self.to_heal: dict[str, str] = {}  # target -> why
+        # Merges a replica has not acknowledged: attempted ones keep their write id (the
+        # replica may hold them already), never-attempted ones are summed into one delta.
+        self.owed: dict[str, list[tuple[str, np.ndarray, float]]] = {t: [] for t in self.clients}
+        self.unsent: dict[str, tuple[np.ndarray, float] | None] = dict.fromkeys(self.clients)
         self.last_merges: list[tuple[str, str, np.ndarray]] = []  # (target, write id, delta)
         self._pool = futures.ThreadPoolExecutor(max_workers=min(32, len(self.clients)))
         try:
@@ -294,12 +311,12 @@ class MemorySync:
             raise LayoutMismatch(f"the common state {since.source} has memory layout "
                                  f"{since.fingerprint}, but the replicas serve {self.fingerprint}")
         for target, result in reads.items():
-            if isinstance(result, Exception):
+            if since is not None:
+                self.base[target], self.base_weight[target] = since.sketch, since.memory_weight
+            elif isinstance(result, Exception):
                 self.to_heal[target] = f"unreachable at start ({_reason(result)})"
                 logger.warning("replica %s did not answer at start (%s); it will be healed from "
                                "the others when it answers", target, _reason(result))
-            elif since is not None:
-                self.base[target], self.base_weight[target] = since.sketch, since.memory_weight
             else:
                 _, self.base[target], self.base_weight[target] = result
         if since is None:
@@ -314,23 +331,49 @@ class MemorySync:
                     len(self.targets), self.fingerprint, next(iter(self.base.values())).shape[0])
 
     # -- one round -------------------------------------------------------------------------------
+    def owes(self, target: str) -> bool:
+        """Whether ``target`` has merges it has not acknowledged."""
+        return bool(self.owed[target]) or self.unsent[target] is not None
+
     def sync_round(self) -> RoundResult:
-        """Snapshot, exchange the deltas, heal the replicas that came back; see the module doc."""
+        """Catch up, snapshot, exchange the deltas, heal; see the module doc."""
         self.round += 1
         result = RoundResult(self.round)
         started = time.perf_counter()
-
-        # 1. Read every replica. A replica that failed gets a fresh channel: a gRPC channel that
-        # failed to connect waits out its reconnect backoff (seconds, growing) before it tries
-        # again, and a replica that is back should be healed at once.
+        # A replica that failed gets a fresh channel: a gRPC channel that failed to connect
+        # waits out its reconnect backoff (seconds, growing) before it tries again.
         if self._owned:
-            for target in self.to_heal:
-                self.clients[target].close()
-                self.clients[target] = self._new_client(target)
-        reads = self._each(self.targets, self._read)
+            for target in self.targets:
+                if target in self.to_heal or self.owes(target):
+                    self.clients[target].close()
+                    self.clients[target] = self._new_client(target)
+
+        # 1. Catch up: the merges a replica missed, after checking it did not restart.
+        owing = [t for t in self.targets if t not in self.to_heal and self.owes(t)]
+        caught = self._each(owing, self._catch_up)
+        for target in owing:
+            outcome = caught[target]
+            if isinstance(outcome, Exception):
+                self._fail(result, target, _reason(outcome))
+            elif outcome is not None:
+                sent, duplicates, error = outcome
+                result.merges_sent += sent
+                result.duplicates += duplicates
+                result.bytes_sent += sent * self.base[target].nbytes
+                if error is not None:
+                    self._fail(result, target, f"memory_merge (catching up): {_reason(error)}")
+                    self._heal_if_refused(target, error)
+                else:
+                    result.caught_up.append(target)
+            else:
+                result.restarted.append(target)
+
+        # 2. Read every other replica.
+        reading = [t for t in self.targets if t not in result.failed]
+        reads = self._each(reading, self._read)
         snapshots: dict[str, np.ndarray] = {}
         weights: dict[str, float] = {}
-        for target in self.targets:
+        for target in reading:
             read = reads[target]
             if isinstance(read, Exception):
                 self._fail(result, target, _reason(read))
@@ -339,61 +382,66 @@ class MemorySync:
             if fingerprint != self.fingerprint:
                 self._fail(result, target, f"serves memory layout {fingerprint}, not "
                                            f"{self.fingerprint}")
+                self._mark_to_heal(target, f"served memory layout {fingerprint}")
                 continue
             result.bytes_received += sketch.nbytes
             snapshots[target], weights[target] = sketch, weight
             if target in self.to_heal:
-                continue  # missed a round: healed below
-            if weight < (1.0 - self.drop_fraction) * self.base_weight[target]:
-                why = (f"memory_weight fell from {self.base_weight[target]:.6g} to {weight:.6g} "
-                       "(restarted)")
-                logger.warning("replica %s: %s; its writes since the last round are lost, it "
-                               "will be healed from the others", target, why)
+                continue
+            if self._restarted(target, weight):
                 result.restarted.append(target)
-                self.to_heal[target] = why
 
-        # 2. Deltas of the replicas that kept their memory.
+        # 3. Deltas of the replicas that kept their memory; the merges each replica gets.
         active = [t for t in self.targets if t in snapshots and t not in self.to_heal]
         deltas = {t: snapshots[t] - self.base[t] for t in active}
         for target in active:
             result.delta_weights[target] = weights[target] - self.base_weight[target]
         nonzero = [t for t in active if np.any(deltas[t])]
+        members = [t for t in self.targets if t not in self.to_heal]
+        plans = {t: self._plan(t, nonzero, deltas, result) for t in members}
+        sending = [t for t in active if plans[t]]
+        self.last_merges = [(t, wid, delta) for t in sending for wid, delta, _ in plans[t]]
+        outcomes = self._each(sending, lambda t: self._send(t, plans[t]))
 
-        # 3. Merges: into each replica, the others' deltas in a fixed order.
-        plans = {s: self._plan(s, nonzero, deltas, result) for s in active}
-        self.last_merges = [(s, wid, delta) for s in active for wid, delta, _ in plans[s]]
-        outcomes = self._each(active, lambda s: self._send(s, plans[s]))
+        # 4. New bases: what each member holds once it has every merge of its plan.
         healthy = []
-        for s in active:
-            outcome = outcomes[s]
+        for target in members:
+            plan = plans[target]
+            outcome = outcomes.get(target, (0, 0, 0.0, None))
             if isinstance(outcome, Exception):
                 outcome = (0, 0, 0.0, outcome)
             sent, duplicates, written, error = outcome
             result.merges_sent += sent
             result.duplicates += duplicates
-            result.bytes_sent += sent * snapshots[s].nbytes
-            if plans[s]:
-                result.write_ids[s] = [wid for wid, _, _ in plans[s]]
-            if error is not None:
-                self._fail(result, s, f"memory_merge: {_reason(error)}")
-                continue
-            base = snapshots[s]
-            for _, delta, _ in plans[s]:
-                base = base + delta  # float32, in the order the replica added them
-            self.base[s] = base
+            result.bytes_sent += sent * self.base[target].nbytes
+            if sent:
+                result.write_ids[target] = [wid for wid, _, _ in plan[:sent]]
+            base = snapshots[target] if target in snapshots else self.base[target]
+            for _, delta, _ in plan:
+                base = base + delta  # float32, in the order the replica adds them
+            self.base[target] = base
             # The weights the replica measured (its snapshot's, the merges'), never our own
-            # differences: those would carry float32 rounding from round to round.
-            self.base_weight[s] = weights[s] + written
-            healthy.append(s)
+            # differences, which would carry float32 rounding from round to round; estimates
+            # only for the merges still owed.
+            known = weights[target] if target in snapshots else self.base_weight[target]
+            self.base_weight[target] = known + written + sum(w for _, _, w in plan[sent:])
+            if error is not None:
+                self._fail(result, target, f"memory_merge: {_reason(error)}")
+                self._owe(target, plan[sent:sent + 1], plan[sent + 1:])
+                self._heal_if_refused(target, error)
+            elif target not in snapshots:
+                self._owe(target, [], plan)  # not reached this round: all of it is owed
+            elif not self.owes(target):
+                healthy.append(target)
 
-        # 4. Heal the replicas that answered but missed rounds or restarted.
+        # 5. Heal the replicas that restarted, changed layout or were never seen.
         answering = [t for t in self.to_heal if t in snapshots]
         if answering and not healthy and len(answering) == len(self.targets):
             # Every replica lost its memory at once (a full rollout without a store): nothing to
             # heal from. Start again from the heaviest one and heal the others from it.
             source = max(answering, key=lambda t: weights[t])
-            logger.error("round %d: every replica restarted or missed rounds; the sync starts "
-                         "again from %s (memory_weight %.6g)", self.round, source, weights[source])
+            logger.error("round %d: every replica restarted; the sync starts again from %s "
+                         "(memory_weight %.6g)", self.round, source, weights[source])
             self.to_heal.pop(source)
             self.base[source], self.base_weight[source] = snapshots[source], weights[source]
             answering.remove(source)
@@ -412,17 +460,79 @@ class MemorySync:
                 result.healed.append(target)
                 result.bytes_sent += state.nbytes
         result.pending = [t for t in self.targets if t in self.to_heal]
+        result.owing = [t for t in self.targets if t not in self.to_heal and self.owes(t)]
         result.seconds = time.perf_counter() - started
-        log = logger.info if result.in_sync and not result.healed else logger.warning
-        log("%s", result.line())
+        quiet = result.in_sync and not (result.healed or result.caught_up or result.restarted)
+        (logger.info if quiet else logger.warning)("%s", result.line())
         return result
+
+    def _restarted(self, target: str, weight: float, floor: float | None = None) -> bool:
+        """Marks ``target`` to heal if ``weight`` is below ``(1 - drop_fraction)`` of
+        ``floor`` (default: its base's weight)."""
+        floor = self.base_weight[target] if floor is None else floor
+        if weight >= (1.0 - self.drop_fraction) * floor:
+            return False
+        why = f"memory_weight fell from {floor:.6g} to {weight:.6g} (restarted)"
+        logger.warning("replica %s: %s; the writes it had not synced are lost, it will be "
+                       "healed from the others", target, why)
+        self._mark_to_heal(target, why)
+        return True
+
+    def _mark_to_heal(self, target: str, why: str) -> None:
+        self.to_heal.setdefault(target, why)
+        self.owed[target], self.unsent[target] = [], None  # the restore replaces all of it
+
+    def _heal_if_refused(self, target: str, error: BaseException) -> None:
+        """A merge the replica refused (not a lost connection) will not pass on a retry: the
+        replica's memory is not what the sync thinks, so it is healed instead."""
+        code = error.code() if isinstance(error, grpc.RpcError) and callable(
+            getattr(error, "code", None)) else None
+        if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            self._mark_to_heal(target, f"refused a merge ({_reason(error)})")
+
+    def _owe(self, target: str, attempted, unattempted) -> None:
+        """Records merges ``target`` has not acknowledged: ``attempted`` ones with their write
+        ids, the others summed into one delta."""
+        self.owed[target].extend(attempted)
+        for _, delta, weight in unattempted:
+            pending = self.unsent[target]
+            self.unsent[target] = (delta, weight) if pending is None else (
+                pending[0] + delta, pending[1] + weight)
+
+    def _catch_up(self, target: str):
+        """Sends ``target`` the merges it owes, in order, if it did not restart. Returns
+        ``(sent, duplicates, error)``, or `None` when it restarted (marked to heal)."""
+        client = self.clients[target]
+        if self._owned:  # a ReLoop2Client: only the weight comes back
+            out = client.call(MEMORY_SNAPSHOT, {}, ["memory_weight"])
+        else:
+            out = client.call(MEMORY_SNAPSHOT, {})
+        weight = float(np.asarray(out["memory_weight"]))
+        owed = self.owed[target]
+        unsent = self.unsent[target]
+        # Some owed merges may have reached it: the weight it must have is at least its base's
+        # without any of them.
+        missing = sum(w for _, _, w in owed) + (unsent[1] if unsent is not None else 0.0)
+        if self._restarted(target, weight, min(self.base_weight[target],
+                                               self.base_weight[target] - missing)):
+            return None
+        plan = list(owed)
+        if unsent is not None:
+            plan.append((f"sync:{self.sync_id}:{self.round}:owed->{target}", *unsent))
+        sent, duplicates, _, error = self._send(target, plan)
+        if error is None:
+            self.owed[target], self.unsent[target] = [], None
+        elif sent < len(owed):
+            self.owed[target] = owed[sent:]
+        else:  # the summed delta was attempted: it keeps its id from now on
+            self.owed[target], self.unsent[target] = [plan[-1]], None
+        return sent, duplicates, error
 
     def _fail(self, result: RoundResult, target: str, why: str) -> None:
         if target not in result.failed:
-            logger.warning("replica %s failed in round %d: %s; skipped, healed when it answers",
-                           target, self.round, why)
+            logger.warning("replica %s failed in round %d: %s; skipped, caught up (or healed, "
+                           "if it restarted) when it answers", target, self.round, why)
         result.failed[target] = why
-        self.to_heal.setdefault(target, f"failed in round {self.round}: {why}")
 
     def _plan(self, s: str, nonzero: list[str], deltas: dict[str, np.ndarray],
               result: RoundResult) -> list[tuple[str, np.ndarray, float]]:
@@ -457,7 +567,7 @@ class MemorySync:
                 # Already written (a re-sent round): the replica holds it, with about this weight.
                 duplicates += 1
                 written = weight
-                logger.warning("replica %s dropped merge %s as already written", s, wid)
+                logger.info("replica %s dropped merge %s as already written", s, wid)
             added += written
         return sent, duplicates, added, None
 

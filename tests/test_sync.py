@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 
+import grpc
 import numpy as np
 import pytest
 from serving_helpers import (
@@ -206,15 +207,17 @@ def test_a_restarted_replica_is_reported_while_down_and_healed_when_back(cluster
         for k, (features, labels) in enumerate(batches[6:9]):
             replicas[k % 2].update_memory(features, labels, write_id="")
         while_down = sync.sync_round()
-        assert list(while_down.failed) == [down] and while_down.pending == [down]
+        assert list(while_down.failed) == [down] and while_down.owing == [down]
         assert "UNAVAILABLE" in while_down.failed[down]
         assert while_down.merges_sent == 2 and not while_down.in_sync
 
-        # It comes back from its export (an empty memory) and is healed after the round.
+        # It comes back from its export (an empty memory): its weight tells, so it is healed
+        # after the round instead of being sent what it missed.
         servers[2] = _start(base, port)
         replicas[0].update_memory(*batches[9], write_id="")
         back = sync.sync_round()
-        assert back.healed == [down] and back.in_sync and back.merges_sent == 1
+        assert back.restarted == [down] and back.healed == [down] and not back.caught_up
+        assert back.in_sync and back.merges_sent == 1
         assert back.bytes_sent == 2 * STATE_BYTES  # one merge, one restore
         states = [c.snapshot() for c in replicas]
         assert_replicas_equal(states)
@@ -233,6 +236,84 @@ def test_a_restarted_replica_is_reported_while_down_and_healed_when_back(cluster
         assert_replicas_equal(states)
         assert_tables_equal(states[0], reference_state(cluster, ZEROS, batches[:10] + batches[11:]))
     for client in replicas:
+        client.close()
+
+
+class _Unavailable(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "test: no route to the replica"
+
+
+class _Flaky:
+    """A ``ReLoop2Client`` the sync cannot reach while ``down``, and that loses the answer of
+    one merge (after the replica ran it) when ``lose_answer`` is set."""
+
+    def __init__(self, target):
+        self.client = ReLoop2Client(target, timeout=60)
+        self.down = self.lose_answer = False
+
+    def call(self, signature, inputs):
+        if self.down:
+            raise _Unavailable()
+        return self.client.call(signature, inputs)
+
+    def merge(self, delta, write_id=None):
+        if self.down:
+            raise _Unavailable()
+        out = self.client.merge(delta, write_id=write_id)
+        if self.lose_answer:
+            self.lose_answer = False
+            raise _Unavailable()
+        return out
+
+    def restore(self, sketch):
+        if self.down:
+            raise _Unavailable()
+        return self.client.restore(sketch)
+
+
+def test_a_replica_the_sync_cannot_reach_is_caught_up_without_losing_a_write(cluster):
+    """The replica keeps serving (and learning) while the sync cannot reach it: when it can
+    again, it is sent what it missed, and its own writes go out; a merge whose answer was lost
+    is sent again under its id and counted once."""
+    replicas = clients(cluster)
+    for client in replicas:
+        client.restore(ZEROS)
+    t = targets(cluster)
+    flaky = {target: _Flaky(target) for target in t}
+    batches = stream(7, 9)
+    with MemorySync(flaky) as sync:
+        for k in range(3):
+            replicas[k].update_memory(*batches[k], write_id="")
+        assert sync.sync_round().in_sync
+
+        flaky[t[2]].down = True
+        for k in range(3, 6):
+            replicas[k - 3].update_memory(*batches[k], write_id="")
+        cut = sync.sync_round()
+        assert list(cut.failed) == [t[2]] and cut.owing == [t[2]] and cut.merges_sent == 2
+        replicas[0].update_memory(*batches[6], write_id="")
+        replicas[2].update_memory(*batches[7], write_id="")
+        still = sync.sync_round()
+        assert list(still.failed) == [t[2]] and still.merges_sent == 1
+
+        flaky[t[2]].down = False
+        flaky[t[1]].lose_answer = True
+        replicas[1].update_memory(*batches[8], write_id="")
+        back = sync.sync_round()
+        assert back.caught_up == [t[2]] and not back.restarted and not back.healed
+        assert list(back.failed) == [t[1]] and back.owing == [t[1]]
+        assert back.delta_weights[t[2]] == 32.0  # its own writes while cut off: 2 batches
+        again = sync.sync_round()
+        assert again.caught_up == [t[1]] and again.duplicates == 1 and again.in_sync
+    states = [c.snapshot() for c in replicas]
+    assert_replicas_equal(states)
+    assert_tables_equal(states[0], reference_state(cluster, ZEROS, batches))
+    assert states[0][:FIRST, 0].sum() == 9 * 16  # every write once
+    for client in (*replicas, *(f.client for f in flaky.values())):
         client.close()
 
 
