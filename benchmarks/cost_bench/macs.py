@@ -9,9 +9,11 @@ Embedding lookups, element-wise ops and biases are not multiply-adds of a kernel
 out (they are memory-bound, not compute-bound).
 
 Memory (``memory_macs``): the read of an ``LSHErrorMemory`` under the self-tuning combiner:
-the SRP projections ``d x K x L`` and their bit packing ``K x L`` per row, the combiner's dot
-product ``F`` per row, and per call the ``F x F`` solve of the trust (LU: ``F^3/3 + F^2``),
-which a batch of one row pays whole. Id tables cost hashes and gathers, no multiply-adds.
+the SRP projections ``d x K x L`` and their bit packing (one ``[K*L, K]`` matmul: ``K x L x K``)
+per row, and the combiner's dot product ``F`` per row. The ``F x F`` solve of the trust (LU:
+``F^3/3 + F^2``) is made when the memory is written, not on reads; it is reported per write call
+(``trust_solve_per_write``) and left out of the read's total. Id tables cost hashes and gathers,
+no multiply-adds.
 """
 
 from __future__ import annotations
@@ -68,11 +70,11 @@ def memory_macs(dim: int, num_tables: int, num_bits: int, num_trust_features: in
     f = num_trust_features if self_tuning else 0
     parts = {
         "srp_projections": dim * num_tables * num_bits,
-        "srp_bit_packing": num_tables * num_bits,
+        "srp_bit_packing": num_tables * num_bits * num_tables,
         "combiner_dot": f,
-        "trust_solve_per_row": (f**3 / 3 + f**2) / batch,
     }
     parts["total"] = float(sum(parts.values()))
+    parts["trust_solve_per_write"] = f**3 / 3 + f**2
     return parts
 
 
