@@ -89,7 +89,7 @@ def test_default_layer_works_with_no_arguments_and_call_never_writes(rng):
     logits = rng.normal(size=(8, 1)).astype(np.float32)
     probs = comp(logits, h)
     assert probs.shape == (8, 1)
-    assert isinstance(comp.memory, r2.LSHErrorMemory) and comp.memory.num_cells == 8 * 1024
+    assert isinstance(comp.memory, r2.LSHErrorMemory) and comp.memory.num_cells == 4 * 256
     assert comp.self_tuning
     for _ in range(3):
         comp.update_memory(logits, h, np.ones(8))
