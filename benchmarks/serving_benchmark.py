@@ -1,174 +1,162 @@
-"""Serving benchmark: predict latency with and without ReLoop2, update_memory rows/s, footprint.
+"""Serving benchmark of the default memory over gRPC (issue 15): predict, writes, replay, reads.
 
-Exports a zoo DCN on the MovieLens feature spec twice, in the same run:
+A zoo dcn on ``FeatureSpec.movielens()`` with the default memory keyed by the MovieLens id groups
+(``cost_bench.forward.default_model``), 2,048 random rows written, exported twice: the ReLoop2
+SavedModel and the base model alone (same weights). Dev servers (``reloop2_serving.process``,
+the PredictionService the tests use) serve the base once and the ReLoop2 model twice
+(``keys`` and ``features``); one client process calls them over loopback gRPC.
 
-* ``reloop2``: the ``ReLoop2Model`` (DCN + LSH sketch), as ``export_serving_model`` writes it;
-* ``base``: the same DCN alone, whose ``serving_default`` returns only the base probability.
+1. Predict p50/p99 at batch 1 and 256, base server vs memory server, the same rows. ``blocks``
+   (the targets' figures): prebuilt requests (TensorProtos built before timing), runs of 20
+   calls per server, the servers alternating. Then call by call, the calls alternating between
+   the servers: ``prebuilt``, ``client`` (``ReLoop2Client.predict`` on raw arrays) and
+   ``probability_only`` (the memory's ``output_filter=["probability"]``). Overhead in ms and %.
+2. Write rows/s at batch 256, one client thread: ``update_memory_by_keys`` (keys and base
+   probability from a prior predict) to server ``keys`` and ``update_memory`` (features) to
+   server ``features``, interleaved and in the same order on both; then bursts of calls from
+   1 and 4 client threads (wall clock), by keys and by features in alternation.
+3. Replay equality: after the one-thread writes of 2. (before the bursts), the two servers
+   have seen the same rows in the same order, one by keys and one by features: their snapshots
+   are compared with ``np.array_equal``, and their predictions on fresh rows.
+4. In process, the dev server's own ``Servable`` (TF1 Session, no gRPC): the same predicts
+   and writes, to split a call's time between the graph and the transport; and over gRPC
+   ``memory_weight()`` (``memory_snapshot`` filtered to ``memory_weight``).
+5. In process: the default memory's read at batch 1 and 256 after 10^4, 10^5 and 10^6 rows
+   written (flat?), and the bytes of its variables (constant?).
 
-Both are served by ``reloop2_serving.dev_server`` subprocesses (the real ``tensorflow_model_server``
-cannot be installed here) and called over loopback gRPC by ``reloop2_serving.client``. Requests to the
-two servers are interleaved so that machine noise hits both alike.
+Prints the tables and the targets (met / missed) and writes ``runs/bench/serving.json``.
 
-    TF_USE_LEGACY_KERAS=1 python benchmarks/serving_benchmark.py [--quick] [--output FILE.json]
+    TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/serving_benchmark.py [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
-import re
 import subprocess
 import sys
-import tempfile
 import time
-from concurrent import futures
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
 
 import numpy as np
 
-import reloop2_tf as r2
-from reloop2_tf import export as ex
-from reloop2_tf._keras import keras, tf
-from reloop2_tf.features import FeatureSpec
-from reloop2_tf.models import build_model
-from reloop2_serving.client import ReLoop2Client
-from random_rows import make_features  # noqa: E402  (benchmarks/)
+from serving_bench import report, timing
+
+log = logging.getLogger("serving_benchmark")
+
+FULL = {"calls": {"1": 1000, "256": 300, "writes": 200}, "warmup": 10, "threads": 4,
+        "thread_calls": 200, "thread_repeats": 5, "read_rows": [10**4, 10**5, 10**6],
+        "read_batches": [1, 256], "read_rounds": 15, "read_calls": 20, "session_rounds": 15,
+        "session_calls": 20}
+QUICK = {"calls": {"1": 20, "256": 6, "writes": 6}, "warmup": 2, "threads": 2,
+         "thread_calls": 6, "thread_repeats": 1, "read_rows": [5000, 10000],
+         "read_batches": [256], "read_rounds": 2, "read_calls": 2, "session_rounds": 2,
+         "session_calls": 2}
 
 
-def export_base(base: r2.ReLoop2Model, path: str) -> None:
-    """The base model alone: ``serving_default`` returns ``base_probability`` only."""
-    specs = ex.feature_specs(base)
-    module = tf.Module()
-    module.model = base.base_model
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
+                if line.startswith("model name")), platform.processor()) \
+        if Path("/proc/cpuinfo").exists() else platform.processor()
+    import tensorflow as tf
 
-    @tf.function(input_signature=[specs])
-    def predict(features):
-        logits = tf.reshape(module.model(features, training=False), [-1])
-        return {"base_probability": tf.sigmoid(logits)}
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip()
 
-    tf.saved_model.save(module, path, signatures={"serving_default": predict})
-
-
-class Server:
-    def __init__(self, model_dir: str):
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reloop2_serving.dev_server", "--model-dir", model_dir, "--port", "0"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in self.proc.stdout:
-            match = re.search(r" on (127\.0\.0\.1:\d+)", line)
-            if match:
-                self.target = match.group(1)
-                return
-        raise RuntimeError("dev server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "tensorflow": tf.__version__, "numpy": np.__version__, "commit": git("rev-parse", "HEAD"),
+            "uncommitted_code": git("status", "--porcelain", "--", "reloop2_tf", "serving",
+                                    "benchmarks").splitlines()}
 
 
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1e3
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3), "calls": len(ms)}
-
-
-def latency(clients: dict[str, ReLoop2Client], batches: list[dict], warmup: int = 5) -> dict:
-    """Per-call latency of predict on each server, calls interleaved server by server."""
-    times = {name: [] for name in clients}
-    for i, batch in enumerate(batches):
-        for name, client in clients.items():
-            started = time.perf_counter()
-            client.call("serving_default", batch)
-            if i >= warmup:
-                times[name].append(time.perf_counter() - started)
-    return {name: percentiles(t) for name, t in times.items()}
-
-
-def update_rate(client: ReLoop2Client, batches: list[dict], labels: list[np.ndarray],
-                threads: int) -> float:
-    ones = [np.ones(len(y), np.float32) for y in labels]
-    started = time.perf_counter()
-    with futures.ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda i: client.update_memory(batches[i], labels[i], ones[i]),
-                      range(len(batches))))
-    return sum(len(y) for y in labels) / (time.perf_counter() - started)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls (CI smoke run)")
-    parser.add_argument("--output", default=None, help="write the results as JSON here")
-    parser.add_argument("--num-tables", type=int, default=64)
-    parser.add_argument("--num-bits", type=int, default=12)
-    args = parser.parse_args(argv)
-    calls = {1: 60, 256: 20} if args.quick else {1: 1000, 256: 200}
+def run(cfg: dict, skip_reads: bool) -> dict:
+    from serving_bench import inprocess, reads, servers
 
     rng = np.random.default_rng(0)
-    spec = FeatureSpec.movielens()
-    keras.utils.set_random_seed(0)
-    model = r2.ReLoop2Model(build_model("dcn", spec), compensation=r2.ErrorCompensation(
-        r2.LSHErrorMemory(num_tables=args.num_tables, num_bits=args.num_bits),
-        compensation_weight=0.5))
-    model.update_memory(make_features(spec, 2048, rng), rng.integers(0, 2, 2048))
-    tmp = Path(tempfile.mkdtemp(prefix="reloop2-serving-bench-"))
-    ex.export_serving_model(model, tmp / "reloop2", version=1)
-    export_base(model, str(tmp / "base"))
-    footprint = {
-        "memory_variables_bytes": ex.memory_footprint_bytes(model),
-        "sketch_bytes": int(np.prod(model.memory.sketch.shape)) * 4,
-        "model_variables_bytes": int(sum(np.prod(v.shape) * v.dtype.size
-                                         for v in model.base_model.variables)),
-        "saved_model_bytes": {name: sum(f.stat().st_size for f in (tmp / name).rglob("*")
-                                        if f.is_file()) for name in ("reloop2", "base")},
-    }
+    results = {"config": {**cfg, "model": "dcn", "spec": "movielens",
+                          "memory": "ErrorCompensation(LSHErrorMemory(id_groups=MOVIELENS_GROUPS))"},
+               "machine": machine(), "load_average": {"start": os.getloadavg()}}
+    started = time.perf_counter()
+    exports = servers.build_exports(rng)
+    results["memory"], results["footprint"] = exports["memory"], exports["footprint"]
+    log.info("exported %s; starting 3 dev servers", exports["dirs"])
+    dirs = {"base": exports["dirs"]["base"], "keys": exports["dirs"]["memory"],
+            "features": exports["dirs"]["memory"]}
+    procs = servers.start_servers(dirs)
+    from reloop2_serving.client import ReLoop2Client
 
-    servers = {"reloop2": Server(str(tmp / "reloop2")), "base": Server(str(tmp / "base"))}
-    clients = {name: ReLoop2Client(s.target, timeout=120) for name, s in servers.items()}
+    clients = {name: ReLoop2Client(p.target, timeout=120) for name, p in procs.items()}
+    clients["memory"] = clients["keys"]  # predict runs before any write
     try:
-        results = {"predict_latency": {}, "update_memory_rows_per_s": {}}
-        for batch_size, n in calls.items():
-            batches = [make_features(spec, batch_size, rng) for _ in range(n)]
-            results["predict_latency"][f"batch_{batch_size}"] = latency(clients, batches)
-        update_batches = [make_features(spec, 256, rng) for _ in range(calls[256])]
-        labels = [rng.integers(0, 2, 256).astype(np.float32) for _ in update_batches]
-        # The first run of a signature in a Session pays for its graph optimisation.
-        update_rate(clients["reloop2"], update_batches[:3], labels[:3], 1)
-        clients["reloop2"].snapshot()
-        for threads in (1, 4):
-            results["update_memory_rows_per_s"][f"batch_256_threads_{threads}"] = round(
-                update_rate(clients["reloop2"], update_batches, labels, threads))
-        snap = []
-        for _ in range(10):
-            started = time.perf_counter()
-            clients["reloop2"].snapshot()
-            snap.append(time.perf_counter() - started)
-        results["memory_snapshot_latency"] = percentiles(snap)
+        results["predict"] = {}
+        for batch in (1, 256):
+            log.info("predict, batch %d", batch)
+            results["predict"][f"batch_{batch}"] = servers.predict_latency(
+                clients, batch, cfg["calls"][str(batch)], cfg["warmup"], rng)
+        results["memory_weight_rpc"] = inprocess.memory_weight_rpc(
+            clients["features"], cfg["calls"]["1"], cfg["warmup"])
+        results["load_average"]["after_predict"] = os.getloadavg()
+        log.info("writes, one thread (and the replay)")
+        results["writes"], results["replay"] = servers.writes_and_replay(
+            clients, 256, cfg["calls"]["writes"], cfg["warmup"], rng)
+        results["writes"]["threads"] = {}
+        for threads in (1, cfg["threads"]):
+            log.info("writes, %d threads", threads)
+            results["writes"]["threads"][str(threads)] = servers.threaded_writes(
+                clients, 256, cfg["thread_calls"], threads, cfg["thread_repeats"], rng)
+        results["load_average"]["after_writes"] = os.getloadavg()
     finally:
-        for client in clients.values():
-            client.close()
-        for server in servers.values():
-            server.stop()
+        for name in ("base", "keys", "features"):
+            clients[name].close()
+        for proc in procs.values():
+            proc.stop()
+    log.info("in-process Session runs of the same signatures")
+    results["session_ms"] = inprocess.session_costs(exports["dirs"], servers.spec(), rng,
+                                                    cfg["session_rounds"], cfg["session_calls"])
+    if not skip_reads:
+        log.info("in-process reads after %s rows", cfg["read_rows"])
+        results["reads"] = reads.read_flatness(cfg["read_rows"], cfg["read_batches"],
+                                               results["memory"]["hidden_dim"], cfg["read_rounds"],
+                                               cfg["read_calls"])
+    results["load_average"]["end"] = os.getloadavg()
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    results["verdicts"] = timing.verdicts(results)
+    return results
 
-    results.update(
-        footprint=footprint,
-        config={"model": "dcn", "spec": "movielens", "num_tables": args.num_tables,
-                "num_bits": args.num_bits, "calls": calls, "quick": args.quick},
-        machine={"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
-                 "python": platform.python_version(), "tensorflow": tf.__version__},
-    )
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
-    return 0
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a few calls of each kind (a smoke run)")
+    p.add_argument("--skip-reads", action="store_true", help="leave out part 4 (in process)")
+    p.add_argument("--output", default=str(ROOT / "runs" / "bench" / "serving.json"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = dict(QUICK if args.quick else FULL, quick=args.quick)
+    results = run(cfg, args.skip_reads)
+    # JSON keys are strings: check the report as it will be read back.
+    results = json.loads(json.dumps(results, default=float))
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    problems = timing.check_report(results)
+    results["consistency_problems"] = problems
+    out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    print(report.tables(results))
+    print(f"\nwrote {out} in {results['wall_seconds']} s; load average "
+          f"{results['load_average']}")
+    for problem in problems:
+        print("INCONSISTENT:", problem, file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
