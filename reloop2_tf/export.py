@@ -402,20 +402,29 @@ def numbered_versions(base_dir: str | os.PathLike, complete: bool = True) -> dic
             and (not complete or (p / "saved_model.pb").is_file())}
 
 
-def resolve_model_dir(model_dir: str | os.PathLike) -> tuple[Path, int]:
-    """A SavedModel dir, or the newest version of a base dir, as ``(path, version)``.
+def resolve_saved_model(model_dir: str | os.PathLike) -> tuple[str, int]:
+    """A SavedModel dir, or the newest version of a TF-Serving base dir, as ``(path, version)``;
+    any filesystem ``tf.io.gfile`` reads (local, ``gs://``).
 
     A bare SavedModel is version 1, as TF Serving would number it under a base dir.
     """
-    path = Path(model_dir)
-    if (path / "saved_model.pb").is_file():
+    path = str(model_dir).rstrip("/")
+    if tf.io.gfile.exists(f"{path}/saved_model.pb"):
         return path, 1
-    versions = numbered_versions(path)
+    names = [n.rstrip("/") for n in tf.io.gfile.listdir(path)] if tf.io.gfile.isdir(path) else []
+    versions = [int(n) for n in names
+                if n.isdigit() and tf.io.gfile.exists(f"{path}/{n}/saved_model.pb")]
     if not versions:
         raise FileNotFoundError(f"{path} is neither a SavedModel (no saved_model.pb) nor a "
                                 "TF-Serving base dir with numbered version subdirectories")
     newest = max(versions)
-    return versions[newest], newest
+    return f"{path}/{newest}", newest
+
+
+def resolve_model_dir(model_dir: str | os.PathLike) -> tuple[Path, int]:
+    """``resolve_saved_model`` for a local directory, as a ``Path``."""
+    path, version = resolve_saved_model(Path(model_dir))
+    return Path(path), version
 
 
 def write_warmup_requests(saved_model_dir: str | os.PathLike, features: Mapping[str, object],
@@ -567,6 +576,7 @@ __all__ = [
     "numbered_versions",
     "predict_outputs",
     "resolve_model_dir",
+    "resolve_saved_model",
     "signature_contract",
     "write_warmup_requests",
 ]

@@ -44,6 +44,27 @@ GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def parse_targets(targets: str | Sequence[str], minimum: int = 1) -> list[str]:
+    """``"a:8500,b:8500"`` (or a list) -> ``["a:8500", "b:8500"]``; raises ``ValueError`` unless
+    every entry is ``HOST:PORT`` with a port in 1..65535, there are at least ``minimum``, and
+    none repeats (a replica named twice would get every write twice)."""
+    items = str(targets).split(",") if isinstance(targets, str) else [str(t) for t in targets]
+    items = [t.strip() for t in items]
+    if any(not t for t in items):
+        raise ValueError(f"--targets has an empty entry: {targets!r} "
+                         "(expected HOST:PORT,HOST:PORT,...)")
+    for target in items:
+        host, sep, port = target.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--targets entry {target!r} is not HOST:PORT")
+    if len(items) < minimum:
+        raise ValueError(f"--targets names {len(items)} replica(s); at least {minimum} needed")
+    repeated = sorted({t for t in items if items.count(t) > 1})
+    if repeated:
+        raise ValueError(f"--targets names {', '.join(repeated)} more than once")
+    return items
+
+
 def new_write_id() -> str:
     """A fresh, unique ``write_id``."""
     return uuid.uuid4().hex

@@ -33,6 +33,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms import window as beam_window
 
+from reloop2_serving.client import parse_targets
 from reloop2_serving.feedback_apply import (
     DUPLICATE,
     FAILED,
@@ -57,32 +58,15 @@ STREAM_PREFIXES = ("pubsub:", "kafka:")
 _NOT_FEATURES = ("label", "sample_weight", "write_id")
 
 
-def parse_targets(targets: str | Sequence[str]) -> list[str]:
-    """``"a:1,b:2"`` or a list -> ``["a:1", "b:2"]`` (order kept, no duplicates)."""
-    items = targets.split(",") if isinstance(targets, str) else list(targets)
-    out = []
-    for item in (t.strip() for t in items):
-        if item and item not in out:
-            out.append(item)
-    if not out:
-        raise ValueError("--targets must name at least one HOST:PORT")
-    return out
-
-
 def model_schema(model_dir: str) -> tuple[str, dict[str, str], int]:
     """The SavedModel to load (``model_dir`` itself, or its newest numbered version), the dtype
     name of each feature input of ``update_memory``, and the number of memory keys per row."""
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
 
-    path = model_dir.rstrip("/")
-    if not tf.io.gfile.exists(f"{path}/saved_model.pb"):
-        versions = [int(v.rstrip("/")) for v in tf.io.gfile.listdir(path)
-                    if v.rstrip("/").isdigit()
-                    and tf.io.gfile.exists(f"{path}/{v.rstrip('/')}/saved_model.pb")]
-        if not versions:
-            raise FileNotFoundError(f"{model_dir} holds no SavedModel (nor numbered versions)")
-        path = f"{path}/{max(versions)}"
+    from reloop2_tf.export import resolve_saved_model
+
+    path = resolve_saved_model(model_dir)[0]
     with tf.io.gfile.GFile(f"{path}/saved_model.pb", "rb") as fh:
         saved = saved_model_pb2.SavedModel.FromString(fh.read())
     sigs = saved.meta_graphs[0].signature_def

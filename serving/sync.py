@@ -120,24 +120,6 @@ class RoundResult:
         return "; ".join(parts)
 
 
-def parse_targets(text: str) -> list[str]:
-    """``"a:8500,b:8500"`` -> ``["a:8500", "b:8500"]``; raises ``ValueError`` unless every entry
-    is ``HOST:PORT`` with a port in 1..65535, there are at least two, and none repeats."""
-    targets = [t.strip() for t in str(text).split(",")]
-    if any(not t for t in targets):
-        raise ValueError(f"--targets has an empty entry: {text!r} (expected HOST:PORT,HOST:PORT,...)")
-    for target in targets:
-        host, sep, port = target.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"--targets entry {target!r} is not HOST:PORT")
-    if len(targets) < 2:
-        raise ValueError(f"--targets names {len(targets)} replica; sync needs at least two")
-    repeated = sorted({t for t in targets if targets.count(t) > 1})
-    if repeated:
-        raise ValueError(f"--targets names {', '.join(repeated)} more than once")
-    return targets
-
-
 @dataclasses.dataclass(frozen=True)
 class CommonState:
     """A state every replica once held: where the deltas of the first round start from."""
@@ -157,6 +139,7 @@ def load_common_state(path: str) -> CommonState:
     import tensorflow as tf
 
     from reloop2_serving.store import decode_snapshot
+    from reloop2_tf.export import resolve_saved_model
 
     path = str(path)
     if not tf.io.gfile.exists(path):
@@ -169,15 +152,11 @@ def load_common_state(path: str) -> CommonState:
                              "memory_weight")
         return CommonState(sketch, float(header["memory_weight"]), str(header["fingerprint"]),
                            path)
-    model_dir = path
-    if not tf.io.gfile.exists(f"{path}/saved_model.pb"):
-        versions = [int(v.rstrip("/")) for v in tf.io.gfile.listdir(path)
-                    if v.rstrip("/").isdigit()
-                    and tf.io.gfile.exists(f"{path}/{v.rstrip('/')}/saved_model.pb")]
-        if not versions:
-            raise ValueError(f"--since {path}: neither a SavedModel nor a TF-Serving base dir "
-                             "of one, nor a snapshot file")
-        model_dir = f"{path}/{max(versions)}"
+    try:
+        model_dir = resolve_saved_model(path)[0]
+    except FileNotFoundError as err:
+        raise ValueError(f"--since {path}: neither a SavedModel nor a TF-Serving base dir "
+                         "of one, nor a snapshot file") from err
     try:
         signatures = tf.saved_model.load(model_dir).signatures
         if MEMORY_SNAPSHOT not in signatures or MEMORY_LAYOUT not in signatures:

@@ -62,10 +62,11 @@ def _sync(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from reloop2_serving.sync import MemorySync, load_common_state, parse_targets
+    from reloop2_serving.client import parse_targets
+    from reloop2_serving.sync import MemorySync, load_common_state
 
     try:
-        targets = parse_targets(args.targets)
+        targets = parse_targets(args.targets, minimum=2)
         if not args.every > 0:
             raise ValueError(f"--every must be > 0 seconds, got {args.every}")
         if args.rounds < 0:

@@ -29,7 +29,8 @@ import reloop2_tf as r2
 from reloop2_tf import export as ex
 from reloop2_serving.client import ReLoop2Client
 from reloop2_serving.store import encode_snapshot
-from reloop2_serving.sync import LayoutMismatch, MemorySync, parse_targets
+from reloop2_serving.client import parse_targets
+from reloop2_serving.sync import LayoutMismatch, MemorySync
 from reloop2_serving.sync_cli import register_sync
 
 pytestmark = pytest.mark.e2e
