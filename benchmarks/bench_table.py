@@ -1,5 +1,6 @@
 """Markdown tables from ``reloop2 bench`` results: overall figures, lift over static with the
-user-bootstrap 95 % CI of the gAUC lift, per-slot gAUC, and the validation choice.
+95 % intervals of the lift (AUC: DeLong, paired; gAUC: user bootstrap, rows when a log has few
+users; logloss: paired normal), and the validation choice.
 
     python benchmarks/bench_table.py runs/ml1m-dcn/results.json [more results.json ...]
 """
@@ -10,6 +11,15 @@ import json
 import sys
 
 
+def _ci(lift: dict, key: str, scale: float, fmt: str) -> str:
+    """``+0.58 [+0.45, +0.69]``; the bare figure where a results.json predates the interval."""
+    text = f"{scale * lift[key]:+{fmt}}"
+    if lift.get(key + "_ci95"):
+        lo, hi = lift[key + "_ci95"]
+        text += f" [{scale * lo:+{fmt}}, {scale * hi:+{fmt}}]"
+    return text
+
+
 def table(path: str) -> str:
     r = json.load(open(path, encoding="utf-8"))
     cfg = r["config"]
@@ -17,18 +27,18 @@ def table(path: str) -> str:
            f"{'per slot' if not cfg['feedback_every'] else 'every %d rows' % cfg['feedback_every']},"
            f" {len(r['methods']['static']['slots'])} slots of ~{r['split']['slot_rows'][0]:,} rows,"
            f" seed {r['seed']}, {r['wall_seconds']:.0f} s)", "",
-           "| method | AUC | gAUC | logloss | ΔAUC | ΔgAUC [95 % CI] | slots ahead of incremental (gAUC) |",
-           "|---|---|---|---|---|---|---|"]
+           "| method | AUC | gAUC | logloss | ΔAUC [95 % CI] | ΔgAUC [95 % CI] | Δlogloss [95 % CI] "
+           "| slots ahead of incremental (gAUC) |",
+           "|---|---|---|---|---|---|---|---|"]
     for name, m in r["methods"].items():
         lift = r["lift_vs_static"].get(name)
         if lift:
-            lo, hi = lift["gauc_ci95"]
             ahead = lift["slots_ahead_of_incremental"]
             ahead = "" if ahead is None else f"{ahead}/{len(m['slots'])}"
-            extra = (f"{100 * lift['auc']:+.2f} | {100 * lift['gauc']:+.2f} "
-                     f"[{100 * lo:+.2f}, {100 * hi:+.2f}] | {ahead}")
+            extra = (f"{_ci(lift, 'auc', 100, '.2f')} | {_ci(lift, 'gauc', 100, '.2f')} | "
+                     f"{_ci(lift, 'logloss', 1, '.4f')} | {ahead}")
         else:
-            extra = " | | "
+            extra = " | | | "
         out.append(f"| {name} | {100 * m['auc']:.2f} | {100 * m['gauc']:.2f} | "
                    f"{m['logloss']:.4f} | {extra} |")
     share = r.get("sketch_share_of_knn_gauc_lift")

@@ -20,14 +20,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
+_OLD = dict(centred=False, global_ridge=1.0)
 VARIANTS = {
     "before (one step from zero, 1 prior, ridge 1, warm trust)":
-        dict(priors=(5.0,), logit=False, ridge=1.0, online=False, warm_trust=True),
-    "+ trust from served rows only": dict(priors=(5.0,), logit=False, ridge=1.0, online=False),
-    "+ online Newton": dict(priors=(5.0,), logit=False, ridge=1.0),
-    "+ base-logit column": dict(priors=(5.0,), ridge=1.0),
-    "+ two shrinkages (2, 20), ridge 1": dict(ridge=1.0),
-    "default (two shrinkages, logit, ridge 10)": dict(),
+        dict(priors=(5.0,), logit=False, ridge=1.0, online=False, warm_trust=True, **_OLD),
+    "+ trust from served rows only":
+        dict(priors=(5.0,), logit=False, ridge=1.0, online=False, **_OLD),
+    "+ online Newton": dict(priors=(5.0,), logit=False, ridge=1.0, **_OLD),
+    "+ base-logit column": dict(priors=(5.0,), ridge=1.0, **_OLD),
+    "+ two shrinkages (2, 20), ridge 1": dict(ridge=1.0, **_OLD),
+    "+ ridge 10 (the 2026-12-01 default)": dict(centred=False, global_ridge=10.0),
+    "+ base logit centred": dict(global_ridge=10.0),
+    "default: + ridge 100 on base logit and bias": dict(),
     "default, ridge 3": dict(ridge=3.0),
     "default, ridge 30": dict(ridge=30.0),
     "default + bare user group": dict(user=True),
@@ -38,8 +42,12 @@ def dump(args) -> None:
     from reloop2_tf import data
     from reloop2_tf.evaluation import benchmark as b
 
-    df = data.load_dataset(args.dataset, data_dir=args.data_dir)
-    config = b.BenchConfig(dataset=args.dataset, model=args.model, sweep=False)
+    if args.csv:
+        df = data.load_csv(args.csv, args.user_col, args.item_col, args.time_col, args.label_col)
+    else:
+        df = data.load_dataset(args.dataset, data_dir=args.data_dir)
+    config = b.BenchConfig(dataset="csv" if args.csv else args.dataset, model=args.model,
+                           num_slots=args.slots, sweep=False)
     cut = int(len(df) * config.train_fraction)
     spec = b.spec_for_frame(df, history_length=config.history_length)
     test = b._Stream(df.iloc[cut:], spec, config.num_slots)
@@ -83,6 +91,12 @@ def main() -> None:
     d.add_argument("--dataset", default="ml-100k")
     d.add_argument("--model", default="dcn")
     d.add_argument("--data-dir", default=None)
+    d.add_argument("--csv", default=None, help="a log in reloop2 bench's CSV route instead")
+    d.add_argument("--user-col", default="user_id")
+    d.add_argument("--item-col", default="item_id")
+    d.add_argument("--time-col", default="timestamp")
+    d.add_argument("--label-col", default="label")
+    d.add_argument("--slots", type=int, default=10)
     d.add_argument("--out", required=True)
     r = sub.add_parser("run")
     r.add_argument("streams", nargs="+")

@@ -35,14 +35,18 @@ class Stream:
 
 class Replica:
     """Variants: ``priors`` (shrinkages each group is read at), ``logit`` (base-logit column),
-    ``ridge``, ``online`` (expansions at the served trust, else at zero trust), ``warm_trust``
-    (learn the trust from the warm rows too), ``half_life``, ``groups``."""
+    ``ridge``, ``global_ridge`` (on the base-logit and bias columns), ``centred`` (the base-logit
+    column centred on the memory's mean base probability), ``online`` (expansions at the served
+    trust, else at zero trust), ``warm_trust`` (learn the trust from the warm rows too),
+    ``half_life``, ``groups``."""
 
     def __init__(self, s: Stream, groups=None, priors=(2.0, 20.0), logit=True, ridge=10.0,
-                 online=True, warm_trust=False, half_life=1e5, every=1000):
+                 online=True, warm_trust=False, half_life=1e5, every=1000, centred=True,
+                 global_ridge=100.0):
         self.s, self.groups = s, list(groups or s.groups)
         self.priors, self.logit, self.ridge, self.online = priors, logit, ridge, online
         self.warm_trust, self.half_life, self.every = warm_trust, half_life, every
+        self.centred, self.global_ridge = centred, global_ridge
         tables = list(self.groups)
         for g in self.groups:
             if len(g) > 1 and g[:1] not in tables:
@@ -68,7 +72,11 @@ class Replica:
                 cols.append(r / (c + n))
             cols += pool
         if self.logit:
-            cols.append(np.log(base) - np.log1p(-base))
+            level = 0.0
+            if self.centred:  # every row is in one bucket of each table: the first one's totals
+                c, _, b = self.state[0].sum(0)
+                level = np.log((b + 0.5) / (c + 1.0)) - np.log1p(-(b + 0.5) / (c + 1.0))
+            cols.append(np.log(base) - np.log1p(-base) - level)
         cols.append(np.ones_like(base))
         return np.stack(cols, 1)
 
@@ -83,7 +91,9 @@ class Replica:
             x = self.features(idx, base)
             if h is None:
                 h, m = np.zeros((x.shape[1],) * 2), np.zeros(x.shape[1])
-            w = np.clip(np.linalg.solve(h + self.ridge * np.eye(len(m)), m), -16, 16)
+            ridge = np.full(len(m), self.ridge)
+            ridge[-1 - int(self.logit):] = self.global_ridge
+            w = np.clip(np.linalg.solve(h + np.diag(ridge), m), -16, 16)
             p = sigmoid(z[idx] + x @ w)
             if a >= warm:
                 out[idx - warm] = p

@@ -575,9 +575,12 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
         delta, low, high = metrics.gauc_delta_ci(test.labels, probs["static"], p, test.groups,
                                                  seed=config.seed)
         static_m, m = results["methods"]["static"], results["methods"][name]
+        _, auc_low, auc_high = metrics.auc_delta_ci(test.labels, probs["static"], p)
+        _, ll_low, ll_high = metrics.logloss_delta_ci(test.labels, probs["static"], p)
         results["lift_vs_static"][name] = {
-            "auc": m["auc"] - static_m["auc"], "gauc": delta, "gauc_ci95": [low, high],
-            "logloss": m["logloss"] - static_m["logloss"],
+            "auc": m["auc"] - static_m["auc"], "auc_ci95": [auc_low, auc_high],
+            "gauc": delta, "gauc_ci95": [low, high],
+            "logloss": m["logloss"] - static_m["logloss"], "logloss_ci95": [ll_low, ll_high],
             "slots_ahead_of_incremental": (
                 _slots_ahead(m, results["methods"]["incremental"])
                 if "incremental" in results["methods"] and name != "incremental" else None),
@@ -618,11 +621,13 @@ def _jsonable(value):
 def format_table(results: dict) -> str:
     """The overall figures per method and the lift over static, as plain text."""
     width = max(22, *(len(name) + 2 for name in results["methods"]))
-    lines = [f"{'method':<{width}}{'AUC':>8}{'gAUC':>8}{'logloss':>9}{'ΔAUC':>8}{'ΔgAUC':>8}"
-             f"{'ΔgAUC 95% CI':>18}"]
+    lines = [f"{'method':<{width}}{'AUC':>8}{'gAUC':>8}{'logloss':>9}{'ΔAUC':>8}"
+             f"{'ΔAUC 95% CI':>18}{'ΔgAUC':>8}{'ΔgAUC 95% CI':>18}"]
     for name, m in results["methods"].items():
         lift = results["lift_vs_static"].get(name)
-        extra = (f"{100 * lift['auc']:+8.2f}{100 * lift['gauc']:+8.2f}"
+        extra = (f"{100 * lift['auc']:+8.2f}"
+                 f"   [{100 * lift['auc_ci95'][0]:+.2f}, {100 * lift['auc_ci95'][1]:+.2f}]"
+                 f"{100 * lift['gauc']:+8.2f}"
                  f"   [{100 * lift['gauc_ci95'][0]:+.2f}, {100 * lift['gauc_ci95'][1]:+.2f}]"
                  if lift else "")
         lines.append(f"{name:<{width}}{100 * m['auc']:8.2f}{100 * m['gauc']:8.2f}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from sklearn.metrics import log_loss, roc_auc_score
 
 _EPS = 1e-7
@@ -78,9 +79,17 @@ def per_group_auc(labels, probs, groups) -> tuple[np.ndarray, np.ndarray, np.nda
     return np.asarray(names)[g[new_group]][valid], rows[valid], aucs
 
 
+# Below this many groups with both classes a group bootstrap is degenerate (a log whose "user"
+# column has a handful of values); gauc_delta_ci resamples rows instead.
+MIN_BOOTSTRAP_GROUPS = 50
+
+
 def gauc_delta_ci(labels, probs_a, probs_b, groups, num_resamples: int = 500, seed: int = 0,
                   level: float = 0.95) -> tuple[float, float, float]:
-    """gAUC(b) - gAUC(a) with a user-bootstrap confidence interval: ``(delta, low, high)``."""
+    """gAUC(b) - gAUC(a) with a user-bootstrap confidence interval: ``(delta, low, high)``.
+
+    With fewer than ``MIN_BOOTSTRAP_GROUPS`` groups the bootstrap resamples rows (paired).
+    """
     _, sizes, auc_a = per_group_auc(labels, probs_a, groups)
     _, sizes_b, auc_b = per_group_auc(labels, probs_b, groups)
     if not np.array_equal(sizes, sizes_b):
@@ -90,7 +99,54 @@ def gauc_delta_ci(labels, probs_a, probs_b, groups, num_resamples: int = 500, se
     diff = auc_b - auc_a
     delta = float((sizes * diff).sum() / sizes.sum())
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, sizes.size, size=(num_resamples, sizes.size))
-    boot = (sizes[picks] * diff[picks]).sum(1) / sizes[picks].sum(1)
+    if sizes.size >= MIN_BOOTSTRAP_GROUPS:
+        picks = rng.integers(0, sizes.size, size=(num_resamples, sizes.size))
+        boot = (sizes[picks] * diff[picks]).sum(1) / sizes[picks].sum(1)
+    else:
+        labels, groups = np.asarray(labels).reshape(-1), np.asarray(groups).reshape(-1)
+        a = np.asarray(probs_a, np.float64).reshape(-1)
+        b = np.asarray(probs_b, np.float64).reshape(-1)
+        boot = []
+        for _ in range(num_resamples):
+            i = rng.integers(0, labels.size, labels.size)
+            _, w, ga = per_group_auc(labels[i], a[i], groups[i])
+            _, _, gb = per_group_auc(labels[i], b[i], groups[i])
+            if w.size:
+                boot.append(float((w * (gb - ga)).sum() / w.sum()))
     tail = (1 - level) / 2
     return delta, float(np.quantile(boot, tail)), float(np.quantile(boot, 1 - tail))
+
+
+def auc_delta_ci(labels, probs_a, probs_b, level: float = 0.95) -> tuple[float, float, float]:
+    """AUC(b) - AUC(a) with DeLong's paired interval (DeLong et al. 1988, in the rank form of
+    Sun and Xu 2014): ``(delta, low, high)``. sklearn and scipy have no paired AUC test."""
+    labels = np.asarray(labels).reshape(-1) > 0.5
+    m, n = int(labels.sum()), int((~labels).sum())
+    if m == 0 or n == 0:
+        return float("nan"), float("nan"), float("nan")
+    v10, v01, aucs = [], [], []
+    for probs in (probs_a, probs_b):
+        s = np.asarray(probs, np.float64).reshape(-1)
+        ranks = stats.rankdata(s)
+        pos = ranks[labels] - stats.rankdata(s[labels])   # negatives below each positive
+        neg = ranks[~labels] - stats.rankdata(s[~labels])  # positives below each negative
+        v10.append(pos / n)
+        v01.append(1.0 - neg / m)
+        aucs.append(pos.sum() / (m * n))
+    delta = aucs[1] - aucs[0]
+    d10, d01 = v10[1] - v10[0], v01[1] - v01[0]
+    var = (d10.var(ddof=1) if m > 1 else 0.0) / m + (d01.var(ddof=1) if n > 1 else 0.0) / n
+    half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(var)
+    return float(delta), float(delta - half), float(delta + half)
+
+
+def logloss_delta_ci(labels, probs_a, probs_b, level: float = 0.95) -> tuple[float, float, float]:
+    """logloss(b) - logloss(a) with the paired normal interval of the per-row loss difference."""
+    y = np.asarray(labels, np.float64).reshape(-1)
+    loss = [-(y * np.log(p) + (1 - y) * np.log1p(-p)) for p in (
+        np.clip(np.asarray(q, np.float64).reshape(-1), _EPS, 1 - _EPS) for q in (probs_a, probs_b))]
+    diff = loss[1] - loss[0]
+    if diff.size < 2:
+        return float("nan"), float("nan"), float("nan")
+    half = stats.norm.ppf(0.5 + level / 2) * diff.std(ddof=1) / np.sqrt(diff.size)
+    return float(diff.mean()), float(diff.mean() - half), float(diff.mean() + half)

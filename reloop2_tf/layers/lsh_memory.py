@@ -26,6 +26,12 @@ _ID_HASH = "fingerprint64-mix64"
 # Ridge added to the combiner's curvature (about 40 rows of evidence at p = 0.5): with little
 # evidence, or features that move together (a group at its two shrinkages), trust stays small.
 _RIDGE = 10.0
+# Ridge on the two columns that move every row's score at once, the (centred) base logit and the
+# bias: a change of the whole stream's level or spread is believed on the stream's evidence
+# (prior sd 0.1, ~400 rows at p = 0.5), not on a few clicks of a rare-positive log, where a level
+# that moves from one batch to the next reorders rows the base model barely separates (docs/core.md;
+# Open Bandit in docs/benchmarks.md). A group's column moves only rows whose bucket has evidence.
+_GLOBAL_RIDGE = 100.0
 # Trust stays in [-_MAX_TRUST, _MAX_TRUST] per group (docs/core.md).
 _MAX_TRUST = 16.0
 # The base-logit column's trust stays in [-_MAX_TEMPER, _MAX_TEMPER]: the corrected logit keeps
@@ -336,8 +342,10 @@ class LSHErrorMemory(ErrorMemory):
           this row's base prediction lies from the group's mean one, which lets the combiner pool
           the base model's predictions towards the group's (the paper's gamma = 1, learnt).
 
-        Then the row's base logit (the combiner can temper an over- or under-confident base) and
-        1 (it can follow a shift of the base rate).
+        Then the row's base logit, centred on the logit of the memory's mean base probability
+        (the combiner can temper an over- or under-confident base around the stream's level, and
+        the ridge on this column never stands in for the level: on a log with rare positives the
+        raw logit is about -6 on every row), and 1 (it can follow a shift of the base rate).
         """
         weight, label, base = stats[..., 0], stats[..., 1], stats[..., 2]
         residual = label - base
@@ -364,7 +372,11 @@ class LSHErrorMemory(ErrorMemory):
             columns.append((r - c * pr / (pc + n + 1e-12)) / (c + n + 1e-12))
             columns.append(spread / (sc + n + 1e-12))
         probs = tf.clip_by_value(base_probs, 1e-7, 1.0 - 1e-7)
-        columns.append((tf.math.log(probs) - tf.math.log1p(-probs))[:, None])
+        totals = self.totals()
+        level = tf.clip_by_value((totals[2] + 0.5) / (totals[0] + 1.0), 1e-7, 1.0 - 1e-7)
+        centred = (tf.math.log(probs) - tf.math.log1p(-probs)) - (
+            tf.math.log(level) - tf.math.log1p(-level))
+        columns.append(centred[:, None])
         columns.append(tf.ones_like(weight[:, :1]))
         return tf.concat(columns, axis=1)
 
@@ -384,11 +396,13 @@ class LSHErrorMemory(ErrorMemory):
         return tf.identity(self.trust_solution)
 
     def solve_trust(self) -> tf.Tensor:
-        """Solves ``(H + ridge I) w = m`` from the current sums, the base-logit column held in
-        ``[-0.5, 0.5]`` and every trust in ``[-16, 16]`` (docs/core.md)."""
+        """Solves ``(H + R) w = m`` from the current sums (``R``: ridge 10 on the groups' columns,
+        100 on the base logit's and the bias), the base-logit column held in ``[-0.5, 0.5]`` and
+        every trust in ``[-16, 16]`` (docs/core.md)."""
         curvature, moment = self.trust_sums()
         f = self.num_trust_features
-        system = curvature + _RIDGE * tf.eye(f)
+        ridge = tf.constant([_RIDGE] * (f - 2) + [_GLOBAL_RIDGE] * 2, tf.float32)
+        system = curvature + tf.linalg.diag(ridge)
         solved = tf.linalg.solve(system, moment[:, None])[:, 0]
         # The base-logit column (second to last) may temper the base model's logit, never invert
         # or double it: its trust stays in [-_MAX_TEMPER, _MAX_TEMPER] and the others are solved
@@ -407,9 +421,14 @@ class LSHErrorMemory(ErrorMemory):
         self.trust_solution.assign(self.solve_trust())
         return tf.no_op()
 
-    def total_weight(self) -> tf.Tensor:
+    def totals(self) -> tf.Tensor:
+        """float32 ``[3]``: the weight, label and base-probability sums of every row written,
+        true units (every row lands in exactly one bucket of the first table)."""
         first_table = tf.gather(self.sketch, tf.range(self.table_sizes[0]))
-        return tf.reduce_sum(first_table[:, 0]) * self.scale
+        return tf.reduce_sum(first_table, axis=0) * self.scale
+
+    def total_weight(self) -> tf.Tensor:
+        return self.totals()[0]
 
     # -- writes ------------------------------------------------------------------------------
 
