@@ -42,6 +42,10 @@ def test_quick_cli_run_writes_results_json_and_plots(tmp_path, ml100k):
         ml100k["timestamp"].iloc[results["split"]["train_rows"] - 1])
     assert (out / "slots.png").stat().st_size > 10_000
     assert (out / "sweeps.png").stat().st_size > 10_000
+    for name, lift in results["lift_vs_static"].items():
+        for key in ("auc", "gauc", "logloss"):
+            low, high = lift[key + "_ci95"]
+            assert low <= lift[key] <= high, (name, key)
 
 
 @pytest.mark.slow
@@ -53,7 +57,10 @@ def test_lambda_zero_reloop2_equals_static(tmp_path, ml100k):
                                       methods=("static", "reloop2", "reloop2-knn"))
     static = results["methods"]["static"]
     assert results["methods"]["reloop2"] == static
-    assert results["lift_vs_static"]["reloop2"]["gauc"] == 0.0
+    lift = results["lift_vs_static"]["reloop2"]
+    assert lift["gauc"] == 0.0
+    # Identical scores: every paired interval collapses on zero.
+    assert lift["auc_ci95"] == [0.0, 0.0] and lift["logloss_ci95"] == [0.0, 0.0]
 
 
 def _no_training(*args, **kwargs):
