@@ -24,7 +24,8 @@ this model has written writes nothing and returns ``weight_written = 0``, so a c
 a write whose answer it lost. An empty id is never deduplicated. The window lives in the
 served graph (not in the memory's snapshot): a restart or a new version starts it empty.
 * ``memory_layout`` (no inputs): ``fingerprint`` (a string scalar, ``memory_fingerprint``): two
-  models whose fingerprints are equal can take each other's snapshots.
+  models whose fingerprints are equal can take each other's snapshots; and ``memory_weight``,
+  the cheap way to read it (``memory_snapshot`` copies the whole state to return it too).
 
 ``update_memory_by_keys`` and the four ``memory_*`` signatures exist only for the sketch memory
 (``LSHErrorMemory``); a ``KNNErrorMemory`` model gets ``serving_default``, ``predict`` and ``update_memory``.
@@ -360,7 +361,7 @@ class _ServingModule(tf.Module):
 
         @tf.function(input_signature=[])
         def memory_layout():
-            return {FINGERPRINT: tf.constant(fingerprint)}
+            return {FINGERPRINT: tf.constant(fingerprint), MEMORY_WEIGHT: memory.total_weight()}
 
         return {MEMORY_SNAPSHOT: memory_snapshot.get_concrete_function(),
                 MEMORY_RESTORE: memory_restore.get_concrete_function(),
@@ -385,7 +386,7 @@ def signature_contract(model: ReLoop2Model) -> dict[str, dict[str, list[str]]]:
         contract[MEMORY_SNAPSHOT] = {"inputs": [], "outputs": [SKETCH, MEMORY_WEIGHT]}
         contract[MEMORY_RESTORE] = {"inputs": [SKETCH], "outputs": [MEMORY_WEIGHT]}
         contract[MEMORY_MERGE] = {"inputs": [SKETCH, WRITE_ID], "outputs": list(UPDATE_OUTPUTS)}
-        contract[MEMORY_LAYOUT] = {"inputs": [], "outputs": [FINGERPRINT]}
+        contract[MEMORY_LAYOUT] = {"inputs": [], "outputs": [FINGERPRINT, MEMORY_WEIGHT]}
     return contract
 
 

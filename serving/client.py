@@ -243,8 +243,12 @@ class ReLoop2Client:
         return self.call("memory_snapshot", {})["sketch"]
 
     def memory_weight(self) -> float:
-        """The memory's total weight."""
-        return float(self.call("memory_snapshot", {}, ["memory_weight"])["memory_weight"])
+        """The memory's total weight (``memory_layout``; a model exported before it returned the
+        weight answers through ``memory_snapshot``, which copies the whole state)."""
+        out = self.call("memory_layout", {})
+        if "memory_weight" not in out:
+            out = self.call("memory_snapshot", {}, ["memory_weight"])
+        return float(out["memory_weight"])
 
     def restore(self, sketch) -> float:
         """Replaces the memory with ``sketch``; returns the new total weight."""

@@ -62,7 +62,9 @@ class MemoryEndpoint:
         return np.asarray(out["sketch"], np.float32), float(out["memory_weight"])
 
     def weight(self) -> float:
-        return float(self.call(MEMORY_SNAPSHOT, {})["memory_weight"])
+        out = self.call(MEMORY_LAYOUT, {})  # older exports: only the fingerprint
+        return float((out if "memory_weight" in out else self.call(MEMORY_SNAPSHOT, {}))
+                     ["memory_weight"])
 
     def restore(self, sketch: np.ndarray) -> float:
         return float(self.call(MEMORY_RESTORE, {"sketch": sketch})["memory_weight"])

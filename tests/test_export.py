@@ -25,7 +25,7 @@ CONTRACT = {
     "memory_snapshot": {"inputs": set(), "outputs": {"sketch", "memory_weight"}},
     "memory_restore": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
     "memory_merge": {"inputs": {"sketch", "write_id"}, "outputs": {"weight_written", "memory_weight"}},
-    "memory_layout": {"inputs": set(), "outputs": {"fingerprint"}},
+    "memory_layout": {"inputs": set(), "outputs": {"fingerprint", "memory_weight"}},
 }
 
 
@@ -275,6 +275,21 @@ def test_a_merge_may_forget_but_not_leave_negative_weights(exported, rng):
     np.testing.assert_array_equal(sess("memory_snapshot")["sketch"], before)
     # The rejected id was not remembered: the same id with a valid delta is written.
     assert float(sess("memory_merge", sketch=0.5 * state, write_id="too-much")["weight_written"]) > 0
+    sess.close()
+
+
+def test_memory_layout_reads_the_weight_without_the_state(exported, rng):
+    model, path = exported
+    sess = Session(path)
+    before = float(sess("memory_layout")["memory_weight"])
+    assert before == float(sess("memory_snapshot")["memory_weight"]) > 0
+    features = make_features(7, rng)
+    sess("update_memory", **features, label=np.ones(7, np.float32),
+         sample_weight=np.full(7, 2.0, np.float32))
+    after = float(sess("memory_layout")["memory_weight"])
+    assert after == float(sess("memory_snapshot")["memory_weight"])
+    kept = 0.5 ** (7 / model.memory.half_life) if model.memory.half_life else 1.0
+    assert after == pytest.approx(before * kept + 14.0, rel=1e-5)
     sess.close()
 
 
