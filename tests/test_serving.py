@@ -452,3 +452,20 @@ def test_dev_server_replays_read_only_warmup_and_refuses_writes(tmp_path):
     with pytest.raises(ValueError, match="warm-up requests must be read-only"):
         servable.warm_up()
     servable.close()
+
+
+def test_memory_weight_falls_back_to_the_snapshot_for_models_exported_before_it(monkeypatch):
+    # A model exported before memory_layout returned memory_weight answers with the fingerprint
+    # only; the client then asks memory_snapshot, as it did before.
+    client = ReLoop2Client("127.0.0.1:1")
+    calls = []
+
+    def call(name, inputs, output_filter=()):
+        calls.append((name, tuple(output_filter)))
+        if name == "memory_layout":
+            return {"fingerprint": np.array(b"sha256:00")}
+        return {"memory_weight": np.array(3.5, np.float32)}
+
+    monkeypatch.setattr(client, "call", call)
+    assert client.memory_weight() == 3.5
+    assert calls == [("memory_layout", ()), ("memory_snapshot", ("memory_weight",))]

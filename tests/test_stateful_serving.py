@@ -287,3 +287,22 @@ def test_keep_sidecar_restores_a_restarted_server_and_a_new_version(tmp_path):
         keeper.stop()
         http.shutdown()
         assert server.stop() == 0, "".join(server.lines)
+
+
+def test_endpoint_weight_reads_memory_layout_and_falls_back_to_the_snapshot():
+    asked = []
+
+    def new(name, inputs):
+        asked.append(name)
+        return {"fingerprint": np.array(b"sha256:00"), "memory_weight": np.array(2.0, np.float32)}
+
+    def old(name, inputs):  # exported before memory_layout returned the weight
+        asked.append(name)
+        if name == "memory_layout":
+            return {"fingerprint": np.array(b"sha256:00")}
+        return {"sketch": np.zeros([4, 3], np.float32), "memory_weight": np.array(7.0, np.float32)}
+
+    assert MemoryEndpoint(new, 1, ()).weight() == 2.0 and asked == ["memory_layout"]
+    asked.clear()
+    assert MemoryEndpoint(old, 1, ()).weight() == 7.0
+    assert asked == ["memory_layout", "memory_snapshot"]
