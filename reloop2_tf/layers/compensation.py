@@ -154,10 +154,11 @@ class ErrorCompensation(keras.layers.Layer):
 
         An online Newton fit of the ridge-regularised, forgetting-weighted logloss of every row
         written so far: each row adds its loss's second-order expansion at the trust it was
-        served with, so that ``trust = (H + ridge I)^-1 m`` with ``H`` the curvature sum and
-        ``m`` the sum of ``H_t w_t - g_t`` (curvature times served trust minus gradient), both
-        kept beside the tables. From zero trust its first step is Newton's; later ones refine it
-        where one step from zero would stop short (a large correction, a sign flip). The memory
+        served with, so that ``trust = (H + R)^-1 m`` (``R``: the ridges, docs/core.md) with
+        ``H`` the curvature sum and ``m`` the sum of ``H_t w_t - g_t`` (curvature times served
+        trust minus gradient), both kept beside the tables. From zero trust its first step is
+        Newton's; later ones refine it where one step from zero would stop short (a large
+        correction, a sign flip). The memory
         solves it whenever its state changes (``LSHErrorMemory.trust``), so reads never solve.
         """
         return self.memory.trust()
