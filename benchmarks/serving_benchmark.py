@@ -20,7 +20,8 @@ the PredictionService the tests use) serve the base once and the ReLoop2 model t
    are compared with ``np.array_equal``, and their predictions on fresh rows.
 4. In process, the dev server's own ``Servable`` (TF1 Session, no gRPC): the same predicts
    and writes, to split a call's time between the graph and the transport; and over gRPC
-   ``memory_weight()`` (``memory_snapshot`` filtered to ``memory_weight``).
+   ``memory_weight()`` (``memory_layout``; in process also through ``memory_snapshot``,
+   which computes the whole state to return it).
 5. In process: the default memory's read at batch 1 and 256 after 10^4, 10^5 and 10^6 rows
    written (flat?), and the bytes of its variables (constant?).
 
