@@ -260,3 +260,31 @@ def test_id_tables_key_rows_by_identity_and_crosses_get_their_first_feature(rng)
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="memory_keys"):
         twin.update_by_keys(np.full((1, 5), 1024), [1.0], [0.5])  # beyond a 2**10 table
     np.testing.assert_array_equal(twin.snapshot().numpy(), mem.snapshot().numpy())
+
+
+def test_combiner_sums_forget_at_their_own_half_life_and_tables_at_theirs(rng):
+    mem = r2.LSHErrorMemory(num_tables=2, num_bits=4, id_groups=["item"], half_life=1000.0,
+                            trust_half_life=250.0)
+    comp = r2.ErrorCompensation(mem)
+    ids = {"item": rng.integers(0, 20, 300).astype(str)}
+    hidden = rng.normal(size=(300, 3)).astype(np.float32)
+    comp.update_memory(rng.normal(size=300).astype(np.float32), hidden,
+                       (rng.random(300) < 0.5).astype(np.float32), ids=ids)
+    curvature, moment = (t.numpy() for t in mem.trust_sums())
+    weight, trust = float(mem.total_weight()), comp.trust().numpy()
+    assert np.abs(moment).sum() > 0
+    # 500 more rows that write the tables only: tables keep 0.5 ** (500 / 1000), sums 0.5 ** 2.
+    more = {"item": rng.integers(0, 20, 500).astype(str)}
+    comp.update_memory(np.zeros(500, np.float32), rng.normal(size=(500, 3)).astype(np.float32),
+                       np.ones(500, np.float32), ids=more, learn_trust=False)
+    np.testing.assert_allclose(float(mem.total_weight()), weight * 0.5 ** 0.5 + 500, rtol=1e-5)
+    after_c, after_m = (t.numpy() for t in mem.trust_sums())
+    np.testing.assert_allclose(after_c, curvature * 0.25, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(after_m, moment * 0.25, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(comp.trust().numpy(), trust)  # less evidence: solved again, smaller
+    same = r2.LSHErrorMemory(id_groups=["item"], half_life=1000.0, trust_half_life=None)
+    assert same.get_config()["trust_half_life"] is None
+    assert r2.LSHErrorMemory.from_config(mem.get_config()).trust_half_life == 250.0
+    for bad in (0.0, -1.0, float("inf"), "20k", True):
+        with pytest.raises(ValueError, match="trust_half_life"):
+            r2.LSHErrorMemory(trust_half_life=bad)

@@ -38,15 +38,17 @@ class Replica:
     ``ridge``, ``global_ridge`` (on the base-logit and bias columns), ``centred`` (the base-logit
     column centred on the memory's mean base probability), ``online`` (expansions at the served
     trust, else at zero trust), ``warm_trust`` (learn the trust from the warm rows too),
-    ``half_life``, ``groups``."""
+    ``half_life`` (tables), ``trust_half_life`` (the combiner's sums; None: ``half_life``),
+    ``groups``."""
 
     def __init__(self, s: Stream, groups=None, priors=(2.0, 20.0), logit=True, ridge=10.0,
                  online=True, warm_trust=False, half_life=1e5, every=1000, centred=True,
-                 global_ridge=100.0):
+                 global_ridge=100.0, trust_half_life=2e4):
         self.s, self.groups = s, list(groups or s.groups)
         self.priors, self.logit, self.ridge, self.online = priors, logit, ridge, online
         self.warm_trust, self.half_life, self.every = warm_trust, half_life, every
         self.centred, self.global_ridge = centred, global_ridge
+        self.trust_half_life = trust_half_life or half_life
         tables = list(self.groups)
         for g in self.groups:
             if len(g) > 1 and g[:1] not in tables:
@@ -99,9 +101,11 @@ class Replica:
                 out[idx - warm] = p
             if self.half_life:
                 f = 0.5 ** (len(idx) / self.half_life)
-                h, m = h * f, m * f
                 for t in self.state:
                     t *= f
+            if self.trust_half_life:
+                f = 0.5 ** (len(idx) / self.trust_half_life)
+                h, m = h * f, m * f
             if self.warm_trust or a >= warm:
                 q = p if self.online else base
                 ht = (x * (q * (1 - q))[:, None]).T @ x

@@ -66,7 +66,8 @@ def ablations(memory: "MemoryConfig") -> dict[str, "MemoryConfig"]:
            "reloop2 no-srp": replace(memory, num_tables=0),
            "reloop2 no-crosses": replace(memory, id_groups=[g for g in groups if len(g) == 1]),
            "reloop2 fixed-trust": replace(memory, self_tuning=False),
-           "reloop2 no-forgetting": replace(memory, half_life=None),
+           "reloop2 no-forgetting": replace(memory, half_life=None, trust_half_life=None),
+           "reloop2 slow-trust": replace(memory, trust_half_life=None),
            "reloop2 + user": replace(memory, id_groups=groups + [["user_id"]])}
     for g in groups:
         if len(g) > 1:
@@ -103,6 +104,7 @@ class MemoryConfig:
     half_life: float | None = 100_000.0
     id_groups: list | None = None
     id_bits: int = 18
+    trust_half_life: float | None = 20_000.0
     compensation_weight: float = 1.0
     temperature: float = 1.0
     gamma: float = 0.0
@@ -112,7 +114,7 @@ class MemoryConfig:
     def layer(self, seed: int) -> ErrorCompensation:
         memory = LSHErrorMemory(num_tables=self.num_tables, num_bits=self.num_bits, seed=seed,
                                 half_life=self.half_life, id_groups=self.id_groups or (),
-                                id_bits=self.id_bits)
+                                id_bits=self.id_bits, trust_half_life=self.trust_half_life)
         return ErrorCompensation(memory, compensation_weight=self.compensation_weight,
                                  temperature=self.temperature, gamma=self.gamma,
                                  prior_count=self.prior_count, self_tuning=self.self_tuning)

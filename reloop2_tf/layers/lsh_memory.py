@@ -85,6 +85,10 @@ class LSHErrorMemory(ErrorMemory):
             `100_000`.
         id_groups: feature names or tuples of names that key id tables. Defaults to `()`.
         id_bits: int. Each id table has ``2**id_bits`` buckets. Defaults to `18`.
+        trust_half_life: optional float. The half-life, in rows, of the self-tuning combiner's
+            sums (its evidence about how much to trust each group), apart from the tables':
+            a handful of trusts re-learn from recent rows after a shift while the tables keep
+            their long memory. `None`: the tables' ``half_life``. Defaults to `20_000`.
 
     Example:
 
@@ -95,7 +99,7 @@ class LSHErrorMemory(ErrorMemory):
 
     def __init__(self, num_tables: int = 4, num_bits: int = 8, seed: int = 0,
                  half_life: float | None = 100_000.0, id_groups: Iterable = (), id_bits: int = 18,
-                 **kwargs):
+                 trust_half_life: float | None = 20_000.0, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(num_tables, int) or num_tables < 0:
             raise ValueError(f"`num_tables` should be an int >= 0. Received: num_tables={num_tables!r}")
@@ -103,9 +107,12 @@ class LSHErrorMemory(ErrorMemory):
             raise ValueError(f"`num_bits` should be an int in [1, 24]. Received: num_bits={num_bits!r}")
         if not isinstance(id_bits, int) or not 1 <= id_bits <= 24:
             raise ValueError(f"`id_bits` should be an int in [1, 24]. Received: id_bits={id_bits!r}")
-        if half_life is not None and not (half_life > 0 and math.isfinite(half_life)):
-            raise ValueError("`half_life` should be a positive number or None. "
-                             f"Received: half_life={half_life!r}")
+        for name, value in (("half_life", half_life), ("trust_half_life", trust_half_life)):
+            if value is not None and not (
+                    isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and value > 0 and math.isfinite(value)):
+                raise ValueError(f"`{name}` should be a positive number or None. "
+                                 f"Received: {name}={value!r}")
         self.id_groups = normalize_id_groups(id_groups)
         if num_tables == 0 and not self.id_groups:
             raise ValueError("a memory needs tables: `num_tables` >= 1 or some `id_groups`. "
@@ -115,6 +122,7 @@ class LSHErrorMemory(ErrorMemory):
         self.id_bits = id_bits
         self.seed = int(seed)
         self.half_life = None if half_life is None else float(half_life)
+        self.trust_half_life = None if trust_half_life is None else float(trust_half_life)
         # The stored id tables: the listed groups, then the first features of crosses that are
         # not listed themselves. `_parents[i]` is the table a listed group is centred on (-1: none).
         tables = list(self.id_groups)
@@ -463,9 +471,11 @@ class LSHErrorMemory(ErrorMemory):
     def write_keys(self, keys, labels, base_probs, sample_weight, trust_delta=None) -> tf.Tensor:
         """Adds ``(w, w*y, w*y_base)`` at every row's T buckets, and ``trust_delta`` (curvature
         ``[F, F]``, moment ``[F]``) to the combiner's sums. Inputs must be checked already."""
+        rows = tf.reduce_sum(tf.cast(sample_weight > 0, tf.float32))
         if self.half_life is not None:
-            rows = tf.reduce_sum(tf.cast(sample_weight > 0, tf.float32))
             self.scale.assign(self.scale * tf.pow(0.5, rows / self.half_life))
+        if self.trust_half_life is not None and self.trust_half_life != self.half_life:
+            self._forget_trust_sums(rows)
         if trust_delta is not None:
             curvature, moment = trust_delta
             flat = tf.concat([tf.reshape(curvature, [-1]), moment], 0) / self.scale
@@ -483,9 +493,20 @@ class LSHErrorMemory(ErrorMemory):
                     lambda: self._add_dense(cells, values), lambda: self._scatter(cells, values))
         if self.half_life is not None:
             tf.cond(self.scale < _MIN_SCALE, self._fold_scale, tf.no_op)
-        if trust_delta is not None or self.half_life is not None:  # decay moves it too
+        if (trust_delta is not None or self.half_life is not None
+                or self.trust_half_life is not None):  # forgetting moves it too
             self._refresh_trust()
         return tf.reduce_sum(sample_weight)
+
+    def _forget_trust_sums(self, rows) -> None:
+        """Scales the combiner's sums by ``0.5 ** (rows / trust_half_life)`` in true units (the
+        global ``scale`` has already applied the tables' half-life to them). Added, not assigned,
+        so that a concurrent writer's sums are never overwritten."""
+        keep = tf.pow(0.5, rows / self.trust_half_life)
+        if self.half_life is not None:
+            keep /= tf.pow(0.5, rows / self.half_life)
+        cells = tf.range(self.num_cells, self.num_state_rows)
+        self.sketch.scatter_nd_add(cells[:, None], (keep - 1.0) * tf.gather(self.sketch, cells))
 
     def _scatter(self, cells, values):
         """Adds ``values`` ``[B, 3]`` at every row's T cells: O(T) cells touched per row."""
@@ -599,7 +620,7 @@ class LSHErrorMemory(ErrorMemory):
         config = super().get_config()
         config.update(num_tables=self.num_tables, num_bits=self.num_bits, seed=self.seed,
                       half_life=self.half_life, id_groups=[list(g) for g in self.id_groups],
-                      id_bits=self.id_bits)
+                      id_bits=self.id_bits, trust_half_life=self.trust_half_life)
         return config
 
 
