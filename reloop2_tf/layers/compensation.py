@@ -17,9 +17,7 @@ import math
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.layers import _validation as v
 from reloop2_tf.layers.lsh_memory import LSHErrorMemory
-from reloop2_tf.layers.memory_base import ErrorMemory
-
-_EPS = 1e-7
+from reloop2_tf.layers.memory_base import ErrorMemory, probability_to_logit
 
 
 @keras.saving.register_keras_serializable(package="reloop2_tf")
@@ -158,8 +156,8 @@ class ErrorCompensation(keras.layers.Layer):
         ``H`` the curvature sum and ``m`` the sum of ``H_t w_t - g_t`` (curvature times served
         trust minus gradient), both kept beside the tables. From zero trust its first step is
         Newton's; later ones refine it where one step from zero would stop short (a large
-        correction, a sign flip). The memory
-        solves it whenever its state changes (``LSHErrorMemory.trust``), so reads never solve.
+        correction, a sign flip). The memory solves it whenever its state changes
+        (``LSHErrorMemory.trust``), so reads never solve.
         """
         return self.memory.trust()
 
@@ -238,9 +236,3 @@ class ErrorCompensation(keras.layers.Layer):
             self_tuning=self.self_tuning,
         )
         return config
-
-
-def probability_to_logit(probs) -> tf.Tensor:
-    """Logit of a probability clipped to [eps, 1 - eps] (SPEC section 1)."""
-    probs = tf.clip_by_value(tf.cast(probs, tf.float32), _EPS, 1.0 - _EPS)
-    return tf.math.log(probs) - tf.math.log1p(-probs)

@@ -13,7 +13,7 @@ import numpy as np
 
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.layers import _validation as v
-from reloop2_tf.layers.memory_base import ErrorMemory
+from reloop2_tf.layers.memory_base import ErrorMemory, probability_to_logit
 
 # Below this global scale the stored values are folded back into true units, so float32 never
 # overflows: the fold costs one pass over the table every ~20 half-lives of rows.
@@ -379,12 +379,9 @@ class LSHErrorMemory(ErrorMemory):
                 columns.append(srp_r / (srp_c + k * n + 1e-12))
             columns.append((r - c * pr / (pc + n + 1e-12)) / (c + n + 1e-12))
             columns.append(spread / (sc + n + 1e-12))
-        probs = tf.clip_by_value(base_probs, 1e-7, 1.0 - 1e-7)
         totals = self.totals()
-        level = tf.clip_by_value((totals[2] + 0.5) / (totals[0] + 1.0), 1e-7, 1.0 - 1e-7)
-        centred = (tf.math.log(probs) - tf.math.log1p(-probs)) - (
-            tf.math.log(level) - tf.math.log1p(-level))
-        columns.append(centred[:, None])
+        level = probability_to_logit((totals[2] + 0.5) / (totals[0] + 1.0))
+        columns.append((probability_to_logit(base_probs) - level)[:, None])
         columns.append(tf.ones_like(weight[:, :1]))
         return tf.concat(columns, axis=1)
 

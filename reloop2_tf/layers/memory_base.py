@@ -5,6 +5,14 @@ from __future__ import annotations
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.layers import _validation as v
 
+_EPS = 1e-7
+
+
+def probability_to_logit(probs) -> tf.Tensor:
+    """Logit of a probability clipped to [eps, 1 - eps] (SPEC section 1)."""
+    probs = tf.clip_by_value(tf.cast(probs, tf.float32), _EPS, 1.0 - _EPS)
+    return tf.math.log(probs) - tf.math.log1p(-probs)
+
 
 class ErrorMemory(keras.layers.Layer):
     """Base class of the error memories.
