@@ -350,7 +350,7 @@ class _ServingModule(tf.Module):
 
             def merge():
                 memory.merge(sketch)  # one locked assign_add: safe beside concurrent writers
-                return tf.reduce_sum(sketch[:memory.table_sizes[0], 0])
+                return sketch[memory.totals_row, 0]
 
             written = self.once(write_id, merge)
             return {"weight_written": written, MEMORY_WEIGHT: memory.total_weight()}

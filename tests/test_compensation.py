@@ -255,7 +255,8 @@ def test_warm_start_fills_the_tables_without_teaching_the_combiner(rng):
     written = comp.update_memory(np.zeros(512, np.float32), hidden, labels, ids=ids,
                                  learn_trust=False)
     assert float(written) == 512.0
-    assert comp.memory.total_weight().numpy() == pytest.approx(512.0)
+    # One float32 cell sums all 512 rows (at 1 / scale each): rounding, not forgetting.
+    assert comp.memory.total_weight().numpy() == pytest.approx(512.0, rel=1e-4)
     assert not comp.trust().numpy().any()
     curvature, moment = comp.memory.trust_sums()
     assert not curvature.numpy().any() and not moment.numpy().any()

@@ -288,3 +288,53 @@ def test_combiner_sums_forget_at_their_own_half_life_and_tables_at_theirs(rng):
     for bad in (0.0, -1.0, float("inf"), "20k", True):
         with pytest.raises(ValueError, match="trust_half_life"):
             r2.LSHErrorMemory(trust_half_life=bad)
+
+
+def test_totals_row_sums_every_write_and_moves_with_snapshot_merge_and_forgetting(rng):
+    # No SRP tables: the level used to be summed from the first 2**id_bits id table per read.
+    mem = r2.LSHErrorMemory(num_tables=0, id_groups=["item"], id_bits=12, half_life=None)
+    hidden = rng.normal(size=(300, 4)).astype(np.float32)
+    ids = {"item": rng.integers(0, 50, 300).astype(str)}
+    labels = rng.integers(0, 2, 300).astype(np.float32)
+    base = rng.uniform(0.1, 0.9, 300).astype(np.float32)
+    weights = rng.choice([0.0, 1.0, 2.5], 300).astype(np.float32)
+    mem.update(hidden, labels, base, weights, ids=ids)
+    expected = [weights.sum(), (weights * labels).sum(), (weights * base).sum()]
+    np.testing.assert_allclose(mem.totals().numpy(), expected, rtol=1e-5)
+    state = mem.snapshot().numpy()
+    np.testing.assert_allclose(state[mem.totals_row], expected, rtol=1e-5)
+    np.testing.assert_allclose(state[:mem.num_cells].sum(0), expected, rtol=1e-4)  # one table
+    mem.merge(state)
+    np.testing.assert_allclose(mem.totals().numpy(), 2 * np.array(expected), rtol=1e-5)
+    mem.decay(0.25)
+    np.testing.assert_allclose(mem.totals().numpy(), 0.5 * np.array(expected), rtol=1e-5)
+    mem.restore(state)
+    np.testing.assert_allclose(mem.totals().numpy(), expected, rtol=1e-5)
+    # A state whose totals row holds a negative weight is rejected, and nothing changes.
+    bad = state.copy()
+    bad[mem.totals_row, 0] = -1.0
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="negative"):
+        mem.restore(bad)
+    np.testing.assert_array_equal(mem.snapshot().numpy(), state)
+
+
+@pytest.mark.parametrize("bits", [3, 24])
+def test_table_major_keys_and_features_equal_the_row_major_ones(rng, bits):
+    mem = r2.LSHErrorMemory(num_tables=3, num_bits=min(bits, 8), id_bits=bits,
+                            id_groups=["item", ("user", "genre")], half_life=None)
+    hidden = rng.normal(size=(64, 4)).astype(np.float32)
+    ids = {"item": rng.integers(0, 9, 64).astype(str), "user": rng.integers(0, 5, 64),
+           "genre": rng.choice(["x", "y"], 64)}
+    mem.update(hidden, rng.integers(0, 2, 64).astype(np.float32), np.full(64, 0.3), ids=ids)
+    keys, keys_t = mem.keys(hidden, ids).numpy(), mem.keys_t(hidden, ids).numpy()
+    np.testing.assert_array_equal(keys_t, keys.T)
+    assert keys.max() > 2**20 if bits == 24 else keys.max() < 2**3  # float32-exact up to 2**24
+    np.testing.assert_array_equal(r2.layers.lsh_memory.transpose_keys(keys).numpy(), keys.T)
+    np.testing.assert_array_equal(
+        r2.layers.lsh_memory.transpose_keys(keys_t, table_major=True).numpy(), keys)
+    big = np.array([[2**24 - 1, 0, 7], [1, 2**24 - 2, 2**23 + 1]], np.int32)
+    np.testing.assert_array_equal(r2.layers.lsh_memory.transpose_keys(big).numpy(), big.T)
+    base = np.full(64, 0.4, np.float32)
+    rows = mem.trust_features(mem.lookup_keys(keys), base, 2.0).numpy()
+    columns = mem.trust_columns(mem.lookup_keys_t(keys_t), base, 2.0).numpy()
+    np.testing.assert_array_equal(columns, rows.T)

@@ -168,10 +168,19 @@ class LSHErrorMemory(ErrorMemory):
         return 2 * ((1 if self.num_tables else 0) + len(self.id_groups) + singles) + 2
 
     @property
+    def totals_row(self) -> int:
+        """The row of ``sketch`` that sums every row written (``totals``), after the cells."""
+        return self.num_cells
+
+    @property
     def num_state_rows(self) -> int:
-        """Rows of ``sketch``: the table cells, then the combiner's sums (3 values per row)."""
+        """Rows of ``sketch``: the table cells, the totals row, then the combiner's sums (3 values
+        per row)."""
         f = self.num_trust_features
-        return self.num_cells + -(-(f * (f + 1)) // 3)
+        return self.num_cells + 1 + -(-(f * (f + 1)) // 3)
+
+    def _trust_rows(self) -> tf.Tensor:
+        return tf.range(self.totals_row + 1, self.num_state_rows)
 
     def _build_state(self, dim: int) -> None:
         k, l = self.num_tables, self.num_bits
@@ -184,7 +193,8 @@ class LSHErrorMemory(ErrorMemory):
             initializer=keras.initializers.Constant(values.transpose(1, 0, 2).reshape(dim, k * l)),
         )
         # One additive state, so that snapshot, restore and merge move everything at once: the
-        # buckets of every table, then the self-tuning combiner's curvature and gradient sums.
+        # buckets of every table, the sums of every row written (one row, so that the memory's
+        # level is read in O(1)), then the self-tuning combiner's curvature and gradient sums.
         self.sketch = self.add_weight(name="sketch", shape=[self.num_state_rows, 3],
                                       initializer="zeros", trainable=False)
         # True sketch = sketch * scale. Only half-life forgetting moves it away from 1.
@@ -214,14 +224,18 @@ class LSHErrorMemory(ErrorMemory):
 
     def bucket_ids(self, hidden) -> tf.Tensor:
         """int32 ``[B, K]``: the bucket of every row in every SRP table."""
+        return tf.transpose(self._srp_keys_t(hidden))
+
+    def _srp_keys_t(self, hidden) -> tf.Tensor:
+        """``bucket_ids`` table-major, int32 ``[K, B]``."""
         hidden = self._check_hidden(hidden)
         if self.num_tables == 0:
-            return tf.zeros([tf.shape(hidden)[0], 0], tf.int32)
+            return tf.zeros([0, tf.shape(hidden)[0]], tf.int32)
         # (h - c) . p > 0 as h . p > c . p: the centre is projected once per call, not
         # subtracted from every row.
         threshold = tf.matmul(self.center[None, :], self.projections)  # [1, K*L]
         bits = tf.cast(tf.matmul(hidden, self.projections) > threshold, tf.float32)
-        return tf.cast(tf.matmul(bits, self._pack), tf.int32)
+        return tf.cast(tf.matmul(self._pack, bits, transpose_a=True, transpose_b=True), tf.int32)
 
     @property
     def projection_matrices(self) -> tf.Tensor:
@@ -239,8 +253,13 @@ class LSHErrorMemory(ErrorMemory):
         seeded by the memory's seed and the table's names (multiply-xorshift); the bucket is
         the key's top ``id_bits`` bits. All tables at once, whatever their number.
         """
+        return tf.transpose(self._id_keys_t(ids, rows))
+
+    def _id_keys_t(self, ids: Mapping | None, rows=None) -> tf.Tensor:
+        """``id_bucket_ids`` table-major, int32 ``[len(id_tables), B]``: every step works on
+        contiguous rows of B values (docs/performance.md)."""
         if not self.id_tables:
-            return tf.zeros([0 if rows is None else rows, 0], tf.int32)
+            return tf.zeros([0, 0 if rows is None else rows], tf.int32)
         if not isinstance(ids, Mapping):
             raise ValueError(f"this memory has id tables {list(self.id_groups)}: pass `ids`, a dict "
                              f"with {list(self.id_features)}. Received: ids={type(ids).__name__}")
@@ -256,13 +275,13 @@ class LSHErrorMemory(ErrorMemory):
             message=f"`ids` must have one id per row (of `hidden`) for each of "
                     f"{list(self.id_features)}")
         with tf.control_dependencies([check]):
-            hashed = tf.stack([tf.strings.to_hash_bucket_fast(s, 2**63 - 1) for s in strings], 1)
-        # A last column of zeros stands for "no feature" in tables shorter than the longest.
-        hashed = tf.pad(tf.bitcast(hashed, tf.uint64), [[0, 0], [0, 1]])
+            hashed = [tf.strings.to_hash_bucket_fast(s, 2**63 - 1) for s in strings]
+        # A last row of zeros stands for "no feature" in tables shorter than the longest.
+        hashed = tf.bitcast(tf.stack([*hashed, tf.zeros_like(hashed[0])]), tf.uint64)
         mix, shift = tf.constant(_MIX, tf.uint64), tf.constant(_SHIFT, tf.uint64)
-        key = tf.constant(self._id_seeds, tf.uint64)[None, :]
+        key = tf.constant(self._id_seeds, tf.uint64)[:, None]
         for columns in self._id_columns:
-            key = tf.bitwise.bitwise_xor(key, tf.gather(hashed, columns, axis=1)) * mix
+            key = tf.bitwise.bitwise_xor(key, tf.gather(hashed, columns)) * mix
             key = tf.bitwise.bitwise_xor(key, tf.bitwise.right_shift(key, shift))
         key = key * mix
         bucket = tf.bitwise.right_shift(key, tf.constant(64 - self.id_bits, tf.uint64))
@@ -270,8 +289,12 @@ class LSHErrorMemory(ErrorMemory):
 
     def keys(self, hidden, ids: Mapping | None = None) -> tf.Tensor:
         """int32 ``[B, T]``: every row's bucket in the SRP tables, then in the id tables."""
-        srp = self.bucket_ids(hidden)
-        return tf.concat([srp, self.id_bucket_ids(ids, rows=tf.shape(srp)[0])], axis=1)
+        return tf.transpose(self.keys_t(hidden, ids))
+
+    def keys_t(self, hidden, ids: Mapping | None = None) -> tf.Tensor:
+        """``keys`` table-major, int32 ``[T, B]``: what reads work on (``lookup_keys_t``)."""
+        srp = self._srp_keys_t(hidden)
+        return tf.concat([srp, self._id_keys_t(ids, rows=tf.shape(srp)[1])], axis=0)
 
     def check_keys(self, keys) -> tf.Tensor:
         """``keys`` as int32 ``[B, T]`` after checking the shape and that every bucket exists."""
@@ -304,6 +327,10 @@ class LSHErrorMemory(ErrorMemory):
     def lookup_keys(self, keys) -> tf.Tensor:
         """float32 ``[B, T, 3]``: ``(weight, label, base)`` sums in every key's bucket, true units."""
         return tf.gather(self.sketch, keys + self._offsets) * self.scale
+
+    def lookup_keys_t(self, keys_t) -> tf.Tensor:
+        """``lookup_keys`` table-major: ``keys_t`` int32 ``[T, B]`` -> float32 ``[T, B, 3]``."""
+        return tf.gather(self.sketch, keys_t + self._offsets[:, None]) * self.scale
 
     def lookup(self, hidden, ids: Mapping | None = None) -> dict[str, tf.Tensor]:
         """Reads every table: ``weight``, ``label_mean``, ``base_mean``, each ``[B, T]``.
@@ -355,24 +382,32 @@ class LSHErrorMemory(ErrorMemory):
         the ridge on this column never stands in for the level: on a log with rare positives the
         raw logit is about -6 on every row), and 1 (it can follow a shift of the base rate).
         """
-        weight, label, base = stats[..., 0], stats[..., 1], stats[..., 2]
+        stats_t = tf.transpose(stats, [1, 0, 2])
+        return tf.transpose(self.trust_columns(stats_t, base_probs, prior_count))
+
+    def trust_columns(self, stats_t, base_probs, prior_count: float) -> tf.Tensor:
+        """``trust_features`` table-major: ``stats_t`` ``[T, B, 3]`` (``lookup_keys_t``) ->
+        float32 ``[F, B]``. Reads use this layout: every gather and concat below moves
+        contiguous rows of B values, where the row-major one moved single values
+        (docs/performance.md)."""
+        weight, label, base = tf.unstack(stats_t, 3, axis=-1)  # each [T, B]
         residual = label - base
         k = self.num_tables
         groups = _indices([k + i for i in range(len(self._parents))])
         # Every group's count and residual, and its parent's (a cross is centred on its first
-        # feature; a single-feature group on nothing: a zero column of weight and residual).
-        padded_w = tf.pad(weight, [[0, 0], [0, 1]])
-        padded_r = tf.pad(residual, [[0, 0], [0, 1]])
-        none = weight.shape[-1] if weight.shape[-1] is not None else self.total_tables
+        # feature; a single-feature group on nothing: a zero row of weight and residual).
+        padded_w = tf.pad(weight, [[0, 1], [0, 0]])
+        padded_r = tf.pad(residual, [[0, 1], [0, 0]])
+        none = weight.shape[0] if weight.shape[0] is not None else self.total_tables
         parents = _indices([k + p if p >= 0 else none for p in self._parents])
-        c, r = tf.gather(weight, groups, axis=1), tf.gather(residual, groups, axis=1)
-        pc, pr = tf.gather(padded_w, parents, axis=1), tf.gather(padded_r, parents, axis=1)
+        c, r = tf.gather(weight, groups), tf.gather(residual, groups)
+        pc, pr = tf.gather(padded_w, parents), tf.gather(padded_r, parents)
         singles = _indices([k + i for i, p in enumerate(self._parents) if p < 0])
-        sc = tf.gather(weight, singles, axis=1)
-        spread = tf.gather(base, singles, axis=1) - sc * base_probs[:, None]
+        sc = tf.gather(weight, singles)
+        spread = tf.gather(base, singles) - sc * base_probs[None, :]
         if k:
-            srp_r = tf.reduce_sum(residual[:, :k], -1, keepdims=True)
-            srp_c = tf.reduce_sum(weight[:, :k], -1, keepdims=True)
+            srp_r = tf.reduce_sum(residual[:k], 0, keepdims=True)
+            srp_c = tf.reduce_sum(weight[:k], 0, keepdims=True)
         columns = []
         for n in (prior_count, 10.0 * prior_count):
             if k:
@@ -381,16 +416,16 @@ class LSHErrorMemory(ErrorMemory):
             columns.append(spread / (sc + n + 1e-12))
         totals = self.totals()
         level = probability_to_logit((totals[2] + 0.5) / (totals[0] + 1.0))
-        columns.append((probability_to_logit(base_probs) - level)[:, None])
-        columns.append(tf.ones_like(weight[:, :1]))
-        return tf.concat(columns, axis=1)
+        columns.append((probability_to_logit(base_probs) - level)[None, :])
+        columns.append(tf.ones_like(weight[:1]))
+        return tf.concat(columns, axis=0)
 
     def trust_sums(self) -> tuple[tf.Tensor, tf.Tensor]:
         """The combiner's sums in true units: curvature ``[F, F]`` and moment ``[F]``
         (``ErrorCompensation.trust``)."""
         f = self.num_trust_features
         # A gather reads only these rows; slicing the variable would copy all of it first.
-        rows = tf.gather(self.sketch, tf.range(self.num_cells, self.num_state_rows))
+        rows = tf.gather(self.sketch, self._trust_rows())
         flat = tf.reshape(rows, [-1])[:f * (f + 1)] * self.scale
         return tf.reshape(flat[:f * f], [f, f]), flat[f * f:]
 
@@ -428,9 +463,8 @@ class LSHErrorMemory(ErrorMemory):
 
     def totals(self) -> tf.Tensor:
         """float32 ``[3]``: the weight, label and base-probability sums of every row written,
-        true units (every row lands in exactly one bucket of the first table)."""
-        first_table = tf.gather(self.sketch, tf.range(self.table_sizes[0]))
-        return tf.reduce_sum(first_table, axis=0) * self.scale
+        true units (the state's ``totals_row``)."""
+        return tf.gather(self.sketch, self.totals_row) * self.scale
 
     def total_weight(self) -> tf.Tensor:
         return self.totals()[0]
@@ -476,12 +510,14 @@ class LSHErrorMemory(ErrorMemory):
         if trust_delta is not None:
             curvature, moment = trust_delta
             flat = tf.concat([tf.reshape(curvature, [-1]), moment], 0) / self.scale
-            rows = self.num_state_rows - self.num_cells
+            rows = self.num_state_rows - self.totals_row - 1
             flat = tf.reshape(tf.pad(flat, [[0, 3 * rows - tf.size(flat)]]), [rows, 3])
-            self.sketch.scatter_nd_add(tf.range(self.num_cells, self.num_state_rows)[:, None], flat)
+            self.sketch.scatter_nd_add(self._trust_rows()[:, None], flat)
         w = sample_weight / self.scale
         values = tf.stack([w, w * labels, w * base_probs], axis=-1)  # [B, 3]
-        cells = keys + self._offsets  # [B, T]
+        # Every row goes to its T cells and to the totals row: [B, T + 1].
+        cells = tf.concat([keys + self._offsets,
+                           tf.fill([tf.shape(keys)[0], 1], self.totals_row)], axis=1)
         batch = keys.shape[0]
         if batch is not None:
             (self._add_dense if batch >= self._dense_write_rows else self._scatter)(cells, values)
@@ -502,18 +538,18 @@ class LSHErrorMemory(ErrorMemory):
         keep = tf.pow(0.5, rows / self.trust_half_life)
         if self.half_life is not None:
             keep /= tf.pow(0.5, rows / self.half_life)
-        cells = tf.range(self.num_cells, self.num_state_rows)
+        cells = self._trust_rows()
         self.sketch.scatter_nd_add(cells[:, None], (keep - 1.0) * tf.gather(self.sketch, cells))
 
     def _scatter(self, cells, values):
-        """Adds ``values`` ``[B, 3]`` at every row's T cells: O(T) cells touched per row."""
-        updates = tf.broadcast_to(values[:, None, :], [tf.shape(values)[0], self.total_tables, 3])
+        """Adds ``values`` ``[B, 3]`` at every row's cells ``[B, T + 1]``: O(T) per row."""
+        updates = tf.broadcast_to(values[:, None, :], [tf.shape(values)[0], self.total_tables + 1, 3])
         self.sketch.scatter_nd_add(cells[..., None], updates)
         return tf.no_op()
 
     def _add_dense(self, cells, values):
         """Same sum as ``_scatter``: per-cell totals, then one locked ``assign_add``."""
-        rows = tf.repeat(tf.range(tf.shape(values)[0]), self.total_tables)
+        rows = tf.repeat(tf.range(tf.shape(values)[0]), self.total_tables + 1)
         delta = tf.math.unsorted_segment_sum(tf.gather(values, rows), tf.reshape(cells, [-1]),
                                              self.num_state_rows)
         # Scatters leave the sketch in copy-on-read mode, where assign_add first copies the
@@ -545,8 +581,8 @@ class LSHErrorMemory(ErrorMemory):
     # -- snapshots and merges ----------------------------------------------------------------
 
     def snapshot(self) -> tf.Tensor:
-        """The whole state in true units, ``[num_state_rows, 3]``: the table cells, then the
-        combiner's sums. What ``restore`` and ``merge`` take."""
+        """The whole state in true units, ``[num_state_rows, 3]``: the table cells, the totals
+        row, then the combiner's sums. What ``restore`` and ``merge`` take."""
         return self.sketch * self.scale
 
     def _check_state(self, state, delta: bool = False) -> tf.Tensor:
@@ -560,12 +596,12 @@ class LSHErrorMemory(ErrorMemory):
             tf.debugging.assert_all_finite(state, "`state` contains NaN or Inf"),
         ]
         with tf.control_dependencies(checks):
-            weights = state[:self.num_cells, 0]
+            weights = state[:self.totals_row + 1, 0]
             if delta:
                 # A delta may be negative where the other memory forgot (half-life decay
                 # between two snapshots); what it leaves behind may not. The tolerance absorbs
                 # float32 rounding of a difference of snapshots.
-                current = tf.gather(self.sketch, tf.range(self.num_cells))[:, 0] * self.scale
+                current = tf.gather(self.sketch, tf.range(self.totals_row + 1))[:, 0] * self.scale
                 weights = current + weights + 1e-3 * (tf.abs(current) + 1e-3)
                 message = "`state` would leave negative weights (a delta larger than the memory)"
             else:
@@ -619,6 +655,22 @@ class LSHErrorMemory(ErrorMemory):
                       half_life=self.half_life, id_groups=[list(g) for g in self.id_groups],
                       id_bits=self.id_bits, trust_half_life=self.trust_half_life)
         return config
+
+
+def transpose_keys(keys, table_major: bool = False) -> tf.Tensor:
+    """Bucket indices ``[B, T]`` <-> ``[T, B]`` (``table_major``: ``keys`` is ``[T, B]``).
+
+    A float32 matmul by the ``T x T`` identity, exact because every bucket is below 2**24
+    (``num_bits`` and ``id_bits`` are at most 24) and each sum has one non-zero term:
+    ``tf.transpose`` of int32 ``[11, 1024]`` costs ~80 us on CPU, this ~25 us
+    (docs/performance.md).
+    """
+    values = tf.cast(keys, tf.float32)
+    if table_major:
+        eye = tf.eye(tf.shape(keys)[0])
+        return tf.cast(tf.matmul(values, eye, transpose_a=True), tf.int32)
+    eye = tf.eye(tf.shape(keys)[1])
+    return tf.cast(tf.matmul(eye, values, transpose_b=True), tf.int32)
 
 
 def _indices(values: list[int]) -> tf.Tensor:
