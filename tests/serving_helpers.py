@@ -14,10 +14,13 @@ from reloop2_serving.process import DevServerProcess
 ROOT = Path(__file__).resolve().parents[1]
 NUM_TABLES, NUM_BITS, ID_BITS = 8, 5, 10
 ID_GROUPS = ["item_id", ("user_id", "item_id")]
-# Rows of the memory's state (snapshot, restore, merge): its table cells, then the trust sums.
+# Rows of the memory's state (snapshot, restore, merge): its table cells, the totals row, then
+# the trust sums. No recent tables: they forget at `recent_half_life` whatever `half_life` says,
+# and these tests check sums that must be exact across replicas (test_export.py covers them).
 _LAYOUT = r2.LSHErrorMemory(num_tables=NUM_TABLES, num_bits=NUM_BITS, id_groups=ID_GROUPS,
-                            id_bits=ID_BITS)
+                            id_bits=ID_BITS, recent_groups=())
 STATE_ROWS, TABLE_SIZES = _LAYOUT.num_state_rows, _LAYOUT.table_sizes
+TOTALS_ROW = _LAYOUT.totals_row
 
 
 def build_model(seed: int = 0, compensation_weight: float = 1.0, memory=None) -> r2.ReLoop2Model:
@@ -38,7 +41,7 @@ def build_model(seed: int = 0, compensation_weight: float = 1.0, memory=None) ->
     base = keras.Model({"user_id": user, "item_id": item, "price": price}, logit)
     memory = memory if memory is not None else r2.LSHErrorMemory(
         num_tables=NUM_TABLES, num_bits=NUM_BITS, seed=seed, half_life=None,
-        id_groups=ID_GROUPS, id_bits=ID_BITS)
+        id_groups=ID_GROUPS, id_bits=ID_BITS, recent_groups=())
     return r2.ReLoop2Model(base, compensation=r2.ErrorCompensation(
         memory, compensation_weight=compensation_weight,
         self_tuning=isinstance(memory, r2.LSHErrorMemory)))

@@ -195,7 +195,7 @@ def _stream(rng, n, dim=6, items=20):
 
 def test_trust_moves_towards_the_group_that_predicts_the_stream(rng):
     # One SRP group over random hiddens (no signal), one id group over the item (all the signal).
-    mem = r2.LSHErrorMemory(num_tables=4, num_bits=4, id_groups=["item"])
+    mem = r2.LSHErrorMemory(num_tables=4, num_bits=4, id_groups=["item"], recent_groups=())
     comp = r2.ErrorCompensation(mem)
     zeros = np.zeros(256, np.float32)
     for _ in range(30):
@@ -216,7 +216,7 @@ def test_online_newton_trust_reaches_the_logistic_fit_one_step_from_zero_stops_s
     from sklearn.linear_model import LogisticRegression
 
     # Strong item effects (rates 0.03..0.97): the logloss optimum lies far from zero trust.
-    mem = r2.LSHErrorMemory(num_tables=0, id_groups=["item"], half_life=None)
+    mem = r2.LSHErrorMemory(num_tables=0, id_groups=["item"], half_life=None, recent_groups=())
     comp = r2.ErrorCompensation(mem)
     items = np.arange(10).repeat(400)
     rates = np.linspace(0.03, 0.97, 10)[items]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import ROOT, TABLE_SIZES, Session, build_model, make_features, take
+from serving_helpers import ID_GROUPS, ROOT, TABLE_SIZES, Session, build_model, make_features, take
 
 import reloop2_tf as r2
 from reloop2_tf import export as ex
@@ -29,10 +29,17 @@ CONTRACT = {
 }
 
 
+def _default_memory_model(seed: int):
+    """The helpers' model with the default memory for its ids: a recent item table included."""
+    return build_model(seed=seed, memory=r2.LSHErrorMemory(
+        num_tables=8, num_bits=5, seed=seed, half_life=None, id_groups=ID_GROUPS, id_bits=10))
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """One model exported once (exports cost seconds), with a few rows already in memory."""
-    model = build_model(seed=3)
+    model = _default_memory_model(seed=3)
+    assert model.memory.recent_groups == (("item_id",),)
     rng = np.random.default_rng(0)
     model.update_memory(make_features(20, rng), rng.integers(0, 2, 20))
     path = ex.export_serving_model(model, tmp_path_factory.mktemp("export") / "model")
@@ -301,7 +308,7 @@ def test_memory_layout_fingerprint_names_the_projections_not_the_state(exported,
     assert served == ex.memory_fingerprint(model.memory) and served.startswith("sha256:")
     # The same seed and layout in a model built again: the same fingerprint, and writes
     # change the state, never the layout.
-    twin, other = build_model(seed=3), build_model(seed=4)
+    twin, other = _default_memory_model(seed=3), _default_memory_model(seed=4)
     for m in (twin, other):
         m(make_features(1, rng))
     twin.update_memory(make_features(5, rng), np.ones(5))

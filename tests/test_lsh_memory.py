@@ -230,14 +230,17 @@ def test_bad_config(kwargs, name):
 def test_id_tables_key_rows_by_identity_and_crosses_get_their_first_feature(rng):
     mem = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_groups=["item", ("user", "genre")],
                             id_bits=10, half_life=None)
-    # The cross's first feature gets a table of its own: it is what the cross is centred on.
-    assert mem.id_tables == (("item",), ("user", "genre"), ("user",))
+    # The cross's first feature gets a table of its own: it is what the cross is centred on;
+    # the single-feature group gets a recent table too (last), keyed like its own.
+    assert mem.id_tables == (("item",), ("user", "genre"), ("user",), ("item",))
+    assert mem.recent_groups == (("item",),)
     assert mem.id_features == ("genre", "item", "user")
     hidden = rng.normal(size=(6, 4)).astype(np.float32)
     ids = {"item": ["a", "b", "a", "c", "a", "b"], "user": [1, 2, 1, 2, 3, 3],
            "genre": ["x", "x", "x", "y", "y", "x"]}
     keys = mem.keys(hidden, ids).numpy()
-    assert keys.shape == (6, 5) and keys.dtype == np.int32
+    assert keys.shape == (6, 6) and keys.dtype == np.int32
+    np.testing.assert_array_equal(keys[:, 5], keys[:, 2])
     assert keys[0, 2] == keys[2, 2] == keys[4, 2] and keys[0, 2] != keys[1, 2]  # item "a"
     assert keys[0, 3] == keys[2, 3] and keys[0, 3] != keys[4, 3]             # (1, x) vs (3, y)
     np.testing.assert_array_equal(keys[:, :2], mem.bucket_ids(hidden).numpy())  # SRP first
@@ -258,7 +261,7 @@ def test_id_tables_key_rows_by_identity_and_crosses_get_their_first_feature(rng)
     with pytest.raises(ValueError, match="genre"):
         mem.keys(hidden, {"item": ids["item"], "user": ids["user"]})
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="memory_keys"):
-        twin.update_by_keys(np.full((1, 5), 1024), [1.0], [0.5])  # beyond a 2**10 table
+        twin.update_by_keys(np.full((1, 6), 1024), [1.0], [0.5])  # beyond a 2**10 table
     np.testing.assert_array_equal(twin.snapshot().numpy(), mem.snapshot().numpy())
 
 
@@ -303,7 +306,7 @@ def test_totals_row_sums_every_write_and_moves_with_snapshot_merge_and_forgettin
     np.testing.assert_allclose(mem.totals().numpy(), expected, rtol=1e-5)
     state = mem.snapshot().numpy()
     np.testing.assert_allclose(state[mem.totals_row], expected, rtol=1e-5)
-    np.testing.assert_allclose(state[:mem.num_cells].sum(0), expected, rtol=1e-4)  # one table
+    np.testing.assert_allclose(state[:2**12].sum(0), expected, rtol=1e-4)  # the item table
     mem.merge(state)
     np.testing.assert_allclose(mem.totals().numpy(), 2 * np.array(expected), rtol=1e-5)
     mem.decay(0.25)
@@ -338,3 +341,44 @@ def test_table_major_keys_and_features_equal_the_row_major_ones(rng, bits):
     rows = mem.trust_features(mem.lookup_keys(keys), base, 2.0).numpy()
     columns = mem.trust_columns(mem.lookup_keys_t(keys_t), base, 2.0).numpy()
     np.testing.assert_array_equal(columns, rows.T)
+
+
+def test_recent_tables_forget_at_their_own_half_life_through_snapshot_merge_and_folds(rng):
+    mem = r2.LSHErrorMemory(num_tables=1, num_bits=2, id_groups=["item"], id_bits=4,
+                            half_life=1000.0, recent_half_life=10.0)
+    assert mem.recent_groups == (("item",),) and mem.layout()["recent_tables"] == 1
+    hidden = np.zeros((1, 3), np.float32)
+    ids = {"item": ["a"]}
+    # One row per write: after n further rows a row weighs 0.5 ** (n / half-life) in its table.
+    # 400 rows take the recent scale through 0.5 ** 40 < 1e-6: the state is folded meanwhile.
+    labels = (np.arange(400) >= 390).astype(np.float32)  # the last 10 rows are positive
+    for y in labels:
+        mem.update(hidden, [y], [0.5], ids=ids)
+    ages = np.arange(399, -1, -1)
+    weight = mem.lookup(hidden, ids)["weight"].numpy()[0]
+    long_w, recent_w = (0.5 ** (ages / h) for h in (1000.0, 10.0))
+    np.testing.assert_allclose(weight[1:], [long_w.sum(), recent_w.sum()], rtol=1e-4)
+    label_mean = mem.lookup(hidden, ids)["label_mean"].numpy()[0]
+    np.testing.assert_allclose(label_mean[1:], [(long_w * labels).sum() / long_w.sum(),
+                                                (recent_w * labels).sum() / recent_w.sum()],
+                               rtol=1e-4)
+    assert label_mean[2] > 0.5 > label_mean[1]  # the recent table has seen the shift
+    # Snapshot and restore keep true units at both scales; merge adds in true units.
+    state = mem.snapshot().numpy()
+    twin = r2.LSHErrorMemory.from_config(mem.get_config())
+    assert twin.recent_half_life == 10.0 and twin.recent_groups == (("item",),)
+    twin.build(tf.TensorShape([None, 3]))
+    twin.restore(state)
+    np.testing.assert_allclose(twin.snapshot().numpy(), state, rtol=1e-6)
+    mem.merge(state)
+    np.testing.assert_allclose(mem.snapshot().numpy(), 2 * state, rtol=1e-5, atol=1e-30)
+    mem.decay(0.5)
+    np.testing.assert_allclose(mem.snapshot().numpy(), state, rtol=1e-5, atol=1e-30)
+    # The totals row and the combiner's sums stay at the tables' scale.
+    np.testing.assert_allclose(mem.totals().numpy()[0], long_w.sum(), rtol=1e-4)
+    none = r2.LSHErrorMemory(id_groups=["item"], recent_groups=())
+    assert none.id_tables == (("item",),) and none.layout()["recent_tables"] == 0
+    with pytest.raises(ValueError, match="`recent_half_life`"):
+        r2.LSHErrorMemory(id_groups=["item"], recent_half_life=0.0)
+    with pytest.raises(ValueError, match="`recent_half_life`"):
+        r2.LSHErrorMemory(id_groups=["item"], recent_half_life=None)

@@ -21,6 +21,7 @@ from serving_helpers import (
     NUM_TABLES,
     STATE_ROWS,
     TABLE_SIZES,
+    TOTALS_ROW,
     DevServer,
     build_model,
     make_features,
@@ -131,6 +132,7 @@ def test_concurrent_updates_lose_no_weight_and_predicts_never_fail(served):
         # memory_merge runs alongside the writers: an add of the whole table must not undo them.
         delta = ZEROS.copy()
         delta[3 + TABLE_OFFSETS, 0] = 2.5  # bucket 3 of every table
+        delta[TOTALS_ROW, 0] = 2.5  # and the sums of every row, as a snapshot difference has
         with ReLoop2Client(server.target) as c:
             start.wait()
             for _ in range(10):

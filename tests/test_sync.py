@@ -437,7 +437,8 @@ class _SessionReplica:
 def test_with_half_life_synced_replicas_are_close_to_one_memory_not_equal(tmp_path):
     """Each replica decays only on its own writes: the closer the rounds, the closer the match."""
     memory = r2.LSHErrorMemory(num_tables=8, num_bits=5, seed=5, half_life=400.0,
-                               id_groups=["item_id", ("user_id", "item_id")], id_bits=10)
+                               id_groups=["item_id", ("user_id", "item_id")], id_bits=10,
+                               recent_groups=())
     path = ex.export_serving_model(build_model(seed=5, memory=memory), tmp_path / "hl", version=None)
     one, *three = [_SessionReplica(path) for _ in range(4)]
     batches = stream(6, 120, rows=8)  # 960 rows: 2.4 half-lives

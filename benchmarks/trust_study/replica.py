@@ -39,11 +39,11 @@ class Replica:
     column centred on the memory's mean base probability), ``online`` (expansions at the served
     trust, else at zero trust), ``warm_trust`` (learn the trust from the warm rows too),
     ``half_life`` (tables), ``trust_half_life`` (the combiner's sums; None: ``half_life``),
-    ``groups``."""
+    ``recent_half_life`` (a recent table per single-feature group; None: none), ``groups``."""
 
     def __init__(self, s: Stream, groups=None, priors=(2.0, 20.0), logit=True, ridge=10.0,
                  online=True, warm_trust=False, half_life=1e5, every=1000, centred=True,
-                 global_ridge=100.0, trust_half_life=2e4):
+                 global_ridge=100.0, trust_half_life=2e4, recent_half_life=5e3):
         self.s, self.groups = s, list(groups or s.groups)
         self.priors, self.logit, self.ridge, self.online = priors, logit, ridge, online
         self.warm_trust, self.half_life, self.every = warm_trust, half_life, every
@@ -59,6 +59,9 @@ class Replica:
             c, n = s.codes(t)
             self.codes.append(c)
             self.state.append(np.zeros((n, 3)))
+        self.recent_half_life = recent_half_life
+        singles = [i for i, p in enumerate(self.parents) if p < 0] if recent_half_life else []
+        self.recent = [(i, np.zeros_like(self.state[i])) for i in singles]
 
     def features(self, idx, base):
         st = [s[c[idx]] for s, c in zip(self.state, self.codes)]
@@ -73,6 +76,9 @@ class Replica:
                     pool.append((st[i][:, 2] - c * base) / (c + n))
                 cols.append(r / (c + n))
             cols += pool
+        for i, table in self.recent:
+            st = table[self.codes[i][idx]]
+            cols.append((st[:, 1] - st[:, 2]) / (st[:, 0] + self.priors[0]))
         if self.logit:
             level = 0.0
             if self.centred:  # every row is in one bucket of each table: the first one's totals
@@ -103,6 +109,8 @@ class Replica:
                 f = 0.5 ** (len(idx) / self.half_life)
                 for t in self.state:
                     t *= f
+            for _, t in self.recent:
+                t *= 0.5 ** (len(idx) / self.recent_half_life)
             if self.trust_half_life:
                 f = 0.5 ** (len(idx) / self.trust_half_life)
                 h, m = h * f, m * f
@@ -111,8 +119,11 @@ class Replica:
                 ht = (x * (q * (1 - q))[:, None]).T @ x
                 m += (ht @ w if self.online else 0.0) - x.T @ (q - y[idx])
                 h += ht
+            v = np.stack([np.ones_like(base), y[idx], base], 1)
             for t, c in zip(self.state, self.codes):
-                np.add.at(t, c[idx], np.stack([np.ones_like(base), y[idx], base], 1))
+                np.add.at(t, c[idx], v)
+            for i, t in self.recent:
+                np.add.at(t, self.codes[i][idx], v)
         self.trust = w
         return out
 

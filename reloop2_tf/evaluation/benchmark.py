@@ -66,7 +66,9 @@ def ablations(memory: "MemoryConfig") -> dict[str, "MemoryConfig"]:
            "reloop2 no-srp": replace(memory, num_tables=0),
            "reloop2 no-crosses": replace(memory, id_groups=[g for g in groups if len(g) == 1]),
            "reloop2 fixed-trust": replace(memory, self_tuning=False),
-           "reloop2 no-forgetting": replace(memory, half_life=None, trust_half_life=None),
+           "reloop2 no-forgetting": replace(memory, half_life=None, trust_half_life=None,
+                                            recent_groups=[]),
+           "reloop2 no-recent": replace(memory, recent_groups=[]),
            "reloop2 slow-trust": replace(memory, trust_half_life=None),
            "reloop2 + user": replace(memory, id_groups=groups + [["user_id"]])}
     for g in groups:
@@ -105,6 +107,8 @@ class MemoryConfig:
     id_groups: list | None = None
     id_bits: int = 18
     trust_half_life: float | None = 20_000.0
+    recent_groups: list | None = None
+    recent_half_life: float = 5_000.0
     compensation_weight: float = 1.0
     temperature: float = 1.0
     gamma: float = 0.0
@@ -114,7 +118,9 @@ class MemoryConfig:
     def layer(self, seed: int) -> ErrorCompensation:
         memory = LSHErrorMemory(num_tables=self.num_tables, num_bits=self.num_bits, seed=seed,
                                 half_life=self.half_life, id_groups=self.id_groups or (),
-                                id_bits=self.id_bits, trust_half_life=self.trust_half_life)
+                                id_bits=self.id_bits, trust_half_life=self.trust_half_life,
+                                recent_groups=self.recent_groups,
+                                recent_half_life=self.recent_half_life)
         return ErrorCompensation(memory, compensation_weight=self.compensation_weight,
                                  temperature=self.temperature, gamma=self.gamma,
                                  prior_count=self.prior_count, self_tuning=self.self_tuning)

@@ -70,6 +70,10 @@ class LSHErrorMemory(ErrorMemory):
       FarmHash of the group's feature values (``"item_id"``, or a cross such as
       ``("user_id", "genre")``). A cross is read as its deviation from its first feature's own
       residual, so the first feature of every cross gets a table too (listed or not).
+    * One more id table per entry of ``recent_groups`` (by default the single-feature groups,
+      such as the item), keyed like its group but forgetting at ``recent_half_life``: its
+      residual is the last few thousand rows', so a shift shows up within a feedback slot while
+      the other tables keep their long evidence (docs/core.md).
 
     A row is written to all its buckets, so reads and writes touch ``num_tables +
     len(id_tables)`` cells whatever the memory holds. ``keys`` gives those buckets as int32
@@ -89,6 +93,10 @@ class LSHErrorMemory(ErrorMemory):
             sums (its evidence about how much to trust each group), apart from the tables':
             a handful of trusts re-learn from recent rows after a shift while the tables keep
             their long memory. `None`: the tables' ``half_life``. Defaults to `20_000`.
+        recent_groups: optional feature names or tuples of names that also get a recent table.
+            `None`: every single-feature entry of ``id_groups``; `()`: none. Defaults to `None`.
+        recent_half_life: float. The half-life, in rows, of the recent tables. Defaults to
+            `5_000`.
 
     Example:
 
@@ -99,7 +107,8 @@ class LSHErrorMemory(ErrorMemory):
 
     def __init__(self, num_tables: int = 4, num_bits: int = 8, seed: int = 0,
                  half_life: float | None = 100_000.0, id_groups: Iterable = (), id_bits: int = 18,
-                 trust_half_life: float | None = 20_000.0, **kwargs):
+                 trust_half_life: float | None = 20_000.0, recent_groups: Iterable | None = None,
+                 recent_half_life: float = 5_000.0, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(num_tables, int) or num_tables < 0:
             raise ValueError(f"`num_tables` should be an int >= 0. Received: num_tables={num_tables!r}")
@@ -107,7 +116,11 @@ class LSHErrorMemory(ErrorMemory):
             raise ValueError(f"`num_bits` should be an int in [1, 24]. Received: num_bits={num_bits!r}")
         if not isinstance(id_bits, int) or not 1 <= id_bits <= 24:
             raise ValueError(f"`id_bits` should be an int in [1, 24]. Received: id_bits={id_bits!r}")
-        for name, value in (("half_life", half_life), ("trust_half_life", trust_half_life)):
+        if recent_half_life is None:
+            raise ValueError("`recent_half_life` should be a positive number (no recent tables: "
+                             "`recent_groups=()`). Received: recent_half_life=None")
+        for name, value in (("half_life", half_life), ("trust_half_life", trust_half_life),
+                            ("recent_half_life", recent_half_life)):
             if value is not None and not (
                     isinstance(value, (int, float)) and not isinstance(value, bool)
                     and value > 0 and math.isfinite(value)):
@@ -123,12 +136,18 @@ class LSHErrorMemory(ErrorMemory):
         self.seed = int(seed)
         self.half_life = None if half_life is None else float(half_life)
         self.trust_half_life = None if trust_half_life is None else float(trust_half_life)
+        self.recent_half_life = float(recent_half_life)
+        self.recent_groups = (tuple(g for g in self.id_groups if len(g) == 1)
+                              if recent_groups is None else normalize_id_groups(recent_groups))
         # The stored id tables: the listed groups, then the first features of crosses that are
-        # not listed themselves. `_parents[i]` is the table a listed group is centred on (-1: none).
+        # not listed themselves, then the recent tables (the last `len(recent_groups)`).
+        # `_parents[i]` is the table a listed group is centred on (-1: none).
         tables = list(self.id_groups)
         for group in self.id_groups:
             if len(group) > 1 and group[:1] not in tables:
                 tables.append(group[:1])
+        self._first_recent = num_tables + len(tables)  # column of keys of the first recent table
+        tables += self.recent_groups
         self.id_tables: tuple[tuple[str, ...], ...] = tuple(tables)
         self._parents = [tables.index(g[:1]) if len(g) > 1 else -1 for g in self.id_groups]
         self.id_features: tuple[str, ...] = tuple(sorted({n for g in tables for n in g}))
@@ -143,6 +162,9 @@ class LSHErrorMemory(ErrorMemory):
         if sum(sizes) >= 2**31:
             raise ValueError(f"the memory would hold {sum(sizes)} buckets; at most 2**31 - 1")
         self.table_sizes: tuple[int, ...] = tuple(sizes)
+        # Rows of `sketch` held at the recent tables' scale: [_recent_cells[0], _recent_cells[1]).
+        start = sum(sizes[:self._first_recent])
+        self._recent_cells = (start, start + 2**id_bits * len(self.recent_groups))
 
     @property
     def num_buckets(self) -> int:
@@ -162,10 +184,11 @@ class LSHErrorMemory(ErrorMemory):
     @property
     def num_trust_features(self) -> int:
         """Inputs of the self-tuning combiner: at each of two shrinkages, one for the SRP tables,
-        one per id group and one more per single-feature group; then the base logit and a bias
-        (``trust_features``)."""
+        one per id group and one more per single-feature group; one per recent table; then the
+        base logit and a bias (``trust_features``)."""
         singles = sum(1 for p in self._parents if p < 0)
-        return 2 * ((1 if self.num_tables else 0) + len(self.id_groups) + singles) + 2
+        return (2 * ((1 if self.num_tables else 0) + len(self.id_groups) + singles)
+                + len(self.recent_groups) + 2)
 
     @property
     def totals_row(self) -> int:
@@ -197,8 +220,11 @@ class LSHErrorMemory(ErrorMemory):
         # level is read in O(1)), then the self-tuning combiner's curvature and gradient sums.
         self.sketch = self.add_weight(name="sketch", shape=[self.num_state_rows, 3],
                                       initializer="zeros", trainable=False)
-        # True sketch = sketch * scale. Only half-life forgetting moves it away from 1.
+        # True sketch = sketch * scale (the recent tables: * recent_scale). Only forgetting moves
+        # them away from 1.
         self.scale = self.add_weight(name="scale", shape=[], initializer="ones", trainable=False)
+        self.recent_scale = self.add_weight(name="recent_scale", shape=[], initializer="ones",
+                                            trainable=False)
         # The combiner's trust solved from the sums above, kept up to date by every method that
         # changes them, so that a read gathers it instead of solving (docs/performance.md).
         self.trust_solution = self.add_weight(name="trust_solution",
@@ -211,6 +237,9 @@ class LSHErrorMemory(ErrorMemory):
             pack[table * l:(table + 1) * l, table] = 2.0 ** np.arange(l)
         self._pack = tf.constant(pack)
         self._offsets = tf.constant(np.cumsum([0, *self.table_sizes[:-1]]), tf.int32)
+        # Which scale each table's cells are stored at (0: `scale`, 1: `recent_scale`).
+        self._table_clock = tf.constant([0] * self._first_recent + [1] * len(self.recent_groups),
+                                        tf.int32)
         self._sizes = tf.constant(self.table_sizes, tf.int32)
         # A batch of at least this many rows is summed per cell and added in one pass over the
         # table; smaller batches scatter. Scattering costs ~30x more per update than the pass
@@ -326,11 +355,24 @@ class LSHErrorMemory(ErrorMemory):
 
     def lookup_keys(self, keys) -> tf.Tensor:
         """float32 ``[B, T, 3]``: ``(weight, label, base)`` sums in every key's bucket, true units."""
-        return tf.gather(self.sketch, keys + self._offsets) * self.scale
+        return tf.gather(self.sketch, keys + self._offsets) * self._table_scales()[:, None]
 
     def lookup_keys_t(self, keys_t) -> tf.Tensor:
         """``lookup_keys`` table-major: ``keys_t`` int32 ``[T, B]`` -> float32 ``[T, B, 3]``."""
-        return tf.gather(self.sketch, keys_t + self._offsets[:, None]) * self.scale
+        return (tf.gather(self.sketch, keys_t + self._offsets[:, None])
+                * self._table_scales()[:, None, None])
+
+    def _table_scales(self) -> tf.Tensor:
+        """float32 ``[T]``: the scale every table's cells are stored at."""
+        return tf.gather(tf.stack([self.scale, self.recent_scale]), self._table_clock)
+
+    def _row_scales(self, rows: int | None = None) -> tf.Tensor:
+        """float32 ``[rows]``: the scale of each of the first ``rows`` rows of ``sketch``
+        (all by default)."""
+        rows = self.num_state_rows if rows is None else rows
+        start, end = (min(c, rows) for c in self._recent_cells)
+        return tf.concat([tf.fill([start], self.scale), tf.fill([end - start], self.recent_scale),
+                          tf.fill([rows - end], self.scale)], axis=0)
 
     def lookup(self, hidden, ids: Mapping | None = None) -> dict[str, tf.Tensor]:
         """Reads every table: ``weight``, ``label_mean``, ``base_mean``, each ``[B, T]``.
@@ -376,6 +418,8 @@ class LSHErrorMemory(ErrorMemory):
         * A single-feature group (the item) also gives ``(b - c * base) / (c + n)``: how far
           this row's base prediction lies from the group's mean one, which lets the combiner pool
           the base model's predictions towards the group's (the paper's gamma = 1, learnt).
+        * A recent table gives its shrunk residual ``(y - b) / (c + n)`` at ``n = prior_count``
+          only.
 
         Then the row's base logit, centred on the logit of the memory's mean base probability
         (the combiner can temper an over- or under-confident base around the stream's level, and
@@ -414,6 +458,9 @@ class LSHErrorMemory(ErrorMemory):
                 columns.append(srp_r / (srp_c + k * n + 1e-12))
             columns.append((r - c * pr / (pc + n + 1e-12)) / (c + n + 1e-12))
             columns.append(spread / (sc + n + 1e-12))
+        if self.recent_groups:
+            recent = slice(self._first_recent, self._first_recent + len(self.recent_groups))
+            columns.append(residual[recent] / (weight[recent] + prior_count + 1e-12))
         totals = self.totals()
         level = probability_to_logit((totals[2] + 0.5) / (totals[0] + 1.0))
         columns.append((probability_to_logit(base_probs) - level)[None, :])
@@ -505,6 +552,8 @@ class LSHErrorMemory(ErrorMemory):
         rows = tf.reduce_sum(tf.cast(sample_weight > 0, tf.float32))
         if self.half_life is not None:
             self.scale.assign(self.scale * tf.pow(0.5, rows / self.half_life))
+        if self.recent_groups:
+            self.recent_scale.assign(self.recent_scale * tf.pow(0.5, rows / self.recent_half_life))
         if self.trust_half_life is not None and self.trust_half_life != self.half_life:
             self._forget_trust_sums(rows)
         if trust_delta is not None:
@@ -513,20 +562,24 @@ class LSHErrorMemory(ErrorMemory):
             rows = self.num_state_rows - self.totals_row - 1
             flat = tf.reshape(tf.pad(flat, [[0, 3 * rows - tf.size(flat)]]), [rows, 3])
             self.sketch.scatter_nd_add(self._trust_rows()[:, None], flat)
-        w = sample_weight / self.scale
-        values = tf.stack([w, w * labels, w * base_probs], axis=-1)  # [B, 3]
-        # Every row goes to its T cells and to the totals row: [B, T + 1].
+        w = sample_weight
+        values = tf.stack([w, w * labels, w * base_probs], axis=-1)  # [B, 3], true units
+        # Every row goes to its T cells and to the totals row: [B, T + 1], each cell's values
+        # divided by the scale its table is stored at.
         cells = tf.concat([keys + self._offsets,
                            tf.fill([tf.shape(keys)[0], 1], self.totals_row)], axis=1)
+        scales = tf.concat([self._table_scales(), self.scale[None]], axis=0)
+        values = values[:, None, :] / scales[None, :, None]  # [B, T + 1, 3]
         batch = keys.shape[0]
         if batch is not None:
             (self._add_dense if batch >= self._dense_write_rows else self._scatter)(cells, values)
         else:
             tf.cond(tf.shape(keys)[0] >= self._dense_write_rows,
                     lambda: self._add_dense(cells, values), lambda: self._scatter(cells, values))
-        if self.half_life is not None:
-            tf.cond(self.scale < _MIN_SCALE, self._fold_scale, tf.no_op)
-        if (trust_delta is not None or self.half_life is not None
+        if self.half_life is not None or self.recent_groups:
+            tf.cond(tf.minimum(self.scale, self.recent_scale) < _MIN_SCALE, self._fold_scale,
+                    tf.no_op)
+        if (trust_delta is not None or self.half_life is not None or self.recent_groups
                 or self.trust_half_life is not None):  # forgetting moves it too
             self._refresh_trust()
         return tf.reduce_sum(sample_weight)
@@ -542,16 +595,14 @@ class LSHErrorMemory(ErrorMemory):
         self.sketch.scatter_nd_add(cells[:, None], (keep - 1.0) * tf.gather(self.sketch, cells))
 
     def _scatter(self, cells, values):
-        """Adds ``values`` ``[B, 3]`` at every row's cells ``[B, T + 1]``: O(T) per row."""
-        updates = tf.broadcast_to(values[:, None, :], [tf.shape(values)[0], self.total_tables + 1, 3])
-        self.sketch.scatter_nd_add(cells[..., None], updates)
+        """Adds ``values`` ``[B, T + 1, 3]`` at the cells ``[B, T + 1]``: O(T) per row."""
+        self.sketch.scatter_nd_add(cells[..., None], values)
         return tf.no_op()
 
     def _add_dense(self, cells, values):
         """Same sum as ``_scatter``: per-cell totals, then one locked ``assign_add``."""
-        rows = tf.repeat(tf.range(tf.shape(values)[0]), self.total_tables + 1)
-        delta = tf.math.unsorted_segment_sum(tf.gather(values, rows), tf.reshape(cells, [-1]),
-                                             self.num_state_rows)
+        delta = tf.math.unsorted_segment_sum(tf.reshape(values, [-1, 3]),
+                                             tf.reshape(cells, [-1]), self.num_state_rows)
         # Scatters leave the sketch in copy-on-read mode, where assign_add first copies the
         # whole table; switching back to copy-on-write skips that copy when nothing else holds it.
         with tf.control_dependencies([tf.raw_ops.DisableCopyOnRead(resource=self.sketch.handle)]):
@@ -559,14 +610,16 @@ class LSHErrorMemory(ErrorMemory):
         return tf.no_op()
 
     def _fold_scale(self):
-        self.sketch.assign(self.sketch * self.scale)
+        self.sketch.assign(self.sketch * self._row_scales()[:, None])
         self.scale.assign(1.0)
+        self.recent_scale.assign(1.0)
         return tf.no_op()
 
     def reset(self) -> None:
         """Forgets everything."""
         self.sketch.assign(tf.zeros_like(self.sketch))
         self.scale.assign(1.0)
+        self.recent_scale.assign(1.0)
         self.trust_solution.assign(tf.zeros_like(self.trust_solution))
 
     def decay(self, factor) -> None:
@@ -575,7 +628,9 @@ class LSHErrorMemory(ErrorMemory):
         if not 0.0 < factor <= 1.0:
             raise ValueError(f"`factor` should be in (0, 1]. Received: factor={factor!r}")
         self.scale.assign(self.scale * factor)
-        tf.cond(self.scale < _MIN_SCALE, self._fold_scale, tf.no_op)
+        self.recent_scale.assign(self.recent_scale * factor)
+        tf.cond(tf.minimum(self.scale, self.recent_scale) < _MIN_SCALE, self._fold_scale,
+                tf.no_op)
         self._refresh_trust()
 
     # -- snapshots and merges ----------------------------------------------------------------
@@ -583,7 +638,7 @@ class LSHErrorMemory(ErrorMemory):
     def snapshot(self) -> tf.Tensor:
         """The whole state in true units, ``[num_state_rows, 3]``: the table cells, the totals
         row, then the combiner's sums. What ``restore`` and ``merge`` take."""
-        return self.sketch * self.scale
+        return self.sketch * self._row_scales()[:, None]
 
     def _check_state(self, state, delta: bool = False) -> tf.Tensor:
         state = tf.convert_to_tensor(state, tf.float32)
@@ -601,7 +656,9 @@ class LSHErrorMemory(ErrorMemory):
                 # A delta may be negative where the other memory forgot (half-life decay
                 # between two snapshots); what it leaves behind may not. The tolerance absorbs
                 # float32 rounding of a difference of snapshots.
-                current = tf.gather(self.sketch, tf.range(self.totals_row + 1))[:, 0] * self.scale
+                rows = self.totals_row + 1
+                current = (tf.gather(self.sketch, tf.range(rows))[:, 0]
+                           * self._row_scales(rows))
                 weights = current + weights + 1e-3 * (tf.abs(current) + 1e-3)
                 message = "`state` would leave negative weights (a delta larger than the memory)"
             else:
@@ -619,6 +676,7 @@ class LSHErrorMemory(ErrorMemory):
         state = self._check_state(state)
         self.sketch.assign(state)
         self.scale.assign(1.0)
+        self.recent_scale.assign(1.0)
         self._refresh_trust()
 
     def merge(self, other) -> None:
@@ -640,20 +698,22 @@ class LSHErrorMemory(ErrorMemory):
                                  "(same seed and d).")
             other = other.snapshot()
         state = self.check_delta(other)
-        self.sketch.assign_add(state / self.scale)
+        self.sketch.assign_add(state / self._row_scales()[:, None])
         self._refresh_trust()
 
     def layout(self) -> dict:
         """What two memories must share for their sketches to add up."""
         return {"num_tables": self.num_tables, "num_bits": self.num_bits, "seed": self.seed,
                 "id_tables": [list(t) for t in self.id_tables], "id_bits": self.id_bits,
-                "id_hash": _ID_HASH}
+                "recent_tables": len(self.recent_groups), "id_hash": _ID_HASH}
 
     def get_config(self):
         config = super().get_config()
         config.update(num_tables=self.num_tables, num_bits=self.num_bits, seed=self.seed,
                       half_life=self.half_life, id_groups=[list(g) for g in self.id_groups],
-                      id_bits=self.id_bits, trust_half_life=self.trust_half_life)
+                      id_bits=self.id_bits, trust_half_life=self.trust_half_life,
+                      recent_groups=[list(g) for g in self.recent_groups],
+                      recent_half_life=self.recent_half_life)
         return config
 
 
