@@ -244,11 +244,14 @@ class _ServingModule(tf.Module):
         self._specs = specs
         self._batching = batching
         # The recent write ids, as 62-bit hashes (0: an empty slot) in a ring; `write_count`
-        # ids have been remembered so far.
+        # ids have been remembered so far. `write_id_index` holds the ids in the ring, so that
+        # "seen?" is one hash lookup, not a scan of the window (~0.15 ms per write at 2**17).
         self.write_ids = tf.Variable(tf.zeros([WRITE_ID_WINDOW], tf.int64), trainable=False,
                                      name="write_ids")
         self.write_count = tf.Variable(tf.constant(0, tf.int64), trainable=False,
                                        name="write_count")
+        self.write_id_index = tf.lookup.experimental.MutableHashTable(
+            tf.int64, tf.int64, default_value=0, name="write_id_index")
 
     def once(self, write_id, write) -> tf.Tensor:
         """Runs ``write()`` (which returns the weight written) unless ``write_id`` is a recent,
@@ -256,12 +259,17 @@ class _ServingModule(tf.Module):
         given = tf.strings.length(write_id) > 0
         # +1 so that no id hashes to 0, the mark of an empty slot.
         code = tf.strings.to_hash_bucket_fast(write_id, 2**62) + 1
-        seen = tf.logical_and(given, tf.reduce_any(tf.equal(self.write_ids, code)))
+        seen = tf.logical_and(given, self.write_id_index.lookup(code) > 0)
 
         def remember():
+            # The id leaving the ring leaves the index (an empty slot's 0 is never in it).
             slot = tf.math.floormod(self.write_count, WRITE_ID_WINDOW)
-            self.write_ids.scatter_nd_update(slot[None, None], code[None])
-            self.write_count.assign_add(1)
+            leaving = tf.gather(self.write_ids, slot)
+            with tf.control_dependencies([self.write_id_index.remove(leaving[None])]):
+                inserted = self.write_id_index.insert(code[None], tf.ones([1], tf.int64))
+            with tf.control_dependencies([inserted]):
+                self.write_ids.scatter_nd_update(slot[None, None], code[None])
+                self.write_count.assign_add(1)
             return tf.no_op()
 
         def fresh():
