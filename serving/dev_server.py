@@ -97,6 +97,9 @@ class Servable:
         self._cond = threading.Condition()
         self._closing = False
         self._memory: MemoryEndpoint | None = None
+        # Session callables, one per (signature, outputs, inputs): `Session.run` rebuilds its
+        # fetch and feed handlers on every call (~0.1 ms in Python), a callable does not.
+        self._callables: dict[tuple, object] = {}
 
     def signature(self, name: str):
         name = name or DEFAULT_SIGNATURE
@@ -156,7 +159,12 @@ class Servable:
                 raise ServingError(grpc.StatusCode.UNAVAILABLE, "servable is being unloaded")
             self._inflight += 1
         try:
-            return name, self.session.run(fetches, feeds)
+            key = (name, tuple(aliases), tuple(feeds))
+            run = self._callables.get(key)
+            if run is None:
+                run = self.session.make_callable([fetches[a] for a in aliases], list(feeds))
+                self._callables[key] = run
+            return name, dict(zip(aliases, run(*feeds.values())))
         except tf.errors.OpError as err:
             raise ServingError(_CODES.get(err.error_code, grpc.StatusCode.INTERNAL),
                                readable(err.message)) from err
