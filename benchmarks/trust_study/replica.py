@@ -62,6 +62,7 @@ class Replica:
         self.recent_half_life = recent_half_life
         singles = [i for i, p in enumerate(self.parents) if p < 0] if recent_half_life else []
         self.recent = [(i, np.zeros_like(self.state[i])) for i in singles]
+        self.recent_totals = np.zeros(3)
 
     def features(self, idx, base):
         st = [s[c[idx]] for s, c in zip(self.state, self.codes)]
@@ -76,9 +77,10 @@ class Replica:
                     pool.append((st[i][:, 2] - c * base) / (c + n))
                 cols.append(r / (c + n))
             cols += pool
+        rho = (self.recent_totals[1] - self.recent_totals[2]) / (self.recent_totals[2] + 1.0)
         for i, table in self.recent:
             st = table[self.codes[i][idx]]
-            cols.append((st[:, 1] - st[:, 2]) / (st[:, 0] + self.priors[0]))
+            cols.append((st[:, 1] - st[:, 2] - rho * st[:, 2]) / (st[:, 0] + self.priors[0]))
         if self.logit:
             level = 0.0
             if self.centred:  # every row is in one bucket of each table: the first one's totals
@@ -109,8 +111,10 @@ class Replica:
                 f = 0.5 ** (len(idx) / self.half_life)
                 for t in self.state:
                     t *= f
-            for _, t in self.recent:
-                t *= 0.5 ** (len(idx) / self.recent_half_life)
+            if self.recent:
+                for _, t in self.recent:
+                    t *= 0.5 ** (len(idx) / self.recent_half_life)
+                self.recent_totals *= 0.5 ** (len(idx) / self.recent_half_life)
             if self.trust_half_life:
                 f = 0.5 ** (len(idx) / self.trust_half_life)
                 h, m = h * f, m * f
@@ -124,6 +128,7 @@ class Replica:
                 np.add.at(t, c[idx], v)
             for i, t in self.recent:
                 np.add.at(t, self.codes[i][idx], v)
+            self.recent_totals += v.sum(0)
         self.trust = w
         return out
 

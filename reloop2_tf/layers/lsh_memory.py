@@ -196,14 +196,24 @@ class LSHErrorMemory(ErrorMemory):
         return self.num_cells
 
     @property
+    def recent_totals_row(self) -> int | None:
+        """With recent tables, the row after ``totals_row``: the same sums at the recent tables'
+        forgetting (``recent_totals``). `None` without recent tables."""
+        return self.num_cells + 1 if self.recent_groups else None
+
+    @property
+    def _first_trust_row(self) -> int:
+        return self.num_cells + (2 if self.recent_groups else 1)
+
+    @property
     def num_state_rows(self) -> int:
-        """Rows of ``sketch``: the table cells, the totals row, then the combiner's sums (3 values
-        per row)."""
+        """Rows of ``sketch``: the table cells, the totals row (two with recent tables), then the
+        combiner's sums (3 values per row)."""
         f = self.num_trust_features
-        return self.num_cells + 1 + -(-(f * (f + 1)) // 3)
+        return self._first_trust_row + -(-(f * (f + 1)) // 3)
 
     def _trust_rows(self) -> tf.Tensor:
-        return tf.range(self.totals_row + 1, self.num_state_rows)
+        return tf.range(self._first_trust_row, self.num_state_rows)
 
     def _build_state(self, dim: int) -> None:
         k, l = self.num_tables, self.num_bits
@@ -370,9 +380,16 @@ class LSHErrorMemory(ErrorMemory):
         """float32 ``[rows]``: the scale of each of the first ``rows`` rows of ``sketch``
         (all by default)."""
         rows = self.num_state_rows if rows is None else rows
-        start, end = (min(c, rows) for c in self._recent_cells)
-        return tf.concat([tf.fill([start], self.scale), tf.fill([end - start], self.recent_scale),
-                          tf.fill([rows - end], self.scale)], axis=0)
+        start, end = self._recent_cells  # the recent tables are the last tables
+        segments = [(start, self.scale), (end - start, self.recent_scale), (1, self.scale)]
+        if self.recent_groups:
+            segments.append((1, self.recent_scale))  # the recent totals row
+        segments.append((self.num_state_rows - self._first_trust_row, self.scale))
+        parts, left = [], rows
+        for count, scale in segments:
+            parts.append(tf.fill([min(count, left)], scale))
+            left -= min(count, left)
+        return tf.concat(parts, axis=0)
 
     def lookup(self, hidden, ids: Mapping | None = None) -> dict[str, tf.Tensor]:
         """Reads every table: ``weight``, ``label_mean``, ``base_mean``, each ``[B, T]``.
@@ -418,8 +435,10 @@ class LSHErrorMemory(ErrorMemory):
         * A single-feature group (the item) also gives ``(b - c * base) / (c + n)``: how far
           this row's base prediction lies from the group's mean one, which lets the combiner pool
           the base model's predictions towards the group's (the paper's gamma = 1, learnt).
-        * A recent table gives its shrunk residual ``(y - b) / (c + n)`` at ``n = prior_count``
-          only.
+        * A recent table gives its shrunk residual at ``n = prior_count`` only, net of the
+          stream's recent relative shift: ``(y - b - rho * b) / (c + n)``, ``rho = (Y - B) /
+          (B + 1)`` from ``recent_totals``. A change of the whole stream's rate (every label
+          thinned alike) then leaves it at zero; a change that hits some items moves it.
 
         Then the row's base logit, centred on the logit of the memory's mean base probability
         (the combiner can temper an over- or under-confident base around the stream's level, and
@@ -460,7 +479,10 @@ class LSHErrorMemory(ErrorMemory):
             columns.append(spread / (sc + n + 1e-12))
         if self.recent_groups:
             recent = slice(self._first_recent, self._first_recent + len(self.recent_groups))
-            columns.append(residual[recent] / (weight[recent] + prior_count + 1e-12))
+            stream = self.recent_totals()
+            rho = (stream[1] - stream[2]) / (stream[2] + 1.0)
+            columns.append((residual[recent] - rho * base[recent])
+                           / (weight[recent] + prior_count + 1e-12))
         totals = self.totals()
         level = probability_to_logit((totals[2] + 0.5) / (totals[0] + 1.0))
         columns.append((probability_to_logit(base_probs) - level)[None, :])
@@ -513,6 +535,13 @@ class LSHErrorMemory(ErrorMemory):
         true units (the state's ``totals_row``)."""
         return tf.gather(self.sketch, self.totals_row) * self.scale
 
+    def recent_totals(self) -> tf.Tensor:
+        """float32 ``[3]``: ``totals`` forgotten at ``recent_half_life`` (zeros without recent
+        tables)."""
+        if not self.recent_groups:
+            return tf.zeros([3])
+        return tf.gather(self.sketch, self.recent_totals_row) * self.recent_scale
+
     def total_weight(self) -> tf.Tensor:
         return self.totals()[0]
 
@@ -559,17 +588,21 @@ class LSHErrorMemory(ErrorMemory):
         if trust_delta is not None:
             curvature, moment = trust_delta
             flat = tf.concat([tf.reshape(curvature, [-1]), moment], 0) / self.scale
-            rows = self.num_state_rows - self.totals_row - 1
+            rows = self.num_state_rows - self._first_trust_row
             flat = tf.reshape(tf.pad(flat, [[0, 3 * rows - tf.size(flat)]]), [rows, 3])
             self.sketch.scatter_nd_add(self._trust_rows()[:, None], flat)
         w = sample_weight
         values = tf.stack([w, w * labels, w * base_probs], axis=-1)  # [B, 3], true units
-        # Every row goes to its T cells and to the totals row: [B, T + 1], each cell's values
-        # divided by the scale its table is stored at.
+        # Every row goes to its T cells and to the totals row(s): [B, T + 1 or 2], each cell's
+        # values divided by the scale its row is stored at.
+        totals = [(self.totals_row, self.scale)]
+        if self.recent_groups:
+            totals.append((self.recent_totals_row, self.recent_scale))
+        rows_of = tf.constant([[row for row, _ in totals]], tf.int32)
         cells = tf.concat([keys + self._offsets,
-                           tf.fill([tf.shape(keys)[0], 1], self.totals_row)], axis=1)
-        scales = tf.concat([self._table_scales(), self.scale[None]], axis=0)
-        values = values[:, None, :] / scales[None, :, None]  # [B, T + 1, 3]
+                           tf.tile(rows_of, [tf.shape(keys)[0], 1])], axis=1)
+        scales = tf.concat([self._table_scales(), tf.stack([s for _, s in totals])], axis=0)
+        values = values[:, None, :] / scales[None, :, None]  # [B, T + 1 or 2, 3]
         batch = keys.shape[0]
         if batch is not None:
             (self._add_dense if batch >= self._dense_write_rows else self._scatter)(cells, values)
@@ -651,12 +684,12 @@ class LSHErrorMemory(ErrorMemory):
             tf.debugging.assert_all_finite(state, "`state` contains NaN or Inf"),
         ]
         with tf.control_dependencies(checks):
-            weights = state[:self.totals_row + 1, 0]
+            weights = state[:self._first_trust_row, 0]
             if delta:
                 # A delta may be negative where the other memory forgot (half-life decay
                 # between two snapshots); what it leaves behind may not. The tolerance absorbs
                 # float32 rounding of a difference of snapshots.
-                rows = self.totals_row + 1
+                rows = self._first_trust_row
                 current = (tf.gather(self.sketch, tf.range(rows))[:, 0]
                            * self._row_scales(rows))
                 weights = current + weights + 1e-3 * (tf.abs(current) + 1e-3)
