@@ -263,7 +263,7 @@ class LSHErrorMemory(ErrorMemory):
 
     def bucket_ids(self, hidden) -> tf.Tensor:
         """int32 ``[B, K]``: the bucket of every row in every SRP table."""
-        return tf.transpose(self._srp_keys_t(hidden))
+        return transpose_keys(self._srp_keys_t(hidden), table_major=True)
 
     def _srp_keys_t(self, hidden) -> tf.Tensor:
         """``bucket_ids`` table-major, int32 ``[K, B]``."""
@@ -292,7 +292,7 @@ class LSHErrorMemory(ErrorMemory):
         seeded by the memory's seed and the table's names (multiply-xorshift); the bucket is
         the key's top ``id_bits`` bits. All tables at once, whatever their number.
         """
-        return tf.transpose(self._id_keys_t(ids, rows))
+        return transpose_keys(self._id_keys_t(ids, rows), table_major=True)
 
     def _id_keys_t(self, ids: Mapping | None, rows=None) -> tf.Tensor:
         """``id_bucket_ids`` table-major, int32 ``[len(id_tables), B]``: every step works on
@@ -328,7 +328,8 @@ class LSHErrorMemory(ErrorMemory):
 
     def keys(self, hidden, ids: Mapping | None = None) -> tf.Tensor:
         """int32 ``[B, T]``: every row's bucket in the SRP tables, then in the id tables."""
-        return tf.transpose(self.keys_t(hidden, ids))
+        # The write by features and `memory_keys` pass here: the cheap exact transpose.
+        return transpose_keys(self.keys_t(hidden, ids), table_major=True)
 
     def keys_t(self, hidden, ids: Mapping | None = None) -> tf.Tensor:
         """``keys`` table-major, int32 ``[T, B]``: what reads work on (``lookup_keys_t``)."""
