@@ -316,6 +316,30 @@ def test_rare_positives_with_near_constant_logits_do_not_move_the_level(rng):
     assert np.max(np.abs(shifts)) < 0.15, np.round(shifts, 3)
 
 
+def test_the_level_moves_only_on_evidence_past_two_standard_errors(rng):
+    # Rare positives at 1.5 times the base's rate: 20 batches hold ~60 clicks where the base
+    # expects ~40, not enough to be sure of a level; the ungated bias moved 0.01-0.03 logits
+    # here, which reorders a stream whose rows the base barely separates (Open Bandit).
+    rare = r2.ErrorCompensation(r2.LSHErrorMemory(num_tables=4, num_bits=6, id_groups=["item"]))
+    for _ in range(20):
+        hidden = rng.normal(size=(1000, 4)).astype(np.float32)
+        logits = (-6.2 + 0.1 * rng.normal(size=1000)).astype(np.float32)
+        ids = {"item": rng.integers(0, 80, 1000).astype(str)}
+        labels = (rng.random(1000) < 1.5 / (1 + np.exp(-logits))).astype(np.float32)
+        rare.update_memory(logits, hidden, labels, ids=ids)
+    assert rare.trust().numpy()[-1] == 0.0, rare.trust().numpy()
+    # A base-rate shift with ordinary evidence (half the positives gone) still moves the level
+    # within a few batches.
+    shift = r2.ErrorCompensation(r2.LSHErrorMemory(num_tables=4, num_bits=6, id_groups=["item"]))
+    for _ in range(3):
+        hidden = rng.normal(size=(1000, 4)).astype(np.float32)
+        logits = rng.normal(size=1000).astype(np.float32)
+        ids = {"item": rng.integers(0, 80, 1000).astype(str)}
+        labels = ((rng.random(1000) < 1 / (1 + np.exp(-logits))) & (rng.random(1000) < 0.5))
+        shift.update_memory(logits, hidden, labels.astype(np.float32), ids=ids)
+    assert shift.trust().numpy()[-1] < -0.3, shift.trust().numpy()
+
+
 def test_zero_trust_and_zero_lambda_give_the_base_bit_for_bit(rng):
     hidden, ids, labels = _stream(rng, 512)
     logits = rng.normal(size=512).astype(np.float32)
@@ -405,6 +429,12 @@ def test_the_base_logit_trust_tempers_but_never_inverts_the_base(rng):
     assert free[-2] < -1.0  # the unconstrained fit would invert the ranking
     trust = comp.trust().numpy()
     assert trust[-2] == pytest.approx(-0.5)
+    # The others solved again with it held at -0.5; then the bias (the level) shrunk by
+    # max(0, 1 - 4 var / bias^2) and the groups solved around it (docs/core.md).
     rest = [i for i in range(len(moment)) if i != len(moment) - 2]
-    expected = np.linalg.solve(system[np.ix_(rest, rest)], moment[rest] - system[rest, -2] * -0.5)
+    sub, rhs = system[np.ix_(rest, rest)], moment[rest] - system[rest, -2] * -0.5
+    held = np.linalg.solve(sub, rhs)
+    bias = held[-1] * max(0.0, 1 - 4 * np.linalg.inv(sub)[-1, -1] / held[-1] ** 2)
+    groups = np.linalg.solve(sub[:-1, :-1], rhs[:-1] - sub[:-1, -1] * bias)
+    expected = np.append(groups, bias)
     np.testing.assert_allclose(trust[rest], np.clip(expected, -16, 16), rtol=1e-3, atol=1e-4)

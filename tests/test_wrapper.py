@@ -22,7 +22,8 @@ def test_wrap_by_layer_name_predict_update_reset(rng):
     np.testing.assert_allclose(before, base, rtol=1e-6)  # empty memory: the base model
     assert float(model.update_memory(feats, np.ones(40))) == 40.0
     after = model.predict(feats, verbose=0)
-    assert (after > before).all()  # every row moved toward its label 1
+    # The combiner fits the rows it was fed: their logloss against label 1 falls.
+    assert np.mean(-np.log(after)) < np.mean(-np.log(before)) - 0.01
     np.testing.assert_allclose(model.compensate(feats)["base_probability"].numpy(), base[:, 0],
                                rtol=1e-6)
     model.reset_memory()

@@ -39,15 +39,16 @@ class Replica:
     column centred on the memory's mean base probability), ``online`` (expansions at the served
     trust, else at zero trust), ``warm_trust`` (learn the trust from the warm rows too),
     ``half_life`` (tables), ``trust_half_life`` (the combiner's sums; None: ``half_life``),
-    ``recent_half_life`` (a recent table per single-feature group; None: none), ``groups``."""
+    ``recent_half_life`` (a recent table per single-feature group; None: none), ``level_gate``
+    (the bias shrunk by ``max(0, 1 - level_gate * var / w^2)``; 0: not), ``groups``."""
 
     def __init__(self, s: Stream, groups=None, priors=(2.0, 20.0), logit=True, ridge=10.0,
                  online=True, warm_trust=False, half_life=1e5, every=1000, centred=True,
-                 global_ridge=100.0, trust_half_life=2e4, recent_half_life=5e3):
+                 global_ridge=100.0, trust_half_life=2e4, recent_half_life=5e3, level_gate=4.0):
         self.s, self.groups = s, list(groups or s.groups)
         self.priors, self.logit, self.ridge, self.online = priors, logit, ridge, online
         self.warm_trust, self.half_life, self.every = warm_trust, half_life, every
-        self.centred, self.global_ridge = centred, global_ridge
+        self.centred, self.global_ridge, self.level_gate = centred, global_ridge, level_gate
         self.trust_half_life = trust_half_life or half_life
         tables = list(self.groups)
         for g in self.groups:
@@ -90,6 +91,17 @@ class Replica:
         cols.append(np.ones_like(base))
         return np.stack(cols, 1)
 
+    def solve(self, system, m):
+        w = np.linalg.solve(system, m)
+        if not self.level_gate:
+            return w
+        b = len(m) - 1
+        var = np.linalg.inv(system)[b, b]
+        w[b] *= max(0.0, 1.0 - self.level_gate * var / max(w[b] ** 2, 1e-30))
+        rest = list(range(b))
+        w[:b] = np.linalg.solve(system[np.ix_(rest, rest)], (m - system[:, b] * w[b])[:b])
+        return w
+
     def run(self) -> np.ndarray:
         s = self.s
         z, y = np.concatenate([s.wz, s.z]), np.concatenate([s.wy, s.y])
@@ -103,7 +115,7 @@ class Replica:
                 h, m = np.zeros((x.shape[1],) * 2), np.zeros(x.shape[1])
             ridge = np.full(len(m), self.ridge)
             ridge[-1 - int(self.logit):] = self.global_ridge
-            w = np.clip(np.linalg.solve(h + np.diag(ridge), m), -16, 16)
+            w = np.clip(self.solve(h + np.diag(ridge), m), -16, 16)
             p = sigmoid(z[idx] + x @ w)
             if a >= warm:
                 out[idx - warm] = p

@@ -32,6 +32,11 @@ _RIDGE = 10.0
 # that moves from one batch to the next reorders rows the base model barely separates (docs/core.md;
 # Open Bandit in docs/benchmarks.md). A group's column moves only rows whose bucket has evidence.
 _GLOBAL_RIDGE = 100.0
+# The bias (the level) is shrunk by max(0, 1 - _LEVEL_GATE * var / w^2), var its posterior
+# variance: it moves only on evidence past two standard errors. A level step between batches
+# reorders a whole stream whose rows the base barely separates (rare positives), whether right or
+# not; a real base-rate shift is many standard errors out within a batch (docs/core.md).
+_LEVEL_GATE = 4.0
 # Trust stays in [-_MAX_TRUST, _MAX_TRUST] per group (docs/core.md).
 _MAX_TRUST = 16.0
 # The base-logit column's trust stays in [-_MAX_TEMPER, _MAX_TEMPER]: the corrected logit keeps
@@ -507,8 +512,9 @@ class LSHErrorMemory(ErrorMemory):
 
     def solve_trust(self) -> tf.Tensor:
         """Solves ``(H + R) w = m`` from the current sums (``R``: ridge 10 on the groups' columns,
-        100 on the base logit's and the bias), the base-logit column held in ``[-0.5, 0.5]`` and
-        every trust in ``[-16, 16]`` (docs/core.md)."""
+        100 on the base logit's and the bias), the base-logit column held in ``[-0.5, 0.5]``, the
+        bias shrunk towards zero unless its evidence is past two standard errors, and every trust
+        in ``[-16, 16]`` (docs/core.md)."""
         curvature, moment = self.trust_sums()
         f = self.num_trust_features
         ridge = tf.constant([_RIDGE] * (f - 2) + [_GLOBAL_RIDGE] * 2, tf.float32)
@@ -518,13 +524,25 @@ class LSHErrorMemory(ErrorMemory):
         # or double it: its trust stays in [-_MAX_TEMPER, _MAX_TEMPER] and the others are solved
         # again with it held there (the same solution when it is inside). Near-constant logits
         # (rare positives) otherwise let it trade off against the bias and flip the ranking.
-        z = f - 2
+        z, b = f - 2, f - 1
         temper = tf.clip_by_value(solved[z], -_MAX_TEMPER, _MAX_TEMPER)
-        rest = list(range(z)) + [f - 1]
+        rest = list(range(z)) + [b]
         rest_system = tf.gather(tf.gather(system, rest), rest, axis=1)
         rest_moment = tf.gather(moment - system[:, z] * temper, rest)
-        others = tf.linalg.solve(rest_system, rest_moment[:, None])[:, 0]
-        trust = tf.concat([others[:z], temper[None], others[z:]], axis=0)
+        # With it, the bias's posterior variance (the last column of the inverse).
+        unit = tf.one_hot(z, z + 1)
+        both = tf.linalg.solve(rest_system, tf.stack([rest_moment, unit], axis=1))
+        bias, variance = both[z, 0], both[z, 1]
+        # The level moves every row at once: it is believed only past _LEVEL_GATE squared
+        # standard errors, shrunk by the positive-part James-Stein factor, and the groups are
+        # solved again around it (the same solution when the factor is 1).
+        shrink = tf.maximum(0.0, 1.0 - _LEVEL_GATE * variance / tf.maximum(bias * bias, 1e-30))
+        bias = bias * shrink
+        groups_system = rest_system[:z, :z]
+        groups_moment = rest_moment[:z] - rest_system[:z, z] * bias
+        groups = (tf.linalg.solve(groups_system, groups_moment[:, None])[:, 0] if z
+                  else tf.zeros([0]))
+        trust = tf.concat([groups, temper[None], bias[None]], axis=0)
         return tf.clip_by_value(trust, -_MAX_TRUST, _MAX_TRUST)
 
     def _refresh_trust(self):
