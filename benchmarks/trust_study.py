@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 _OLD = dict(centred=False, global_ridge=1.0, trust_half_life=None, recent_half_life=None,
-            level_gate=0.0)
+            level_gate=0.0, net=False)
 VARIANTS = {
     "before (one step from zero, 1 prior, ridge 1, warm trust)":
         dict(priors=(5.0,), logit=False, ridge=1.0, online=False, warm_trust=True, **_OLD),
@@ -32,14 +32,16 @@ VARIANTS = {
     "+ two shrinkages (2, 20), ridge 1": dict(ridge=1.0, **_OLD),
     "+ ridge 10 (the 2026-12-01 default)": dict(centred=False, global_ridge=10.0,
                                                 trust_half_life=None, recent_half_life=None,
-                                                level_gate=0.0),
+                                                level_gate=0.0, net=False),
     "+ base logit centred": dict(global_ridge=10.0, trust_half_life=None, recent_half_life=None,
-                                 level_gate=0.0),
+                                 level_gate=0.0, net=False),
     "+ ridge 100 on base logit and bias": dict(trust_half_life=None, recent_half_life=None,
-                                               level_gate=0.0),
-    "+ the combiner's sums forget at 20k rows": dict(recent_half_life=None, level_gate=0.0),
-    "+ a recent item table (half-life 5k)": dict(level_gate=0.0),
-    "default: + the level moves past 2 standard errors": dict(),
+                                               level_gate=0.0, net=False),
+    "+ the combiner's sums forget at 20k rows": dict(recent_half_life=None, level_gate=0.0,
+                                                     net=False),
+    "+ a recent item table (half-life 5k)": dict(level_gate=0.0, net=False),
+    "+ the level moves past 2 standard errors": dict(net=False),
+    "default: + every group net of the stream's shift": dict(),
     "default, level gate 1 standard error": dict(level_gate=1.0),
     "default, recent half-life 10k": dict(recent_half_life=1e4),
     "default, trust half-life 10k": dict(trust_half_life=1e4),

@@ -40,15 +40,18 @@ class Replica:
     trust, else at zero trust), ``warm_trust`` (learn the trust from the warm rows too),
     ``half_life`` (tables), ``trust_half_life`` (the combiner's sums; None: ``half_life``),
     ``recent_half_life`` (a recent table per single-feature group; None: none), ``level_gate``
-    (the bias shrunk by ``max(0, 1 - level_gate * var / w^2)``; 0: not), ``groups``."""
+    (the bias shrunk by ``max(0, 1 - level_gate * var / w^2)``; 0: not), ``net`` (every long
+    group's residual net of the stream's relative shift, ``- rho * b``), ``groups``."""
 
     def __init__(self, s: Stream, groups=None, priors=(2.0, 20.0), logit=True, ridge=10.0,
                  online=True, warm_trust=False, half_life=1e5, every=1000, centred=True,
-                 global_ridge=100.0, trust_half_life=2e4, recent_half_life=5e3, level_gate=4.0):
+                 global_ridge=100.0, trust_half_life=2e4, recent_half_life=5e3, level_gate=4.0,
+                 net=True):
         self.s, self.groups = s, list(groups or s.groups)
         self.priors, self.logit, self.ridge, self.online = priors, logit, ridge, online
         self.warm_trust, self.half_life, self.every = warm_trust, half_life, every
         self.centred, self.global_ridge, self.level_gate = centred, global_ridge, level_gate
+        self.net = net
         self.trust_half_life = trust_half_life or half_life
         tables = list(self.groups)
         for g in self.groups:
@@ -67,13 +70,16 @@ class Replica:
 
     def features(self, idx, base):
         st = [s[c[idx]] for s, c in zip(self.state, self.codes)]
+        # Every row is in one bucket of each table: the first one's sums are the stream's.
+        total_c, total_y, total_b = self.state[0].sum(0)
+        shift = (total_y - total_b) / (total_b + 1.0) if self.net else 0.0
         cols = []
         for n in self.priors:
             pool = []
             for i, par in enumerate(self.parents):
-                c, r = st[i][:, 0], st[i][:, 1] - st[i][:, 2]
+                c, r = st[i][:, 0], st[i][:, 1] - (1 + shift) * st[i][:, 2]
                 if par >= 0:
-                    r = r - c * (st[par][:, 1] - st[par][:, 2]) / (st[par][:, 0] + n)
+                    r = r - c * (st[par][:, 1] - (1 + shift) * st[par][:, 2]) / (st[par][:, 0] + n)
                 else:
                     pool.append((st[i][:, 2] - c * base) / (c + n))
                 cols.append(r / (c + n))
@@ -84,9 +90,9 @@ class Replica:
             cols.append((st[:, 1] - st[:, 2] - rho * st[:, 2]) / (st[:, 0] + self.priors[0]))
         if self.logit:
             level = 0.0
-            if self.centred:  # every row is in one bucket of each table: the first one's totals
-                c, _, b = self.state[0].sum(0)
-                level = np.log((b + 0.5) / (c + 1.0)) - np.log1p(-(b + 0.5) / (c + 1.0))
+            if self.centred:
+                mean = (total_b + 0.5) / (total_c + 1.0)
+                level = np.log(mean) - np.log1p(-mean)
             cols.append(np.log(base) - np.log1p(-base) - level)
         cols.append(np.ones_like(base))
         return np.stack(cols, 1)

@@ -256,6 +256,10 @@ class LSHErrorMemory(ErrorMemory):
         self._table_clock = tf.constant([0] * self._first_recent + [1] * len(self.recent_groups),
                                         tf.int32)
         self._sizes = tf.constant(self.table_sizes, tf.int32)
+        # The totals row on each clock (the recent one repeats the long one without recent tables).
+        self._totals_rows = tf.constant(
+            [self.totals_row, self.recent_totals_row if self.recent_groups else self.totals_row],
+            tf.int32)
         # A batch of at least this many rows is summed per cell and added in one pass over the
         # table; smaller batches scatter. Scattering costs ~30x more per update than the pass
         # costs per cell (docs/performance.md), so the pass wins from cells / 32 rows.
@@ -378,6 +382,11 @@ class LSHErrorMemory(ErrorMemory):
         return (tf.gather(self.sketch, keys_t + self._offsets[:, None])
                 * self._table_scales()[:, None, None])
 
+    def _totals_scales(self) -> tf.Tensor:
+        """``[2, 1]``: the scales of ``_totals_rows``."""
+        recent = self.recent_scale if self.recent_groups else self.scale
+        return tf.stack([self.scale, recent])[:, None]
+
     def _table_scales(self) -> tf.Tensor:
         """float32 ``[T]``: the scale every table's cells are stored at."""
         return tf.gather(tf.stack([self.scale, self.recent_scale]), self._table_clock)
@@ -460,7 +469,11 @@ class LSHErrorMemory(ErrorMemory):
         contiguous rows of B values, where the row-major one moved single values
         (docs/performance.md)."""
         weight, label, base = tf.unstack(stats_t, 3, axis=-1)  # each [T, B]
-        residual = label - base
+        # Every residual net of the stream's own relative shift over its table's window,
+        # `y - b - rho * b`: a change of the whole stream's rate is the level's, not each group's.
+        totals = tf.gather(self.sketch, self._totals_rows) * self._totals_scales()  # [2, 3]
+        rho = (totals[:, 1] - totals[:, 2]) / (totals[:, 2] + 1.0)
+        residual = label - base * tf.gather(1.0 + rho, self._table_clock)[:, None]
         k = self.num_tables
         groups = _indices([k + i for i in range(len(self._parents))])
         # Every group's count and residual, and its parent's (a cross is centred on its first
@@ -485,12 +498,8 @@ class LSHErrorMemory(ErrorMemory):
             columns.append(spread / (sc + n + 1e-12))
         if self.recent_groups:
             recent = slice(self._first_recent, self._first_recent + len(self.recent_groups))
-            stream = self.recent_totals()
-            rho = (stream[1] - stream[2]) / (stream[2] + 1.0)
-            columns.append((residual[recent] - rho * base[recent])
-                           / (weight[recent] + prior_count + 1e-12))
-        totals = self.totals()
-        level = probability_to_logit((totals[2] + 0.5) / (totals[0] + 1.0))
+            columns.append(residual[recent] / (weight[recent] + prior_count + 1e-12))
+        level = probability_to_logit((totals[0, 2] + 0.5) / (totals[0, 0] + 1.0))
         columns.append((probability_to_logit(base_probs) - level)[None, :])
         columns.append(tf.ones_like(weight[:1]))
         return tf.concat(columns, axis=0)
