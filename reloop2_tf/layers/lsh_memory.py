@@ -542,9 +542,9 @@ class LSHErrorMemory(ErrorMemory):
         unit = tf.one_hot(z, z + 1)
         both = tf.linalg.solve(rest_system, tf.stack([rest_moment, unit], axis=1))
         bias, variance = both[z, 0], both[z, 1]
-        # The level moves every row at once: it is believed only past _LEVEL_GATE squared
-        # standard errors, shrunk by the positive-part James-Stein factor, and the groups are
-        # solved again around it (the same solution when the factor is 1).
+        # The level moves every row at once: it is shrunk by the positive-part James-Stein
+        # factor, zero until it is two standard errors from zero (bias^2 > 4 var), and the
+        # groups are solved again around it (the same solution when the factor is 1).
         shrink = tf.maximum(0.0, 1.0 - _LEVEL_GATE * variance / tf.maximum(bias * bias, 1e-30))
         bias = bias * shrink
         groups_system = rest_system[:z, :z]
