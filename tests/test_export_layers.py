@@ -52,7 +52,11 @@ def test_saved_model_updates_through_signature_eager_and_tf1_session(memory, tmp
     out = loaded.signatures["update_memory"](x=tf.constant(x), label=tf.constant(labels))
     assert float(out["weight_written"]) == 5.0 and float(out["memory_weight"]) == 5.0
     after = loaded.signatures["serving_default"](x=tf.constant(x))["probability"].numpy()
-    assert (after > before).all()
+    # The write reached the served state, and the combiner fits the rows it was fed: their
+    # logloss against label 1 falls (not every row rises: five rows are no evidence of a level
+    # shift, docs/core.md, so the correction is the tempering of the base's spread).
+    assert np.abs(after - before).max() > 1e-4
+    assert np.mean(-np.log(after)) < np.mean(-np.log(before))
     # In-process reference: the same Keras objects, updated the same way.
     module.model.update_memory({"x": x}, labels)
     np.testing.assert_allclose(module.model.compensate({"x": x})["probability"].numpy(), after,

@@ -156,9 +156,10 @@ def test_pushed_model_serves_in_tf1_session_and_update_memory_changes_prediction
     np.testing.assert_allclose(after["base_probability"], before["base_probability"], rtol=1e-6)
     change = after["probability"] - before["probability"]
     assert change.mean() > 1e-2
-    # Most rise; the recent item table reads each item against the stream's own recent shift
-    # (every recent row here is a click), so a few rows already predicted high may not.
-    assert (change > 0).mean() > 0.8
+    assert np.mean(-np.log(after["probability"])) < np.mean(-np.log(before["probability"])) - 0.01
+    # Most rise; every group reads its rows against the stream's own shift (every row written
+    # here is a click), so a few rows already predicted high may not.
+    assert (change > 0).mean() > 0.7
 
 
 @pytest.mark.e2e
