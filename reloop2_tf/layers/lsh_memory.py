@@ -256,7 +256,8 @@ class LSHErrorMemory(ErrorMemory):
         self._table_clock = tf.constant([0] * self._first_recent + [1] * len(self.recent_groups),
                                         tf.int32)
         self._sizes = tf.constant(self.table_sizes, tf.int32)
-        # The totals row on each clock (the recent one repeats the long one without recent tables).
+        # The totals row on each clock (without recent tables the second is unused: no table is
+        # on the recent clock).
         self._totals_rows = tf.constant(
             [self.totals_row, self.recent_totals_row if self.recent_groups else self.totals_row],
             tf.int32)
@@ -382,14 +383,13 @@ class LSHErrorMemory(ErrorMemory):
         return (tf.gather(self.sketch, keys_t + self._offsets[:, None])
                 * self._table_scales()[:, None, None])
 
-    def _totals_scales(self) -> tf.Tensor:
-        """``[2, 1]``: the scales of ``_totals_rows``."""
-        recent = self.recent_scale if self.recent_groups else self.scale
-        return tf.stack([self.scale, recent])[:, None]
+    def _clock_scales(self) -> tf.Tensor:
+        """float32 ``[2]``: the long clock's scale and the recent one's."""
+        return tf.stack([self.scale, self.recent_scale])
 
     def _table_scales(self) -> tf.Tensor:
         """float32 ``[T]``: the scale every table's cells are stored at."""
-        return tf.gather(tf.stack([self.scale, self.recent_scale]), self._table_clock)
+        return tf.gather(self._clock_scales(), self._table_clock)
 
     def _row_scales(self, rows: int | None = None) -> tf.Tensor:
         """float32 ``[rows]``: the scale of each of the first ``rows`` rows of ``sketch``
@@ -471,7 +471,7 @@ class LSHErrorMemory(ErrorMemory):
         weight, label, base = tf.unstack(stats_t, 3, axis=-1)  # each [T, B]
         # Every residual net of the stream's own relative shift over its table's window,
         # `y - b - rho * b`: a change of the whole stream's rate is the level's, not each group's.
-        totals = tf.gather(self.sketch, self._totals_rows) * self._totals_scales()  # [2, 3]
+        totals = tf.gather(self.sketch, self._totals_rows) * self._clock_scales()[:, None]
         rho = (totals[:, 1] - totals[:, 2]) / (totals[:, 2] + 1.0)
         residual = label - base * tf.gather(1.0 + rho, self._table_clock)[:, None]
         k = self.num_tables
