@@ -36,6 +36,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from reloop2_serving.tensor_proto import to_proto
+
 logger = logging.getLogger(__name__)
 
 GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
@@ -117,7 +119,7 @@ class ReLoop2Client:
         if self.version is not None:
             request.model_spec.version.value = self.version
         for name, value in inputs.items():
-            proto = value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value)
+            proto = value if isinstance(value, tensor_pb2.TensorProto) else to_proto(value)
             request.inputs[name].CopyFrom(proto)
         request.output_filter.extend(output_filter)
         return request

@@ -471,3 +471,16 @@ def test_memory_weight_falls_back_to_the_snapshot_for_models_exported_before_it(
     monkeypatch.setattr(client, "call", call)
     assert client.memory_weight() == 3.5
     assert calls == [("memory_layout", ()), ("memory_snapshot", ("memory_weight",))]
+
+
+@pytest.mark.parametrize("value", [
+    np.float32(3.5), np.array(2.0), np.arange(6, dtype=np.int32).reshape(2, 3),
+    np.zeros(0, np.float32), np.array([True, False]), np.arange(4, dtype=np.int64) - 2**40,
+    np.ones((2, 3), np.float64)[:, ::2], np.array([b"a", b"bc"], dtype=object), [1.5, 2.5]],
+    ids=["f32_scalar", "f64_0d", "i32_2d", "empty", "bool", "i64", "strided", "strings", "list"])
+def test_tensor_protos_decode_to_the_same_array_as_make_tensor_proto(value):
+    from reloop2_serving.tensor_proto import to_proto
+
+    decoded, reference = tf.make_ndarray(to_proto(value)), tf.make_ndarray(tf.make_tensor_proto(value))
+    assert decoded.dtype == reference.dtype and decoded.shape == reference.shape
+    np.testing.assert_array_equal(decoded, reference)
