@@ -36,7 +36,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from reloop2_serving.tensor_proto import to_proto
+from reloop2_serving.tensor_proto import from_proto, to_proto
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class ReLoop2Client:
                 logger.info("%s on %s: %s; retry %d of %d", signature_name, self.target,
                             err.code().name, attempt + 1, self.retries)
                 time.sleep(self.backoff * 2**attempt)
-        return {alias: tf.make_ndarray(proto) for alias, proto in response.outputs.items()}
+        return {alias: from_proto(proto) for alias, proto in response.outputs.items()}
 
     def metadata(self) -> dict[str, dict[str, dict[str, tuple[str, list[int] | None]]]]:
         """Signature name -> ``{"inputs": {alias: (dtype, shape)}, "outputs": {...}}``.

@@ -56,7 +56,7 @@ from reloop2_serving.errors import ServingError
 from reloop2_serving.flags import add_serve_arguments
 from reloop2_serving.rest import start_rest_server
 from reloop2_serving.store import MemoryStore
-from reloop2_serving.tensor_proto import to_proto
+from reloop2_serving.tensor_proto import from_proto, to_proto
 
 logger = logging.getLogger("reloop2.dev_server")
 
@@ -142,7 +142,7 @@ class Servable:
                                    f"input '{alias}' must have dtype {_dtype_name(info.dtype)}, "
                                    f"got {_dtype_name(proto.dtype)}")
             try:
-                value = tf.make_ndarray(proto)
+                value = from_proto(proto)
             except Exception as err:  # a malformed TensorProto has many ways to fail
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"input '{alias}' is not a valid TensorProto: {err}") from err

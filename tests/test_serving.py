@@ -479,8 +479,21 @@ def test_memory_weight_falls_back_to_the_snapshot_for_models_exported_before_it(
     np.ones((2, 3), np.float64)[:, ::2], np.array([b"a", b"bc"], dtype=object), [1.5, 2.5]],
     ids=["f32_scalar", "f64_0d", "i32_2d", "empty", "bool", "i64", "strided", "strings", "list"])
 def test_tensor_protos_decode_to_the_same_array_as_make_tensor_proto(value):
-    from reloop2_serving.tensor_proto import to_proto
+    from reloop2_serving.tensor_proto import from_proto, to_proto
 
-    decoded, reference = tf.make_ndarray(to_proto(value)), tf.make_ndarray(tf.make_tensor_proto(value))
-    assert decoded.dtype == reference.dtype and decoded.shape == reference.shape
-    np.testing.assert_array_equal(decoded, reference)
+    reference = tf.make_ndarray(tf.make_tensor_proto(value))
+    # Our encoding read by TF, TF's encoding (typed fields for scalars) read by us, and ours by us.
+    for decoded in (tf.make_ndarray(to_proto(value)), from_proto(tf.make_tensor_proto(value)),
+                    from_proto(to_proto(value))):
+        assert decoded.dtype == reference.dtype and decoded.shape == reference.shape
+        np.testing.assert_array_equal(decoded, reference)
+    decoded[...] = decoded  # writable, like make_ndarray's
+
+
+def test_a_tensor_proto_whose_content_does_not_fill_its_shape_is_refused():
+    from reloop2_serving.tensor_proto import from_proto, to_proto
+
+    proto = to_proto(np.arange(6, dtype=np.int32))
+    proto.tensor_shape.dim[0].size = 7
+    with pytest.raises(ValueError, match="6 values for shape"):
+        from_proto(proto)
