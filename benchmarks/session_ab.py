@@ -1,0 +1,129 @@
+"""Interleaved A/B of exported SavedModels in TF1 Sessions, the way a server runs them.
+
+Each SavedModel is loaded into its own ``tf.compat.v1.Session`` and its signatures are run
+through callables made from ``CallableOptions`` (no Python feed or fetch handling per call):
+``predict`` at batch 1 and 1024, and, where the model has it, ``update_memory_by_keys`` at batch
+256 with the keys and base probabilities its own ``predict`` returned and a fresh ``write_id``
+per call. Rounds of 10 calls alternate between the models; the median ms per call is printed
+with each model's ratio to the first. Use it to compare two versions of the code (export with
+each, then compare), or a base model with its ReLoop2 export (``--export-base``).
+
+    TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py --export DIR   # this code
+    TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py --export-base DIR
+    TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py BASE_DIR OLD_DIR NEW_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from random_rows import make_features  # noqa: E402
+
+
+def export(path: str, base_only: bool) -> None:
+    """dcn with the default memory (seed 0, 2,048 random rows written), or its base alone."""
+    from cost_bench.forward import _export_base, _spec, default_model
+    from reloop2_tf import export as ex
+    from reloop2_tf._keras import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    model = default_model("dcn")
+    if base_only:
+        _export_base(model, path)
+        return
+    model.update_memory(make_features(_spec(), 2048, rng), rng.integers(0, 2, 2048).astype(np.float32))
+    ex.export_serving_model(model, path)
+
+
+class _Loaded:
+    def __init__(self, path: str):
+        import tensorflow as tf
+
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        with self.graph.as_default():
+            self.signatures = tf.compat.v1.saved_model.load(self.session, ["serve"], path).signature_def
+
+    def callable(self, name: str, inputs: dict, outputs=None):
+        """``f(values=None) -> {output: ndarray}`` for signature ``name`` fed ``inputs``."""
+        from tensorflow.core.protobuf import config_pb2
+
+        sig = self.signatures[name]
+        names, outs = list(inputs), list(outputs or sig.outputs)
+        run = self.session._make_callable_from_options(config_pb2.CallableOptions(  # noqa: SLF001
+            feed=[sig.inputs[n].name for n in names], fetch=[sig.outputs[o].name for o in outs]))
+        return lambda values=None: dict(zip(outs, run(*((values or inputs)[n] for n in names))))
+
+
+def _rows(batch: int, rng) -> dict:
+    import reloop2_tf as r2
+
+    return {k: v.astype(bytes) for k, v in make_features(r2.FeatureSpec.movielens(), batch, rng).items()}
+
+
+def compare(paths: list[str], rounds: int) -> dict:
+    rng = np.random.default_rng(1)
+    models = [_Loaded(p) for p in paths]
+    calls = {}
+    for batch in (1, 1024):
+        x = _rows(batch, rng)
+        calls[f"predict, batch {batch}"] = [
+            m.callable("predict", {k: x[k] for k in m.signatures["predict"].inputs}) for m in models]
+    x, ids = _rows(256, rng), itertools.count()
+    writers = []
+    for m in (m for m in models if "update_memory_by_keys" in m.signatures):
+        served = m.callable("predict", {k: x[k] for k in m.signatures["predict"].inputs})()
+        inputs = {"memory_keys": served["memory_keys"], "base_probability": served["base_probability"],
+                  "label": rng.integers(0, 2, 256).astype(np.float32),
+                  "sample_weight": np.ones(256, np.float32), "write_id": np.array(b"", dtype=object)}
+        write = m.callable("update_memory_by_keys", inputs, ["weight_written"])
+        writers.append(lambda write=write, inputs=inputs: write(
+            {**inputs, "write_id": np.array(f"ab-{next(ids)}".encode(), dtype=object)}))
+    if writers:
+        calls["update_memory_by_keys, batch 256"] = writers
+    out = {}
+    for name, fns in calls.items():
+        for fn in fns:
+            for _ in range(30):
+                fn()
+        times = [[] for _ in fns]
+        for _ in range(rounds):
+            for i, fn in enumerate(fns):
+                start = time.perf_counter()
+                for _ in range(10):
+                    fn()
+                times[i].append((time.perf_counter() - start) / 10)
+        medians = [float(np.median(t)) * 1e3 for t in times]
+        out[name] = medians
+        print(f"{name:36s}" + "  ".join(f"{m:.3f} ms" for m in medians)
+              + "   ratio to the first: " + " ".join(f"{m / medians[0]:.3f}" for m in medians[1:]))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("paths", nargs="*", help="SavedModel directories to compare")
+    p.add_argument("--export", help="export dcn + the default memory with this code to DIR")
+    p.add_argument("--export-base", help="export dcn's base model alone to DIR")
+    p.add_argument("--rounds", type=int, default=25)
+    args = p.parse_args()
+    if args.export or args.export_base:
+        export(args.export or args.export_base, base_only=bool(args.export_base))
+    if args.paths:
+        compare(args.paths, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
