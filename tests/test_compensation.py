@@ -438,3 +438,21 @@ def test_the_base_logit_trust_tempers_but_never_inverts_the_base(rng):
     groups = np.linalg.solve(sub[:-1, :-1], rhs[:-1] - sub[:-1, -1] * bias)
     expected = np.append(groups, bias)
     np.testing.assert_allclose(trust[rest], np.clip(expected, -16, 16), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("column,value", [(0, 32), (3, 32), (4, 2**18), (5, -1)])
+def test_one_key_outside_its_own_table_is_refused(column, value, rng):
+    # Keys are checked table by table: 32 is outside a 5-bit SRP table (columns 0-3) but inside
+    # a 2**18 id table (columns 4-5).
+    comp = r2.ErrorCompensation(r2.LSHErrorMemory(num_tables=4, num_bits=5, id_groups=["item", "u"]))
+    hidden, ids, labels = _stream(rng, 8)
+    ids["u"] = ids["item"]
+    keys = comp.compensate(np.zeros(8, np.float32), hidden, ids)["memory_keys"].numpy()
+    comp.update_memory_by_keys(keys, np.full(8, 0.5), labels)  # in range: written
+    before = comp.memory.snapshot().numpy().copy()
+    keys[2, column] = value
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`memory_keys`"):
+        comp.update_memory_by_keys(keys, np.full(8, 0.5), labels)
+    np.testing.assert_array_equal(comp.memory.snapshot().numpy(), before)
+    keys[2, column] = 31 if column < 4 else 2**18 - 1  # the last bucket of its table is fine
+    comp.update_memory_by_keys(keys, np.full(8, 0.5), labels)
