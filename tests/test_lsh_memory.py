@@ -413,3 +413,23 @@ def test_every_group_reads_an_items_shift_net_of_the_whole_streams(rng):
     features = mem.trust_features(mem.lookup_keys(keys), tf.fill([20], 0.5), 2.0).numpy()
     for column in (features[:, 0], features[:, mem.num_trust_features - 3]):
         assert column[3] > 0.3 and np.abs(np.delete(column, 3)).max() < 0.1, column
+
+
+def test_a_large_write_adds_up_to_the_same_sketch_every_time(rng):
+    # 24,000 rows, some in a few hot buckets (and every row in the totals row): TensorFlow's by-row
+    # ResourceScatterAdd spreads an update this large over threads, and a cell's sum then
+    # changes from run to run. The memory's sums must not: replays by keys and by features are
+    # compared bit for bit, and a snapshot must not depend on thread timing.
+    n = 24000
+    ids = {name: rng.integers(0, 20 if name == "a" else 10**6, n).astype(str) for name in "abcdef"}
+    hidden = rng.normal(size=(n, 4)).astype(np.float32)
+    labels = (rng.random(n) < 0.3).astype(np.float32)
+    base = rng.random(n).astype(np.float32)
+    snapshots = []
+    for _ in range(3):
+        mem = r2.LSHErrorMemory(num_tables=1, num_bits=4, id_groups=list("abcdef"), id_bits=20,
+                                recent_groups=())
+        mem.update(hidden, labels, base, ids=ids)  # below the dense-add batch: one scatter
+        snapshots.append(mem.snapshot().numpy())
+    for snapshot in snapshots[1:]:
+        np.testing.assert_array_equal(snapshot, snapshots[0])

@@ -261,6 +261,10 @@ class LSHErrorMemory(ErrorMemory):
         self._totals_rows = tf.constant(
             [self.totals_row, self.recent_totals_row if self.recent_groups else self.totals_row],
             tf.int32)
+        # A batch of at least this many rows is summed per cell and added in one pass over the
+        # table; smaller batches scatter. Scattering costs ~30x more per update than the pass
+        # costs per cell (docs/performance.md), so the pass wins from cells / 32 rows.
+        self._dense_write_rows = max(1, self.num_state_rows // (32 * self.total_tables))
 
     def call(self, hidden, ids=None):
         return self.lookup(hidden, ids)
@@ -640,10 +644,12 @@ class LSHErrorMemory(ErrorMemory):
         if trust_update is not None:
             cells = tf.concat([cells, self._trust_rows()], axis=0)
             values = tf.concat([values, trust_update], axis=0)
-        # One ResourceScatterAdd by row, O(T) per row: half the time of scatter_nd_add at a
-        # batch of 256, and faster than a dense pass over the table at every batch size on the
-        # default memory (docs/performance.md).
-        self.sketch.scatter_add(tf.IndexedSlices(values, cells))
+        batch = keys.shape[0]
+        if batch is not None:
+            (self._add_dense if batch >= self._dense_write_rows else self._scatter)(cells, values)
+        else:
+            tf.cond(tf.shape(keys)[0] >= self._dense_write_rows,
+                    lambda: self._add_dense(cells, values), lambda: self._scatter(cells, values))
         if self.half_life is not None or self.recent_groups:
             tf.cond(tf.minimum(self.scale, self.recent_scale) < _MIN_SCALE, self._fold_scale,
                     tf.no_op)
@@ -661,6 +667,23 @@ class LSHErrorMemory(ErrorMemory):
         if self.half_life is not None:
             keep /= tf.pow(0.5, rows / self.half_life)
         return (keep - 1.0) * tf.gather(self.sketch, self._trust_rows())
+
+    def _scatter(self, cells, values):
+        """Adds ``values`` ``[N, 3]`` at the rows ``cells`` ``[N]`` of the state: O(T) per row.
+        ``scatter_nd_add``, whose CPU kernel adds in index order: the by-row
+        ``ResourceScatterAdd`` is twice as fast at 256 rows but spreads large updates over
+        threads, and a cell's sum then depends on their order (docs/performance.md)."""
+        self.sketch.scatter_nd_add(cells[:, None], values)
+        return tf.no_op()
+
+    def _add_dense(self, cells, values):
+        """Same sum as ``_scatter``: per-cell totals, then one locked ``assign_add``."""
+        delta = tf.math.unsorted_segment_sum(values, cells, self.num_state_rows)
+        # Scatters leave the sketch in copy-on-read mode, where assign_add first copies the
+        # whole table; switching back to copy-on-write skips that copy when nothing else holds it.
+        with tf.control_dependencies([tf.raw_ops.DisableCopyOnRead(resource=self.sketch.handle)]):
+            self.sketch.assign_add(delta)
+        return tf.no_op()
 
     def _fold_scale(self):
         self.sketch.assign(self.sketch * self._row_scales()[:, None])
