@@ -6,11 +6,10 @@ through callables made from ``CallableOptions`` (no Python feed or fetch handlin
 256 with the keys and base probabilities its own ``predict`` returned and a fresh ``write_id``
 per call. Rounds of 10 calls alternate between the models; the median ms per call is printed
 with each model's ratio to the first. Use it to compare two versions of the code (export with
-each, then compare), or a base model with its ReLoop2 export (``--export-base``).
+each, then compare), or a base model with its ReLoop2 export (both are exported).
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py --export DIR   # this code
-    TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py --export-base DIR
-    TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py BASE_DIR OLD_DIR NEW_DIR
+    TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py DIR/base OLD/memory DIR/memory
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,20 +31,13 @@ import numpy as np  # noqa: E402
 from random_rows import make_features  # noqa: E402
 
 
-def export(path: str, base_only: bool) -> None:
-    """dcn with the default memory (seed 0, 2,048 random rows written), or its base alone."""
-    from cost_bench.forward import _export_base, _spec, default_model
-    from reloop2_tf import export as ex
-    from reloop2_tf._keras import keras
+def export(path: str) -> None:
+    """``path/memory`` and ``path/base``: the serving benchmark's two exports (dcn with the
+    default memory after 2,048 random rows, and its base alone; ``serving_bench.servers``)."""
+    from serving_bench.servers import build_exports
 
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    model = default_model("dcn")
-    if base_only:
-        _export_base(model, path)
-        return
-    model.update_memory(make_features(_spec(), 2048, rng), rng.integers(0, 2, 2048).astype(np.float32))
-    ex.export_serving_model(model, path)
+    for name, source in build_exports(np.random.default_rng(0))["dirs"].items():
+        shutil.copytree(source, Path(path) / name)
 
 
 class _Loaded:
@@ -115,12 +108,12 @@ def compare(paths: list[str], rounds: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="*", help="SavedModel directories to compare")
-    p.add_argument("--export", help="export dcn + the default memory with this code to DIR")
-    p.add_argument("--export-base", help="export dcn's base model alone to DIR")
+    p.add_argument("--export", help="export dcn + the default memory and its base alone with "
+                                    "this code to DIR/memory and DIR/base")
     p.add_argument("--rounds", type=int, default=25)
     args = p.parse_args()
-    if args.export or args.export_base:
-        export(args.export or args.export_base, base_only=bool(args.export_base))
+    if args.export:
+        export(args.export)
     if args.paths:
         compare(args.paths, args.rounds)
 
