@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.evaluation import metrics
@@ -109,6 +110,33 @@ class _EpochTimer(keras.callbacks.Callback):
             self._train_seconds = None
 
 
+class TrainingProgress(keras.callbacks.Callback):
+    """One tqdm bar over every training batch of a ``model.fit`` (use with ``verbose=0``).
+
+    Keras's own progress bar redraws a line per batch, which fills a log file or a CI console;
+    ``tqdm.keras.TqdmCallback`` subclasses whichever ``keras`` imports first (Keras 3 here, not
+    the tf-keras models this package trains), so this is the few lines it takes.
+    """
+
+    def __init__(self, desc: str = "training"):
+        super().__init__()
+        self.desc = desc
+        self._bar = None
+
+    def on_train_begin(self, logs=None):
+        steps, epochs = self.params.get("steps"), self.params.get("epochs", 1)
+        self._bar = tqdm(total=steps * epochs if steps else None, desc=self.desc,
+                         unit="batch", leave=False)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._bar.update(1)
+        if logs and "loss" in logs:
+            self._bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+    def on_train_end(self, logs=None):
+        self._bar.close()
+
+
 def fit(
     model: keras.Model,
     train_df: pd.DataFrame,
@@ -188,6 +216,7 @@ def evaluate_frame(
 
 __all__ = [
     "LABEL_COLUMN",
+    "TrainingProgress",
     "compile_model",
     "evaluate_frame",
     "fit",

@@ -420,8 +420,14 @@ def test_a_stream_in_fixed_windows_reaches_every_replica(served):
     ("FlinkRunner", ["--flink_master", "localhost:8081", "--environment_type", "LOOPBACK"]),
     ("SparkRunner", ["--spark_master_url", "spark://localhost:7077"]),
 ])
-def test_the_pipeline_constructs_under_remote_runners(served, runner, extra, monkeypatch):
+def test_the_pipeline_constructs_under_remote_runners(served, runner, extra, monkeypatch, tmp_path):
+    import tempfile
+
     from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
+
+    # A Beam pipeline makes its local temp dir when it is built and removes it only after a run:
+    # these are never run, so their dirs go to the test's own tmp_path, not to /tmp.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     # Dataflow's option check asks GCS whether the temp bucket has a soft-delete policy (only to
     # log a billing warning): no network here, and it would wait ~2 min for credentials first.

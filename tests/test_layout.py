@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -258,7 +259,7 @@ def test_help_of_every_command_loads_no_tensorflow(tmp_path):
             "feedback run --help", "memory sync --help", "memory keep --help"} <= set(argvs)
     assert all(p["code"] == 0 and p["usage"] for p in out["paths"]), out["paths"]
     assert out["loaded"] == [], out["loaded"]
-    assert out["tf_cpp_min_log_level"] == "2"  # the CLI's default, set before TF can load
+    assert out["tf_cpp_min_log_level"] == "3"  # the CLI's default, set before TF can load
 
 
 def test_the_console_script_answers_help_quietly(tmp_path):
@@ -278,3 +279,22 @@ def test_a_log_level_the_user_set_wins(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "0"
+
+
+def test_a_command_that_trains_keeps_tensorflow_noise_out_of_the_terminal(tmp_path):
+    """What a user sees from `reloop2 bench`: this package's INFO lines and tqdm bars; no
+    TensorFlow C++ lines (the CUDA plugin's registration errors), no Keras per-batch bar, no
+    tf.function retracing notes."""
+    script = Path(sys.executable).with_name("reloop2")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([str(script), "bench", "--dataset", "synthetic", "--quick",
+                           "--output", str(tmp_path / "out")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for chunk in proc.stderr.split("\n") for line in chunk.split("\r") if line.strip()]
+    assert lines, "no progress at all"
+    noise = [line for line in lines if not (line.startswith("INFO reloop2_tf.")
+                                            or re.match(r"^(train|replay): +\d+%\|", line))]
+    assert noise == [], noise[:10]
+    assert any(line.startswith("train: ") for line in lines)  # the training bar is tqdm's
+    assert "reloop2" in proc.stdout and "static" in proc.stdout  # the results table

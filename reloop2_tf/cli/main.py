@@ -1,9 +1,9 @@
 """The ``reloop2`` command line (SPEC section 6).
 
 Heavy imports (TensorFlow, TFX) happen inside the commands, so ``reloop2 --help`` is fast and
-prints no TensorFlow log lines; when a command loads TensorFlow, its C++ logging shows errors only
-(``TF_CPP_MIN_LOG_LEVEL=2``) unless the user sets the variable. Every command exits non-zero with
-a one-line error on bad arguments or bad data.
+prints no TensorFlow log lines; when a command loads TensorFlow, its C++ logging is off
+(``TF_CPP_MIN_LOG_LEVEL=3``) unless the user sets the variable, and only this package's loggers
+show INFO lines. Every command exits non-zero with a one-line error on bad arguments or bad data.
 
 The serving and TFX command groups live with their subsystems (``reloop2_serving.cli``,
 ``reloop2_tfx.cli``); this module imports them, never the reverse.
@@ -248,11 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The loggers whose INFO lines a user of the command line reads; every other library's
+# warnings and errors still show.
+OWN_LOGGERS = ("reloop2_tf", "reloop2_serving", "reloop2_tfx")
+# TensorFlow's and absl's Python loggers (tf.function retracing notes, TFX's internal warnings):
+# errors only.
+QUIET_LOGGERS = ("tensorflow", "absl")
+
+
 def main(argv: list[str] | None = None) -> int:
-    # Before a command imports TensorFlow: its C++ logs show errors only, unless the user chose
-    # a level.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Before a command imports TensorFlow: no C++ log lines (the CUDA plugin's "Unable to
+    # register cuDNN factory" errors on every CPU machine), unless the user chose a level.
+    # TensorFlow's real failures still reach the user as Python exceptions.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

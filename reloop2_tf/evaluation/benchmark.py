@@ -45,7 +45,7 @@ from reloop2_tf.evaluation.streaming import encode, memory_inputs, replay_encode
 from reloop2_tf.features import FeatureSpec, SequenceFeature, SparseFeature, features_from_frame
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
 from reloop2_tf.models import build_model
-from reloop2_tf.training import compile_model, make_dataset
+from reloop2_tf.training import TrainingProgress, compile_model, make_dataset
 from reloop2_tf.wrapper import ReLoop2Model
 
 logger = logging.getLogger(__name__)
@@ -263,7 +263,8 @@ def _train(df: pd.DataFrame, spec: FeatureSpec, config: BenchConfig, progress: b
     compile_model(model, config.learning_rate)
     data = make_dataset(df, spec, config.batch_size, shuffle=True, seed=config.seed)
     started = time.time()
-    model.fit(data, epochs=config.epochs, verbose=1 if progress else 0)
+    model.fit(data, epochs=config.epochs, verbose=0,
+              callbacks=[TrainingProgress(f"train {config.model}")] if progress else [])
     logger.info("trained %s on %d rows in %.0f s", config.model, len(df), time.time() - started)
     return model
 

@@ -15,6 +15,7 @@ from reloop2_tf.evaluation.plotting import plot_slots
 from reloop2_tf.evaluation.streaming import Slot, replay, summarize
 from reloop2_tf.evaluation.synthetic import build_synthetic_model, make_drifting_stream
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
+from reloop2_tf.training import TrainingProgress
 from reloop2_tf.wrapper import ReLoop2Model
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ def run(output_dir, seed: int = 0, quick: bool = False, progress: bool = True) -
     base.compile(optimizer=keras.optimizers.Adam(1e-3),
                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
     base.fit({"context": train.features["context"]}, train.labels, epochs=config["epochs"],
-             batch_size=config["batch_size"], verbose=1 if progress else 0)
+             batch_size=config["batch_size"], verbose=0,
+             callbacks=[TrainingProgress("train")] if progress else [])
 
     warm = stream.slice(config["test_start"] - config["warm_start_rows"], config["test_start"])
     test = stream.slice(config["test_start"], config["num_rows"])
