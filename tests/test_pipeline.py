@@ -279,3 +279,32 @@ def test_cli_rejects_bad_arguments_in_one_line(tmp_path, capsys):
                               "--min-auc", "1.5"])
     assert args.func(args) == 2
     assert "--min-auc" in capsys.readouterr().err
+
+
+def test_command_line_runs_keep_tfx_progress_and_drop_its_noise(caplog):
+    import logging
+    import warnings
+
+    absl, beam = logging.getLogger("absl"), logging.getLogger("apache_beam")
+    beam_level, filters = beam.level, list(absl.filters)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            local_runner.quiet_logs()
+            local_runner.quiet_logs()  # idempotent: one filter
+            warnings.warn("grpcio < 1.83.0 does not support Post-Quantum Cryptography (PQC).",
+                          FutureWarning)
+            warnings.warn("something else", FutureWarning)
+        assert [str(w.message) for w in caught] == ["something else"]
+        assert len(absl.filters) == len(filters) + 1
+        caplog.set_level(logging.INFO, logger="absl")
+        absl.info("Component Trainer is running.")
+        absl.info("pipeline_info { id: 'reloop2' } nodes { ... }")
+        absl.warning("ArtifactQuery.property_predicate is not supported.")
+        absl.warning("Artifact Model has no uri")
+        beam.warning("Couldn't find python-snappy")
+        assert [r.getMessage() for r in caplog.records] == [
+            "Component Trainer is running.", "Artifact Model has no uri"]
+    finally:
+        absl.filters[:] = filters
+        beam.setLevel(beam_level)

@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 # Before TensorFlow, and inherited by anything this process starts.
@@ -149,10 +150,28 @@ def _store_reference_schema(schema_dir: str, target: str) -> None:
 
 
 class _ProgressOnly(logging.Filter):
-    """Keeps TFX's 'Component X is running/finished' lines and warnings, drops its IR dumps."""
+    """Keeps TFX's 'Component X is running/finished' lines and warnings, drops its IR dumps and
+    the resolver's "property_predicate is not supported" warning (one per input channel of
+    every run: TFX's own queries, nothing a user set)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or str(record.msg).startswith("Component ")
+        message = str(record.msg)
+        if message.endswith("property_predicate is not supported."):
+            return False
+        return record.levelno >= logging.WARNING or message.startswith("Component ")
+
+
+def quiet_logs() -> None:
+    """What a command-line run of the pipeline shows: TFX's component progress and real
+    warnings, not its INFO dumps (thousands of lines: pipeline IR, MLMD protos), not Beam's
+    notes on optional accelerators (python-snappy), not google-auth's notice about grpcio's
+    post-quantum support. Library calls of ``run`` leave logging alone."""
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _ProgressOnly) for f in absl_logger.filters):
+        absl_logger.addFilter(_ProgressOnly())
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"grpcio < .* does not support Post-Quantum",
+                            category=FutureWarning)
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -179,9 +198,7 @@ def run_command(args: argparse.Namespace) -> int:
     if problem:
         return flags.fail("run", problem)
     if not args.verbose:
-        # TFX logs thousands of lines per run (pipeline IR, MLMD protos) through absl at INFO.
-        logging.getLogger("absl").addFilter(_ProgressOnly())
-        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        quiet_logs()
 
     from reloop2_tf.data.errors import DataError
     from reloop2_tfx.components import DataAnomaliesError

@@ -164,7 +164,9 @@ def _bench(args) -> int:
 
 def _demo(args) -> int:
     from reloop2_tf.cli import demo
+    from reloop2_tfx.local_runner import quiet_logs
 
+    quiet_logs()
     report = demo.run_demo(args.output, dataset=args.dataset, model=args.model,
                            max_rows=args.max_rows, num_slots=args.slots,
                            batch_size=args.batch_size, target=args.target,
@@ -251,9 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
 # The loggers whose INFO lines a user of the command line reads; every other library's
 # warnings and errors still show.
 OWN_LOGGERS = ("reloop2_tf", "reloop2_serving", "reloop2_tfx")
-# TensorFlow's and absl's Python loggers (tf.function retracing notes, TFX's internal warnings):
-# errors only.
-QUIET_LOGGERS = ("tensorflow", "absl")
+# TensorFlow's Python logger (tf.function retracing notes, deprecation notices from TFMA and
+# others): errors only. TFX's absl lines are filtered by the pipeline commands
+# (`reloop2_tfx.local_runner.quiet_logs`): their progress lines are worth keeping.
+QUIET_LOGGERS = ("tensorflow",)
 
 
 def main(argv: list[str] | None = None) -> int:
