@@ -2,10 +2,13 @@
 
     python benchmarks/trust_study.py dump --dataset ml-1m --model dcn --out runs/study/ml1m-dcn.npz
     python benchmarks/trust_study.py run runs/study/*.npz
+    python benchmarks/trust_study.py shift runs/study/ml-1m-dcn.npz
 
 ``dump`` trains the benchmark's base model (``reloop2 bench`` defaults, no sweep) and saves its
 test stream and warm-start rows; ``run`` replays each combiner variant over them in NumPy
 (``benchmarks/trust_study/replica.py``) and prints AUC, gAUC, logloss and the lift over static.
+``shift`` replays the drift testbed's label shift (from test row 40,000 every positive turned
+negative with probability 0.5) and prints each slot's gAUC against static's (docs/drift.md).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ VARIANTS = {
     "default, ridge 3": dict(ridge=3.0),
     "default, ridge 30": dict(ridge=30.0),
     "default + bare user group": dict(user=True),
+    "default, two combiners (20k, 100k) mixed by experts": dict(experts=True),
 }
 
 
@@ -79,15 +83,17 @@ def dump(args) -> None:
 
 def run(args) -> None:
     from reloop2_tf.evaluation import metrics
-    from trust_study.replica import Replica, Stream, bias_memory, sigmoid
+    from trust_study.replica import Experts, Replica, Stream, bias_memory, sigmoid
 
     for path in args.streams:
         s = Stream(path)
         static = metrics.evaluate(s.y, sigmoid(s.z), s.users)
         print(f"\n{path}\n{'variant':58s}   AUC   gAUC logloss    ΔAUC  ΔgAUC  Δlogloss")
-        rows = {name: Replica(s, **{k: v for k, v in kw.items() if k != "user"},
+        rows = {}
+        for name, kw in VARIANTS.items():
+            kind = Experts if kw.get("experts") else Replica
+            rows[name] = kind(s, **{k: v for k, v in kw.items() if k not in ("user", "experts")},
                               groups=s.groups + [("user_id",)] if kw.get("user") else None).run()
-                for name, kw in VARIANTS.items()}
         rows["item-bias λ .3 γ 0 prior 5"] = bias_memory(s)
         rows["item-bias λ .3 γ 1 prior 5"] = bias_memory(s, gamma=1.0)
         rows["user-bias λ .3 γ 0 prior 20"] = bias_memory(s, key="user_id", prior=20.0)
@@ -96,6 +102,39 @@ def run(args) -> None:
             print(f"{name:58s} {100 * m['auc']:5.2f} {100 * m['gauc']:6.2f} {m['logloss']:.4f}  "
                   f"{100 * (m['auc'] - static['auc']):+6.2f} {100 * (m['gauc'] - static['gauc']):+6.2f}"
                   f"  {m['logloss'] - static['logloss']:+.4f}")
+
+
+def shift(args) -> None:
+    """Each slot's gAUC lift over static under the label shift (and without it), for the
+    default combiner, the default without its item group, and the oracle netting."""
+    from reloop2_tf.evaluation import metrics
+    from trust_study.replica import OracleNet, Replica, Stream, sigmoid, thin_positives
+
+    def slots(s, p):
+        bounds = np.linspace(0, len(s.y), args.slots + 1).astype(int)
+        lift = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            mine = metrics.evaluate(s.y[a:b], np.clip(p[a:b], 1e-7, 1 - 1e-7), s.users[a:b])
+            static = metrics.evaluate(s.y[a:b], sigmoid(s.z[a:b]), s.users[a:b])
+            lift.append(100 * (mine["gauc"] - static["gauc"]))
+        return " ".join(f"{d:+6.2f}" for d in lift)
+
+    for path in args.streams:
+        print(f"\n{path}: ΔgAUC vs static per slot of {len(Stream(path).y) // args.slots} rows "
+              f"(shift from row {args.start})")
+        s = Stream(path)
+        print(f"{'default, no shift':44s} {slots(s, Replica(s).run())}")
+        variants = {
+            "default": lambda s, scale: Replica(s),
+            "default without the item group": lambda s, scale: Replica(
+                s, groups=[g for g in s.groups if g != ("item_id",)]),
+            "read net of nothing (net=False)": lambda s, scale: Replica(s, net=False),
+            "oracle: each row net of the true shift": lambda s, scale: OracleNet(s, scale),
+        }
+        for name, make in variants.items():
+            s = Stream(path)
+            scale = thin_positives(s, start=args.start)
+            print(f"{name:44s} {slots(s, make(s, scale).run())}")
 
 
 def main() -> None:
@@ -114,8 +153,12 @@ def main() -> None:
     d.add_argument("--out", required=True)
     r = sub.add_parser("run")
     r.add_argument("streams", nargs="+")
+    t = sub.add_parser("shift")
+    t.add_argument("streams", nargs="+")
+    t.add_argument("--start", type=int, default=40_000, help="first shifted test row")
+    t.add_argument("--slots", type=int, default=10)
     args = parser.parse_args()
-    (dump if args.command == "dump" else run)(args)
+    {"dump": dump, "run": run, "shift": shift}[args.command](args)
 
 
 if __name__ == "__main__":

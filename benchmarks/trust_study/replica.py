@@ -125,14 +125,7 @@ class Replica:
             p = sigmoid(z[idx] + x @ w)
             if a >= warm:
                 out[idx - warm] = p
-            if self.half_life:
-                f = 0.5 ** (len(idx) / self.half_life)
-                for t in self.state:
-                    t *= f
-            if self.recent:
-                for _, t in self.recent:
-                    t *= 0.5 ** (len(idx) / self.recent_half_life)
-                self.recent_totals *= 0.5 ** (len(idx) / self.recent_half_life)
+            self._decay(len(idx))
             if self.trust_half_life:
                 f = 0.5 ** (len(idx) / self.trust_half_life)
                 h, m = h * f, m * f
@@ -141,14 +134,26 @@ class Replica:
                 ht = (x * (q * (1 - q))[:, None]).T @ x
                 m += (ht @ w if self.online else 0.0) - x.T @ (q - y[idx])
                 h += ht
-            v = np.stack([np.ones_like(base), y[idx], base], 1)
-            for t, c in zip(self.state, self.codes):
-                np.add.at(t, c[idx], v)
-            for i, t in self.recent:
-                np.add.at(t, self.codes[i][idx], v)
-            self.recent_totals += v.sum(0)
+            self._write(idx, y[idx], base)
         self.trust = w
         return out
+
+    def _decay(self, rows: int) -> None:
+        if self.half_life:
+            for t in self.state:
+                t *= 0.5 ** (rows / self.half_life)
+        if self.recent:
+            for _, t in self.recent:
+                t *= 0.5 ** (rows / self.recent_half_life)
+            self.recent_totals *= 0.5 ** (rows / self.recent_half_life)
+
+    def _write(self, idx, y, base) -> None:
+        v = np.stack([np.ones_like(base), y, base], 1)
+        for t, c in zip(self.state, self.codes):
+            np.add.at(t, c[idx], v)
+        for i, t in self.recent:
+            np.add.at(t, self.codes[i][idx], v)
+        self.recent_totals += v.sum(0)
 
 
 def bias_memory(s: Stream, key="item_id", lam=0.3, gamma=0.0, prior=5.0, every=1000):
@@ -167,3 +172,100 @@ def bias_memory(s: Stream, key="item_id", lam=0.3, gamma=0.0, prior=5.0, every=1
             out[idx - warm] = np.clip(base + lam * err, 0, 1)
         np.add.at(st, codes[idx], np.stack([np.ones_like(base), y[idx], base], 1))
     return out
+
+
+def thin_positives(s: Stream, start: int = 40_000, probability: float = 0.5, seed: int = 0):
+    """The drift testbed's label shift on a dumped stream: from test row ``start`` on, each
+    positive becomes negative with ``probability``. Returns a per-row oracle of the stream's
+    relative shift (``probability`` thinning -> labels scaled by ``1 - probability``)."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(len(s.y))
+    positives = np.where((rows >= start) & (s.y > 0))[0]
+    s.y = s.y.copy()
+    s.y[positives[rng.random(len(positives)) < probability]] = 0.0
+    return np.where(rows >= start, 1.0 - probability, 1.0)
+
+
+class OracleNet(Replica):
+    """Every row's residual net of the true shift at the time it was written: the tables store
+    ``(1, y, b * scale)`` with ``scale`` the oracle of ``thin_positives`` and reads net nothing;
+    the pooling columns and the level read the base's own sums, kept apart. The best any netting
+    of the stream's shift could do. No recent table (its own netting would count twice)."""
+
+    def __init__(self, s: Stream, scale: np.ndarray, **kwargs):
+        super().__init__(s, net=False, recent_half_life=None, **kwargs)
+        self.scale = np.concatenate([np.ones(len(s.wy)), scale])
+        self.base_sums = [np.zeros(len(t)) for t in self.state]
+
+    def features(self, idx, base):
+        scaled = [t[:, 2].copy() for t in self.state]
+        for t, b in zip(self.state, self.base_sums):  # the level and the pooling columns
+            t[:, 2] = b
+        own = super().features(idx, base)
+        for t, b in zip(self.state, scaled):  # the residual columns
+            t[:, 2] = b
+        netted = super().features(idx, base)
+        pooling = [i for i, p in enumerate(self.parents) if p < 0]
+        per_prior = len(self.parents) + len(pooling)
+        keep = [k * per_prior + len(self.parents) + j for k in range(len(self.priors))
+                for j in range(len(pooling))] + [own.shape[1] - 2, own.shape[1] - 1]
+        netted[:, keep] = own[:, keep]
+        return netted
+
+    def _decay(self, rows: int) -> None:
+        super()._decay(rows)
+        if self.half_life:
+            for b in self.base_sums:
+                b *= 0.5 ** (rows / self.half_life)
+
+    def _write(self, idx, y, base) -> None:
+        v = np.stack([np.ones_like(base), y, base * self.scale[idx]], 1)
+        for t, b, c in zip(self.state, self.base_sums, self.codes):
+            np.add.at(t, c[idx], v)
+            np.add.at(b, c[idx], base)
+
+
+class Experts(Replica):
+    """Two combiners over the same tables, their sums forgetting at ``halves`` rows, mixed by
+    exponentially weighted experts: the served trust is ``sum_k g_k w_k``, ``g`` the softmax of
+    ``-eta`` times each combiner's served logloss, forgotten at ``loss_half_life`` rows."""
+
+    def __init__(self, s: Stream, halves=(2e4, 1e5), eta=1.0, loss_half_life=2e4, **kwargs):
+        super().__init__(s, **kwargs)
+        self.halves, self.eta, self.loss_half_life = halves, eta, loss_half_life
+
+    def run(self) -> np.ndarray:
+        s = self.s
+        z, y = np.concatenate([s.wz, s.z]), np.concatenate([s.wy, s.y])
+        warm, out = len(s.wy), np.empty(len(s.y))
+        h = m = None
+        loss = np.zeros(len(self.halves))
+        for a in range(0, len(y), self.every):
+            idx = np.arange(a, min(a + self.every, len(y)))
+            base = sigmoid(z[idx])
+            x = self.features(idx, base)
+            if h is None:
+                f = x.shape[1]
+                h, m = [np.zeros((f, f)) for _ in self.halves], [np.zeros(f) for _ in self.halves]
+            ridge = np.full(f, self.ridge)
+            ridge[-2:] = self.global_ridge
+            ws = [np.clip(self.solve(hk + np.diag(ridge), mk), -16, 16) for hk, mk in zip(h, m)]
+            ps = [sigmoid(z[idx] + x @ w) for w in ws]
+            g = np.exp(-self.eta * (loss - loss.min()))
+            g /= g.sum()
+            if a >= warm:
+                out[idx - warm] = sigmoid(z[idx] + x @ sum(gk * w for gk, w in zip(g, ws)))
+            self._decay(len(idx))
+            loss *= 0.5 ** (len(idx) / self.loss_half_life)
+            if a >= warm:
+                yy = y[idx]
+                for k, (q, half) in enumerate(zip(ps, self.halves)):
+                    qc = np.clip(q, 1e-7, 1 - 1e-7)
+                    loss[k] -= (yy * np.log(qc) + (1 - yy) * np.log1p(-qc)).sum()
+                    h[k] *= 0.5 ** (len(idx) / half)
+                    m[k] *= 0.5 ** (len(idx) / half)
+                    hk = (x * (q * (1 - q))[:, None]).T @ x
+                    m[k] += hk @ ws[k] - x.T @ (q - yy)
+                    h[k] += hk
+            self._write(idx, y[idx], base)
+        return out
