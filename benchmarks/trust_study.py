@@ -61,7 +61,8 @@ def dump(args) -> None:
     from reloop2_tf.evaluation import benchmark as b
 
     if args.csv:
-        df = data.load_csv(args.csv, args.user_col, args.item_col, args.time_col, args.label_col)
+        df = data.load_csv(args.csv, args.user_col, args.item_col, args.time_col, args.label_col,
+                           label_threshold=args.label_threshold)
     else:
         df = data.load_dataset(args.dataset, data_dir=args.data_dir)
     config = b.BenchConfig(dataset="csv" if args.csv else args.dataset, model=args.model,
@@ -76,6 +77,8 @@ def dump(args) -> None:
     np.savez(args.out, logits=probe.logits, labels=test.labels, warm_logits=probe.warm_logits,
              warm_labels=probe.warm_labels, groups=np.array(["*".join(g) for g in groups]),
              cols=np.array(cols),
+             hidden=probe.hidden.astype(np.float16), warm_hidden=probe.warm_hidden.astype(np.float16),
+             center=probe.center_vector,
              **{"t_" + c: df.iloc[cut:][c].astype(str).to_numpy() for c in cols},
              **{"w_" + c: probe.warm_df[c].astype(str).to_numpy() for c in cols})
     print(f"saved {args.out}: {len(test.labels)} test rows, groups {groups}")
@@ -149,6 +152,7 @@ def main() -> None:
     d.add_argument("--item-col", default="item_id")
     d.add_argument("--time-col", default="timestamp")
     d.add_argument("--label-col", default="label")
+    d.add_argument("--label-threshold", type=float, default=None)
     d.add_argument("--slots", type=int, default=10)
     d.add_argument("--out", required=True)
     r = sub.add_parser("run")
