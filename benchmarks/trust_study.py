@@ -3,12 +3,15 @@
     python benchmarks/trust_study.py dump --dataset ml-1m --model dcn --out runs/study/ml1m-dcn.npz
     python benchmarks/trust_study.py run runs/study/*.npz
     python benchmarks/trust_study.py shift runs/study/ml-1m-dcn.npz
+    python benchmarks/trust_study.py crosses runs/study/ml-1m-bare.npz   # dumped with --csv
 
 ``dump`` trains the benchmark's base model (``reloop2 bench`` defaults, no sweep) and saves its
 test stream and warm-start rows; ``run`` replays each combiner variant over them in NumPy
 (``benchmarks/trust_study/replica.py``) and prints AUC, gAUC, logloss and the lift over static.
 ``shift`` replays the drift testbed's label shift (from test row 40,000 every positive turned
 negative with probability 0.5) and prints each slot's gAUC against static's (docs/drift.md).
+``crosses`` adds the user or the item crossed with an SRP bucket of the hidden vector
+(docs/benchmarks.md, "A log with ids only").
 """
 
 from __future__ import annotations
@@ -140,6 +143,30 @@ def shift(args) -> None:
             print(f"{name:44s} {slots(s, make(s, scale).run())}")
 
 
+def crosses(args) -> None:
+    """The default groups, then the user or the item crossed with an SRP bucket of the hidden
+    vector (4, 6 and 8 bits)."""
+    from reloop2_tf.evaluation import metrics
+    from trust_study.replica import Replica, Stream, add_srp_columns, sigmoid
+
+    for path in args.streams:
+        groups = Stream(path).groups
+        print(f"\n{path}: groups {groups}")
+        variants = {"default": lambda name: groups}
+        for side in ("user_id", "item_id"):
+            for bits in (4, 6, 8):
+                variants[f"+ {side} x srp{bits}"] = (
+                    lambda name, side=side: groups + [(side, name)], bits)
+        for label, variant in variants.items():
+            make, bits = variant if isinstance(variant, tuple) else (variant, 6)
+            s = Stream(path)
+            p = Replica(s, groups=make(add_srp_columns(s, path, bits))).run()
+            m = metrics.evaluate(s.y, np.clip(p, 1e-7, 1 - 1e-7), s.users)
+            st = metrics.evaluate(s.y, sigmoid(s.z), s.users)
+            print(f"{label:24s} ΔAUC {100 * (m['auc'] - st['auc']):+.2f} "
+                  f"ΔgAUC {100 * (m['gauc'] - st['gauc']):+.2f} logloss {m['logloss']:.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,8 +188,10 @@ def main() -> None:
     t.add_argument("streams", nargs="+")
     t.add_argument("--start", type=int, default=40_000, help="first shifted test row")
     t.add_argument("--slots", type=int, default=10)
+    c = sub.add_parser("crosses")
+    c.add_argument("streams", nargs="+")
     args = parser.parse_args()
-    {"dump": dump, "run": run, "shift": shift}[args.command](args)
+    {"dump": dump, "run": run, "shift": shift, "crosses": crosses}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -269,3 +269,16 @@ class Experts(Replica):
                     h[k] += hk
             self._write(idx, y[idx], base)
         return out
+
+
+def add_srp_columns(s: Stream, path, num_bits: int = 6, seed: int = 0) -> str:
+    """Adds the SRP bucket of every row's hidden vector (``dump`` saves them, centred like the
+    memory's) as a pseudo-column that groups can cross with; returns its name."""
+    d = np.load(path, allow_pickle=True)
+    center = d["center"].astype(np.float32)
+    planes = np.random.default_rng(seed).standard_normal((len(center), num_bits)).astype(np.float32)
+    name = f"srp{num_bits}"
+    for rows, hidden in ((s.test, d["hidden"]), (s.warm, d["warm_hidden"])):
+        bits = (hidden.astype(np.float32) - center) @ planes > 0
+        rows[name] = (bits * (1 << np.arange(num_bits))).sum(-1).astype(str)
+    return name
