@@ -10,8 +10,9 @@ test stream and warm-start rows; ``run`` replays each combiner variant over them
 (``benchmarks/trust_study/replica.py``) and prints AUC, gAUC, logloss and the lift over static.
 ``shift`` replays the drift testbed's label shift (from test row 40,000 every positive turned
 negative with probability 0.5) and prints each slot's gAUC against static's (docs/drift.md).
-``crosses`` adds the user or the item crossed with an SRP bucket of the hidden vector
-(docs/benchmarks.md, "A log with ids only").
+``crosses`` adds the user or the item crossed with an SRP bucket of the hidden vector, or the
+user crossed with a k-means cluster of the base model's item embeddings (docs/benchmarks.md,
+"A log with ids only").
 """
 
 from __future__ import annotations
@@ -75,16 +76,36 @@ def dump(args) -> None:
     test = b._Stream(df.iloc[cut:], spec, config.num_slots)
     probe = b._Probe(b._train(df.iloc[:cut], spec, config, False), spec, df.iloc[:cut], test,
                      config)
+    item_vec = _item_vectors(probe.base, test.features), _item_vectors(probe.base, probe.warm_features)
     groups = b.id_groups_for_frame(df)
     cols = sorted({c for g in groups for c in g} | {"user_id"})
     np.savez(args.out, logits=probe.logits, labels=test.labels, warm_logits=probe.warm_logits,
              warm_labels=probe.warm_labels, groups=np.array(["*".join(g) for g in groups]),
              cols=np.array(cols),
              hidden=probe.hidden.astype(np.float16), warm_hidden=probe.warm_hidden.astype(np.float16),
-             center=probe.center_vector,
+             center=probe.center_vector, item_vec=item_vec[0], warm_item_vec=item_vec[1],
              **{"t_" + c: df.iloc[cut:][c].astype(str).to_numpy() for c in cols},
              **{"w_" + c: probe.warm_df[c].astype(str).to_numpy() for c in cols})
     print(f"saved {args.out}: {len(test.labels)} test rows, groups {groups}")
+
+
+def _item_vectors(model, features) -> np.ndarray:
+    """Every row's item embedding (the base model's ``embedding_item_id`` output), float16."""
+    from reloop2_tf._keras import keras
+
+    def find(layer):
+        for inner in getattr(layer, "layers", []):
+            if inner.name == "embedding_item_id":
+                return layer, inner
+            found = find(inner)
+            if found:
+                return found
+        return None
+
+    owner, table = find(model)
+    sub = keras.Model(owner.inputs, table.output)
+    return sub.predict({k: features[k] for k in sub.input_names}, batch_size=8192,
+                       verbose=0).reshape(len(next(iter(features.values()))), -1).astype(np.float16)
 
 
 def run(args) -> None:
@@ -145,22 +166,24 @@ def shift(args) -> None:
 
 def crosses(args) -> None:
     """The default groups, then the user or the item crossed with an SRP bucket of the hidden
-    vector (4, 6 and 8 bits)."""
+    vector (4, 6 and 8 bits), then the user crossed with an item cluster (8 to 64)."""
     from reloop2_tf.evaluation import metrics
-    from trust_study.replica import Replica, Stream, add_srp_columns, sigmoid
+    from trust_study.replica import Replica, Stream, add_item_clusters, add_srp_columns, sigmoid
 
     for path in args.streams:
         groups = Stream(path).groups
         print(f"\n{path}: groups {groups}")
-        variants = {"default": lambda name: groups}
+        variants = {"default": lambda s: groups}
         for side in ("user_id", "item_id"):
             for bits in (4, 6, 8):
                 variants[f"+ {side} x srp{bits}"] = (
-                    lambda name, side=side: groups + [(side, name)], bits)
-        for label, variant in variants.items():
-            make, bits = variant if isinstance(variant, tuple) else (variant, 6)
+                    lambda s, side=side, bits=bits: groups + [(side, add_srp_columns(s, path, bits))])
+        for k in (8, 16, 32, 64):
+            variants[f"+ user_id x item_cluster{k}"] = (
+                lambda s, k=k: groups + [("user_id", add_item_clusters(s, path, k))])
+        for label, make in variants.items():
             s = Stream(path)
-            p = Replica(s, groups=make(add_srp_columns(s, path, bits))).run()
+            p = Replica(s, groups=make(s)).run()
             m = metrics.evaluate(s.y, np.clip(p, 1e-7, 1 - 1e-7), s.users)
             st = metrics.evaluate(s.y, sigmoid(s.z), s.users)
             print(f"{label:24s} ΔAUC {100 * (m['auc'] - st['auc']):+.2f} "

@@ -282,3 +282,17 @@ def add_srp_columns(s: Stream, path, num_bits: int = 6, seed: int = 0) -> str:
         bits = (hidden.astype(np.float32) - center) @ planes > 0
         rows[name] = (bits * (1 << np.arange(num_bits))).sum(-1).astype(str)
     return name
+
+
+def add_item_clusters(s: Stream, path, k: int = 16, seed: int = 0) -> str:
+    """Adds every row's item cluster, k-means (scikit-learn) over the base model's item
+    embeddings (``dump`` saves them), as a pseudo-column; returns its name."""
+    from sklearn.cluster import KMeans
+
+    d = np.load(path, allow_pickle=True)
+    test, warm = d["item_vec"].astype(np.float32), d["warm_item_vec"].astype(np.float32)
+    vectors = np.concatenate([warm, test])
+    labels = KMeans(k, n_init=3, random_state=seed).fit(np.unique(vectors, axis=0)).predict(vectors)
+    name = f"item_cluster{k}"
+    s.warm[name], s.test[name] = labels[:len(warm)].astype(str), labels[len(warm):].astype(str)
+    return name
