@@ -285,8 +285,10 @@ def test_command_line_runs_keep_tfx_progress_and_drop_its_noise(caplog):
     import logging
     import warnings
 
-    absl, beam = logging.getLogger("absl"), logging.getLogger("apache_beam")
-    beam_level, filters = beam.level, list(absl.filters)
+    absl, beam, root = (logging.getLogger(n) for n in ("absl", "apache_beam", None))
+    levels, filters = [(x, x.level) for x in (absl, beam, root)], list(absl.filters)
+    absl.setLevel(logging.NOTSET)
+    root.setLevel(logging.WARNING)  # the command line's root level
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("default")
@@ -297,7 +299,6 @@ def test_command_line_runs_keep_tfx_progress_and_drop_its_noise(caplog):
             warnings.warn("something else", FutureWarning)
         assert [str(w.message) for w in caught] == ["something else"]
         assert len(absl.filters) == len(filters) + 1
-        caplog.set_level(logging.INFO, logger="absl")
         absl.info("Component Trainer is running.")
         absl.info("pipeline_info { id: 'reloop2' } nodes { ... }")
         absl.warning("ArtifactQuery.property_predicate is not supported.")
@@ -307,4 +308,5 @@ def test_command_line_runs_keep_tfx_progress_and_drop_its_noise(caplog):
             "Component Trainer is running.", "Artifact Model has no uri"]
     finally:
         absl.filters[:] = filters
-        beam.setLevel(beam_level)
+        for logger, level in levels:
+            logger.setLevel(level)

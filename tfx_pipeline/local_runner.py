@@ -167,6 +167,7 @@ def quiet_logs() -> None:
     notes on optional accelerators (python-snappy), not google-auth's notice about grpcio's
     post-quantum support. Library calls of ``run`` leave logging alone."""
     absl_logger = logging.getLogger("absl")
+    absl_logger.setLevel(logging.INFO)  # the progress lines, whatever the root logger's level
     if not any(isinstance(f, _ProgressOnly) for f in absl_logger.filters):
         absl_logger.addFilter(_ProgressOnly())
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
