@@ -198,7 +198,10 @@ def run_command(args: argparse.Namespace) -> int:
         problem = f"--data {args.data} does not exist"
     if problem:
         return flags.fail("run", problem)
-    if not args.verbose:
+    if args.verbose:  # everything TFX and Beam log, whatever the command line's root level
+        for name in ("absl", "apache_beam"):
+            logging.getLogger(name).setLevel(logging.INFO)
+    else:
         quiet_logs()
 
     from reloop2_tf.data.errors import DataError
