@@ -10,6 +10,7 @@ each, then compare), or a base model with its ReLoop2 export (both are exported)
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py --export DIR   # this code
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py DIR/base OLD/memory DIR/memory
+    TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py --export DIR2 --num-tables 2
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ import numpy as np  # noqa: E402
 from random_rows import make_features  # noqa: E402
 
 
-def export(path: str) -> None:
+def export(path: str, num_tables: int | None = None) -> None:
     """``path/memory`` and ``path/base``: the serving benchmark's two exports (dcn with the
-    default memory after 2,048 random rows, and its base alone; ``serving_bench.servers``)."""
+    default memory after 2,048 random rows, and its base alone; ``serving_bench.servers``),
+    the memory with ``num_tables`` SRP tables if given."""
     from serving_bench.servers import build_exports
 
-    for name, source in build_exports(np.random.default_rng(0))["dirs"].items():
+    memory = {} if num_tables is None else {"num_tables": num_tables}
+    for name, source in build_exports(np.random.default_rng(0), **memory)["dirs"].items():
         shutil.copytree(source, Path(path) / name)
 
 
@@ -110,10 +113,12 @@ def main() -> None:
     p.add_argument("paths", nargs="*", help="SavedModel directories to compare")
     p.add_argument("--export", help="export dcn + the default memory and its base alone with "
                                     "this code to DIR/memory and DIR/base")
+    p.add_argument("--num-tables", type=int, default=None,
+                   help="with --export: SRP tables of the memory (default: the default's)")
     p.add_argument("--rounds", type=int, default=25)
     args = p.parse_args()
     if args.export:
-        export(args.export)
+        export(args.export, args.num_tables)
     if args.paths:
         compare(args.paths, args.rounds)
 

@@ -363,6 +363,9 @@ def test_recent_tables_forget_at_their_own_half_life_through_snapshot_merge_and_
                                                 (recent_w * labels).sum() / recent_w.sum()],
                                rtol=1e-4)
     assert label_mean[2] > 0.5 > label_mean[1]  # the recent table has seen the shift
+    # The recent clock came due and folded its own rows only: the tables' clock kept running.
+    np.testing.assert_allclose(mem.scale.numpy(), 0.5 ** (400 / 1000.0), rtol=1e-5)
+    assert 1.0 >= mem.recent_scale.numpy() >= 1e-6  # unfolded it would be 0.5 ** 40
     # Snapshot and restore keep true units at both scales; merge adds in true units.
     state = mem.snapshot().numpy()
     twin = r2.LSHErrorMemory.from_config(mem.get_config())

@@ -15,13 +15,14 @@ MOVIELENS_GROUPS = [["item_id"], ["user_id", "genre"], ["user_id", "release_year
                     ["item_id", "age"], ["item_id", "gender"], ["item_id", "occupation"]]
 
 
-def default_model(name: str):
-    """A zoo model with the default memory keyed by the MovieLens id groups."""
+def default_model(name: str, **memory):
+    """A zoo model with the default memory keyed by the MovieLens id groups (``memory``:
+    other ``LSHErrorMemory`` arguments, for A/B runs)."""
     import reloop2_tf as r2
 
     base = r2.build_model(name, r2.FeatureSpec.movielens())
     return r2.ReLoop2Model(base, compensation=r2.ErrorCompensation(
-        r2.LSHErrorMemory(id_groups=MOVIELENS_GROUPS)))
+        r2.LSHErrorMemory(id_groups=MOVIELENS_GROUPS, **memory)))
 
 
 def _export_base(model, path: str) -> None:

@@ -39,15 +39,16 @@ def export_base(model, path: Path) -> Path:
     return path
 
 
-def build_exports(rng: np.random.Generator, warm_rows: int = 2048) -> dict:
-    """dcn + the default memory (seed 0), ``warm_rows`` random rows written so that reads see
-    filled buckets and a solved trust; exported as ReLoop2 SavedModel and as the base alone
-    (same weights). Returns the paths and the footprint figures."""
+def build_exports(rng: np.random.Generator, warm_rows: int = 2048, **memory) -> dict:
+    """dcn + the default memory (seed 0; ``memory``: other ``LSHErrorMemory`` arguments),
+    ``warm_rows`` random rows written so that reads see filled buckets and a solved trust;
+    exported as ReLoop2 SavedModel and as the base alone (same weights). Returns the paths and
+    the footprint figures."""
     from reloop2_tf import export as ex
     from reloop2_tf._keras import keras
 
     keras.utils.set_random_seed(0)
-    model = default_model("dcn")
+    model = default_model("dcn", **memory)
     model.update_memory(make_features(spec(), warm_rows, rng),
                         rng.integers(0, 2, warm_rows).astype(np.float32))
     tmp = Path(tempfile.mkdtemp(prefix="reloop2-serving-bench-"))
