@@ -820,10 +820,13 @@ def transpose_keys(keys, table_major: bool = False) -> tf.Tensor:
     (docs/performance.md).
     """
     values = tf.cast(keys, tf.float32)
+    tables = keys.shape[0 if table_major else 1]
+    # A constant identity when the table count is static (always, inside the memory): no
+    # MatrixDiag and shape ops on every call.
+    eye = (tf.constant(np.eye(tables, dtype=np.float32)) if tables is not None
+           else tf.eye(tf.shape(keys)[0 if table_major else 1]))
     if table_major:
-        eye = tf.eye(tf.shape(keys)[0])
         return tf.cast(tf.matmul(values, eye, transpose_a=True), tf.int32)
-    eye = tf.eye(tf.shape(keys)[1])
     return tf.cast(tf.matmul(eye, values, transpose_b=True), tf.int32)
 
 
