@@ -50,16 +50,20 @@ def main() -> None:
     server = DevServerProcess(root)
     try:
         client = ReLoop2Client(server.target)
-        rows = make_features(r2.FeatureSpec.movielens(), args.batch, rng)
-        served = client.predict(rows, output_filter=["memory_keys", "base_probability"])
-        keys, base = served["memory_keys"], served["base_probability"]
-        labels = rng.integers(0, 2, args.batch).astype(np.float32)
-        for _ in range(100):
+        # Distinct rows for every call of a burst (as the serving benchmark's bursts), served
+        # once up front: a write touches the cells of its own rows, not the same ones again.
+        batches = []
+        for _ in range(args.calls):
+            served = client.predict(make_features(r2.FeatureSpec.movielens(), args.batch, rng),
+                                    output_filter=["memory_keys", "base_probability"])
+            batches.append((served["memory_keys"], served["base_probability"],
+                            rng.integers(0, 2, args.batch).astype(np.float32)))
+        for keys, base, labels in batches[:100]:
             client.update_memory_by_keys(keys, base, labels)
         for burst in range(args.bursts):
             ms = []
             start = time.perf_counter()
-            for _ in range(args.calls):
+            for keys, base, labels in batches:
                 t = time.perf_counter()
                 client.update_memory_by_keys(keys, base, labels)
                 ms.append(1e3 * (time.perf_counter() - t))
