@@ -476,8 +476,12 @@ def test_memory_weight_falls_back_to_the_snapshot_for_models_exported_before_it(
 @pytest.mark.parametrize("value", [
     np.float32(3.5), np.array(2.0), np.arange(6, dtype=np.int32).reshape(2, 3),
     np.zeros(0, np.float32), np.array([True, False]), np.arange(4, dtype=np.int64) - 2**40,
-    np.ones((2, 3), np.float64)[:, ::2], np.array([b"a", b"bc"], dtype=object), [1.5, 2.5]],
-    ids=["f32_scalar", "f64_0d", "i32_2d", "empty", "bool", "i64", "strided", "strings", "list"])
+    np.ones((2, 3), np.float64)[:, ::2], np.array([b"a", b"bc"], dtype=object), [1.5, 2.5],
+    np.array(b"write-7", dtype=object), np.array([["é", "b"], ["", "cd"]]),
+    np.array(["x", "yz"], dtype=object), np.zeros((0, 2), dtype=object),
+    np.array([b"a", "b"], dtype=object)],
+    ids=["f32_scalar", "f64_0d", "i32_2d", "empty", "bool", "i64", "strided", "strings", "list",
+         "bytes_0d", "unicode_2d", "str_objects", "empty_strings", "mixed_bytes_str"])
 def test_tensor_protos_decode_to_the_same_array_as_make_tensor_proto(value):
     from reloop2_serving.tensor_proto import from_proto, to_proto
 
@@ -492,6 +496,13 @@ def test_tensor_protos_decode_to_the_same_array_as_make_tensor_proto(value):
 
 def test_a_tensor_proto_whose_content_does_not_fill_its_shape_is_refused():
     from reloop2_serving.tensor_proto import from_proto, to_proto
+
+    with pytest.raises(TypeError, match="binary or unicode string"):  # as make_tensor_proto
+        to_proto(np.array([1, b"a"], dtype=object))
+    # A string_val shorter than its shape is padded with its last value, as make_ndarray does.
+    short = to_proto(np.array([b"a", b"b"], dtype=object))
+    short.tensor_shape.dim[0].size = 3
+    np.testing.assert_array_equal(from_proto(short), [b"a", b"b", b"b"])
 
     proto = to_proto(np.arange(6, dtype=np.int32))
     proto.tensor_shape.dim[0].size = 7
