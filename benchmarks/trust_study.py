@@ -77,20 +77,22 @@ def dump(args) -> None:
     probe = b._Probe(b._train(df.iloc[:cut], spec, config, False), spec, df.iloc[:cut], test,
                      config)
     item_vec = _item_vectors(probe.base, test.features), _item_vectors(probe.base, probe.warm_features)
+    item_vec = {} if item_vec[0] is None else {"item_vec": item_vec[0], "warm_item_vec": item_vec[1]}
     groups = b.id_groups_for_frame(df)
     cols = sorted({c for g in groups for c in g} | {"user_id"})
     np.savez(args.out, logits=probe.logits, labels=test.labels, warm_logits=probe.warm_logits,
              warm_labels=probe.warm_labels, groups=np.array(["*".join(g) for g in groups]),
              cols=np.array(cols),
              hidden=probe.hidden.astype(np.float16), warm_hidden=probe.warm_hidden.astype(np.float16),
-             center=probe.center_vector, item_vec=item_vec[0], warm_item_vec=item_vec[1],
+             center=probe.center_vector, **item_vec,
              **{"t_" + c: df.iloc[cut:][c].astype(str).to_numpy() for c in cols},
              **{"w_" + c: probe.warm_df[c].astype(str).to_numpy() for c in cols})
     print(f"saved {args.out}: {len(test.labels)} test rows, groups {groups}")
 
 
-def _item_vectors(model, features) -> np.ndarray:
-    """Every row's item embedding (the base model's ``embedding_item_id`` output), float16."""
+def _item_vectors(model, features) -> np.ndarray | None:
+    """Every row's item embedding (the base model's ``embedding_item_id`` output), float16;
+    None for a model without that layer."""
     from reloop2_tf._keras import keras
 
     def find(layer):
@@ -102,7 +104,10 @@ def _item_vectors(model, features) -> np.ndarray:
                 return found
         return None
 
-    owner, table = find(model)
+    found = find(model)
+    if found is None:
+        return None
+    owner, table = found
     sub = keras.Model(owner.inputs, table.output)
     return sub.predict({k: features[k] for k in sub.input_names}, batch_size=8192,
                        verbose=0).reshape(len(next(iter(features.values()))), -1).astype(np.float16)
