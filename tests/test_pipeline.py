@@ -9,6 +9,7 @@ import argparse
 import csv
 import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -53,9 +54,14 @@ def movielens(tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(movielens, tmp_path_factory):
     root = tmp_path_factory.mktemp("tfx")
-    return local_runner.run(movielens["first"], str(root / "serving"),
-                            pipeline_root=str(root / "pipeline"), train_steps=TRAIN_STEPS,
-                            min_auc=0.5)
+    scratch = tmp_path_factory.mktemp("scratch")
+    with pytest.MonkeyPatch.context() as patch:  # what the run leaves in the temp dir
+        patch.setattr(tempfile, "tempdir", str(scratch))
+        result = local_runner.run(movielens["first"], str(root / "serving"),
+                                  pipeline_root=str(root / "pipeline"), train_steps=TRAIN_STEPS,
+                                  min_auc=0.5)
+    result.scratch = scratch
+    return result
 
 
 def _tf_examples(rows, columns):
@@ -78,6 +84,8 @@ def _tf_examples(rows, columns):
 @pytest.mark.e2e
 def test_local_run_validates_trains_evaluates_and_pushes(first_run):
     assert first_run.pushed_version is not None
+    # No repackaged TFX (tfx_ephemeral sdist, ~52 MB per Beam component) left behind.
+    assert not list(first_run.scratch.glob("*/build/tfx")), sorted(first_run.scratch.iterdir())
     assert _versions(first_run.serving_dir) == [first_run.pushed_version]
     assert os.path.isfile(os.path.join(first_run.pushed_path, "saved_model.pb"))
     assert first_run.evaluation["validation_ok"] is True
