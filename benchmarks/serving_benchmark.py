@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -122,8 +123,11 @@ def run(cfg: dict, skip_reads: bool) -> dict:
         for proc in procs.values():
             proc.stop()
     log.info("in-process Session runs of the same signatures")
-    results["session_ms"] = inprocess.session_costs(exports["dirs"], servers.spec(), rng,
-                                                    cfg["session_rounds"], cfg["session_calls"])
+    try:
+        results["session_ms"] = inprocess.session_costs(exports["dirs"], servers.spec(), rng,
+                                                        cfg["session_rounds"], cfg["session_calls"])
+    finally:
+        shutil.rmtree(exports["root"], ignore_errors=True)
     if not skip_reads:
         log.info("in-process reads after %s rows", cfg["read_rows"])
         results["reads"] = reads.read_flatness(cfg["read_rows"], cfg["read_batches"],

@@ -39,8 +39,10 @@ def export(path: str, num_tables: int | None = None) -> None:
     from serving_bench.servers import build_exports
 
     memory = {} if num_tables is None else {"num_tables": num_tables}
-    for name, source in build_exports(np.random.default_rng(0), **memory)["dirs"].items():
+    exports = build_exports(np.random.default_rng(0), **memory)
+    for name, source in exports["dirs"].items():
         shutil.copytree(source, Path(path) / name)
+    shutil.rmtree(exports["root"], ignore_errors=True)
 
 
 class _Loaded:

@@ -45,7 +45,9 @@ def main() -> None:
     else:
         from serving_bench.servers import build_exports
 
-        shutil.copytree(build_exports(np.random.default_rng(0))["dirs"]["memory"], root / "1")
+        exports = build_exports(np.random.default_rng(0))
+        shutil.copytree(exports["dirs"]["memory"], root / "1")
+        shutil.rmtree(exports["root"], ignore_errors=True)
     rng = np.random.default_rng(1)
     server = DevServerProcess(root)
     try:

@@ -57,11 +57,14 @@ def bench_model(name: str, batches, rounds: int, calls: int, rng, savedmodel: bo
            "memory tf.function": tf.function(lambda f: model.compensate(f)["probability"],
                                              input_signature=[specs])}
     if savedmodel:
-        tmp = Path(tempfile.mkdtemp(prefix=f"reloop2-cost-{name}-"))
-        _export_base(model, str(tmp / "base"))
-        ex.export_serving_model(model, tmp / "reloop2")
-        fns["base SavedModel"] = tf.saved_model.load(str(tmp / "base")).signatures["predict"]
-        fns["memory SavedModel"] = tf.saved_model.load(str(tmp / "reloop2")).signatures["predict"]
+        # Loaded into this process, the SavedModels need their files no more.
+        with tempfile.TemporaryDirectory(prefix=f"reloop2-cost-{name}-") as tmp:
+            _export_base(model, str(Path(tmp) / "base"))
+            ex.export_serving_model(model, Path(tmp) / "reloop2")
+            fns["base SavedModel"] = tf.saved_model.load(
+                str(Path(tmp) / "base")).signatures["predict"]
+            fns["memory SavedModel"] = tf.saved_model.load(
+                str(Path(tmp) / "reloop2")).signatures["predict"]
     out = {"macs_per_row_batch_1": {}, "batches": {}}
     one = {k: tf.constant(v) for k, v in make_features(_spec(), 1, rng).items()}
     model_macs = macs.model_macs(base, one)

@@ -42,8 +42,8 @@ def export_base(model, path: Path) -> Path:
 def build_exports(rng: np.random.Generator, warm_rows: int = 2048, **memory) -> dict:
     """dcn + the default memory (seed 0; ``memory``: other ``LSHErrorMemory`` arguments),
     ``warm_rows`` random rows written so that reads see filled buckets and a solved trust;
-    exported as ReLoop2 SavedModel and as the base alone (same weights). Returns the paths and
-    the footprint figures."""
+    exported as ReLoop2 SavedModel and as the base alone (same weights) under a temporary
+    ``root``, which the caller removes. Returns the paths and the footprint figures."""
     from reloop2_tf import export as ex
     from reloop2_tf._keras import keras
 
@@ -56,6 +56,7 @@ def build_exports(rng: np.random.Generator, warm_rows: int = 2048, **memory) -> 
     base_dir = export_base(model, tmp / "base")
     mem = model.memory
     return {
+        "root": tmp,  # the caller removes it
         "dirs": {"base": base_dir, "memory": memory_dir},
         "memory": {"class": type(mem).__name__, "num_tables": mem.num_tables,
                    "num_bits": mem.num_bits, "id_groups": [list(g) for g in mem.id_groups],
