@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,10 +38,7 @@ def export(path: str, num_tables: int | None = None) -> None:
     from serving_bench.servers import build_exports
 
     memory = {} if num_tables is None else {"num_tables": num_tables}
-    exports = build_exports(np.random.default_rng(0), **memory)
-    for name, source in exports["dirs"].items():
-        shutil.copytree(source, Path(path) / name)
-    shutil.rmtree(exports["root"], ignore_errors=True)
+    build_exports(np.random.default_rng(0), root=Path(path), **memory)
 
 
 class _Loaded:

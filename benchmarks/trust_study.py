@@ -113,13 +113,20 @@ def _item_vectors(model, features) -> np.ndarray | None:
                        verbose=0).reshape(len(next(iter(features.values()))), -1).astype(np.float16)
 
 
-def run(args) -> None:
+def _versus_static(s, p) -> tuple[dict, dict]:
+    """AUC, gAUC and logloss of predictions ``p`` on stream ``s``, and static's."""
     from reloop2_tf.evaluation import metrics
-    from trust_study.replica import Experts, Replica, Stream, bias_memory, sigmoid
+    from trust_study.replica import sigmoid
+
+    return (metrics.evaluate(s.y, np.clip(p, 1e-7, 1 - 1e-7), s.users),
+            metrics.evaluate(s.y, sigmoid(s.z), s.users))
+
+
+def run(args) -> None:
+    from trust_study.replica import Experts, Replica, Stream, bias_memory
 
     for path in args.streams:
         s = Stream(path)
-        static = metrics.evaluate(s.y, sigmoid(s.z), s.users)
         print(f"\n{path}\n{'variant':58s}   AUC   gAUC logloss    ΔAUC  ΔgAUC  Δlogloss")
         rows = {}
         for name, kw in VARIANTS.items():
@@ -130,7 +137,7 @@ def run(args) -> None:
         rows["item-bias λ .3 γ 1 prior 5"] = bias_memory(s, gamma=1.0)
         rows["user-bias λ .3 γ 0 prior 20"] = bias_memory(s, key="user_id", prior=20.0)
         for name, p in rows.items():
-            m = metrics.evaluate(s.y, np.clip(p, 1e-7, 1 - 1e-7), s.users)
+            m, static = _versus_static(s, p)
             print(f"{name:58s} {100 * m['auc']:5.2f} {100 * m['gauc']:6.2f} {m['logloss']:.4f}  "
                   f"{100 * (m['auc'] - static['auc']):+6.2f} {100 * (m['gauc'] - static['gauc']):+6.2f}"
                   f"  {m['logloss'] - static['logloss']:+.4f}")
@@ -172,8 +179,7 @@ def shift(args) -> None:
 def crosses(args) -> None:
     """The default groups, then the user or the item crossed with an SRP bucket of the hidden
     vector (4, 6 and 8 bits), then the user crossed with an item cluster (8 to 64)."""
-    from reloop2_tf.evaluation import metrics
-    from trust_study.replica import Replica, Stream, add_item_clusters, add_srp_columns, sigmoid
+    from trust_study.replica import Replica, Stream, add_item_clusters, add_srp_columns
 
     for path in args.streams:
         groups = Stream(path).groups
@@ -188,9 +194,7 @@ def crosses(args) -> None:
                 lambda s, k=k: groups + [("user_id", add_item_clusters(s, path, k))])
         for label, make in variants.items():
             s = Stream(path)
-            p = Replica(s, groups=make(s)).run()
-            m = metrics.evaluate(s.y, np.clip(p, 1e-7, 1 - 1e-7), s.users)
-            st = metrics.evaluate(s.y, sigmoid(s.z), s.users)
+            m, st = _versus_static(s, Replica(s, groups=make(s)).run())
             print(f"{label:24s} ΔAUC {100 * (m['auc'] - st['auc']):+.2f} "
                   f"ΔgAUC {100 * (m['gauc'] - st['gauc']):+.2f} logloss {m['logloss']:.4f}")
 

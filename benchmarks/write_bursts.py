@@ -41,15 +41,13 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="reloop2-write-bursts-"))
     if args.model:
-        shutil.copytree(args.model, root / "1")
+        model = args.model  # a SavedModel or a TF-Serving base dir: the server resolves either
     else:
         from serving_bench.servers import build_exports
 
-        exports = build_exports(np.random.default_rng(0))
-        shutil.copytree(exports["dirs"]["memory"], root / "1")
-        shutil.rmtree(exports["root"], ignore_errors=True)
+        model = build_exports(np.random.default_rng(0), root=root)["dirs"]["memory"]
     rng = np.random.default_rng(1)
-    server = DevServerProcess(root)
+    server = DevServerProcess(model)
     try:
         client = ReLoop2Client(server.target)
         # Distinct rows for every call of a burst (as the serving benchmark's bursts), served

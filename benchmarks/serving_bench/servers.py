@@ -39,11 +39,13 @@ def export_base(model, path: Path) -> Path:
     return path
 
 
-def build_exports(rng: np.random.Generator, warm_rows: int = 2048, **memory) -> dict:
+def build_exports(rng: np.random.Generator, root: Path | None = None, warm_rows: int = 2048,
+                  **memory) -> dict:
     """dcn + the default memory (seed 0; ``memory``: other ``LSHErrorMemory`` arguments),
     ``warm_rows`` random rows written so that reads see filled buckets and a solved trust;
-    exported as ReLoop2 SavedModel and as the base alone (same weights) under a temporary
-    ``root``, which the caller removes. Returns the paths and the footprint figures."""
+    exported as ReLoop2 SavedModel and as the base alone (same weights) to ``root``/memory and
+    ``root``/base (default: a new temporary ``root``, which the caller removes). Returns the
+    paths and the footprint figures."""
     from reloop2_tf import export as ex
     from reloop2_tf._keras import keras
 
@@ -51,12 +53,12 @@ def build_exports(rng: np.random.Generator, warm_rows: int = 2048, **memory) -> 
     model = default_model("dcn", **memory)
     model.update_memory(make_features(spec(), warm_rows, rng),
                         rng.integers(0, 2, warm_rows).astype(np.float32))
-    tmp = Path(tempfile.mkdtemp(prefix="reloop2-serving-bench-"))
+    tmp = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="reloop2-serving-bench-"))
     memory_dir = Path(ex.export_serving_model(model, tmp / "memory"))
     base_dir = export_base(model, tmp / "base")
     mem = model.memory
     return {
-        "root": tmp,  # the caller removes it
+        "root": tmp,
         "dirs": {"base": base_dir, "memory": memory_dir},
         "memory": {"class": type(mem).__name__, "num_tables": mem.num_tables,
                    "num_bits": mem.num_bits, "id_groups": [list(g) for g in mem.id_groups],
