@@ -229,8 +229,8 @@ def test_online_newton_trust_reaches_the_logistic_fit_one_step_from_zero_stops_s
         idx = rng.integers(0, items.size, 200)
         labels = (rng.random(200) < rates[idx]).astype(np.float32)
         keys = mem.keys(np.zeros((200, 1), np.float32), {"item": items[idx].astype(str)})
-        rows.append((mem.trust_features(mem.lookup_keys(keys), tf.fill([200], 0.5),
-                                        comp.prior_count).numpy(), labels))
+        rows.append((mem.trust_features(keys, tf.fill([200], 0.5), comp.prior_count).numpy(),
+                     labels))
         comp.update_memory_by_keys(keys, np.full(200, 0.5, np.float32), labels)
     x = np.concatenate([r[0] for r in rows])
     y = np.concatenate([r[1] for r in rows])
@@ -288,7 +288,7 @@ def test_base_logit_column_is_centred_on_the_memory_s_mean_base_probability(rng)
     ids = {"item": rng.integers(0, 30, 400).astype(str)}
     mem.update(hidden, np.zeros(400, np.float32), base, ids=ids)
     np.testing.assert_allclose(mem.totals().numpy(), [400.0, 0.0, base.sum()], rtol=1e-5)
-    x = mem.trust_features(mem.lookup_keys(mem.keys(hidden[:5], {"item": ids["item"][:5]})),
+    x = mem.trust_features(mem.keys(hidden[:5], {"item": ids["item"][:5]}),
                            tf.constant(base[:5]), 2.0).numpy()
     level = (base.sum() + 0.5) / 401.0
     logit = np.log(base[:5]) - np.log1p(-base[:5])

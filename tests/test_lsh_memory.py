@@ -321,26 +321,65 @@ def test_totals_row_sums_every_write_and_moves_with_snapshot_merge_and_forgettin
     np.testing.assert_array_equal(mem.snapshot().numpy(), state)
 
 
+def _features_by_hand(mem, stats, totals, recent_totals, base, n):
+    """``trust_features`` written out from the docstring, in NumPy: ``stats`` ``[B, T, 3]`` true
+    units (``lookup_keys``), the totals rows, base probabilities ``[B]``, ``prior_count``."""
+    w, y, b = (stats[..., i].astype(np.float64) for i in range(3))
+    rho = [(t[1] - t[2]) / (t[2] + 1.0) for t in (totals, recent_totals)]
+    clock = np.array([0] * mem._first_recent + [1] * len(mem.recent_groups))
+    r = y - b * (1.0 + np.array(rho)[clock])
+    k, cols = mem.num_tables, []
+    singles = [k + i for i, p in enumerate(mem._parents) if p < 0]
+    for m in (n, 10 * n):
+        if k:
+            cols.append(r[:, :k].sum(1) / (w[:, :k].sum(1) + k * m + 1e-12))
+        for i, p in enumerate(mem._parents):
+            g = k + i
+            pc, pr = (w[:, k + p], r[:, k + p]) if p >= 0 else (0.0, 0.0)
+            cols.append((r[:, g] - w[:, g] * pr / (pc + m + 1e-12)) / (w[:, g] + m + 1e-12))
+        cols += [(b[:, g] - w[:, g] * base) / (w[:, g] + m + 1e-12) for g in singles]
+    for j in range(len(mem.recent_groups)):
+        t = mem._first_recent + j
+        cols.append(r[:, t] / (w[:, t] + n + 1e-12))
+    level = (totals[2] + 0.5) / (totals[0] + 1.0)
+    cols.append(np.log(base) - np.log1p(-base) - np.log(level / (1 - level)))
+    cols.append(np.ones_like(base))
+    return np.stack(cols, axis=1)
+
+
 @pytest.mark.parametrize("bits", [3, 24])
-def test_table_major_keys_and_features_equal_the_row_major_ones(rng, bits):
+def test_the_fused_read_equals_the_features_written_out(rng, bits):
+    # Crosses, a recent table, both clocks away from 1 and a shifted stream: every part of
+    # `read_weights` is exercised, against the features computed from the cells by hand.
     mem = r2.LSHErrorMemory(num_tables=3, num_bits=min(bits, 8), id_bits=bits,
-                            id_groups=["item", ("user", "genre")], half_life=None)
-    hidden = rng.normal(size=(64, 4)).astype(np.float32)
-    ids = {"item": rng.integers(0, 9, 64).astype(str), "user": rng.integers(0, 5, 64),
-           "genre": rng.choice(["x", "y"], 64)}
-    mem.update(hidden, rng.integers(0, 2, 64).astype(np.float32), np.full(64, 0.3), ids=ids)
-    keys, keys_t = mem.keys(hidden, ids).numpy(), mem.keys_t(hidden, ids).numpy()
-    np.testing.assert_array_equal(keys_t, keys.T)
+                            id_groups=["item", ("user", "genre"), ("item", "genre")],
+                            half_life=500.0, recent_half_life=40.0)
+    for step in range(6):
+        hidden = rng.normal(size=(64, 4)).astype(np.float32)
+        ids = {"item": rng.integers(0, 9, 64).astype(str), "user": rng.integers(0, 5, 64),
+               "genre": rng.choice(["x", "y"], 64)}
+        rate = 0.2 if step < 3 else 0.6  # the stream's rate moves: rho is not 0
+        mem.update(hidden, (rng.random(64) < rate).astype(np.float32), np.full(64, 0.3), ids=ids)
+    assert 0.0 < mem.recent_scale.numpy() < mem.scale.numpy() < 1.0
+    keys = mem.keys(hidden, ids).numpy()
     assert keys.max() > 2**20 if bits == 24 else keys.max() < 2**3  # float32-exact up to 2**24
-    np.testing.assert_array_equal(r2.layers.lsh_memory.transpose_keys(keys).numpy(), keys.T)
-    np.testing.assert_array_equal(
-        r2.layers.lsh_memory.transpose_keys(keys_t, table_major=True).numpy(), keys)
     big = np.array([[2**24 - 1, 0, 7], [1, 2**24 - 2, 2**23 + 1]], np.int32)
     np.testing.assert_array_equal(r2.layers.lsh_memory.transpose_keys(big).numpy(), big.T)
-    base = np.full(64, 0.4, np.float32)
-    rows = mem.trust_features(mem.lookup_keys(keys), base, 2.0).numpy()
-    columns = mem.trust_columns(mem.lookup_keys_t(keys_t), base, 2.0).numpy()
-    np.testing.assert_array_equal(columns, rows.T)
+    base = rng.uniform(0.05, 0.95, 64).astype(np.float32)
+    stats = mem.lookup_keys(keys).numpy()
+    for n in (2.0, 0.0):
+        expected = _features_by_hand(mem, stats, mem.totals().numpy(), mem.recent_totals().numpy(),
+                                     base.astype(np.float64), n)
+        got = mem.trust_features(keys, base, n).numpy()
+        assert got.shape == (64, mem.num_trust_features)
+        np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6)
+    support = mem.read(keys, base, 2.0)[1].numpy()
+    np.testing.assert_allclose(support, stats[..., 0].mean(1), rtol=1e-5)
+    # An emptied memory reads as an empty one: no stale scale, shift or level.
+    mem.reset()
+    empty = mem.trust_features(keys, base, 2.0).numpy()
+    np.testing.assert_array_equal(empty[:, :-2], 0.0)
+    np.testing.assert_allclose(empty[:, -2], np.log(base) - np.log1p(-base), rtol=1e-5)  # level 0
 
 
 def test_recent_tables_forget_at_their_own_half_life_through_snapshot_merge_and_folds(rng):
@@ -401,7 +440,7 @@ def test_every_group_reads_an_items_shift_net_of_the_whole_streams(rng):
     np.testing.assert_allclose(mem.totals().numpy(), stream, rtol=1e-4)  # no forgetting yet
     probe = {"item": np.array([str(i) for i in range(20)])}
     keys = mem.keys(np.zeros((20, 1), np.float32), probe)
-    features = mem.trust_features(mem.lookup_keys(keys), tf.fill([20], 0.5), 2.0).numpy()
+    features = mem.trust_features(keys, tf.fill([20], 0.5), 2.0).numpy()
     recent = features[:, mem.num_trust_features - 3]  # then the base logit and the bias
     item = features[:, 0]  # the item's long residual, at the first shrinkage
     raw = [((thinned - base)[items == str(i)].sum() / ((items == str(i)).sum() + 2.0))
@@ -413,7 +452,7 @@ def test_every_group_reads_an_items_shift_net_of_the_whole_streams(rng):
     hit = np.full(300, "3")
     mem.update(np.zeros((300, 1), np.float32), np.ones(300, np.float32), np.full(300, 0.3, np.float32),
                ids={"item": hit})
-    features = mem.trust_features(mem.lookup_keys(keys), tf.fill([20], 0.5), 2.0).numpy()
+    features = mem.trust_features(keys, tf.fill([20], 0.5), 2.0).numpy()
     for column in (features[:, 0], features[:, mem.num_trust_features - 3]):
         assert column[3] > 0.3 and np.abs(np.delete(column, 3)).max() < 0.1, column
 

@@ -16,7 +16,7 @@ import math
 
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.layers import _validation as v
-from reloop2_tf.layers.lsh_memory import LSHErrorMemory, transpose_keys
+from reloop2_tf.layers.lsh_memory import LSHErrorMemory
 from reloop2_tf.layers.memory_base import ErrorMemory, probability_to_logit
 
 
@@ -115,7 +115,7 @@ class ErrorCompensation(keras.layers.Layer):
             base_logits = tf.identity(base_logits)
         if not isinstance(self.memory, LSHErrorMemory):
             return self._paper_read(base_logits, self.memory.estimate(hidden, self.temperature, ids))
-        return self._read_keys(base_logits, self.memory.keys_t(hidden, ids))
+        return self._read_keys(base_logits, self.memory.keys(hidden, ids))
 
     def compensate_keys(self, base_logits, keys) -> dict[str, tf.Tensor]:
         """``compensate`` for rows given by their memory keys (from ``memory.keys``)."""
@@ -125,28 +125,25 @@ class ErrorCompensation(keras.layers.Layer):
                                       v.check_same_rows(keys, base_logits, "base_logits",
                                                         "memory_keys")]):
             base_logits = tf.identity(base_logits)
-        return self._read_keys(base_logits, transpose_keys(keys))
+        return self._read_keys(base_logits, keys)
 
-    def _read_keys(self, base_logits, keys_t) -> dict[str, tf.Tensor]:
-        """Reads rows by their keys, table-major ``[T, B]`` (``LSHErrorMemory.keys_t``)."""
-        stats_t = self.memory.lookup_keys_t(keys_t)  # [T, B, 3]
+    def _read_keys(self, base_logits, keys) -> dict[str, tf.Tensor]:
+        """Reads rows by their keys ``[B, T]`` (``LSHErrorMemory.keys``)."""
         if self.self_tuning:
-            out = self._self_tuned(base_logits, stats_t)
+            out = self._self_tuned(base_logits, keys)
         else:
-            stats = tf.transpose(stats_t, [1, 0, 2])
-            out = self._paper_read(base_logits,
-                                   self.memory.estimate_from_stats(stats, self.temperature))
-        out["memory_keys"] = transpose_keys(keys_t, table_major=True)
+            out = self._paper_read(base_logits, self.memory.estimate_from_stats(
+                self.memory.lookup_keys(keys), self.temperature))
+        out["memory_keys"] = keys
         return out
 
-    def _self_tuned(self, base_logits, stats_t) -> dict[str, tf.Tensor]:
+    def _self_tuned(self, base_logits, keys) -> dict[str, tf.Tensor]:
         base = tf.sigmoid(base_logits)
-        features_t = self.memory.trust_columns(stats_t, base, self.prior_count)  # [F, B]
+        features_t, support = self.memory.read(keys, base, self.prior_count)  # [F, B], [B]
         correction = tf.linalg.matvec(features_t, self.trust(), transpose_a=True)
         probability = tf.sigmoid(base_logits + self.compensation_weight * correction)
         return {"probability": probability, "base_probability": base,
-                "estimated_error": probability - base,
-                "memory_support": tf.reduce_mean(stats_t[..., 0], axis=0)}
+                "estimated_error": probability - base, "memory_support": support}
 
     def trust(self) -> tf.Tensor:
         """float32 ``[F]``: the learnt trust of every group (then the base logit and the bias),
@@ -212,8 +209,7 @@ class ErrorCompensation(keras.layers.Layer):
         if self.self_tuning and learn_trust:
             # The rows' logloss expansion at the trust they are served with, their features
             # read before the write: curvature H_t and moment H_t w_t - g_t.
-            x_t = self.memory.trust_columns(self.memory.lookup_keys_t(transpose_keys(keys)),
-                                            base_probs, self.prior_count)  # [F, B]
+            x_t = self.memory.read(keys, base_probs, self.prior_count)[0]  # [F, B]
             trust = self.trust()
             p = tf.sigmoid(probability_to_logit(base_probs)
                            + tf.linalg.matvec(x_t, trust, transpose_a=True))

@@ -246,6 +246,18 @@ class LSHErrorMemory(ErrorMemory):
         self.trust_solution = self.add_weight(name="trust_solution",
                                               shape=[self.num_trust_features],
                                               initializer="zeros", trainable=False)
+        # The combiner's features as one matmul of a row's cells (and its base probability, its
+        # logit and 1) by this matrix, then a few elementwise ops (``trust_features``). Its
+        # entries are fixed by the groups, the clocks' scales, the stream's shift and level;
+        # it is rebuilt whenever the state changes, like the trust (docs/performance.md).
+        self._read_layout = _ReadLayout(self)
+        weights, offsets = self._read_layout.initial()
+        self.read_weights = self.add_weight(
+            name="read_weights", shape=weights.shape, trainable=False,
+            initializer=keras.initializers.Constant(weights))
+        self.read_offsets = self.add_weight(
+            name="read_offsets", shape=offsets.shape, trainable=False,
+            initializer=keras.initializers.Constant(offsets))
         # [K*L, K] block-diagonal powers of two: packing every table's bits is one matmul, exact
         # in float32 because every partial sum is an integer below 2**24.
         pack = np.zeros([k * l, k], np.float32)
@@ -274,7 +286,7 @@ class LSHErrorMemory(ErrorMemory):
 
     def bucket_ids(self, hidden) -> tf.Tensor:
         """int32 ``[B, K]``: the bucket of every row in every SRP table."""
-        return transpose_keys(self._srp_keys_t(hidden), table_major=True)
+        return transpose_keys(self._srp_keys_t(hidden))
 
     def _srp_keys_t(self, hidden) -> tf.Tensor:
         """``bucket_ids`` table-major, int32 ``[K, B]``."""
@@ -303,7 +315,7 @@ class LSHErrorMemory(ErrorMemory):
         seeded by the memory's seed and the table's names (multiply-xorshift); the bucket is
         the key's top ``id_bits`` bits. All tables at once, whatever their number.
         """
-        return transpose_keys(self._id_keys_t(ids, rows), table_major=True)
+        return transpose_keys(self._id_keys_t(ids, rows))
 
     def _id_keys_t(self, ids: Mapping | None, rows=None) -> tf.Tensor:
         """``id_bucket_ids`` table-major, int32 ``[len(id_tables), B]``: every step works on
@@ -325,6 +337,7 @@ class LSHErrorMemory(ErrorMemory):
             message=f"`ids` must have one id per row (of `hidden`) for each of "
                     f"{list(self.id_features)}")
         with tf.control_dependencies([check]):
+            # One op per feature: hashing a stack of the strings costs the copy of the strings.
             hashed = [tf.strings.to_hash_bucket_fast(s, 2**63 - 1) for s in strings]
         # A last row of zeros stands for "no feature" in tables shorter than the longest.
         hashed = tf.bitcast(tf.stack([*hashed, tf.zeros_like(hashed[0])]), tf.uint64)
@@ -339,13 +352,10 @@ class LSHErrorMemory(ErrorMemory):
 
     def keys(self, hidden, ids: Mapping | None = None) -> tf.Tensor:
         """int32 ``[B, T]``: every row's bucket in the SRP tables, then in the id tables."""
-        # The write by features and `memory_keys` pass here: the cheap exact transpose.
-        return transpose_keys(self.keys_t(hidden, ids), table_major=True)
-
-    def keys_t(self, hidden, ids: Mapping | None = None) -> tf.Tensor:
-        """``keys`` table-major, int32 ``[T, B]``: what reads work on (``lookup_keys_t``)."""
+        # Both are computed table-major (every step on contiguous rows of B values), then
+        # turned once by the cheap exact transpose.
         srp = self._srp_keys_t(hidden)
-        return tf.concat([srp, self._id_keys_t(ids, rows=tf.shape(srp)[1])], axis=0)
+        return transpose_keys(tf.concat([srp, self._id_keys_t(ids, rows=tf.shape(srp)[1])], 0))
 
     def check_keys(self, keys) -> tf.Tensor:
         """``keys`` as int32 ``[B, T]`` after checking the shape and that every bucket exists."""
@@ -383,11 +393,6 @@ class LSHErrorMemory(ErrorMemory):
     def lookup_keys(self, keys) -> tf.Tensor:
         """float32 ``[B, T, 3]``: ``(weight, label, base)`` sums in every key's bucket, true units."""
         return tf.gather(self.sketch, keys + self._offsets) * self._table_scales()[:, None]
-
-    def lookup_keys_t(self, keys_t) -> tf.Tensor:
-        """``lookup_keys`` table-major: ``keys_t`` int32 ``[T, B]`` -> float32 ``[T, B, 3]``."""
-        return (tf.gather(self.sketch, keys_t + self._offsets[:, None])
-                * self._table_scales()[:, None, None])
 
     def _clock_scales(self) -> tf.Tensor:
         """float32 ``[2]``: the long clock's scale and the recent one's."""
@@ -442,9 +447,9 @@ class LSHErrorMemory(ErrorMemory):
             "support": tf.reduce_sum(weight, axis=-1) / tf.cast(tf.shape(weight)[-1], tf.float32),
         }
 
-    def trust_features(self, stats, base_probs, prior_count: float) -> tf.Tensor:
-        """float32 ``[B, F]``: the self-tuning combiner's inputs for rows with these ``stats``
-        (from ``lookup_keys``) and base probabilities ``base_probs`` ``[B]``.
+    def trust_features(self, keys, base_probs, prior_count: float) -> tf.Tensor:
+        """float32 ``[B, F]``: the self-tuning combiner's inputs for rows with these ``keys``
+        (int32 ``[B, T]``, from ``keys``) and base probabilities ``base_probs`` ``[B]``.
 
         Every group is read at two shrinkages, ``n = prior_count`` and ``10 * prior_count``, so
         that the combiner learns how fast to trust a bucket as its count ``c`` grows:
@@ -456,59 +461,50 @@ class LSHErrorMemory(ErrorMemory):
         * A single-feature group (the item) also gives ``(b - c * base) / (c + n)``: how far
           this row's base prediction lies from the group's mean one, which lets the combiner pool
           the base model's predictions towards the group's (the paper's gamma = 1, learnt).
-        * A recent table gives its shrunk residual at ``n = prior_count`` only, net of the
-          stream's recent relative shift: ``(y - b - rho * b) / (c + n)``, ``rho = (Y - B) /
-          (B + 1)`` from ``recent_totals``. A change of the whole stream's rate (every label
-          thinned alike) then leaves it at zero; a change that hits some items moves it.
+        * A recent table gives its shrunk residual at ``n = prior_count`` only.
+        * Every residual is read net of the stream's own relative shift over its table's
+          window: ``y - b - rho * b``, ``rho = (Y - B) / (B + 1)`` from ``totals`` (the recent
+          tables: ``recent_totals``). A change of the whole stream's rate (every label thinned
+          alike) then leaves them at zero; a change that hits some items moves them.
 
         Then the row's base logit, centred on the logit of the memory's mean base probability
         (the combiner can temper an over- or under-confident base around the stream's level, and
         the ridge on this column never stands in for the level: on a log with rare positives the
         raw logit is about -6 on every row), and 1 (it can follow a shift of the base rate).
-        """
-        stats_t = tf.transpose(stats, [1, 0, 2])
-        return tf.transpose(self.trust_columns(stats_t, base_probs, prior_count))
 
-    def trust_columns(self, stats_t, base_probs, prior_count: float) -> tf.Tensor:
-        """``trust_features`` table-major: ``stats_t`` ``[T, B, 3]`` (``lookup_keys_t``) ->
-        float32 ``[F, B]``. Reads use this layout: every gather and concat below moves
-        contiguous rows of B values, where the row-major one moved single values
-        (docs/performance.md)."""
-        weight, label, base = tf.unstack(stats_t, 3, axis=-1)  # each [T, B]
-        # Every residual net of the stream's own relative shift over its table's window,
-        # `y - b - rho * b`: a change of the whole stream's rate is the level's, not each group's.
+        All of it is one matmul of the rows' cells by ``read_weights`` (rebuilt whenever the
+        state changes), one gather and six elementwise ops: ``(r - c p / (q + n1)) / (d + n2)``
+        for five parts ``r, c, p, q, d`` of every feature (docs/performance.md).
+        """
+        return tf.transpose(self.read(keys, base_probs, prior_count)[0])
+
+    def read(self, keys, base_probs, prior_count: float) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(features, support)``: ``trust_features`` feature-major, ``[F, B]``, and the mean
+        weight of the rows' buckets over the tables ``[B]``, true units. ``keys`` ``[B, T]``
+        must be checked already."""
+        base_probs = tf.convert_to_tensor(base_probs, tf.float32)
+        cells = tf.gather(self.sketch, keys + self._offsets)  # [B, T, 3], as stored
+        readouts = tf.matmul(self.read_weights, tf.reshape(cells, [-1, 3 * self.total_tables]),
+                             transpose_a=True, transpose_b=True) + self.read_offsets  # [U, B]
+        rows = tf.concat([readouts, tf.stack([base_probs, probability_to_logit(base_probs),
+                                              tf.ones_like(base_probs), tf.zeros_like(base_probs)])],
+                         axis=0)
+        # Feature-major, so that the gather and every op after it move contiguous rows of B.
+        r, c, p, q, d = tf.unstack(tf.gather(rows, self._read_layout.parts), axis=0)
+        n1, n2 = self._read_layout.shrinkage(prior_count)
+        return (r - c * p / (q + n1)) / (d + n2), readouts[self._read_layout.support]
+
+    def _read_weights_value(self) -> tf.Tensor:
+        """``read_weights`` with ``read_offsets`` as a last row for the current state: the
+        tables' scales, each table's netting factor ``1 + rho`` and the memory's level
+        (``trust_features``)."""
+        scales = self._table_scales()
         totals = tf.gather(self.sketch, self._totals_rows) * self._clock_scales()[:, None]
         rho = (totals[:, 1] - totals[:, 2]) / (totals[:, 2] + 1.0)
-        residual = label - base * tf.gather(1.0 + rho, self._table_clock)[:, None]
-        k = self.num_tables
-        groups = _indices([k + i for i in range(len(self._parents))])
-        # Every group's count and residual, and its parent's (a cross is centred on its first
-        # feature; a single-feature group on nothing: a zero row of weight and residual).
-        padded_w = tf.pad(weight, [[0, 1], [0, 0]])
-        padded_r = tf.pad(residual, [[0, 1], [0, 0]])
-        none = weight.shape[0] if weight.shape[0] is not None else self.total_tables
-        parents = _indices([k + p if p >= 0 else none for p in self._parents])
-        c, r = tf.gather(weight, groups), tf.gather(residual, groups)
-        pc, pr = tf.gather(padded_w, parents), tf.gather(padded_r, parents)
-        singles = _indices([k + i for i, p in enumerate(self._parents) if p < 0])
-        sc = tf.gather(weight, singles)
-        spread = tf.gather(base, singles) - sc * base_probs[None, :]
-        if k:
-            srp_r = tf.reduce_sum(residual[:k], 0, keepdims=True)
-            srp_c = tf.reduce_sum(weight[:k], 0, keepdims=True)
-        columns = []
-        for n in (prior_count, 10.0 * prior_count):
-            if k:
-                columns.append(srp_r / (srp_c + k * n + 1e-12))
-            columns.append((r - c * pr / (pc + n + 1e-12)) / (c + n + 1e-12))
-            columns.append(spread / (sc + n + 1e-12))
-        if self.recent_groups:
-            recent = slice(self._first_recent, self._first_recent + len(self.recent_groups))
-            columns.append(residual[recent] / (weight[recent] + prior_count + 1e-12))
         level = probability_to_logit((totals[0, 2] + 0.5) / (totals[0, 0] + 1.0))
-        columns.append((probability_to_logit(base_probs) - level)[None, :])
-        columns.append(tf.ones_like(weight[:1]))
-        return tf.concat(columns, axis=0)
+        values = tf.concat([scales, scales * tf.gather(1.0 + rho, self._table_clock),
+                            level[None]], axis=0)
+        return self._read_layout.weights(values)
 
     def trust_sums(self) -> tuple[tf.Tensor, tf.Tensor]:
         """The combiner's sums in true units: curvature ``[F, F]`` and moment ``[F]``
@@ -558,9 +554,14 @@ class LSHErrorMemory(ErrorMemory):
         trust = tf.concat([groups, temper[None], (bias * shrink)[None]], axis=0)
         return tf.clip_by_value(trust, -_MAX_TRUST, _MAX_TRUST)
 
-    def _refresh_trust(self):
-        self.trust_solution.assign(self.solve_trust())
-        return tf.no_op()
+    def _refresh(self, trust: bool = True) -> None:
+        """Rebuilds what reads gather instead of computing: ``read_weights`` and, with
+        ``trust``, the trust solved from the combiner's sums."""
+        weights = self._read_weights_value()
+        self.read_weights.assign(weights[:-1])
+        self.read_offsets.assign(weights[-1][:, None])
+        if trust:
+            self.trust_solution.assign(self.solve_trust())
 
     def totals(self) -> tf.Tensor:
         """float32 ``[3]``: the weight, label and base-probability sums of every row written,
@@ -653,9 +654,10 @@ class LSHErrorMemory(ErrorMemory):
                     lambda: self._add_dense(cells, values), lambda: self._scatter(cells, values))
         if self.half_life is not None or self.recent_groups:
             self._fold_if_due()
-        if (trust_delta is not None or self.half_life is not None or self.recent_groups
-                or self.trust_half_life is not None):  # forgetting moves it too
-            self._refresh_trust()
+        # The read weights follow the totals on every write; the trust moves with new sums and
+        # with forgetting.
+        self._refresh(trust=trust_delta is not None or self.half_life is not None
+                      or bool(self.recent_groups) or self.trust_half_life is not None)
         return tf.reduce_sum(sample_weight)
 
     def _trust_forgetting(self, rows) -> tf.Tensor:
@@ -716,6 +718,9 @@ class LSHErrorMemory(ErrorMemory):
         self.scale.assign(1.0)
         self.recent_scale.assign(1.0)
         self.trust_solution.assign(tf.zeros_like(self.trust_solution))
+        weights, offsets = self._read_layout.initial()
+        self.read_weights.assign(weights)
+        self.read_offsets.assign(offsets)
 
     def decay(self, factor) -> None:
         """Multiplies every stored weight by ``factor`` in (0, 1]."""
@@ -725,7 +730,7 @@ class LSHErrorMemory(ErrorMemory):
         self.scale.assign(self.scale * factor)
         self.recent_scale.assign(self.recent_scale * factor)
         self._fold_if_due()
-        self._refresh_trust()
+        self._refresh()
 
     # -- snapshots and merges ----------------------------------------------------------------
 
@@ -771,7 +776,7 @@ class LSHErrorMemory(ErrorMemory):
         self.sketch.assign(state)
         self.scale.assign(1.0)
         self.recent_scale.assign(1.0)
-        self._refresh_trust()
+        self._refresh()
 
     def merge(self, other) -> None:
         """Adds another memory (an ``LSHErrorMemory``, a ``snapshot`` or a difference of two
@@ -793,7 +798,7 @@ class LSHErrorMemory(ErrorMemory):
             other = other.snapshot()
         state = self.check_delta(other)
         self.sketch.assign_add(state / self._row_scales()[:, None])
-        self._refresh_trust()
+        self._refresh()
 
     def layout(self) -> dict:
         """What two memories must share for their sketches to add up."""
@@ -811,27 +816,20 @@ class LSHErrorMemory(ErrorMemory):
         return config
 
 
-def transpose_keys(keys, table_major: bool = False) -> tf.Tensor:
-    """Bucket indices ``[B, T]`` <-> ``[T, B]`` (``table_major``: ``keys`` is ``[T, B]``).
+def transpose_keys(keys_t) -> tf.Tensor:
+    """Bucket indices ``[T, B]`` -> ``[B, T]``.
 
     A float32 matmul by the ``T x T`` identity, exact because every bucket is below 2**24
     (``num_bits`` and ``id_bits`` are at most 24) and each sum has one non-zero term:
     ``tf.transpose`` of int32 ``[11, 1024]`` costs ~80 us on CPU, this ~25 us
     (docs/performance.md).
     """
-    values = tf.cast(keys, tf.float32)
-    tables = keys.shape[0 if table_major else 1]
+    tables = keys_t.shape[0]
     # A constant identity when the table count is static (always, inside the memory): no
     # MatrixDiag and shape ops on every call.
     eye = (tf.constant(np.eye(tables, dtype=np.float32)) if tables is not None
-           else tf.eye(tf.shape(keys)[0 if table_major else 1]))
-    if table_major:
-        return tf.cast(tf.matmul(values, eye, transpose_a=True), tf.int32)
-    return tf.cast(tf.matmul(eye, values, transpose_b=True), tf.int32)
-
-
-def _indices(values: list[int]) -> tf.Tensor:
-    return tf.constant(values, tf.int32, shape=[len(values)])
+           else tf.eye(tf.shape(keys_t)[0]))
+    return tf.cast(tf.matmul(tf.cast(keys_t, tf.float32), eye, transpose_a=True), tf.int32)
 
 
 def _as_id_strings(ids, name: str) -> tf.Tensor:
@@ -844,3 +842,107 @@ def _as_id_strings(ids, name: str) -> tf.Tensor:
     if ids.shape.rank not in (None, 1, 2) or (ids.shape.rank == 2 and ids.shape[1] not in (None, 1)):
         raise ValueError(f"`ids[{name!r}]` must have shape [B] or [B, 1]. Received: shape={ids.shape}")
     return tf.reshape(ids, [-1])
+
+
+class _ReadLayout:
+    """Where the combiner's features come from (``LSHErrorMemory.trust_features``), fixed by a
+    memory's groups.
+
+    A row's cells as stored, ``[w, y, b]`` per table (``3 T`` values), map linearly to ``U``
+    read-outs: the SRP tables' summed residual and count, every id table's residual and count,
+    every single-feature group's base sum, the mean weight, and the level.
+    ``read_weights`` ``[3 T, U]`` and ``read_offsets`` ``[U, 1]`` (constants: the level) hold
+    that map for the current state: every non-zero entry is a constant times one of ``values`` =
+    ``[scale_t (T), scale_t (1 + rho_t) (T), level]`` (``weights``). The read-outs and four
+    more rows (the base probability, its logit, 1 and 0) give every feature's five parts
+    ``r, c, p, q, d`` by one gather (``parts``, ``[5, F]`` row indices); a feature is
+    ``(r - c p / (q + n1)) / (d + n2)`` with ``n1``, ``n2`` ``a * prior_count + b``
+    (``shrinkage``).
+    """
+
+    def __init__(self, memory: LSHErrorMemory):
+        t, k = memory.total_tables, memory.num_tables
+        level = 2 * t  # the entry of `values` that holds the level
+        entries = []  # (row of read_weights, read-out, entry of `values`, constant)
+        readouts = {}
+
+        def readout(name, *terms):
+            readouts[name] = len(readouts)
+            entries.extend((row, readouts[name], source, constant)
+                           for row, source, constant in terms)
+
+        def count(table, constant=1.0):
+            return [(3 * table, table, constant)]
+
+        def residual(table):
+            return [(3 * table + 1, table, 1.0), (3 * table + 2, t + table, -1.0)]
+
+        if k:
+            readout("srp residual", *(e for table in range(k) for e in residual(table)))
+            readout("srp count", *(e for table in range(k) for e in count(table)))
+        for table in range(k, t):
+            readout(("residual", table), *residual(table))
+            readout(("count", table), *count(table))
+        singles = [k + i for i, parent in enumerate(memory._parents) if parent < 0]
+        for table in singles:
+            readout(("base", table), (3 * table + 2, table, 1.0))
+        readout("support", *(e for table in range(t) for e in count(table, 1.0 / t)))
+        readout("level", (3 * t, level, 1.0))
+        self.shape = [3 * t + 1, len(readouts)]
+        self.support = readouts["support"]
+        for name in ("base probability", "logit", "one", "zero"):  # rows after the read-outs
+            readouts[name] = len(readouts)
+        zero = "zero"
+        parts, n1, n2 = [], [], []  # per feature: (r, c, p, q, d), (a, b) of n1 and of n2
+
+        def feature(r, c, p, q, d, a1, a2):
+            parts.append([readouts[x] for x in (r, c, p, q, d)])
+            n1.append(a1)
+            n2.append(a2)
+
+        for m in (1.0, 10.0):
+            if k:
+                feature("srp residual", zero, zero, zero, "srp count", (0.0, 1.0), (k * m, 1e-12))
+            for i, parent in enumerate(memory._parents):
+                own = ("residual", k + i), ("count", k + i)
+                if parent < 0:
+                    feature(own[0], zero, zero, zero, own[1], (m, 1e-12), (m, 1e-12))
+                else:
+                    feature(own[0], own[1], ("residual", k + parent), ("count", k + parent),
+                            own[1], (m, 1e-12), (m, 1e-12))
+            for table in singles:
+                feature(("base", table), ("count", table), "base probability", zero,
+                        ("count", table), (0.0, 1.0), (m, 1e-12))
+        for j in range(len(memory.recent_groups)):
+            table = memory._first_recent + j
+            feature(("residual", table), zero, zero, zero, ("count", table), (0.0, 1.0),
+                    (1.0, 1e-12))
+        feature("logit", "one", "level", zero, zero, (0.0, 1.0), (0.0, 1.0))  # logit - level
+        feature("one", zero, zero, zero, zero, (0.0, 1.0), (0.0, 1.0))  # the bias
+        if len(parts) != memory.num_trust_features:
+            raise AssertionError(f"{len(parts)} read features, {memory.num_trust_features} trusts")
+        self.parts = np.array(parts, np.int32).T  # [5, F]
+        rows, columns, sources, constants = zip(*entries)
+        self._indices = np.stack([rows, columns], axis=1).astype(np.int32)
+        self._sources = np.array(sources, np.int32)
+        self._constants = np.array(constants, np.float32)
+        self._n1, self._n2 = np.array(n1, np.float64), np.array(n2, np.float64)
+
+    def weights(self, values) -> tf.Tensor:
+        """``read_weights`` with ``read_offsets`` as a last row, for ``values`` ``[2 T + 1]``."""
+        return tf.scatter_nd(self._indices, self._constants * tf.gather(values, self._sources),
+                             self.shape)
+
+    def initial(self) -> tuple[np.ndarray, np.ndarray]:
+        """``read_weights`` ``[3 T, U]`` and ``read_offsets`` ``[U, 1]`` of an empty memory:
+        scales 1, no shift, level 0."""
+        t = (self.shape[0] - 1) // 3
+        values = np.concatenate([np.ones(2 * t), [0.0]])
+        out = np.zeros(self.shape, np.float32)
+        out[self._indices[:, 0], self._indices[:, 1]] = self._constants * values[self._sources]
+        return out[:-1], out[-1][:, None]
+
+    def shrinkage(self, prior_count: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(n1, n2)``, float32 ``[F, 1]`` each, for ``prior_count``."""
+        return tuple((a[:, :1] * prior_count + a[:, 1:]).astype(np.float32)
+                     for a in (self._n1, self._n2))
