@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from reloop2_tf._keras import tf
+from reloop2_tf.layers import _validation as v
 from reloop2_tf.layers.lsh_memory import LSHErrorMemory
 from reloop2_tf.wrapper import ReLoop2Model
 
@@ -176,37 +177,27 @@ def _dummy_batch(specs: Mapping[str, tf.TensorSpec]) -> dict[str, tf.Tensor]:
 def _checked(tensors: Mapping[str, tf.Tensor], order: list[str]) -> dict[str, tf.Tensor]:
     """``tensors`` gated by the request checks, so nothing downstream runs on bad input.
 
-    Every input must have the same, non-zero number of rows, and float inputs must be finite.
+    Every input must have the same, non-zero number of rows and float inputs must be finite;
+    ``label`` must be in [0, 1] and ``sample_weight`` >= 0 (checked on the finite-checked
+    tensors, so NaN is reported as NaN). The memory checks its own inputs again, under its own
+    argument names.
     """
     first = order[0]
     rows = tf.shape(tensors[first])[0]
-    checks = [tf.debugging.assert_positive(
-        rows, message=f"the batch is empty: `{first}` has 0 rows; send at least one row")]
-    for name in order:
-        tensor = tensors[name]
-        if name != first:
-            checks.append(tf.debugging.assert_equal(
-                tf.shape(tensor)[0], rows,
-                message=f"`{name}` must have as many rows as `{first}` (one per example)"))
-        if tensor.dtype.is_floating:
-            checks.append(tf.debugging.assert_all_finite(tensor, f"`{name}` contains NaN or Inf"))
+    checks = [v.assert_that(rows > 0, f"the batch is empty: `{first}` has 0 rows; "
+                                      "send at least one row")]
+    tensors = {name: v.finite(t, name) if t.dtype.is_floating else t
+               for name, t in tensors.items()}
+    for name in order[1:]:
+        checks.append(v.assert_that(
+            tf.equal(tf.shape(tensors[name])[0], rows),
+            f"`{name}` must have as many rows as `{first}` (one per example)"))
+    if LABEL in tensors:
+        checks.append(v.in_unit_interval(tensors[LABEL], LABEL))
+    if SAMPLE_WEIGHT in tensors:
+        checks.append(v.non_negative(tensors[SAMPLE_WEIGHT], SAMPLE_WEIGHT))
     with tf.control_dependencies(checks):
         return {name: tf.identity(tensors[name]) for name in order}
-
-
-def _checked_label_and_weight(checked: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-    """``label`` and ``sample_weight`` gated by range checks whose messages name the inputs.
-
-    The memory validates too; these read the finite-checked tensors, so NaN is reported as NaN,
-    not as out of range.
-    """
-    label, sample_weight = checked[LABEL], checked[SAMPLE_WEIGHT]
-    with tf.control_dependencies([
-        tf.debugging.assert_greater_equal(label, 0.0, message=f"`{LABEL}` must be in [0, 1]"),
-        tf.debugging.assert_less_equal(label, 1.0, message=f"`{LABEL}` must be in [0, 1]"),
-        tf.debugging.assert_non_negative(sample_weight, message=f"`{SAMPLE_WEIGHT}` must be >= 0"),
-    ]):
-        return tf.identity(label), tf.identity(sample_weight)
 
 
 def memory_fingerprint(memory: LSHErrorMemory) -> str:
@@ -311,9 +302,8 @@ class _ServingModule(tf.Module):
         def update_memory(features, label, sample_weight, write_id):
             checked = _checked({**features, LABEL: label, SAMPLE_WEIGHT: sample_weight},
                                [*names, LABEL, SAMPLE_WEIGHT])
-            label, sample_weight = _checked_label_and_weight(checked)
             written = self.once(write_id, lambda: model.update_memory(
-                {n: checked[n] for n in names}, label, sample_weight))
+                {n: checked[n] for n in names}, checked[LABEL], checked[SAMPLE_WEIGHT]))
             # Read after the write: automatic control dependencies order ops on the variable.
             return {"weight_written": written, MEMORY_WEIGHT: model.memory.total_weight()}
 
@@ -331,9 +321,9 @@ class _ServingModule(tf.Module):
                 checked = _checked({MEMORY_KEYS: memory_keys, BASE_PROBABILITY: base_probability,
                                     LABEL: label, SAMPLE_WEIGHT: sample_weight},
                                    [MEMORY_KEYS, BASE_PROBABILITY, LABEL, SAMPLE_WEIGHT])
-                label, sample_weight = _checked_label_and_weight(checked)
                 written = self.once(write_id, lambda: model.update_memory_by_keys(
-                    checked[MEMORY_KEYS], checked[BASE_PROBABILITY], label, sample_weight))
+                    checked[MEMORY_KEYS], checked[BASE_PROBABILITY], checked[LABEL],
+                    checked[SAMPLE_WEIGHT]))
                 return {"weight_written": written, MEMORY_WEIGHT: memory.total_weight()}
 
             functions[UPDATE_MEMORY_BY_KEYS] = update_memory_by_keys.get_concrete_function()

@@ -31,14 +31,16 @@ def test_model_macs_counts_every_dense_call_by_its_input_rows():
 
 
 def test_memory_macs_by_hand():
-    parts = macs.memory_macs(dim=64, num_tables=8, num_bits=10, num_trust_features=6, batch=2)
+    parts = macs.memory_macs(dim=64, num_tables=8, num_bits=10, num_trust_features=6, batch=2,
+                             readouts=3 * 8 * 4)
     assert parts["srp_projections"] == 64 * 8 * 10
     assert parts["srp_bit_packing"] == 80 * 8
+    assert parts["combiner_readouts"] == 96
     assert parts["combiner_dot"] == 6
     assert parts["trust_solve_per_write"] == 72 + 36  # made on writes, not in the read's total
-    assert parts["total"] == 5120 + 640 + 6
+    assert parts["total"] == 5120 + 640 + 96 + 6
     paper = macs.memory_macs(dim=64, num_tables=8, num_bits=10, num_trust_features=6,
-                             self_tuning=False)
+                             self_tuning=False, readouts=96)
     assert paper["total"] == 5120 + 640
     with pytest.raises(ValueError, match="batch=0"):
         macs.memory_macs(64, 8, 10, 6, batch=0)

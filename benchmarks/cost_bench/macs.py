@@ -10,7 +10,8 @@ out (they are memory-bound, not compute-bound).
 
 Memory (``memory_macs``): the read of an ``LSHErrorMemory`` under the self-tuning combiner:
 the SRP projections ``d x K x L`` and their bit packing (one ``[K*L, K]`` matmul: ``K x L x K``)
-per row, and the combiner's dot product ``F`` per row. The ``F x F`` solve of the trust (LU:
+per row, the combiner's read-outs (the rows' ``3 T`` cells by ``read_weights``, ``3 T x U``;
+``readouts``) and its dot product ``F`` per row. The ``F x F`` solve of the trust (LU:
 ``F^3/3 + F^2``) is made when the memory is written, not on reads; it is reported per write call
 (``trust_solve_per_write``) and left out of the read's total. Id tables cost hashes and gathers,
 no multiply-adds.
@@ -62,15 +63,16 @@ def model_macs(model, inputs: Mapping) -> dict:
 
 
 def memory_macs(dim: int, num_tables: int, num_bits: int, num_trust_features: int,
-                batch: int = 1, self_tuning: bool = True) -> dict:
+                batch: int = 1, self_tuning: bool = True, readouts: int = 0) -> dict:
     """Multiply-adds per row of one read of an ``LSHErrorMemory`` (see the module docstring)."""
-    if min(dim, batch) < 1 or min(num_tables, num_bits, num_trust_features) < 0:
+    if min(dim, batch) < 1 or min(num_tables, num_bits, num_trust_features, readouts) < 0:
         raise ValueError(f"sizes should be positive. Received: {dim=}, {num_tables=}, "
                          f"{num_bits=}, {num_trust_features=}, {batch=}")
     f = num_trust_features if self_tuning else 0
     parts = {
         "srp_projections": dim * num_tables * num_bits,
         "srp_bit_packing": num_tables * num_bits * num_tables,
+        "combiner_readouts": readouts if self_tuning else 0,
         "combiner_dot": f,
     }
     parts["total"] = float(sum(parts.values()))
@@ -83,4 +85,5 @@ def memory_macs_of(model, batch: int = 1) -> dict:
     memory = model.memory
     dim = int(memory.dim)
     return memory_macs(dim, memory.num_tables, memory.num_bits, memory.num_trust_features,
-                       batch, model.compensation.self_tuning)
+                       batch, model.compensation.self_tuning,
+                       readouts=int(np.prod(memory.read_weights.shape)))

@@ -38,29 +38,41 @@ def as_hidden(hidden, dim: int | None) -> tf.Tensor:
     return hidden
 
 
-def check_finite(x: tf.Tensor, name: str) -> tf.Operation:
-    return tf.debugging.assert_all_finite(x, f"`{name}` contains NaN or Inf")
+def assert_that(condition: tf.Tensor, message: str) -> tf.Operation:
+    """One ``Assert`` of a scalar bool ``condition`` that fails with ``message``.
+
+    An assertion is three ops here (the condition's reduction, the message, the ``Assert``)
+    where a ``tf.debugging.assert_*`` adds six to eight (constants for its own messages, the
+    comparison's names); a write checks a dozen things per call, and at batch 1 a served call's
+    cost is its op count (docs/performance.md). The checks stay separate ops, so none waits
+    for another.
+    """
+    return tf.debugging.Assert(condition, [message])
 
 
-def check_in_unit_interval(x: tf.Tensor, name: str) -> list[tf.Operation]:
-    return [
-        check_finite(x, name),
-        tf.debugging.assert_greater_equal(x, 0.0, message=f"`{name}` must be in [0, 1]"),
-        tf.debugging.assert_less_equal(x, 1.0, message=f"`{name}` must be in [0, 1]"),
-    ]
+def finite(x: tf.Tensor, name: str) -> tf.Tensor:
+    """``x``, gated by a check that it holds no NaN or Inf (one ``CheckNumerics``)."""
+    return tf.debugging.check_numerics(x, f"`{name}` contains NaN or Inf")
 
 
-def check_same_rows(reference: tf.Tensor, other: tf.Tensor, name: str,
-                    reference_name: str = "hidden") -> tf.Operation:
+def in_unit_interval(x: tf.Tensor, name: str) -> tf.Operation:
+    """Every value in [0, 1]. Give it ``finite(x)`` to report NaN as NaN."""
+    return assert_that(tf.reduce_all((x >= 0.0) & (x <= 1.0)), f"`{name}` must be in [0, 1]")
+
+
+def non_negative(x: tf.Tensor, name: str) -> tf.Operation:
+    return assert_that(tf.reduce_all(x >= 0.0), f"`{name}` must be >= 0")
+
+
+def same_rows(reference: tf.Tensor, other: tf.Tensor, name: str,
+              reference_name: str = "hidden") -> tf.Operation:
+    """As many rows in ``other`` as in ``reference``; raises at once when both are static."""
     rows, other_rows = reference.shape[0], other.shape[0]
     if rows is not None and other_rows is not None and rows != other_rows:
         raise ValueError(f"`{name}` must have one entry per row of `{reference_name}` ({rows}). "
                          f"Received: {other_rows} entries")
-    return tf.debugging.assert_equal(
-        tf.shape(other)[0],
-        tf.shape(reference)[0],
-        message=f"`{name}` must have one entry per row of `{reference_name}`",
-    )
+    return assert_that(tf.equal(tf.shape(other)[0], tf.shape(reference)[0]),
+                       f"`{name}` must have one entry per row of `{reference_name}`")
 
 
 def write_columns(labels, base_probs, sample_weight):
@@ -73,22 +85,18 @@ def write_columns(labels, base_probs, sample_weight):
 
 
 def update_checks(hidden, labels, base_probs, sample_weight, reference=None,
-                  reference_name: str = "hidden"):
-    """All assertions for a write; returns the list of assert ops.
+                  reference_name: str = "hidden") -> list:
+    """The assertions of a write (for ``tf.control_dependencies``).
 
     Rows are counted on ``hidden``, or on ``reference`` (e.g. the memory keys) when it is given.
     """
-    checks = [] if hidden is None else [check_finite(hidden, "hidden")]
+    checks = [] if hidden is None else [finite(hidden, "hidden")]
     reference = hidden if reference is None else reference
-    checks += check_in_unit_interval(labels, "labels")
-    checks += check_in_unit_interval(base_probs, "base_probs")
-    checks += [
-        check_finite(sample_weight, "sample_weight"),
-        tf.debugging.assert_non_negative(
-            sample_weight, message="`sample_weight` must be >= 0"
-        ),
-        check_same_rows(reference, labels, "labels", reference_name),
-        check_same_rows(reference, base_probs, "base_probs", reference_name),
-        check_same_rows(reference, sample_weight, "sample_weight", reference_name),
-    ]
-    return checks
+    labels, base_probs = finite(labels, "labels"), finite(base_probs, "base_probs")
+    sample_weight = finite(sample_weight, "sample_weight")
+    return checks + [
+        in_unit_interval(labels, "labels"), in_unit_interval(base_probs, "base_probs"),
+        non_negative(sample_weight, "sample_weight"),
+        same_rows(reference, labels, "labels", reference_name),
+        same_rows(reference, base_probs, "base_probs", reference_name),
+        same_rows(reference, sample_weight, "sample_weight", reference_name)]

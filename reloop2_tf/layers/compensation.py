@@ -109,10 +109,8 @@ class ErrorCompensation(keras.layers.Layer):
         hidden = self.memory._check_hidden(hidden)
         # A read cannot corrupt the memory, and a non-finite hidden vector only picks SRP
         # buckets: its finiteness is checked on writes, not on every read (docs/performance.md).
-        checks = [v.check_finite(base_logits, "base_logits"),
-                  v.check_same_rows(hidden, base_logits, "base_logits")]
-        with tf.control_dependencies(checks):
-            base_logits = tf.identity(base_logits)
+        with tf.control_dependencies([v.same_rows(hidden, base_logits, "base_logits")]):
+            base_logits = v.finite(base_logits, "base_logits")
         if not isinstance(self.memory, LSHErrorMemory):
             return self._paper_read(base_logits, self.memory.estimate(hidden, self.temperature, ids))
         return self._read_keys(base_logits, self.memory.keys(hidden, ids))
@@ -121,10 +119,9 @@ class ErrorCompensation(keras.layers.Layer):
         """``compensate`` for rows given by their memory keys (from ``memory.keys``)."""
         base_logits = v.as_column(base_logits, "base_logits")
         keys = self.memory.check_keys(keys)
-        with tf.control_dependencies([v.check_finite(base_logits, "base_logits"),
-                                      v.check_same_rows(keys, base_logits, "base_logits",
-                                                        "memory_keys")]):
-            base_logits = tf.identity(base_logits)
+        with tf.control_dependencies([v.same_rows(keys, base_logits, "base_logits",
+                                                  "memory_keys")]):
+            base_logits = v.finite(base_logits, "base_logits")
         return self._read_keys(base_logits, keys)
 
     def _read_keys(self, base_logits, keys) -> dict[str, tf.Tensor]:
@@ -187,9 +184,8 @@ class ErrorCompensation(keras.layers.Layer):
         """
         base_logits = v.as_column(base_logits, "base_logits")
         hidden = self.memory._check_hidden(hidden)
-        with tf.control_dependencies([v.check_finite(base_logits, "base_logits"),
-                                      v.check_same_rows(hidden, base_logits, "base_logits")]):
-            base = tf.sigmoid(base_logits)
+        with tf.control_dependencies([v.same_rows(hidden, base_logits, "base_logits")]):
+            base = tf.sigmoid(v.finite(base_logits, "base_logits"))
         if not isinstance(self.memory, LSHErrorMemory):
             return self.memory.update(hidden, labels, base, sample_weight, ids)
         keys, labels, base, sample_weight = self.memory.checked_write(hidden, labels, base,

@@ -332,10 +332,9 @@ class LSHErrorMemory(ErrorMemory):
         strings = [_as_id_strings(ids[n], n) for n in self.id_features]
         sizes = tf.stack([tf.size(s) for s in strings])
         expected = sizes[0] if rows is None else rows
-        check = tf.debugging.assert_equal(
-            sizes, tf.fill(tf.shape(sizes), expected),
-            message=f"`ids` must have one id per row (of `hidden`) for each of "
-                    f"{list(self.id_features)}")
+        check = v.assert_that(tf.reduce_all(tf.equal(sizes, expected)),
+                              f"`ids` must have one id per row (of `hidden`) for each of "
+                              f"{list(self.id_features)}")
         with tf.control_dependencies([check]):
             # One op per feature: hashing a stack of the strings costs the copy of the strings.
             hashed = [tf.strings.to_hash_bucket_fast(s, 2**63 - 1) for s in strings]
@@ -375,11 +374,9 @@ class LSHErrorMemory(ErrorMemory):
             # Every table's smallest and largest key, not every key against its table's size:
             # a broadcast compare of [B, T] with [T] costs ~60 us at B = 256 (docs/performance.md).
             low, high = tf.reduce_min(keys), tf.reduce_max(keys, axis=0)
-        checks = [
-            tf.debugging.assert_non_negative(low, message="`memory_keys` must be >= 0"),
-            tf.debugging.assert_less(high, self._sizes,
-                                     message="`memory_keys` holds a bucket beyond its table"),
-        ]
+        checks = [v.assert_that(low >= 0, "`memory_keys` must be >= 0"),
+                  v.assert_that(tf.reduce_all(high < self._sizes),
+                                "`memory_keys` holds a bucket beyond its table")]
         with tf.control_dependencies(checks):
             return tf.identity(keys)
 
