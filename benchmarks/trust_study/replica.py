@@ -296,3 +296,38 @@ def add_item_clusters(s: Stream, path, k: int = 16, seed: int = 0) -> str:
     name = f"item_cluster{k}"
     s.warm[name], s.test[name] = labels[:len(warm)].astype(str), labels[len(warm):].astype(str)
     return name
+
+
+def add_item_popularity(s: Stream, cap: int = 10) -> str:
+    """Adds every row's item popularity bucket, ``floor(log2(1 + rows of the item among the warm
+    rows))`` capped at ``cap``, as a pseudo-column (the warm rows precede the test rows: no
+    look-ahead); returns its name."""
+    items, counts = np.unique(s.warm["item_id"], return_counts=True)
+    bucket = dict(zip(items, np.minimum(np.floor(np.log2(1 + counts)), cap).astype(int)))
+    for rows in (s.warm, s.test):
+        rows["item_pop"] = np.array([str(bucket.get(i, 0)) for i in rows["item_id"]])
+    return "item_pop"
+
+
+class OnlinePopularity(Replica):
+    """The default groups plus ``user_id x`` the item's popularity bucket read off the memory
+    itself at serving time: ``floor(log2(1 + c))`` (capped at ``cap``) of the item table's
+    (forgetting) count ``c`` when the row is read; the row is written to the bucket it was read
+    from (writes by keys). What a memory-internal version of ``add_item_popularity`` would do,
+    with no column the base model or the client has to know."""
+
+    def __init__(self, s: Stream, cap: int = 15, **kwargs):
+        user_codes, users = s.codes(("user_id",))
+        s.warm["item_pop_online"] = np.full(len(s.wy), "0", dtype=object)
+        s.test["item_pop_online"] = np.full(len(s.y), "0", dtype=object)
+        super().__init__(s, groups=list(s.groups) + [("user_id", "item_pop_online")], **kwargs)
+        self.cap, self.user_codes = cap, user_codes
+        self.cross = len(self.groups) - 1
+        self.item = self.groups.index(("item_id",))
+        self.state[self.cross] = np.zeros((users * (cap + 1), 3))
+
+    def features(self, idx, base):
+        count = self.state[self.item][self.codes[self.item][idx], 0]
+        bucket = np.minimum(np.floor(np.log2(1.0 + count)), self.cap).astype(int)
+        self.codes[self.cross][idx] = self.user_codes[idx] * (self.cap + 1) + bucket
+        return super().features(idx, base)
