@@ -357,10 +357,11 @@ def test_zero_trust_and_zero_lambda_give_the_base_bit_for_bit(rng):
     assert off.trust().numpy().any()  # the trust is learnt; lambda = 0 does not use it
 
 
-def test_writes_by_keys_equal_writes_by_features(rng):
+@pytest.mark.parametrize("groups", [["item", ("item", "u")],
+                                    ["item", ("item", "u"), ("u", "item:popularity")]])
+def test_writes_by_keys_equal_writes_by_features(rng, groups):
     def make():
-        return r2.ErrorCompensation(r2.LSHErrorMemory(num_tables=4, num_bits=5,
-                                                      id_groups=["item", ("item", "u")]))
+        return r2.ErrorCompensation(r2.LSHErrorMemory(num_tables=4, num_bits=5, id_groups=groups))
     by_features, by_keys = make(), make()
     for _ in range(8):
         hidden, ids, labels = _stream(rng, 300)

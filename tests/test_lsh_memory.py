@@ -265,6 +265,54 @@ def test_id_tables_key_rows_by_identity_and_crosses_get_their_first_feature(rng)
     np.testing.assert_array_equal(twin.snapshot().numpy(), mem.snapshot().numpy())
 
 
+def test_a_popularity_cross_keys_rows_by_the_items_count_when_they_are_read(rng):
+    mem = r2.LSHErrorMemory(num_tables=1, num_bits=2, id_bits=12, half_life=None,
+                            id_groups=["item", ("user", "item:popularity")])
+    assert mem.id_features == ("item", "user")  # the bucket is read off the memory, not sent
+    assert mem.id_tables[:3] == (("item",), ("user", "item:popularity"), ("user",))
+    hidden = np.zeros((1, 2), np.float32)
+    # Item counts 0, 1, 2, 3, 6, 7 -> buckets floor(log2(1 + c)) = 0, 1, 1, 2, 2, 3.
+    counts = {"i0": 0, "i1": 1, "i2": 2, "i3": 3, "i6": 6, "i7": 7}
+    items = [i for i, c in counts.items() for _ in range(c)]
+    mem.update(np.zeros((len(items), 2), np.float32), np.zeros(len(items)), np.zeros(len(items)),
+               ids={"item": np.array(items), "user": np.full(len(items), "someone")})
+    probe = {"item": np.array(list(counts)), "user": np.full(6, "u")}
+    cross = mem.keys(np.zeros((6, 2), np.float32), probe).numpy()[:, 2]
+    assert cross[1] == cross[2] and cross[3] == cross[4]
+    assert len({cross[0], cross[1], cross[3], cross[5]}) == 4
+    # Another user's cells are another user's; a write lands in the bucket it was read from.
+    other = mem.keys(np.zeros((6, 2), np.float32), {**probe, "user": np.full(6, "v")}).numpy()
+    assert not set(other[:, 2]) & set(cross)
+    keys = mem.keys(hidden, {"item": np.array(["i1"]), "user": np.array(["u"])})
+    mem.update_by_keys(keys, [1.0], [0.5])
+    stats = mem.lookup_keys(keys).numpy()[0]
+    np.testing.assert_allclose(stats[2], [1.0, 1.0, 0.5])  # the (u, bucket 1) cell
+    # By features the same row now reads count 2 for i1: still bucket 1, the same cell.
+    np.testing.assert_array_equal(mem.keys(hidden, {"item": np.array(["i1"]),
+                                                    "user": np.array(["u"])}).numpy(), keys)
+    # Past 2**16 rows the bucket stops at 15.
+    mem.update(np.zeros((70_000, 2), np.float32), np.zeros(70_000), np.zeros(70_000),
+               ids={"item": np.full(70_000, "hot"), "user": np.full(70_000, "x")})
+    big = mem.keys(np.zeros((2, 2), np.float32),
+                   {"item": np.array(["hot", "i7"]), "user": np.array(["u", "u"])}).numpy()
+    mem.update(np.zeros((70_000, 2), np.float32), np.zeros(70_000), np.zeros(70_000),
+               ids={"item": np.full(70_000, "hot"), "user": np.full(70_000, "x")})
+    again = mem.keys(np.zeros((1, 2), np.float32),
+                     {"item": np.array(["hot"]), "user": np.array(["u"])}).numpy()
+    assert again[0, 2] == big[0, 2] != big[1, 2]
+    twin = r2.LSHErrorMemory.from_config(mem.get_config())
+    assert twin.id_tables == mem.id_tables and twin.layout() == mem.layout()
+
+
+@pytest.mark.parametrize("groups,match", [
+    ([("item:popularity", "user"), "item"], "cannot be the first feature"),
+    (["user", ("user", "item:popularity")], "list it in `id_groups`"),
+])
+def test_a_popularity_cross_needs_its_group_and_a_first_feature(groups, match):
+    with pytest.raises(ValueError, match=match):
+        r2.LSHErrorMemory(id_groups=groups)
+
+
 def test_combiner_sums_forget_at_their_own_half_life_and_tables_at_theirs(rng):
     mem = r2.LSHErrorMemory(num_tables=2, num_bits=4, id_groups=["item"], half_life=1000.0,
                             trust_half_life=250.0)
@@ -352,7 +400,8 @@ def test_the_fused_read_equals_the_features_written_out(rng, bits):
     # Crosses, a recent table, both clocks away from 1 and a shifted stream: every part of
     # `read_weights` is exercised, against the features computed from the cells by hand.
     mem = r2.LSHErrorMemory(num_tables=3, num_bits=min(bits, 8), id_bits=bits,
-                            id_groups=["item", ("user", "genre"), ("item", "genre")],
+                            id_groups=["item", ("user", "genre"), ("item", "genre"),
+                                       ("user", "item:popularity")],
                             half_life=500.0, recent_half_life=40.0)
     for step in range(6):
         hidden = rng.normal(size=(64, 4)).astype(np.float32)

@@ -197,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "'slot': after each slot (the paper's protocol)")
     bench.add_argument("--id-groups", type=_id_groups, default=None,
                        help="the memory's id groups, e.g. 'item_id,user_id*genre' ('*' crosses, "
-                            "'none' for similarity only; default: found in the log)")
+                            "'user_id*item_id:popularity' crosses the user with the item's "
+                            "count in the memory, 'none' for similarity only; default: found "
+                            "in the log)")
     bench.add_argument("--epochs", type=int, default=None)
     bench.add_argument("--hidden-layer", default="hidden",
                        help="layer whose output keys the memory (default: the input of the logit)")

@@ -38,6 +38,11 @@ _GLOBAL_RIDGE = 100.0
 # reorders a whole stream whose rows the base barely separates (rare positives), whether right or
 # not; a real base-rate shift is many standard errors out within a batch (docs/core.md).
 _LEVEL_GATE = 4.0
+# A cross may name an id group's popularity, "<name>:popularity": the bucket
+# floor(log2(1 + c)), at most _POPULARITY_BUCKETS - 1, of the count c of that group's table in
+# the row's bucket when the row is read (docs/core.md).
+POPULARITY = ":popularity"
+_POPULARITY_BUCKETS = 16
 # Trust stays in [-_MAX_TRUST, _MAX_TRUST] per group (docs/core.md).
 _MAX_TRUST = 16.0
 # The base-logit column's trust stays in [-_MAX_TEMPER, _MAX_TEMPER]: the corrected logit keeps
@@ -76,6 +81,11 @@ class LSHErrorMemory(ErrorMemory):
       FarmHash of the group's feature values (``"item_id"``, or a cross such as
       ``("user_id", "genre")``). A cross is read as its deviation from its first feature's own
       residual, so the first feature of every cross gets a table too (listed or not).
+    * A cross may name a single-feature group's popularity, ``"<name>:popularity"`` (e.g.
+      ``("user_id", "item_id:popularity")``): the bucket ``floor(log2(1 + c))`` (at most 15)
+      of the count ``c`` in ``<name>``'s table when the row is read. It is read off the memory,
+      so clients send nothing more; a row is written where it was read from. Opt-in: it trades
+      a little gAUC for AUC and logloss (docs/benchmarks.md).
     * One more id table per entry of ``recent_groups`` (by default the single-feature groups,
       such as the item), keyed like its group but forgetting at ``recent_half_life``: its
       residual is the last few thousand rows', so a shift shows up within a feedback slot while
@@ -156,13 +166,27 @@ class LSHErrorMemory(ErrorMemory):
         tables += self.recent_groups
         self.id_tables: tuple[tuple[str, ...], ...] = tuple(tables)
         self._parents = [tables.index(g[:1]) if len(g) > 1 else -1 for g in self.id_groups]
-        self.id_features: tuple[str, ...] = tuple(sorted({n for g in tables for n in g}))
+        # Popularity buckets a cross names, and the id table whose counts each one reads.
+        self._popularity = tuple(dict.fromkeys(n for t in tables for n in t if _is_popularity(n)))
+        for group in (*self.id_groups, *self.recent_groups):
+            if _is_popularity(group[0]):
+                raise ValueError(f"`{group[0]}` cannot be the first feature of a group: a cross is "
+                                 f"centred on its first feature's table. Received: {group!r}")
+        for name in self._popularity:
+            if (name[:-len(POPULARITY)],) not in self.id_groups:
+                raise ValueError(f"`{name}` buckets the counts of the id group "
+                                 f"{name[:-len(POPULARITY)]!r}: list it in `id_groups` too. "
+                                 f"Received: id_groups={list(id_groups)!r}")
+        self._popularity_tables = [tables.index((n[:-len(POPULARITY)],)) for n in self._popularity]
+        self.id_features: tuple[str, ...] = tuple(sorted(
+            {n for g in tables for n in g if not _is_popularity(n)}))
         # Id keys: a seed per table (from the memory's seed and the table's names), and for
-        # every position in a cross the column of `id_features` each table reads (last: none).
+        # every position in a cross the row of the hashed features each table reads: one per
+        # name of `id_features`, then zeros ("no feature"), then the popularity buckets.
         self._id_seeds = [int.from_bytes(hashlib.sha256(f"{self.seed}:{'*'.join(t)}".encode())
                                          .digest()[:8], "little") for t in tables]
-        none = len(self.id_features)
-        self._id_columns = [[self.id_features.index(t[j]) if j < len(t) else none for t in tables]
+        rows = [*self.id_features, None, *self._popularity]
+        self._id_columns = [[rows.index(t[j]) if j < len(t) else rows.index(None) for t in tables]
                             for j in range(max((len(t) for t in tables), default=0))]
         sizes = [2**num_bits] * num_tables + [2**id_bits] * len(tables)
         if sum(sizes) >= 2**31:
@@ -338,16 +362,39 @@ class LSHErrorMemory(ErrorMemory):
         with tf.control_dependencies([check]):
             # One op per feature: hashing a stack of the strings costs the copy of the strings.
             hashed = [tf.strings.to_hash_bucket_fast(s, 2**63 - 1) for s in strings]
-        # A last row of zeros stands for "no feature" in tables shorter than the longest.
+        # A row of zeros stands for "no feature" in tables shorter than the longest.
         hashed = tf.bitcast(tf.stack([*hashed, tf.zeros_like(hashed[0])]), tf.uint64)
+        if self._popularity:
+            hashed = tf.concat([hashed, self._popularity_rows(hashed)], axis=0)
+        return self._mix_keys(hashed, range(len(self.id_tables)))
+
+    def _mix_keys(self, hashed, tables) -> tf.Tensor:
+        """int32 ``[len(tables), B]``: the buckets of these id tables (indices into
+        ``id_tables``) from the hashed rows (``_id_columns``)."""
+        tables = list(tables)
         mix, shift = tf.constant(_MIX, tf.uint64), tf.constant(_SHIFT, tf.uint64)
-        key = tf.constant(self._id_seeds, tf.uint64)[:, None]
+        key = tf.constant([self._id_seeds[t] for t in tables], tf.uint64)[:, None]
         for columns in self._id_columns:
-            key = tf.bitwise.bitwise_xor(key, tf.gather(hashed, columns)) * mix
+            key = tf.bitwise.bitwise_xor(key, tf.gather(hashed, [columns[t] for t in tables]))
+            key = key * mix
             key = tf.bitwise.bitwise_xor(key, tf.bitwise.right_shift(key, shift))
         key = key * mix
         bucket = tf.bitwise.right_shift(key, tf.constant(64 - self.id_bits, tf.uint64))
         return tf.cast(bucket, tf.int32)
+
+    def _popularity_rows(self, hashed) -> tf.Tensor:
+        """uint64 ``[P, B]``: every row's popularity bucket (plus 1) of each group a cross names,
+        ``floor(log2(1 + c))`` of the group table's count ``c`` in the row's bucket now (true
+        units), at most ``_POPULARITY_BUCKETS - 1``. Read before any write of the row, so a
+        write by keys goes where the row was read from."""
+        self._require_built()
+        keys = self._mix_keys(hashed, self._popularity_tables)  # [P, B]
+        offsets = tf.constant([sum(self.table_sizes[:self.num_tables + t])
+                               for t in self._popularity_tables], tf.int32)
+        count = tf.gather(self.sketch, keys + offsets[:, None])[..., 0] * self.scale
+        bucket = tf.minimum(tf.floor(tf.math.log1p(tf.maximum(count, 0.0)) / math.log(2.0)),
+                            _POPULARITY_BUCKETS - 1.0)
+        return tf.cast(tf.cast(bucket, tf.int64) + 1, tf.uint64)
 
     def keys(self, hidden, ids: Mapping | None = None) -> tf.Tensor:
         """int32 ``[B, T]``: every row's bucket in the SRP tables, then in the id tables."""
@@ -827,6 +874,10 @@ def transpose_keys(keys_t) -> tf.Tensor:
     eye = (tf.constant(np.eye(tables, dtype=np.float32)) if tables is not None
            else tf.eye(tf.shape(keys_t)[0]))
     return tf.cast(tf.matmul(tf.cast(keys_t, tf.float32), eye, transpose_a=True), tf.int32)
+
+
+def _is_popularity(name: str) -> bool:
+    return name.endswith(POPULARITY) and len(name) > len(POPULARITY)
 
 
 def _as_id_strings(ids, name: str) -> tf.Tensor:
