@@ -270,10 +270,10 @@ class LSHErrorMemory(ErrorMemory):
         self.trust_solution = self.add_weight(name="trust_solution",
                                               shape=[self.num_trust_features],
                                               initializer="zeros", trainable=False)
-        # The combiner's features as one matmul of a row's cells (and its base probability, its
-        # logit and 1) by this matrix, then a few elementwise ops (``trust_features``). Its
-        # entries are fixed by the groups, the clocks' scales, the stream's shift and level;
-        # it is rebuilt whenever the state changes, like the trust (docs/performance.md).
+        # The combiner's read-outs as one matmul of a row's cells by this matrix (plus the
+        # offsets), then a gather and a few elementwise ops (``trust_features``). Its entries
+        # are fixed by the groups, the clocks' scales, the stream's shift and level; it is
+        # rebuilt whenever the state changes, like the trust (docs/performance.md).
         self._read_layout = _ReadLayout(self)
         weights, offsets = self._read_layout.initial()
         self.read_weights = self.add_weight(
