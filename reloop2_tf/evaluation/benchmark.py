@@ -44,7 +44,7 @@ from reloop2_tf.evaluation.plotting import plot_slots, plot_sweeps
 from reloop2_tf.evaluation.streaming import encode, memory_inputs, replay_encoded, warm_start
 from reloop2_tf.features import FeatureSpec, SequenceFeature, SparseFeature, features_from_frame
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
-from reloop2_tf.layers.lsh_memory import POPULARITY
+from reloop2_tf.layers.lsh_memory import popularity_of
 from reloop2_tf.models import build_model
 from reloop2_tf.training import TrainingProgress, compile_model, make_dataset
 from reloop2_tf.wrapper import ReLoop2Model
@@ -317,7 +317,7 @@ def _ftrl_groups(groups) -> list:
     """The memory's id groups plus the bare first feature of every cross, as FTRL needs them
     (a cross alone would carry the user's offset the memory centres away). Crosses with a
     popularity bucket are left out: it is read off the memory's own counts."""
-    out = [tuple(g) for g in groups if not any(n.endswith(POPULARITY) for n in g)]
+    out = [tuple(g) for g in groups if not any(popularity_of(n) for n in g)]
     for g in list(out):
         if len(g) > 1 and g[:1] not in out:
             out.append(g[:1])

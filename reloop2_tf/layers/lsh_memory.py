@@ -167,19 +167,19 @@ class LSHErrorMemory(ErrorMemory):
         self.id_tables: tuple[tuple[str, ...], ...] = tuple(tables)
         self._parents = [tables.index(g[:1]) if len(g) > 1 else -1 for g in self.id_groups]
         # Popularity buckets a cross names, and the id table whose counts each one reads.
-        self._popularity = tuple(dict.fromkeys(n for t in tables for n in t if _is_popularity(n)))
+        self._popularity = tuple(dict.fromkeys(n for t in tables for n in t if popularity_of(n)))
         for group in (*self.id_groups, *self.recent_groups):
-            if _is_popularity(group[0]):
+            if popularity_of(group[0]):
                 raise ValueError(f"`{group[0]}` cannot be the first feature of a group: a cross is "
                                  f"centred on its first feature's table. Received: {group!r}")
         for name in self._popularity:
-            if (name[:-len(POPULARITY)],) not in self.id_groups:
+            if (popularity_of(name),) not in self.id_groups:
                 raise ValueError(f"`{name}` buckets the counts of the id group "
-                                 f"{name[:-len(POPULARITY)]!r}: list it in `id_groups` too. "
+                                 f"{popularity_of(name)!r}: list it in `id_groups` too. "
                                  f"Received: id_groups={list(id_groups)!r}")
-        self._popularity_tables = [tables.index((n[:-len(POPULARITY)],)) for n in self._popularity]
+        self._popularity_tables = [tables.index((popularity_of(n),)) for n in self._popularity]
         self.id_features: tuple[str, ...] = tuple(sorted(
-            {n for g in tables for n in g if not _is_popularity(n)}))
+            {n for g in tables for n in g if not popularity_of(n)}))
         # Id keys: a seed per table (from the memory's seed and the table's names), and for
         # every position in a cross the row of the hashed features each table reads: one per
         # name of `id_features`, then zeros ("no feature"), then the popularity buckets.
@@ -274,14 +274,13 @@ class LSHErrorMemory(ErrorMemory):
         # offsets), then a gather and a few elementwise ops (``trust_features``). Its entries
         # are fixed by the groups, the clocks' scales, the stream's shift and level; it is
         # rebuilt whenever the state changes, like the trust (docs/performance.md).
+        # Zeros read an empty memory exactly: its cells are zero and its level is 0.
         self._read_layout = _ReadLayout(self)
-        weights, offsets = self._read_layout.initial()
-        self.read_weights = self.add_weight(
-            name="read_weights", shape=weights.shape, trainable=False,
-            initializer=keras.initializers.Constant(weights))
-        self.read_offsets = self.add_weight(
-            name="read_offsets", shape=offsets.shape, trainable=False,
-            initializer=keras.initializers.Constant(offsets))
+        cells, readouts = self._read_layout.shape
+        self.read_weights = self.add_weight(name="read_weights", shape=[cells - 1, readouts],
+                                            initializer="zeros", trainable=False)
+        self.read_offsets = self.add_weight(name="read_offsets", shape=[readouts, 1],
+                                            initializer="zeros", trainable=False)
         # [K*L, K] block-diagonal powers of two: packing every table's bits is one matmul, exact
         # in float32 because every partial sum is an integer below 2**24.
         pack = np.zeros([k * l, k], np.float32)
@@ -762,9 +761,8 @@ class LSHErrorMemory(ErrorMemory):
         self.scale.assign(1.0)
         self.recent_scale.assign(1.0)
         self.trust_solution.assign(tf.zeros_like(self.trust_solution))
-        weights, offsets = self._read_layout.initial()
-        self.read_weights.assign(weights)
-        self.read_offsets.assign(offsets)
+        self.read_weights.assign(tf.zeros_like(self.read_weights))
+        self.read_offsets.assign(tf.zeros_like(self.read_offsets))
 
     def decay(self, factor) -> None:
         """Multiplies every stored weight by ``factor`` in (0, 1]."""
@@ -876,8 +874,12 @@ def transpose_keys(keys_t) -> tf.Tensor:
     return tf.cast(tf.matmul(tf.cast(keys_t, tf.float32), eye, transpose_a=True), tf.int32)
 
 
-def _is_popularity(name: str) -> bool:
-    return name.endswith(POPULARITY) and len(name) > len(POPULARITY)
+def popularity_of(name: str) -> str | None:
+    """The group whose popularity ``name`` stands for (``"item_id:popularity"`` ->
+    ``"item_id"``), or `None` for a plain feature name."""
+    if name.endswith(POPULARITY) and len(name) > len(POPULARITY):
+        return name[:-len(POPULARITY)]
+    return None
 
 
 def _as_id_strings(ids, name: str) -> tf.Tensor:
@@ -980,15 +982,6 @@ class _ReadLayout:
         """``read_weights`` with ``read_offsets`` as a last row, for ``values`` ``[2 T + 1]``."""
         return tf.scatter_nd(self._indices, self._constants * tf.gather(values, self._sources),
                              self.shape)
-
-    def initial(self) -> tuple[np.ndarray, np.ndarray]:
-        """``read_weights`` ``[3 T, U]`` and ``read_offsets`` ``[U, 1]`` of an empty memory:
-        scales 1, no shift, level 0."""
-        t = (self.shape[0] - 1) // 3
-        values = np.concatenate([np.ones(2 * t), [0.0]])
-        out = np.zeros(self.shape, np.float32)
-        out[self._indices[:, 0], self._indices[:, 1]] = self._constants * values[self._sources]
-        return out[:-1], out[-1][:, None]
 
     def shrinkage(self, prior_count: float) -> tuple[np.ndarray, np.ndarray]:
         """``(n1, n2)``, float32 ``[F, 1]`` each, for ``prior_count``."""
