@@ -424,6 +424,20 @@ def test_the_fused_read_equals_the_features_written_out(rng, bits):
         np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6)
     support = mem.read(keys, base, 2.0)[1].numpy()
     np.testing.assert_allclose(support, stats[..., 0].mean(1), rtol=1e-5)
+    # A served read is the trust times these features, by keys and by hidden vectors and ids
+    # (whose id tables are read apart from the SRP tables: `serve`).
+    trust = rng.normal(size=mem.num_trust_features).astype(np.float32)
+    mem.trust_solution.assign(trust)
+    expected = _features_by_hand(mem, stats, mem.totals().numpy(), mem.recent_totals().numpy(),
+                                 base.astype(np.float64), 2.0) @ trust
+    correction, by_keys_support = (t.numpy() for t in mem.correction(keys, base, 2.0))
+    np.testing.assert_allclose(correction, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(by_keys_support, support, rtol=1e-6)
+    served = {n: t.numpy() for n, t in mem.serve(hidden, ids, base, 2.0).items()}
+    np.testing.assert_array_equal(served["memory_keys"], keys)
+    # The same sums, added in another order (the id tables' read-outs first).
+    np.testing.assert_allclose(served["correction"], correction, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(served["support"], support, rtol=1e-6)
     # An emptied memory reads as an empty one: no stale scale, shift or level.
     mem.reset()
     empty = mem.trust_features(keys, base, 2.0).numpy()
@@ -524,3 +538,32 @@ def test_a_large_write_adds_up_to_the_same_sketch_every_time(rng):
         snapshots.append(mem.snapshot().numpy())
     for snapshot in snapshots[1:]:
         np.testing.assert_array_equal(snapshot, snapshots[0])
+
+
+@pytest.mark.parametrize("tables,groups", [(2, []), (0, ["item"]), (2, ["item", ("user", "item")])])
+def test_a_served_read_is_the_trust_times_the_features(rng, tables, groups):
+    # SRP tables only, id tables only, both: `serve` joins the two parts, or has only one.
+    mem = r2.LSHErrorMemory(num_tables=tables, num_bits=3, id_groups=groups, id_bits=4)
+    hidden = rng.normal(size=(16, 4)).astype(np.float32)
+    ids = {"item": rng.integers(0, 5, 16), "user": rng.integers(0, 3, 16)} if groups else None
+    mem.update(hidden, (rng.random(16) < 0.4).astype(np.float32), np.full(16, 0.3), ids=ids)
+    trust = rng.normal(size=mem.num_trust_features).astype(np.float32)
+    mem.trust_solution.assign(trust)
+    base = rng.uniform(0.05, 0.95, 16).astype(np.float32)
+    served = tf.function(lambda h, b: mem.serve(h, ids, b, 2.0))(hidden, base)
+    keys = mem.keys(hidden, ids)
+    np.testing.assert_array_equal(served["memory_keys"].numpy(), keys.numpy())
+    np.testing.assert_allclose(served["correction"].numpy(),
+                               mem.trust_features(keys, base, 2.0).numpy() @ trust,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_served_read_rejects_ids_for_other_rows_than_hidden(rng):
+    mem = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_groups=["item"], id_bits=4)
+    mem.update(np.zeros((2, 4), np.float32), [1.0, 0.0], [0.5, 0.5], ids={"item": ["a", "b"]})
+    # Unknown row counts, so that the check runs in the graph, after the id tables' read.
+    serve = tf.function(lambda h, i, b: mem.serve(h, {"item": i}, b, 2.0),
+                        input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None], tf.string),
+                                         tf.TensorSpec([None])])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`ids` must have one id per row"):
+        serve(np.zeros((3, 4), np.float32), tf.constant(["a", "b"]), np.full(3, 0.5, np.float32))

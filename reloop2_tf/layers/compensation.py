@@ -113,7 +113,12 @@ class ErrorCompensation(keras.layers.Layer):
             base_logits = v.finite(base_logits, "base_logits")
         if not isinstance(self.memory, LSHErrorMemory):
             return self._paper_read(base_logits, self.memory.estimate(hidden, self.temperature, ids))
-        return self._read_keys(base_logits, self.memory.keys(hidden, ids))
+        if not self.self_tuning:
+            return self._read_keys(base_logits, self.memory.keys(hidden, ids))
+        base = tf.sigmoid(base_logits)
+        read = self.memory.serve(hidden, ids, base, self.prior_count)
+        return self._corrected(base_logits, base, read["correction"], read["support"],
+                               read["memory_keys"])
 
     def compensate_keys(self, base_logits, keys) -> dict[str, tf.Tensor]:
         """``compensate`` for rows given by their memory keys (from ``memory.keys``)."""
@@ -127,20 +132,21 @@ class ErrorCompensation(keras.layers.Layer):
     def _read_keys(self, base_logits, keys) -> dict[str, tf.Tensor]:
         """Reads rows by their keys ``[B, T]`` (``LSHErrorMemory.keys``)."""
         if self.self_tuning:
-            out = self._self_tuned(base_logits, keys)
-        else:
-            out = self._paper_read(base_logits, self.memory.estimate_from_stats(
-                self.memory.lookup_keys(keys), self.temperature))
+            base = tf.sigmoid(base_logits)
+            correction, support = self.memory.correction(keys, base, self.prior_count)
+            return self._corrected(base_logits, base, correction, support, keys)
+        out = self._paper_read(base_logits, self.memory.estimate_from_stats(
+            self.memory.lookup_keys(keys), self.temperature))
         out["memory_keys"] = keys
         return out
 
-    def _self_tuned(self, base_logits, keys) -> dict[str, tf.Tensor]:
-        base = tf.sigmoid(base_logits)
-        features_t, support = self.memory.read(keys, base, self.prior_count)  # [F, B], [B]
-        correction = tf.linalg.matvec(features_t, self.trust(), transpose_a=True)
+    def _corrected(self, base_logits, base, correction, support, keys) -> dict[str, tf.Tensor]:
+        """The self-tuned outputs from the combiner's ``correction`` of the base logit
+        (``LSHErrorMemory.correction``: ``trust . trust_features``)."""
         probability = tf.sigmoid(base_logits + self.compensation_weight * correction)
         return {"probability": probability, "base_probability": base,
-                "estimated_error": probability - base, "memory_support": support}
+                "estimated_error": probability - base, "memory_support": support,
+                "memory_keys": keys}
 
     def trust(self) -> tf.Tensor:
         """float32 ``[F]``: the learnt trust of every group (then the base logit and the bias),

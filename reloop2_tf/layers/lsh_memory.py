@@ -287,7 +287,9 @@ class LSHErrorMemory(ErrorMemory):
         for table in range(k):
             pack[table * l:(table + 1) * l, table] = 2.0 ** np.arange(l)
         self._pack = tf.constant(pack)
-        self._offsets = tf.constant(np.cumsum([0, *self.table_sizes[:-1]]), tf.int32)
+        offsets = np.cumsum([0, *self.table_sizes[:-1]]).astype(np.int32)
+        self._offsets = tf.constant(offsets)
+        self._srp_offsets, self._id_offsets = tf.constant(offsets[:k]), tf.constant(offsets[k:])
         # Which scale each table's cells are stored at (0: `scale`, 1: `recent_scale`).
         self._table_clock = tf.constant([0] * self._first_recent + [1] * len(self.recent_groups),
                                         tf.int32)
@@ -309,18 +311,14 @@ class LSHErrorMemory(ErrorMemory):
 
     def bucket_ids(self, hidden) -> tf.Tensor:
         """int32 ``[B, K]``: the bucket of every row in every SRP table."""
-        return transpose_keys(self._srp_keys_t(hidden))
-
-    def _srp_keys_t(self, hidden) -> tf.Tensor:
-        """``bucket_ids`` table-major, int32 ``[K, B]``."""
         hidden = self._check_hidden(hidden)
         if self.num_tables == 0:
-            return tf.zeros([0, tf.shape(hidden)[0]], tf.int32)
+            return tf.zeros([tf.shape(hidden)[0], 0], tf.int32)
         # (h - c) . p > 0 as h . p > c . p: the centre is projected once per call, not
         # subtracted from every row.
         threshold = tf.matmul(self.center[None, :], self.projections)  # [1, K*L]
         bits = tf.cast(tf.matmul(hidden, self.projections) > threshold, tf.float32)
-        return tf.cast(tf.matmul(self._pack, bits, transpose_a=True, transpose_b=True), tf.int32)
+        return tf.cast(tf.matmul(bits, self._pack), tf.int32)
 
     @property
     def projection_matrices(self) -> tf.Tensor:
@@ -397,10 +395,10 @@ class LSHErrorMemory(ErrorMemory):
 
     def keys(self, hidden, ids: Mapping | None = None) -> tf.Tensor:
         """int32 ``[B, T]``: every row's bucket in the SRP tables, then in the id tables."""
-        # Both are computed table-major (every step on contiguous rows of B values), then
-        # turned once by the cheap exact transpose.
-        srp = self._srp_keys_t(hidden)
-        return transpose_keys(tf.concat([srp, self._id_keys_t(ids, rows=tf.shape(srp)[1])], 0))
+        srp = self.bucket_ids(hidden)
+        if not self.id_tables:
+            return srp
+        return tf.concat([srp, self.id_bucket_ids(ids, rows=tf.shape(srp)[0])], axis=1)
 
     def check_keys(self, keys) -> tf.Tensor:
         """``keys`` as int32 ``[B, T]`` after checking the shape and that every bucket exists."""
@@ -529,13 +527,66 @@ class LSHErrorMemory(ErrorMemory):
         cells = tf.gather(self.sketch, keys + self._offsets)  # [B, T, 3], as stored
         readouts = tf.matmul(self.read_weights, tf.reshape(cells, [-1, 3 * self.total_tables]),
                              transpose_a=True, transpose_b=True) + self.read_offsets  # [U, B]
-        rows = tf.concat([readouts, tf.stack([base_probs, probability_to_logit(base_probs),
-                                              tf.ones_like(base_probs), tf.zeros_like(base_probs)])],
-                         axis=0)
         # Feature-major, so that the gather and every op after it move contiguous rows of B.
-        r, c, p, q, d = tf.unstack(tf.gather(rows, self._read_layout.parts), axis=0)
-        n1, n2 = self._read_layout.shrinkage(prior_count)
-        return (r - c * p / (q + n1)) / (d + n2), readouts[self._read_layout.support]
+        features = self._read_layout.features(_with_base_rows(readouts, base_probs), prior_count)
+        return features, readouts[self._read_layout.support]
+
+    def correction(self, keys, base_probs, prior_count: float) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(correction, support)``, each ``[B]``, for rows with these ``keys`` ``[B, T]``
+        (checked already): the self-tuning combiner's correction of the base logit, ``trust .
+        trust_features``, and the mean weight of the rows' buckets (``serve``)."""
+        k = self.num_tables
+        return self._correction(keys[:, :k], keys[:, k:], base_probs, prior_count)
+
+    def serve(self, hidden, ids, base_probs, prior_count: float) -> dict[str, tf.Tensor]:
+        """``memory_keys`` ``[B, T]``, ``correction`` and ``support`` (``correction``) of rows
+        given by their hidden vectors and ids.
+
+        The id tables' part of the read (hashing, the gather of their cells from a table of
+        megabytes, their read-outs) depends on the ids alone, so a served graph runs it while
+        the base model runs; only the SRP tables' part and the features wait for the model's
+        output (docs/performance.md).
+        """
+        srp = self.bucket_ids(hidden)
+        if not self.id_tables:
+            keys, checks = srp, []
+        else:
+            # Hashing is checked against the ids' own rows only: checked against `hidden`'s
+            # rows, it would wait for the base model.
+            keys = self.id_bucket_ids(ids)
+            checks = [v.assert_that(tf.equal(tf.shape(keys)[0], tf.shape(srp)[0]),
+                                    f"`ids` must have one id per row (of `hidden`) for each of "
+                                    f"{list(self.id_features)}")]
+        correction, support = self._correction(srp, keys, base_probs, prior_count, checks)
+        if self.id_tables:
+            with tf.control_dependencies(checks):
+                keys = tf.concat([srp, keys], axis=1)
+        return {"memory_keys": keys, "correction": correction, "support": support}
+
+    def _correction(self, srp_keys, id_keys, base_probs, prior_count: float,
+                    checks=()) -> tuple[tf.Tensor, tf.Tensor]:
+        """``correction``'s read from SRP keys ``[B, K]`` and id keys ``[B, I]``; ``checks``
+        gate the first op that joins the two (the id tables' part runs before them)."""
+        k = self.num_tables
+        base_probs = tf.convert_to_tensor(base_probs, tf.float32)
+        readouts = self.read_offsets  # [U, 1]: the read-outs of empty cells
+        if self.id_tables:
+            cells = tf.gather(self.sketch, id_keys + self._id_offsets)  # [B, I, 3]
+            readouts = readouts + tf.matmul(
+                self.read_weights[3 * k:], tf.reshape(cells, [-1, 3 * len(self.id_tables)]),
+                transpose_a=True, transpose_b=True)
+        # The checks gate the ops that join the id tables' rows to the others.
+        with tf.control_dependencies(checks):
+            if k:
+                cells = tf.gather(self.sketch, srp_keys + self._srp_offsets)  # [B, K, 3]
+                readouts = readouts + tf.matmul(self.read_weights[:3 * k],
+                                                tf.reshape(cells, [-1, 3 * k]),
+                                                transpose_a=True, transpose_b=True)
+            rows = _with_base_rows(readouts, base_probs)
+        # The trust as a row: the sum over features is one MatMul.
+        correction = tf.matmul(self.trust_solution[None, :],
+                               self._read_layout.features(rows, prior_count))
+        return tf.reshape(correction, [-1]), readouts[self._read_layout.support]
 
     def _read_weights_value(self) -> tf.Tensor:
         """``read_weights`` with ``read_offsets`` as a last row for the current state: the
@@ -858,6 +909,12 @@ class LSHErrorMemory(ErrorMemory):
         return config
 
 
+def _with_base_rows(readouts, base_probs) -> tf.Tensor:
+    """``[U + 3, B]``: the read-outs, then the base probability, its logit and 1."""
+    return tf.concat([readouts, tf.stack([base_probs, probability_to_logit(base_probs),
+                                          tf.ones_like(base_probs)])], axis=0)
+
+
 def transpose_keys(keys_t) -> tf.Tensor:
     """Bucket indices ``[T, B]`` -> ``[B, T]``.
 
@@ -938,9 +995,10 @@ class _ReadLayout:
             readout(("base", table), (3 * table + 2, table, 1.0))
         readout("support", *(e for table in range(t) for e in count(table, 1.0 / t)))
         readout("level", (3 * t, level, 1.0))
+        readout("zero")
         self.shape = [3 * t + 1, len(readouts)]
         self.support = readouts["support"]
-        for name in ("base probability", "logit", "one", "zero"):  # rows after the read-outs
+        for name in ("base probability", "logit", "one"):  # rows after the read-outs
             readouts[name] = len(readouts)
         zero = "zero"
         parts, n1, n2 = [], [], []  # per feature: (r, c, p, q, d), (a, b) of n1 and of n2
@@ -983,7 +1041,11 @@ class _ReadLayout:
         return tf.scatter_nd(self._indices, self._constants * tf.gather(values, self._sources),
                              self.shape)
 
-    def shrinkage(self, prior_count: float) -> tuple[np.ndarray, np.ndarray]:
-        """``(n1, n2)``, float32 ``[F, 1]`` each, for ``prior_count``."""
-        return tuple((a[:, :1] * prior_count + a[:, 1:]).astype(np.float32)
-                     for a in (self._n1, self._n2))
+    def features(self, rows, prior_count: float) -> tf.Tensor:
+        """float32 ``[F, B]``: ``(r - c p / (q + n1)) / (d + n2)`` of every feature, from
+        ``rows``: the read-outs ``[U, B]``, then the base probability, its logit and 1
+        (``_with_base_rows``)."""
+        r, c, p, q, d = tf.unstack(tf.gather(rows, self.parts), axis=0)
+        n1, n2 = ((a[:, :1] * prior_count + a[:, 1:]).astype(np.float32)
+                  for a in (self._n1, self._n2))
+        return (r - c * p / (q + n1)) / (d + n2)
