@@ -433,7 +433,7 @@ def test_the_fused_read_equals_the_features_written_out(rng, bits):
     correction, by_keys_support = (t.numpy() for t in mem.correction(keys, base, 2.0))
     np.testing.assert_allclose(correction, expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(by_keys_support, support, rtol=1e-6)
-    served = {n: t.numpy() for n, t in mem.serve(hidden, ids, base, 2.0).items()}
+    served = {n: t.numpy() for n, t in mem.serve(hidden, mem.read_ids(ids), base, 2.0).items()}
     np.testing.assert_array_equal(served["memory_keys"], keys)
     # The same sums, added in another order (the id tables' read-outs first).
     np.testing.assert_allclose(served["correction"], correction, rtol=1e-6, atol=1e-6)
@@ -550,7 +550,7 @@ def test_a_served_read_is_the_trust_times_the_features(rng, tables, groups):
     trust = rng.normal(size=mem.num_trust_features).astype(np.float32)
     mem.trust_solution.assign(trust)
     base = rng.uniform(0.05, 0.95, 16).astype(np.float32)
-    served = tf.function(lambda h, b: mem.serve(h, ids, b, 2.0))(hidden, base)
+    served = tf.function(lambda h, b: mem.serve(h, mem.read_ids(ids), b, 2.0))(hidden, base)
     keys = mem.keys(hidden, ids)
     np.testing.assert_array_equal(served["memory_keys"].numpy(), keys.numpy())
     np.testing.assert_allclose(served["correction"].numpy(),
@@ -562,7 +562,7 @@ def test_a_served_read_rejects_ids_for_other_rows_than_hidden(rng):
     mem = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_groups=["item"], id_bits=4)
     mem.update(np.zeros((2, 4), np.float32), [1.0, 0.0], [0.5, 0.5], ids={"item": ["a", "b"]})
     # Unknown row counts, so that the check runs in the graph, after the id tables' read.
-    serve = tf.function(lambda h, i, b: mem.serve(h, {"item": i}, b, 2.0),
+    serve = tf.function(lambda h, i, b: mem.serve(h, mem.read_ids({"item": i}), b, 2.0),
                         input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None], tf.string),
                                          tf.TensorSpec([None])])
     with pytest.raises(tf.errors.InvalidArgumentError, match="`ids` must have one id per row"):

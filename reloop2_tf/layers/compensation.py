@@ -107,6 +107,9 @@ class ErrorCompensation(keras.layers.Layer):
         tables); with an ``LSHErrorMemory`` also ``memory_keys`` (int32 ``[B, T]``)."""
         base_logits = v.as_column(base_logits, "base_logits")
         hidden = self.memory._check_hidden(hidden)
+        served = isinstance(self.memory, LSHErrorMemory) and self.self_tuning
+        # First: the id tables' part of the read waits for no check made after it.
+        id_read = self.memory.read_ids(ids) if served else None
         # A read cannot corrupt the memory, and a non-finite hidden vector only picks SRP
         # buckets: its finiteness is checked on writes, not on every read (docs/performance.md).
         with tf.control_dependencies([v.same_rows(hidden, base_logits, "base_logits")]):
@@ -116,7 +119,7 @@ class ErrorCompensation(keras.layers.Layer):
         if not self.self_tuning:
             return self._read_keys(base_logits, self.memory.keys(hidden, ids))
         base = tf.sigmoid(base_logits)
-        read = self.memory.serve(hidden, ids, base, self.prior_count)
+        read = self.memory.serve(hidden, id_read, base, self.prior_count)
         return self._corrected(base_logits, base, read["correction"], read["support"],
                                read["memory_keys"])
 

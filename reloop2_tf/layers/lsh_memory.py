@@ -536,46 +536,60 @@ class LSHErrorMemory(ErrorMemory):
         (checked already): the self-tuning combiner's correction of the base logit, ``trust .
         trust_features``, and the mean weight of the rows' buckets (``serve``)."""
         k = self.num_tables
-        return self._correction(keys[:, :k], keys[:, k:], base_probs, prior_count)
+        readouts = self._id_readouts(keys[:, k:]) if self.id_tables else None
+        return self._join(keys[:, :k], readouts, base_probs, prior_count)
 
-    def serve(self, hidden, ids, base_probs, prior_count: float) -> dict[str, tf.Tensor]:
-        """``memory_keys`` ``[B, T]``, ``correction`` and ``support`` (``correction``) of rows
-        given by their hidden vectors and ids.
+    def read_ids(self, ids) -> tuple[tf.Tensor | None, tf.Tensor | None]:
+        """The part of a served read that needs the ids alone: ``(keys, readouts)``, the rows'
+        id keys int32 ``[B, I]`` and the id tables' share of the combiner's read-outs ``[U, B]``
+        (`None`, `None` without id tables); ``serve`` completes it.
 
-        The id tables' part of the read (hashing, the gather of their cells from a table of
-        megabytes, their read-outs) depends on the ids alone, so a served graph runs it while
-        the base model runs; only the SRP tables' part and the features wait for the model's
-        output (docs/performance.md).
+        Hashing and the gather of the id tables' cells (from tables of megabytes) wait for no
+        model output, so a served graph runs them while the base model runs. Inside a
+        ``tf.function`` the checks run in the order they were made: make this before any check
+        of the base model's outputs (``ErrorCompensation.compensate`` does), or it waits for them.
         """
-        srp = self.bucket_ids(hidden)
         if not self.id_tables:
-            keys, checks = srp, []
-        else:
-            # Hashing is checked against the ids' own rows only: checked against `hidden`'s
-            # rows, it would wait for the base model.
-            keys = self.id_bucket_ids(ids)
-            checks = [v.assert_that(tf.equal(tf.shape(keys)[0], tf.shape(srp)[0]),
-                                    f"`ids` must have one id per row (of `hidden`) for each of "
-                                    f"{list(self.id_features)}")]
-        correction, support = self._correction(srp, keys, base_probs, prior_count, checks)
-        if self.id_tables:
-            with tf.control_dependencies(checks):
-                keys = tf.concat([srp, keys], axis=1)
+            return None, None
+        keys = self.id_bucket_ids(ids)
+        return keys, self._id_readouts(keys)
+
+    def serve(self, hidden, id_read, base_probs, prior_count: float) -> dict[str, tf.Tensor]:
+        """``memory_keys`` ``[B, T]``, ``correction`` and ``support`` (``correction``) of rows
+        given by their hidden vectors and ``id_read`` (``read_ids`` of their ids)."""
+        srp = self.bucket_ids(hidden)
+        keys, readouts = id_read
+        if keys is None:
+            return dict(zip(("correction", "support"),
+                            self._join(srp, None, base_probs, prior_count)), memory_keys=srp)
+        # The ids were checked against each other; here against `hidden`'s rows, before the
+        # first op that joins the two.
+        checks = [v.assert_that(tf.equal(tf.shape(keys)[0], tf.shape(srp)[0]),
+                                f"`ids` must have one id per row (of `hidden`) for each of "
+                                f"{list(self.id_features)}")]
+        correction, support = self._join(srp, readouts, base_probs, prior_count, checks)
+        with tf.control_dependencies(checks):
+            keys = tf.concat([srp, keys], axis=1)
         return {"memory_keys": keys, "correction": correction, "support": support}
 
-    def _correction(self, srp_keys, id_keys, base_probs, prior_count: float,
-                    checks=()) -> tuple[tf.Tensor, tf.Tensor]:
-        """``correction``'s read from SRP keys ``[B, K]`` and id keys ``[B, I]``; ``checks``
-        gate the first op that joins the two (the id tables' part runs before them)."""
+    def _id_readouts(self, id_keys) -> tf.Tensor:
+        """float32 ``[U, B]``: the read-outs of the id tables' cells for id keys ``[B, I]``, plus
+        ``read_offsets``."""
+        cells = tf.gather(self.sketch, id_keys + self._id_offsets)  # [B, I, 3]
+        k3 = 3 * self.num_tables
+        return self.read_offsets + tf.matmul(
+            self.read_weights[k3:], tf.reshape(cells, [-1, 3 * len(self.id_tables)]),
+            transpose_a=True, transpose_b=True)
+
+    def _join(self, srp_keys, readouts, base_probs, prior_count: float,
+              checks=()) -> tuple[tf.Tensor, tf.Tensor]:
+        """``correction``'s read: the SRP tables' read-outs for ``srp_keys`` ``[B, K]`` added to
+        the id tables' (``readouts``, `None` without id tables), then the features times the
+        trust. ``checks`` gate the ops that join the two."""
         k = self.num_tables
         base_probs = tf.convert_to_tensor(base_probs, tf.float32)
-        readouts = self.read_offsets  # [U, 1]: the read-outs of empty cells
-        if self.id_tables:
-            cells = tf.gather(self.sketch, id_keys + self._id_offsets)  # [B, I, 3]
-            readouts = readouts + tf.matmul(
-                self.read_weights[3 * k:], tf.reshape(cells, [-1, 3 * len(self.id_tables)]),
-                transpose_a=True, transpose_b=True)
-        # The checks gate the ops that join the id tables' rows to the others.
+        if readouts is None:
+            readouts = self.read_offsets  # [U, 1]: the read-outs of empty cells
         with tf.control_dependencies(checks):
             if k:
                 cells = tf.gather(self.sketch, srp_keys + self._srp_offsets)  # [B, K, 3]
