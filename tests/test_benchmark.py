@@ -127,3 +127,41 @@ def test_cli_feedback_and_id_group_flags():
             cli._feedback_every(bad)
     with pytest.raises(Exception, match="item_id"):
         cli._id_groups("item_id,*genre")
+
+
+def test_a_popularity_cross_is_replayed_with_the_keys_a_server_would_serve():
+    # The cross's bucket reads the item table's count when a row is served. Keys computed ahead
+    # of the stream would all see the empty memory (bucket 0): the replay must compute them
+    # batch by batch and write each row where it was read, as predict + a write by keys do.
+    import reloop2_tf as r2
+    from reloop2_tf.evaluation import streaming
+
+    rng = np.random.default_rng(0)
+    n, d, every = 600, 4, 100
+    hidden = rng.normal(size=(n, d)).astype(np.float32)
+    feats = {"item": rng.integers(0, 4, n).astype(str), "user": rng.integers(0, 6, n).astype(str)}
+    logits = rng.normal(size=n).astype(np.float32)
+    labels = (rng.random(n) < 0.4).astype(np.float32)
+
+    def fresh():
+        mem = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_bits=8,
+                                id_groups=["item", ("user", "item:popularity")])
+        mem.build([None, d])
+        return r2.ErrorCompensation(mem)
+
+    replayed, by_hand = fresh(), fresh()
+    inputs = streaming.memory_inputs(replayed.memory, hidden, feats)
+    ahead = fresh().memory.keys(hidden, feats).numpy()  # what the replay used to do
+    streaming.replay_encoded(replayed, logits, inputs, labels, [n], feedback_every=every)
+    served = []
+    for a in range(0, n, every):
+        rows = slice(a, a + every)
+        out = by_hand.compensate(logits[rows], hidden[rows], {k: v[rows] for k, v in feats.items()})
+        by_hand.update_memory_by_keys(out["memory_keys"], out["base_probability"], labels[rows])
+        served.append(out["memory_keys"].numpy())
+    np.testing.assert_array_equal(replayed.memory.snapshot().numpy(),
+                                  by_hand.memory.snapshot().numpy())
+    served = np.concatenate(served)
+    np.testing.assert_array_equal(served[:every], ahead[:every])  # served by the empty memory
+    cross = replayed.memory.num_tables + replayed.memory.id_tables.index(("user", "item:popularity"))
+    assert (served[:, cross] != ahead[:, cross]).mean() > 0.5  # later rows: their own counts

@@ -348,7 +348,10 @@ class _Probe:
                                else np.zeros_like(self.center_vector))
         layout = (json.dumps(comp.memory.layout()) if isinstance(comp.memory, LSHErrorMemory)
                   else "hidden") + str(self.config.center)
-        if layout not in self._inputs:  # keys depend only on the layout (and the centre)
+        # Keys depend only on the layout (and the centre), unless they read the memory's own
+        # counts: then they are computed as the rows are served, by this memory.
+        served = isinstance(comp.memory, LSHErrorMemory) and comp.memory.keys_read_state
+        if served or layout not in self._inputs:
             self._inputs[layout] = (
                 memory_inputs(comp.memory, self.warm_hidden, self.warm_features),
                 memory_inputs(comp.memory, self.hidden, self.stream.features))

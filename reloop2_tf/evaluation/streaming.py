@@ -59,10 +59,29 @@ def encode(model: ReLoop2Model, features: dict[str, np.ndarray],
     return np.concatenate(logits), np.concatenate(hidden)
 
 
+class ServedKeys:
+    """The keys of a memory whose keys read its own counts (``keys_read_state``: a popularity
+    cross), computed for each batch of rows when ``replay_encoded`` serves it, as a server's
+    ``predict`` computes them. Computed ahead of the stream, every row would see the counts of
+    the memory before the stream (an empty one: every popularity bucket 0)."""
+
+    def __init__(self, memory: LSHErrorMemory, hidden: np.ndarray,
+                 features: dict[str, np.ndarray] | None):
+        self.memory, self.hidden, self.features = memory, hidden, features
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        ids = {n: self.features[n][rows] for n in self.memory.id_features}
+        return self.memory.keys(self.hidden[rows], ids).numpy()
+
+
 def memory_inputs(memory, hidden: np.ndarray, features: dict[str, np.ndarray] | None = None,
-                  batch_size: int = 16384) -> np.ndarray:
+                  batch_size: int = 16384) -> np.ndarray | ServedKeys:
     """What ``memory`` reads for each row: int32 keys ``[N, T]`` for an ``LSHErrorMemory``
-    (its SRP buckets of ``hidden``, then its id buckets of ``features``), ``hidden`` otherwise.
+    (its SRP buckets of ``hidden``, then its id buckets of ``features``), ``hidden`` otherwise;
+    for a memory whose keys read its state, ``ServedKeys`` (computed as rows are served).
 
     The memory must be built and centred: keys depend on the centre.
     """
@@ -71,6 +90,8 @@ def memory_inputs(memory, hidden: np.ndarray, features: dict[str, np.ndarray] | 
     names = memory.id_features
     if names and features is None:
         raise ValueError(f"the memory's id tables read {list(names)}: pass `features`")
+    if memory.keys_read_state:
+        return ServedKeys(memory, hidden, features)
     return np.concatenate([
         memory.keys(hidden[a:b], {n: features[n][a:b] for n in names} if names else None).numpy()
         for a, b in _batches(len(hidden), batch_size)]) if len(hidden) else np.zeros(
@@ -99,18 +120,19 @@ def replay_encoded(compensation: ErrorCompensation, logits: np.ndarray, inputs: 
             served = []
             for b0, b1 in _batches(b - a, batch_size):
                 rows = slice(a + b0, a + b1)
-                out = (compensation.compensate_keys(logits[rows], inputs[rows]) if by_keys
-                       else compensation.compensate(logits[rows], inputs[rows]))
+                x = inputs[rows]  # the keys a row is read by are the keys it is written by
+                out = (compensation.compensate_keys(logits[rows], x) if by_keys
+                       else compensation.compensate(logits[rows], x))
                 probs.append(out["probability"].numpy())
                 base.append(out["base_probability"].numpy())
-                served.append(out["base_probability"])
-            for (b0, b1), served_base in zip(_batches(b - a, batch_size), served):
+                served.append((x, out["base_probability"]))
+            for (b0, b1), (x, served_base) in zip(_batches(b - a, batch_size), served):
                 rows = slice(a + b0, a + b1)
                 if by_keys:
-                    compensation.update_memory_by_keys(inputs[rows], served_base, labels[rows],
+                    compensation.update_memory_by_keys(x, served_base, labels[rows],
                                                        learn_trust=learn_trust)
                 else:
-                    compensation.update_memory(logits[rows], inputs[rows], labels[rows],
+                    compensation.update_memory(logits[rows], x, labels[rows],
                                                learn_trust=learn_trust)
         offset += size
     return {"probability": np.concatenate(probs), "base_probability": np.concatenate(base)}

@@ -197,6 +197,12 @@ class LSHErrorMemory(ErrorMemory):
         self._recent_cells = (start, start + 2**id_bits * len(self.recent_groups))
 
     @property
+    def keys_read_state(self) -> bool:
+        """True when a row's keys depend on what the memory holds (a popularity cross): they
+        must be computed when the row is served, not ahead of the stream."""
+        return bool(self._popularity)
+
+    @property
     def num_buckets(self) -> int:
         """Buckets per SRP table."""
         return 2**self.num_bits
