@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.layers.compensation import ErrorCompensation, probability_to_logit
-from reloop2_tf.layers.lsh_memory import LSHErrorMemory
+from reloop2_tf.layers.lsh_memory import POPULARITY, LSHErrorMemory
 
 
 def _layer_output(model: keras.Model, spec: str):
@@ -35,10 +35,12 @@ def default_id_groups(input_names, item: str = "item_id", user: str = "user_id",
     """The id groups the default memory keys rows by (measured in docs/benchmarks.md).
 
     The item alone; the user crossed with every item-side feature (taste: ``user x genre``);
-    the item crossed with every user-side feature (``item x age``). Crosses are read as
-    deviations from their first feature's residual, so no group is a bare per-user offset (it
-    lowers per-user ranking, gAUC; add ``(user,)`` yourself where calibration matters more).
-    Names that are not inputs are skipped.
+    the item crossed with every user-side feature (``item x age``); the user crossed with the
+    item's popularity (``(user, "item:popularity")``: how popular or niche the items a user
+    takes to are, read off the memory's own item counts, so any log has it). Crosses are read
+    as deviations from their first feature's residual, so no group is a bare per-user offset
+    (it lowers per-user ranking, gAUC; add ``(user,)`` yourself where calibration matters
+    more). Names that are not inputs are skipped.
     """
     names = set(input_names)
     groups: list[tuple[str, ...]] = [(item,)] if item in names else []
@@ -46,6 +48,8 @@ def default_id_groups(input_names, item: str = "item_id", user: str = "user_id",
         groups += [(user, f) for f in item_features if f in names]
     if item in names:
         groups += [(item, f) for f in user_features if f in names]
+    if user in names and item in names:
+        groups.append((user, f"{item}{POPULARITY}"))
     return groups
 
 
@@ -69,8 +73,8 @@ class ReLoop2Model(keras.Model):
             Defaults to `True`.
 
     The memory's ``id_groups`` name inputs of the base model; their raw values key its id
-    tables. The default memory keys by ``default_id_groups`` of the inputs (the item alone
-    unless side features are named).
+    tables. The default memory keys by ``default_id_groups`` of the inputs (the item, and the
+    user crossed with the item's popularity, unless side features are named).
 
     Example:
 

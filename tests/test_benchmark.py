@@ -109,7 +109,8 @@ def test_default_id_groups_follow_the_sides_of_the_log(ml100k):
     assert groups[0] == ["item_id"]
     assert {tuple(g) for g in groups[1:]} == {
         ("user_id", "genre"), ("user_id", "release_year"),   # item-side features x user
-        ("item_id", "age"), ("item_id", "gender"), ("item_id", "occupation")}  # user-side x item
+        ("item_id", "age"), ("item_id", "gender"), ("item_id", "occupation"),  # user-side x item
+        ("user_id", "item_id:popularity")}  # the user x how popular the item is
     # A context column (neither the item's nor the user's) is crossed with the item.
     df = ml100k.iloc[:3000].assign(position=np.arange(3000) % 3, constant=1, row=np.arange(3000),
                                    score=np.linspace(0, 1, 3000))

@@ -11,8 +11,10 @@ import numpy as np
 from cost_bench import macs, stats
 from random_rows import make_features
 
+# The default memory's groups on MovieLens (`reloop2_tf.data.id_groups_for_frame`).
 MOVIELENS_GROUPS = [["item_id"], ["user_id", "genre"], ["user_id", "release_year"],
-                    ["item_id", "age"], ["item_id", "gender"], ["item_id", "occupation"]]
+                    ["item_id", "age"], ["item_id", "gender"], ["item_id", "occupation"],
+                    ["user_id", "item_id:popularity"]]
 
 
 def default_model(name: str, **memory):
