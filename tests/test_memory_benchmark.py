@@ -36,11 +36,11 @@ def test_quick_run_writes_consistent_json(tmp_path):
         # Sketch (its tables, the totals row, then the combiner's sums: F = 4 features (SRP at
         # two shrinkages, base logit, bias), F * (F + 1) values in rows of 3), P, centre, the two
         # scales, the trust solved from those sums (F values), and the read's weights: the 64
-        # tables' cells to U = 4 read-outs (SRP residual and count, mean weight, level), plus U
-        # offsets.
+        # tables' cells to U = 5 read-outs (SRP residual and count, mean weight, level, zero),
+        # plus U offsets.
         sum_rows = -(-4 * 5 // 3)
         sketch_bytes = ((64 * 2**12 + 1 + sum_rows) * 3 * 4 + 64 * dim * 12 * 4 + dim * 4 + 2 * 4
-                        + 4 * 4 + (3 * 64 * 4 + 4) * 4)
+                        + 4 * 4 + (3 * 64 * 5 + 5) * 4)
         for cell in block["cells"]:
             assert cell["state_bytes"]["sketch"] == sketch_bytes
             assert cell["state_bytes"]["knn"] == cell["rows"] * (dim + 3) * 4 + 8 + dim * 4

@@ -152,8 +152,7 @@ def predict_latency(clients: dict, batch: int, calls: int, warmup: int,
 def writes_and_replay(clients: dict, batch: int, calls: int, warmup: int,
                       rng: np.random.Generator) -> tuple[dict, dict]:
     """One-thread write throughput, by keys on server ``keys`` and by features on server
-    ``features`` (both loaded from the same export), interleaved call by call and in the same
-    order on both, so that the run is also a replay: the two memories are then compared.
+    ``features`` (both loaded from the same export), interleaved call by call; then ``replay``.
 
     ``prebuilt``: requests built before timing (their TensorProtos, one fresh write_id each);
     ``client``: ``update_memory_by_keys`` / ``update_memory`` of ``ReLoop2Client`` on arrays.
@@ -181,21 +180,14 @@ def writes_and_replay(clients: dict, batch: int, calls: int, warmup: int,
                             "write_id": np.array(new_write_id().encode(), dtype=object)})
                    for r, y, w in zip(rows, labels, weights)]
     c_rows, c_served, c_labels, c_weights = data["client"]
-    written = {"keys": [], "features": []}
-
-    def record(kind, out):
-        written[kind].append(float(out["weight_written"]))
-
     arms = {
-        "prebuilt by_keys": lambda i: record("keys", keys_client.call("update_memory_by_keys",
-                                                                      by_keys[i])),
-        "prebuilt by_features": lambda i: record("features", feat_client.call("update_memory",
-                                                                              by_features[i])),
-        "client by_keys": lambda i: record("keys", keys_client.update_memory_by_keys(
+        "prebuilt by_keys": lambda i: keys_client.call("update_memory_by_keys", by_keys[i]),
+        "prebuilt by_features": lambda i: feat_client.call("update_memory", by_features[i]),
+        "client by_keys": lambda i: keys_client.update_memory_by_keys(
             c_served[i]["memory_keys"], c_served[i]["base_probability"], c_labels[i],
-            c_weights[i])),
-        "client by_features": lambda i: record("features", feat_client.update_memory(
-            c_rows[i], c_labels[i], c_weights[i])),
+            c_weights[i]),
+        "client by_features": lambda i: feat_client.update_memory(
+            c_rows[i], c_labels[i], c_weights[i]),
     }
     schedule = timing.paired([("prebuilt by_keys", "prebuilt by_features"),
                               ("client by_keys", "client by_features")])
@@ -210,19 +202,42 @@ def writes_and_replay(clients: dict, batch: int, calls: int, warmup: int,
                                            / cell["by_features"]["rows_per_s"], 3)
         writes["one_thread"][mode] = cell
 
+    return writes, replay(clients, batch, 2 * n, rng)
+
+
+def replay(clients: dict, batch: int, batches: int, rng: np.random.Generator) -> dict:
+    """The same rows written by keys to server ``keys`` and by features to server ``features``,
+    from the same state (the features server's memory restored into both: a restore leaves
+    the forgetting clocks at 1, so the two hold the same floats, not only the same sums), each
+    batch predicted on the keys server just before its write, as a client does: the keys of a
+    memory that read its own counts (a popularity cross) are those of the moment the rows are
+    served. Then the two memories and their predictions are compared."""
+    keys_client, feat_client = clients["keys"], clients["features"]
+    state = feat_client.snapshot()
+    keys_client.restore(state)
+    feat_client.restore(state)
+    written = {"keys": 0.0, "features": 0.0}
+    for _ in range(batches):
+        rows = make_features(spec(), batch, rng)
+        labels = rng.integers(0, 2, batch).astype(np.float32)
+        weights = rng.integers(0, 3, batch).astype(np.float32)
+        served = keys_client.predict(rows, output_filter=["memory_keys", "base_probability"])
+        written["keys"] += float(keys_client.update_memory_by_keys(
+            served["memory_keys"], served["base_probability"], labels, weights)["weight_written"])
+        written["features"] += float(feat_client.update_memory(rows, labels,
+                                                               weights)["weight_written"])
     a, b = keys_client.snapshot(), feat_client.snapshot()
     probe = make_features(spec(), batch, rng)
     pa, pb = keys_client.predict(probe), feat_client.predict(probe)
-    replay = {
-        "batches": 2 * n, "rows": 2 * n * batch,
-        "weight_written_by_keys": sum(written["keys"]),
-        "weight_written_by_features": sum(written["features"]),
+    return {
+        "batches": batches, "rows": batches * batch,
+        "weight_written_by_keys": written["keys"],
+        "weight_written_by_features": written["features"],
         "shape_by_keys": list(a.shape), "shape_by_features": list(b.shape),
         "snapshots_equal": bool(a.shape == b.shape and np.array_equal(a, b)),
         "max_abs_diff": float(np.max(np.abs(a - b))) if a.shape == b.shape else None,
         "predictions_equal_after": bool(np.array_equal(pa["probability"], pb["probability"])),
     }
-    return writes, replay
 
 
 def threaded_writes(clients: dict, batch: int, calls: int, threads: int, repeats: int,

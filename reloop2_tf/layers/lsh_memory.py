@@ -84,8 +84,9 @@ class LSHErrorMemory(ErrorMemory):
     * A cross may name a single-feature group's popularity, ``"<name>:popularity"`` (e.g.
       ``("user_id", "item_id:popularity")``): the bucket ``floor(log2(1 + c))`` (at most 15)
       of the count ``c`` in ``<name>``'s table when the row is read. It is read off the memory,
-      so clients send nothing more; a row is written where it was read from. Opt-in: it trades
-      a little gAUC for AUC and logloss (docs/benchmarks.md).
+      so clients send nothing more; a row is written where it was read from
+      (``keys_read_state``). ``default_id_groups`` has ``(user, "<item>:popularity")``
+      (docs/benchmarks.md).
     * One more id table per entry of ``recent_groups`` (by default the single-feature groups,
       such as the item), keyed like its group but forgetting at ``recent_half_life``: its
       residual is the last few thousand rows', so a shift shows up within a feedback slot while
