@@ -531,9 +531,7 @@ class LSHErrorMemory(ErrorMemory):
         weight of the rows' buckets over the tables ``[B]``, true units. ``keys`` ``[B, T]``
         must be checked already."""
         base_probs = tf.convert_to_tensor(base_probs, tf.float32)
-        cells = tf.gather(self.sketch, keys + self._offsets)  # [B, T, 3], as stored
-        readouts = tf.matmul(self.read_weights, tf.reshape(cells, [-1, 3 * self.total_tables]),
-                             transpose_a=True, transpose_b=True) + self.read_offsets  # [U, B]
+        readouts = self.read_offsets + self._readouts(keys, self._offsets, self.read_weights)
         # Feature-major, so that the gather and every op after it move contiguous rows of B.
         features = self._read_layout.features(_with_base_rows(readouts, base_probs), prior_count)
         return features, readouts[self._read_layout.support]
@@ -542,9 +540,8 @@ class LSHErrorMemory(ErrorMemory):
         """``(correction, support)``, each ``[B]``, for rows with these ``keys`` ``[B, T]``
         (checked already): the self-tuning combiner's correction of the base logit, ``trust .
         trust_features``, and the mean weight of the rows' buckets (``serve``)."""
-        k = self.num_tables
-        readouts = self._id_readouts(keys[:, k:]) if self.id_tables else None
-        return self._join(keys[:, :k], readouts, base_probs, prior_count)
+        readouts = self.read_offsets + self._readouts(keys, self._offsets, self.read_weights)
+        return self._corrected(readouts, base_probs, prior_count)
 
     def read_ids(self, ids) -> tuple[tf.Tensor | None, tf.Tensor | None]:
         """The part of a served read that needs the ids alone: ``(keys, readouts)``, the rows'
@@ -559,51 +556,43 @@ class LSHErrorMemory(ErrorMemory):
         if not self.id_tables:
             return None, None
         keys = self.id_bucket_ids(ids)
-        return keys, self._id_readouts(keys)
+        weights = self.read_weights[3 * self.num_tables:]
+        return keys, self.read_offsets + self._readouts(keys, self._id_offsets, weights)
 
     def serve(self, hidden, id_read, base_probs, prior_count: float) -> dict[str, tf.Tensor]:
         """``memory_keys`` ``[B, T]``, ``correction`` and ``support`` (``correction``) of rows
         given by their hidden vectors and ``id_read`` (``read_ids`` of their ids)."""
         srp = self.bucket_ids(hidden)
         keys, readouts = id_read
+        checks = []
         if keys is None:
-            return dict(zip(("correction", "support"),
-                            self._join(srp, None, base_probs, prior_count)), memory_keys=srp)
-        # The ids were checked against each other; here against `hidden`'s rows, before the
-        # first op that joins the two.
-        checks = [v.assert_that(tf.equal(tf.shape(keys)[0], tf.shape(srp)[0]),
-                                f"`ids` must have one id per row (of `hidden`) for each of "
-                                f"{list(self.id_features)}")]
-        correction, support = self._join(srp, readouts, base_probs, prior_count, checks)
-        with tf.control_dependencies(checks):
-            keys = tf.concat([srp, keys], axis=1)
-        return {"memory_keys": keys, "correction": correction, "support": support}
-
-    def _id_readouts(self, id_keys) -> tf.Tensor:
-        """float32 ``[U, B]``: the read-outs of the id tables' cells for id keys ``[B, I]``, plus
-        ``read_offsets``."""
-        cells = tf.gather(self.sketch, id_keys + self._id_offsets)  # [B, I, 3]
-        k3 = 3 * self.num_tables
-        return self.read_offsets + tf.matmul(
-            self.read_weights[k3:], tf.reshape(cells, [-1, 3 * len(self.id_tables)]),
-            transpose_a=True, transpose_b=True)
-
-    def _join(self, srp_keys, readouts, base_probs, prior_count: float,
-              checks=()) -> tuple[tf.Tensor, tf.Tensor]:
-        """``correction``'s read: the SRP tables' read-outs for ``srp_keys`` ``[B, K]`` added to
-        the id tables' (``readouts``, `None` without id tables), then the features times the
-        trust. ``checks`` gate the ops that join the two."""
-        k = self.num_tables
-        base_probs = tf.convert_to_tensor(base_probs, tf.float32)
-        if readouts is None:
             readouts = self.read_offsets  # [U, 1]: the read-outs of empty cells
+        else:
+            # The ids were checked against each other; here against `hidden`'s rows, before the
+            # first op that joins the two.
+            checks.append(v.assert_that(tf.equal(tf.shape(keys)[0], tf.shape(srp)[0]),
+                                        f"`ids` must have one id per row (of `hidden`) for each "
+                                        f"of {list(self.id_features)}"))
+        k = self.num_tables
         with tf.control_dependencies(checks):
             if k:
-                cells = tf.gather(self.sketch, srp_keys + self._srp_offsets)  # [B, K, 3]
-                readouts = readouts + tf.matmul(self.read_weights[:3 * k],
-                                                tf.reshape(cells, [-1, 3 * k]),
-                                                transpose_a=True, transpose_b=True)
-            rows = _with_base_rows(readouts, base_probs)
+                readouts = readouts + self._readouts(srp, self._srp_offsets,
+                                                     self.read_weights[:3 * k])
+            if keys is not None:
+                srp = tf.concat([srp, keys], axis=1)
+            correction, support = self._corrected(readouts, base_probs, prior_count)
+        return {"memory_keys": srp, "correction": correction, "support": support}
+
+    def _readouts(self, keys, offsets, weights) -> tf.Tensor:
+        """float32 ``[U, B]``: the cells of the rows' buckets ``keys`` ``[B, n]`` (tables at
+        ``offsets``) mapped by their rows of ``read_weights``, ``weights`` ``[3 n, U]``."""
+        cells = tf.gather(self.sketch, keys + offsets)  # [B, n, 3], as stored
+        return tf.matmul(weights, tf.reshape(cells, [-1, weights.shape[0]]),
+                         transpose_a=True, transpose_b=True)
+
+    def _corrected(self, readouts, base_probs, prior_count: float) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(trust . features, support)`` from the rows' read-outs ``[U, B]``."""
+        rows = _with_base_rows(readouts, tf.convert_to_tensor(base_probs, tf.float32))
         # The trust as a row: the sum over features is one MatMul.
         correction = tf.matmul(self.trust_solution[None, :],
                                self._read_layout.features(rows, prior_count))
