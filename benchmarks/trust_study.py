@@ -70,7 +70,7 @@ def dump(args) -> None:
     else:
         df = data.load_dataset(args.dataset, data_dir=args.data_dir)
     config = b.BenchConfig(dataset="csv" if args.csv else args.dataset, model=args.model,
-                           num_slots=args.slots, sweep=False)
+                           num_slots=args.slots, sweep=False, seed=args.seed)
     cut = int(len(df) * config.train_fraction)
     spec = b.spec_for_frame(df, history_length=config.history_length)
     test = b._Stream(df.iloc[cut:], spec, config.num_slots)
@@ -78,7 +78,8 @@ def dump(args) -> None:
                      config)
     item_vec = _item_vectors(probe.base, test.features), _item_vectors(probe.base, probe.warm_features)
     item_vec = {} if item_vec[0] is None else {"item_vec": item_vec[0], "warm_item_vec": item_vec[1]}
-    groups = b.id_groups_for_frame(df)
+    # Popularity crosses are read off the memory: the replica's OnlinePopularity adds them.
+    groups = [g for g in b.id_groups_for_frame(df) if not any(":" in c for c in g)]
     cols = sorted({c for g in groups for c in g} | {"user_id"})
     np.savez(args.out, logits=probe.logits, labels=test.labels, warm_logits=probe.warm_logits,
              warm_labels=probe.warm_labels, groups=np.array(["*".join(g) for g in groups]),
@@ -220,6 +221,7 @@ def main() -> None:
     d.add_argument("--label-col", default="label")
     d.add_argument("--label-threshold", type=float, default=None)
     d.add_argument("--slots", type=int, default=10)
+    d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True)
     r = sub.add_parser("run")
     r.add_argument("streams", nargs="+")
