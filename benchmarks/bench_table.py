@@ -3,6 +3,10 @@
 users; logloss: paired normal), and the validation choice.
 
     python benchmarks/bench_table.py runs/ml1m-dcn/results.json [more results.json ...]
+    python benchmarks/bench_table.py --seeds runs/s0/results.json runs/s1/results.json ...
+
+``--seeds`` treats the files as one log and model run with several seeds (what ``reloop2 bench
+--seeds`` writes) and prints their mean and standard deviation per method.
 """
 
 from __future__ import annotations
@@ -57,5 +61,15 @@ def table(path: str) -> str:
     return "\n".join(out)
 
 
+def seeds_table(paths: list[str]) -> str:
+    from reloop2_tf.evaluation.seeds import format_seed_table, summarize_seeds
+
+    return format_seed_table(summarize_seeds([json.load(open(p, encoding="utf-8"))
+                                              for p in paths]))
+
+
 if __name__ == "__main__":
-    print("\n\n".join(table(p) for p in sys.argv[1:]))
+    if sys.argv[1:2] == ["--seeds"]:
+        print(seeds_table(sys.argv[2:]))
+    else:
+        print("\n\n".join(table(p) for p in sys.argv[1:]))

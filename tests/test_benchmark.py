@@ -166,3 +166,74 @@ def test_a_popularity_cross_is_replayed_with_the_keys_a_server_would_serve():
     np.testing.assert_array_equal(served[:every], ahead[:every])  # served by the empty memory
     cross = replayed.memory.num_tables + replayed.memory.id_tables.index(("user", "item:popularity"))
     assert (served[:, cross] != ahead[:, cross]).mean() > 0.5  # later rows: their own counts
+
+
+def _run(seed: int, auc: float, gauc: float, logloss: float) -> dict:
+    """A results.json with static and one method whose figures are static's plus the given."""
+    static = {"auc": 0.70, "gauc": 0.68, "logloss": 0.60}
+    method = {"auc": static["auc"] + auc, "gauc": static["gauc"] + gauc,
+              "logloss": static["logloss"] + logloss}
+    return {"dataset": "ml-1m", "config": {"model": "dcn"}, "seed": seed,
+            "methods": {"static": static, "reloop2": method},
+            "lift_vs_static": {"reloop2": {"auc": auc, "gauc": gauc, "logloss": logloss}}}
+
+
+def test_a_seed_summary_is_the_mean_and_sample_sd_of_the_runs():
+    from reloop2_tf.evaluation import seeds
+
+    summary = seeds.summarize_seeds([_run(0, 0.010, 0.006, -0.010), _run(1, 0.008, 0.004, -0.012),
+                                     _run(2, 0.012, 0.005, -0.011)])
+    assert summary["seeds"] == [0, 1, 2] and summary["model"] == "dcn"
+    gauc = summary["methods"]["reloop2"]["lift_gauc"]
+    assert gauc["values"] == [0.006, 0.004, 0.005]
+    assert gauc["mean"] == pytest.approx(0.005) and gauc["sd"] == pytest.approx(0.001)
+    assert summary["methods"]["reloop2"]["logloss"]["mean"] == pytest.approx(0.589)
+    assert "lift_gauc" not in summary["methods"]["static"]
+    assert summary["methods"]["static"]["auc"]["sd"] == 0.0
+    one = seeds.summarize_seeds([_run(4, 0.01, 0.005, -0.01)])
+    assert one["methods"]["reloop2"]["lift_auc"]["sd"] is None
+    text = seeds.format_seed_table(summary)
+    assert "+0.50 ± 0.10" in text and "+0.60 +0.40 +0.50" in text
+
+
+def test_runs_with_different_methods_are_not_summarized():
+    from reloop2_tf.evaluation import seeds
+
+    other = _run(1, 0.01, 0.005, -0.01)
+    other["methods"]["item-bias"] = other["methods"]["reloop2"]
+    with pytest.raises(ValueError, match="different methods"):
+        seeds.summarize_seeds([_run(0, 0.01, 0.005, -0.01), other])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--seeds", "0,0"], "distinct"),
+    (["--seeds", "0,x"], "integers"),
+    (["--seeds", "0,1", "--scenario", "flip-sudden"], "drift testbed"),
+])
+def test_cli_rejects_bad_seed_lists_in_one_line(capsys, tmp_path, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--dataset", "ml-100k", "--output", str(tmp_path), *argv])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+    assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_seeds_run_the_benchmark_once_per_seed_and_summarize_them(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    assert cli.main(["bench", "--dataset", "ml-100k", "--slots", "3", "--epochs", "1",
+                     "--no-sweep", "--methods", "static,item-bias", "--seeds", "3,5",
+                     "--output", str(out)]) == 0
+    runs = [json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in (3, 5)]
+    assert [r["seed"] for r in runs] == [3, 5]
+    # The seed reached the base model: two different static models.
+    assert runs[0]["methods"]["static"]["auc"] != runs[1]["methods"]["static"]["auc"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [3, 5]
+    lift = summary["methods"]["item-bias"]["lift_gauc"]
+    assert lift["values"] == [r["lift_vs_static"]["item-bias"]["gauc"] for r in runs]
+    assert lift["mean"] == pytest.approx(sum(lift["values"]) / 2)
+    assert (out / "seeds.png").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "seeds 3, 5" in printed and "item-bias" in printed

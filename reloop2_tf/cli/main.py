@@ -93,6 +93,16 @@ def _feedback_every(value: str):
     return rows
 
 
+def _seeds(value: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in value.split(","))
+    except ValueError:
+        seeds = ()
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct integers >= 0 like '0,1,2', got {value!r}")
+    return seeds
+
+
 def _id_groups(value: str) -> list:
     if value.strip().lower() == "none":
         return []
@@ -103,6 +113,10 @@ def _id_groups(value: str) -> list:
 
 
 def _bench(args) -> int:
+    if args.seeds and (args.scenario or args.dataset == "synthetic"):
+        raise ValueError("`--seeds` runs the streaming benchmark once per seed; the drift testbed "
+                         "and the synthetic stream take one `--seed` (benchmarks/drift_runs.sh "
+                         "loops over seeds)")
     if args.dataset == "synthetic":
         from reloop2_tf.evaluation import synthetic_bench
 
@@ -155,6 +169,14 @@ def _bench(args) -> int:
             methods += ("reloop2 no-centre", *benchmark.ablations(
                 replace(config.memory, id_groups=config.memory.id_groups
                         or benchmark.id_groups_for_frame(df))))
+        if args.seeds:
+            from reloop2_tf.evaluation import seeds
+
+            summary = seeds.run_seeds(df, config, args.output, args.seeds, methods=methods)
+            print(seeds.format_seed_table(summary))
+            print(f"results: {args.output}/seed-*/results.json, summary: {args.output}/"
+                  f"summary.json, plot: {args.output}/seeds.png ({summary['wall_seconds']} s)")
+            return 0
         results = benchmark.run_benchmark(df, config, args.output, methods=methods)
         print(benchmark.format_table(results))
     print(f"results: {args.output}/results.json, plot: {args.output}/slots.png "
@@ -221,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --scenario: rows per metric window and per memory feedback (1000)")
     bench.add_argument("--quick", action="store_true", help="a few minutes on 2 cores (ML-100K)")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seeds", type=_seeds, default=None,
+                       help="run once per seed, e.g. 0,1,2 (OUTPUT/seed-N), and summarize the "
+                            "lifts across seeds (OUTPUT/summary.json, seeds.png)")
     bench.add_argument("--output", required=True, help="directory for results.json and plots")
     bench.set_defaults(func=_bench)
 

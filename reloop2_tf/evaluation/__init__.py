@@ -1,6 +1,7 @@
 """The benchmark and drift testbed: the code that measures the library, not the library itself.
 
-* ``benchmark``: the streaming benchmark on real logs (static vs incremental vs ReLoop2).
+* ``benchmark``: the streaming benchmark on real logs (static vs incremental vs ReLoop2);
+  ``seeds``: the same over several seeds, summarized.
 * ``drift_bench``, ``scenarios``, ``recovery``: the drift testbed (seeded shifts, recovery metrics).
 * ``synthetic``, ``synthetic_bench``: a synthetic stream with a known shift, and its comparison.
 * ``streaming``: the replay loop (score a slot, then reveal its labels); ``baselines``: bias memories.

@@ -87,3 +87,26 @@ def plot_windows(results: dict, path, title: str = "", smooth: int | None = None
     fig.tight_layout(rect=(0, 0.06 + 0.025 * (len(labels) // 6), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_seeds(summary: dict, path) -> None:
+    """Every method's AUC and gAUC lift over static in every seed (dots) and their mean (bar),
+    from a ``seeds.summarize_seeds`` summary."""
+    names = [n for n, m in summary["methods"].items() if "lift_gauc" in m]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(names) + 1.6), sharey=True)
+    y = np.arange(len(names))
+    for ax, key, label in zip(axes, ("lift_auc", "lift_gauc"), ("ΔAUC", "ΔgAUC")):
+        means = [100 * summary["methods"][n][key]["mean"] for n in names]
+        ax.barh(y, means, color="C0", alpha=0.35)
+        for i, n in enumerate(names):
+            values = [100 * v for v in summary["methods"][n][key]["values"]]
+            ax.plot(values, [i] * len(values), "o", color="C0", ms=4)
+        ax.axvline(0.0, color="grey", lw=1)
+        ax.set_xlabel(f"{label} vs static (points); dots: seeds {summary['seeds']}")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(y, names, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{summary['dataset']} / {summary['model']}: lift over static per seed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
