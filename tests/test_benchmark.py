@@ -196,13 +196,19 @@ def test_a_seed_summary_is_the_mean_and_sample_sd_of_the_runs():
     assert "+0.50 ± 0.10" in text and "+0.60 +0.40 +0.50" in text
 
 
-def test_runs_with_different_methods_are_not_summarized():
+def test_runs_of_other_methods_models_or_the_same_seed_are_not_summarized():
     from reloop2_tf.evaluation import seeds
 
     other = _run(1, 0.01, 0.005, -0.01)
     other["methods"]["item-bias"] = other["methods"]["reloop2"]
     with pytest.raises(ValueError, match="different methods"):
         seeds.summarize_seeds([_run(0, 0.01, 0.005, -0.01), other])
+    din = _run(1, 0.01, 0.005, -0.01)
+    din["config"]["model"] = "din"
+    with pytest.raises(ValueError, match="different logs, models"):
+        seeds.summarize_seeds([_run(0, 0.01, 0.005, -0.01), din])
+    with pytest.raises(ValueError, match="distinct seeds"):
+        seeds.summarize_seeds([_run(0, 0.01, 0.005, -0.01), _run(0, 0.02, 0.005, -0.01)])
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -30,14 +30,22 @@ FIGURES = ("auc", "gauc", "logloss", "lift_auc", "lift_gauc", "lift_logloss")
 
 def summarize_seeds(runs: list[dict]) -> dict:
     """Per method, every run's figures (``FIGURES``) and their mean and standard deviation
-    (sample, ``None`` for one run). Every run must have the same methods."""
+    (sample, ``None`` for one run). The runs must be of one log, model and feedback protocol,
+    with the same methods and distinct seeds."""
     if not runs:
         raise ValueError("no runs to summarize")
     names = list(runs[0]["methods"])
+    setup = _setup(runs[0])
     for run in runs[1:]:
+        if _setup(run) != setup:
+            raise ValueError("runs of different logs, models or feedback protocols cannot be "
+                             f"summarized as seeds: {setup} vs {_setup(run)}")
         if list(run["methods"]) != names:
             raise ValueError(f"runs with different methods cannot be summarized: {names} vs "
                              f"{list(run['methods'])}")
+    seeds = [run["seed"] for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the runs must have distinct seeds. Received: seeds {seeds}")
     methods = {}
     for name in names:
         figures = {}
@@ -52,7 +60,13 @@ def summarize_seeds(runs: list[dict]) -> dict:
                             "sd": statistics.stdev(values) if len(values) > 1 else None}
         methods[name] = figures
     return {"dataset": runs[0]["dataset"], "model": runs[0]["config"]["model"],
-            "seeds": [run["seed"] for run in runs], "methods": methods}
+            "seeds": seeds, "methods": methods}
+
+
+def _setup(run: dict) -> tuple:
+    """What runs summarized as seeds of one another must share."""
+    return (run["dataset"], run["config"]["model"], run["config"].get("feedback_every"),
+            run.get("split", {}).get("rows"))
 
 
 def run_seeds(df: pd.DataFrame, config: BenchConfig, output_dir, seeds, progress: bool = True,
