@@ -79,7 +79,7 @@ def dump(args) -> None:
     item_vec = _item_vectors(probe.base, test.features), _item_vectors(probe.base, probe.warm_features)
     item_vec = {} if item_vec[0] is None else {"item_vec": item_vec[0], "warm_item_vec": item_vec[1]}
     # Popularity crosses are read off the memory: the replica's OnlinePopularity adds them.
-    groups = [g for g in b.id_groups_for_frame(df) if not any(":" in c for c in g)]
+    groups = [g for g in b.id_groups_for_frame(df) if not any(b.popularity_of(c) for c in g)]
     cols = sorted({c for g in groups for c in g} | {"user_id"})
     np.savez(args.out, logits=probe.logits, labels=test.labels, warm_logits=probe.warm_logits,
              warm_labels=probe.warm_labels, groups=np.array(["*".join(g) for g in groups]),

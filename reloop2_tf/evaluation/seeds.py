@@ -24,14 +24,15 @@ import pandas as pd
 from reloop2_tf.evaluation.benchmark import METHODS, BenchConfig, _jsonable, run_benchmark
 from reloop2_tf.evaluation.plotting import plot_seeds
 
-# Every figure of a method in the summary: its overall metrics, then its lifts over static.
-FIGURES = ("auc", "gauc", "logloss", "lift_auc", "lift_gauc", "lift_logloss")
+# A method's figures in the summary: these metrics, and (but for static) their lifts over
+# static as "lift_<metric>".
+METRICS = ("auc", "gauc", "logloss")
 
 
 def summarize_seeds(runs: list[dict]) -> dict:
-    """Per method, every run's figures (``FIGURES``) and their mean and standard deviation
-    (sample, ``None`` for one run). The runs must be of one log, model and feedback protocol,
-    with the same methods and distinct seeds."""
+    """Per method, every run's figures (``METRICS`` and their lifts) and their mean and
+    standard deviation (sample, ``None`` for one run). The runs must be of one log, model and
+    feedback protocol, with the same methods and distinct seeds."""
     if not runs:
         raise ValueError("no runs to summarize")
     names = list(runs[0]["methods"])
@@ -48,19 +49,18 @@ def summarize_seeds(runs: list[dict]) -> dict:
         raise ValueError(f"the runs must have distinct seeds. Received: seeds {seeds}")
     methods = {}
     for name in names:
-        figures = {}
-        for key in FIGURES:
-            if key.startswith("lift_"):
-                if name == "static":
-                    continue
-                values = [run["lift_vs_static"][name][key[5:]] for run in runs]
-            else:
-                values = [run["methods"][name][key] for run in runs]
-            figures[key] = {"values": values, "mean": statistics.fmean(values),
-                            "sd": statistics.stdev(values) if len(values) > 1 else None}
+        figures = {key: _spread([run["methods"][name][key] for run in runs]) for key in METRICS}
+        if name != "static":
+            figures.update({f"lift_{key}": _spread([run["lift_vs_static"][name][key]
+                                                    for run in runs]) for key in METRICS})
         methods[name] = figures
     return {"dataset": runs[0]["dataset"], "model": runs[0]["config"]["model"],
             "seeds": seeds, "methods": methods}
+
+
+def _spread(values: list[float]) -> dict:
+    return {"values": values, "mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else None}
 
 
 def _setup(run: dict) -> tuple:
