@@ -312,7 +312,7 @@ class _ServingModule(tf.Module):
                      UPDATE_MEMORY: update_memory.get_concrete_function()}
         memory = model.memory
         if isinstance(memory, LSHErrorMemory):
-            keys_spec = tf.TensorSpec([None, memory.total_tables], tf.int32, name=MEMORY_KEYS)
+            keys_spec = tf.TensorSpec([None, memory.num_key_columns], tf.int32, name=MEMORY_KEYS)
             base_spec = tf.TensorSpec([None], tf.float32, name=BASE_PROBABILITY)
 
             @tf.function(input_signature=[keys_spec, base_spec, label_spec, weight_spec, id_spec])

@@ -62,7 +62,7 @@ def test_signature_contract_exact_names_and_dtypes(exported):
     assert [d.size for d in sketch.dim] == [model.memory.num_state_rows, 3]
     keys = sess.sigs["predict"].outputs["memory_keys"]
     assert tf.dtypes.as_dtype(keys.dtype) == tf.int32
-    assert [d.size for d in keys.tensor_shape.dim] == [-1, model.memory.total_tables]
+    assert [d.size for d in keys.tensor_shape.dim] == [-1, model.memory.num_key_columns]
     for name in ("serving_default", "update_memory"):
         assert all(len(t.tensor_shape.dim) == 1 and t.tensor_shape.dim[0].size == -1
                    for k, t in sess.sigs[name].inputs.items() if k != "write_id")

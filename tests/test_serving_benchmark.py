@@ -181,7 +181,7 @@ def test_quick_run_is_consistent_and_replays_equal(tmp_path):
     assert timing.check_report(result) == []
     # The default memory, as the library builds it.
     memory = result["memory"]
-    assert memory["class"] == "LSHErrorMemory" and memory["total_tables"] == (
+    assert memory["class"] == "LSHErrorMemory" and memory["num_key_columns"] == (
         memory["num_tables"] + len(memory["id_tables"]))
     assert result["predict"]["batch_1"]["outputs"]["base"] == ["base_probability"]
     assert "memory_keys" in result["predict"]["batch_1"]["outputs"]["memory"]

@@ -63,7 +63,7 @@ def build_exports(rng: np.random.Generator, root: Path | None = None, warm_rows:
         "memory": {"class": type(mem).__name__, "num_tables": mem.num_tables,
                    "num_bits": mem.num_bits, "id_groups": [list(g) for g in mem.id_groups],
                    "id_tables": [list(t) for t in mem.id_tables],
-                   "id_bits": mem.id_bits, "total_tables": mem.total_tables,
+                   "id_bits": mem.id_bits, "num_key_columns": mem.num_key_columns,
                    "num_state_rows": mem.num_state_rows, "hidden_dim": int(mem.dim),
                    "num_trust_features": mem.num_trust_features, "warm_rows": warm_rows},
         "footprint": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from reloop2_tf.layers.lsh_memory import EACH, EACH_SEPARATOR
 from reloop2_tf.wrapper import default_id_groups
 
 _NOT_FEATURES = ("timestamp", "label", "history")
@@ -36,9 +37,17 @@ def feature_sides(df: pd.DataFrame, item: str = "item_id",
 def id_groups_for_frame(df: pd.DataFrame, item: str = "item_id",
                         user: str = "user_id") -> list[list[str]]:
     """The default memory's id groups for a log (``reloop2_tf.default_id_groups``): the item,
-    the user crossed with every item-side column, the item crossed with every user-side and
+    the user crossed with every item-side column (with each of its tokens when its values list
+    several, ``"Comedy|Drama"``: ``"genres:each"``), the item crossed with every user-side and
     context column."""
     sides = feature_sides(df, item, user)
-    groups = default_id_groups(df.columns, item, user, sides["item"],
+    item_side = [f"{c}{EACH}" if _lists_tokens(df[c]) else c for c in sides["item"]]
+    groups = default_id_groups(df.columns, item, user, item_side,
                                sides["user"] + sides["context"])
     return [list(g) for g in groups]
+
+
+def _lists_tokens(column: pd.Series) -> bool:
+    """Whether a column's values list several tokens (``"Comedy|Drama"``) in some row."""
+    values = column.astype(str)
+    return bool(values.str.contains(EACH_SEPARATOR, regex=False).any())

@@ -97,13 +97,16 @@ class FTRLOffset:
 
     def replay(self, keys, base_probs, labels, slot_sizes, feedback_every=None,
                warm_keys=None, warm_base=None, warm_labels=None) -> np.ndarray:
-        """``keys``: ``[N, C]`` id values (one column per group, crosses already joined)."""
+        """``keys``: ``[N, C]`` id values (one column per group, crosses already joined;
+        `None`: the row has no feature in that column)."""
         keys = np.asarray(keys, dtype=object).reshape(len(base_probs), -1)
         warm_keys = (np.empty((0, keys.shape[1]), object) if warm_keys is None
                      else np.asarray(warm_keys, dtype=object).reshape(-1, keys.shape[1]))
         cols = self._columns(np.concatenate([warm_keys, keys]))
-        z_state = np.zeros(self.num_buckets + 1)
-        n_state = np.zeros(self.num_buckets + 1)
+        # The hashed values, the bias, and one coordinate that stands for "no feature": it is
+        # never updated, so its weight stays 0.
+        z_state = np.zeros(self.num_buckets + 2)
+        n_state = np.zeros(self.num_buckets + 2)
         offsets = _logit(np.concatenate([[] if warm_base is None else warm_base, base_probs]))
         targets = np.concatenate([[] if warm_labels is None else warm_labels, labels])
         nw = len(warm_keys)
@@ -125,9 +128,10 @@ class FTRLOffset:
 
     def _columns(self, keys) -> np.ndarray:
         hashed = np.stack([pd.util.hash_array(np.asarray([f"{j}|{v}" for v in keys[:, j]], object))
-                           % self.num_buckets for j in range(keys.shape[1])], 1)
+                           % self.num_buckets for j in range(keys.shape[1])], 1).astype(np.int64)
+        hashed[np.equal(keys, None)] = self.num_buckets + 1
         bias = np.full((len(keys), 1), self.num_buckets)
-        return np.concatenate([hashed.astype(np.int64), bias], 1)
+        return np.concatenate([hashed, bias], 1)
 
     def _weights(self, z_state, n_state, cols) -> np.ndarray:
         z, n = z_state[cols], n_state[cols]
@@ -137,7 +141,7 @@ class FTRLOffset:
     def _update(self, z_state, n_state, cols, offsets, targets) -> None:
         p = _sigmoid(offsets + self._weights(z_state, n_state, cols).sum(1))
         touched, inverse = np.unique(cols.ravel(), return_inverse=True)
-        g = np.repeat(p - targets, cols.shape[1])
+        g = np.where(cols.ravel() == self.num_buckets + 1, 0.0, np.repeat(p - targets, cols.shape[1]))
         grad = np.bincount(inverse, g, len(touched))
         grad_sq = np.bincount(inverse, g * g, len(touched))
         w = self._weights(z_state, n_state, touched)

@@ -44,7 +44,7 @@ from reloop2_tf.evaluation.plotting import plot_slots, plot_sweeps
 from reloop2_tf.evaluation.streaming import encode, memory_inputs, replay_encoded, warm_start
 from reloop2_tf.features import FeatureSpec, SequenceFeature, SparseFeature, features_from_frame
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
-from reloop2_tf.layers.lsh_memory import popularity_of
+from reloop2_tf.layers.lsh_memory import EACH_SEPARATOR, EACH_SLOTS, each_of, popularity_of
 from reloop2_tf.models import build_model
 from reloop2_tf.training import TrainingProgress, compile_model, make_dataset
 from reloop2_tf.wrapper import ReLoop2Model
@@ -303,13 +303,24 @@ def _score(stream: _Stream, probs: np.ndarray) -> tuple[float, float]:
 
 
 def _cross_keys(df: pd.DataFrame, groups) -> np.ndarray:
-    """One column of joined id values per group, for ``FTRLOffset``."""
+    """One column of joined id values per group, for ``FTRLOffset``; a group naming a
+    multi-valued feature (``"genres:each"``) gives one column per token the memory keys (the
+    first 4), `None` where a row has fewer (no feature)."""
     columns = []
     for group in groups:
-        values = df[group[0]].astype(str).to_numpy(object)
+        values = [df[group[0]].astype(str).to_numpy(object)]
         for name in group[1:]:
-            values = values + "\x1f" + df[name].astype(str).to_numpy(object)
-        columns.append(values)
+            if each_of(name):
+                tokens = df[each_of(name)].astype(str).str.split(EACH_SEPARATOR, regex=False)
+                slots = [tokens.str[j].str.strip().fillna("").to_numpy(object)
+                         for j in range(EACH_SLOTS)]
+                values = [v + "\x1f" + t for v in values for t in slots]
+                empty = [t == "" for t in slots]
+            else:
+                values = [v + "\x1f" + df[name].astype(str).to_numpy(object) for v in values]
+        if len(values) > 1:
+            values = [np.where(e, None, v) for v, e in zip(values, empty)]
+        columns.extend(values)
     return np.stack(columns, 1)
 
 

@@ -95,7 +95,7 @@ def memory_inputs(memory, hidden: np.ndarray, features: dict[str, np.ndarray] | 
     return np.concatenate([
         memory.keys(hidden[a:b], {n: features[n][a:b] for n in names} if names else None).numpy()
         for a, b in _batches(len(hidden), batch_size)]) if len(hidden) else np.zeros(
-            (0, memory.total_tables), np.int32)
+            (0, memory.num_key_columns), np.int32)
 
 
 def replay_encoded(compensation: ErrorCompensation, logits: np.ndarray, inputs: np.ndarray,

@@ -43,6 +43,13 @@ _LEVEL_GATE = 4.0
 # the row's bucket when the row is read (docs/core.md).
 POPULARITY = ":popularity"
 _POPULARITY_BUCKETS = 16
+# A cross may name a multi-valued feature, "<name>:each" (e.g. ("user_id", "genres:each")):
+# its value lists tokens separated by EACH_SEPARATOR ("Comedy|Drama"), and the row keys one cell
+# of the group's table per token, its first EACH_SLOTS tokens; the group is read pooled over
+# them. Bucket 0 of such a table stands for "no token" and is never written (docs/core.md).
+EACH = ":each"
+EACH_SEPARATOR = "|"
+EACH_SLOTS = 4
 # Trust stays in [-_MAX_TRUST, _MAX_TRUST] per group (docs/core.md).
 _MAX_TRUST = 16.0
 # The base-logit column's trust stays in [-_MAX_TEMPER, _MAX_TEMPER]: the corrected logit keeps
@@ -87,14 +94,22 @@ class LSHErrorMemory(ErrorMemory):
       so clients send nothing more; a row is written where it was read from
       (``keys_read_state``). ``default_id_groups`` has ``(user, "<item>:popularity")``
       (docs/benchmarks.md).
+    * A cross may name a multi-valued feature, ``"<name>:each"`` (e.g. ``("user_id",
+      "genres:each")`` with ``genres`` values such as ``"Comedy|Drama"``): the row keys one
+      cell per token (its first 4), the group reads their pooled residual
+      ``(sum (y - b) - (sum c) r_a) / (sum c + n)``, and a write adds the row to each. A
+      user's taste for every genre of a film, not for its first genre or its combination of
+      genres. ``reloop2_tf.data.id_groups_for_frame`` uses it for item-side columns whose
+      values hold ``"|"``.
     * One more id table per entry of ``recent_groups`` (by default the single-feature groups,
       such as the item), keyed like its group but forgetting at ``recent_half_life``: its
       residual is the last few thousand rows', so a shift shows up within a feedback slot while
       the other tables keep their long evidence (docs/core.md).
 
-    A row is written to all its buckets, so reads and writes touch ``num_tables +
-    len(id_tables)`` cells whatever the memory holds. ``keys`` gives those buckets as int32
-    ``[B, T]``; ``update_by_keys`` writes by them without the hidden vector or the ids.
+    A row is written to all its buckets, so reads and writes touch ``num_key_columns`` cells
+    (one per table, 4 for a multi-valued group) whatever the memory holds. ``keys`` gives those
+    buckets as int32 ``[B, T]``; ``update_by_keys`` writes by them without the hidden vector or
+    the ids.
 
     Args:
         num_tables: int >= 0. SRP tables K (0: identity only; then ``id_groups`` is required).
@@ -163,32 +178,80 @@ class LSHErrorMemory(ErrorMemory):
         for group in self.id_groups:
             if len(group) > 1 and group[:1] not in tables:
                 tables.append(group[:1])
-        self._first_recent = num_tables + len(tables)  # column of keys of the first recent table
+        self._first_recent = num_tables + len(tables)  # the first recent table (all tables)
         tables += self.recent_groups
         self.id_tables: tuple[tuple[str, ...], ...] = tuple(tables)
         self._parents = [tables.index(g[:1]) if len(g) > 1 else -1 for g in self.id_groups]
         # Popularity buckets a cross names, and the id table whose counts each one reads.
         self._popularity = tuple(dict.fromkeys(n for t in tables for n in t if popularity_of(n)))
         for group in (*self.id_groups, *self.recent_groups):
-            if popularity_of(group[0]):
+            if popularity_of(group[0]) or each_of(group[0]):
                 raise ValueError(f"`{group[0]}` cannot be the first feature of a group: a cross is "
                                  f"centred on its first feature's table. Received: {group!r}")
+            if sum(1 for n in group if each_of(n)) > 1:
+                raise ValueError(f"a group may name one multi-valued feature (`{EACH}`). "
+                                 f"Received: {group!r}")
+            bad = [n for n in group if each_of(n) and popularity_of(each_of(n))]
+            if bad:
+                raise ValueError(f"`{bad[0]}`: a popularity bucket holds one value, not a list of "
+                                 f"tokens. Received: {group!r}")
         for name in self._popularity:
             if (popularity_of(name),) not in self.id_groups:
                 raise ValueError(f"`{name}` buckets the counts of the id group "
                                  f"{popularity_of(name)!r}: list it in `id_groups` too. "
                                  f"Received: id_groups={list(id_groups)!r}")
+        # Key columns: one per SRP table and per id table, EACH_SLOTS for an id table keyed by
+        # a multi-valued feature (one per token). `_table_columns[t]`: table t's key columns
+        # (SRP tables first); `_column_tables[c]`: key column c's table.
+        slots = [EACH_SLOTS if any(each_of(n) for n in t) else 1 for t in tables]
+        self._table_columns = [[c] for c in range(num_tables)]
+        for count in slots:
+            start = sum(len(c) for c in self._table_columns)
+            self._table_columns.append(list(range(start, start + count)))
+        self._column_tables = [t for t, cs in enumerate(self._table_columns) for _ in cs]
+        # The key columns of tables keyed by tokens: their key 0 is "no token", never written.
+        self._each_columns = [len(self._table_columns[t]) > 1 for t in self._column_tables]
         self._popularity_tables = [tables.index((popularity_of(n),)) for n in self._popularity]
-        self.id_features: tuple[str, ...] = tuple(sorted(
-            {n for g in tables for n in g if not popularity_of(n)}))
+        plain = sorted({n for g in tables for n in g if not popularity_of(n) and not each_of(n)})
+        self._plain_features = tuple(plain)
+        self._each_features = tuple(sorted({each_of(n) for g in tables for n in g if each_of(n)}))
+        self.id_features: tuple[str, ...] = tuple(sorted({*plain, *self._each_features}))
         # Id keys: a seed per table (from the memory's seed and the table's names), and for
-        # every position in a cross the row of the hashed features each table reads: one per
-        # name of `id_features`, then zeros ("no feature"), then the popularity buckets.
-        self._id_seeds = [int.from_bytes(hashlib.sha256(f"{self.seed}:{'*'.join(t)}".encode())
-                                         .digest()[:8], "little") for t in tables]
-        rows = [*self.id_features, None, *self._popularity]
-        self._id_columns = [[rows.index(t[j]) if j < len(t) else rows.index(None) for t in tables]
+        # every position in a cross the row of the hashed features each id key column reads:
+        # one per plain feature, then zeros ("no feature"), then the popularity buckets, then
+        # the tokens of every multi-valued feature, slot by slot.
+        seeds = [int.from_bytes(hashlib.sha256(f"{self.seed}:{'*'.join(t)}".encode())
+                                .digest()[:8], "little") for t in tables]
+        rows = [*plain, None, *self._popularity,
+                *((f, j) for f in self._each_features for j in range(EACH_SLOTS))]
+        id_columns = self._column_tables[num_tables:]
+        self._column_seeds = [seeds[t - num_tables] for t in id_columns]
+
+        def row(column: int, position: int) -> int:
+            table = self._column_tables[column]
+            names = tables[table - num_tables]
+            if position >= len(names):
+                return rows.index(None)
+            if each_of(names[position]):
+                slot = column - self._table_columns[table][0]
+                return rows.index((each_of(names[position]), slot))
+            return rows.index(names[position])
+
+        self._id_columns = [[row(c, j) for c in range(num_tables, num_tables + len(id_columns))]
                             for j in range(max((len(t) for t in tables), default=0))]
+        # Per id key column, the row of its token among the tokens' rows (`_id_keys_t`); one
+        # past the last for a column of a table without tokens.
+        first_token = len(rows) - len(self._each_features) * EACH_SLOTS
+
+        def token_row(column: int) -> int:
+            table = self._column_tables[column]
+            for name in tables[table - num_tables]:
+                if each_of(name):
+                    return rows.index((each_of(name), column - self._table_columns[table][0]))
+            return len(rows)
+
+        self._column_token_rows = [token_row(c) - first_token
+                                   for c in range(num_tables, len(self._column_tables))]
         sizes = [2**num_bits] * num_tables + [2**id_bits] * len(tables)
         if sum(sizes) >= 2**31:
             raise ValueError(f"the memory would hold {sum(sizes)} buckets; at most 2**31 - 1")
@@ -209,9 +272,10 @@ class LSHErrorMemory(ErrorMemory):
         return 2**self.num_bits
 
     @property
-    def total_tables(self) -> int:
-        """SRP tables plus id tables: the width T of ``keys``."""
-        return self.num_tables + len(self.id_tables)
+    def num_key_columns(self) -> int:
+        """The width T of ``keys``: one column per SRP table and per id table, ``EACH_SLOTS``
+        (4) for an id table keyed by a multi-valued feature (``"<name>:each"``)."""
+        return len(self._column_tables)
 
     @property
     def num_cells(self) -> int:
@@ -294,13 +358,14 @@ class LSHErrorMemory(ErrorMemory):
         for table in range(k):
             pack[table * l:(table + 1) * l, table] = 2.0 ** np.arange(l)
         self._pack = tf.constant(pack)
-        offsets = np.cumsum([0, *self.table_sizes[:-1]]).astype(np.int32)
+        # Per key column: where its table's cells start, the scale they are stored at (0:
+        # `scale`, 1: `recent_scale`; the recent tables are the last) and the table's size.
+        tables = np.array(self._column_tables)
+        offsets = np.cumsum([0, *self.table_sizes[:-1]]).astype(np.int32)[tables]
         self._offsets = tf.constant(offsets)
         self._srp_offsets, self._id_offsets = tf.constant(offsets[:k]), tf.constant(offsets[k:])
-        # Which scale each table's cells are stored at (0: `scale`, 1: `recent_scale`).
-        self._table_clock = tf.constant([0] * self._first_recent + [1] * len(self.recent_groups),
-                                        tf.int32)
-        self._sizes = tf.constant(self.table_sizes, tf.int32)
+        self._table_clock = tf.constant((tables >= self._first_recent).astype(np.int32))
+        self._sizes = tf.constant(np.array(self.table_sizes, np.int32)[tables])
         # The totals row on each clock (without recent tables the second is unused: no table is
         # on the recent clock).
         self._totals_rows = tf.constant(
@@ -309,7 +374,7 @@ class LSHErrorMemory(ErrorMemory):
         # A batch of at least this many rows is summed per cell and added in one pass over the
         # table; smaller batches scatter. Scattering costs ~30x more per update than the pass
         # costs per cell (docs/performance.md), so the pass wins from cells / 32 rows.
-        self._dense_write_rows = max(1, self.num_state_rows // (32 * self.total_tables))
+        self._dense_write_rows = max(1, self.num_state_rows // (32 * self.num_key_columns))
 
     def call(self, hidden, ids=None):
         return self.lookup(hidden, ids)
@@ -335,19 +400,22 @@ class LSHErrorMemory(ErrorMemory):
         return tf.transpose(tf.reshape(self.projections, [self.dim, k, l]), [1, 0, 2])
 
     def id_bucket_ids(self, ids: Mapping | None, rows=None) -> tf.Tensor:
-        """int32 ``[B, len(id_tables)]``: the bucket of every row in every id table.
+        """int32 ``[B, I]``: the bucket of every row in every id table (``I`` of the
+        ``num_key_columns``: one per id table, one per token slot of a multi-valued group).
 
         ``ids`` maps each name of ``id_features`` to ``[B]`` or ``[B, 1]`` strings or integers
-        (an integer hashes as its decimal string). Every feature is hashed once (FarmHash
+        (an integer hashes as its decimal string); a multi-valued feature's value lists its
+        tokens separated by ``"|"``. Every feature (every token) is hashed once (FarmHash
         Fingerprint64), and every table mixes its features' hashes in order into a 64-bit key
         seeded by the memory's seed and the table's names (multiply-xorshift); the bucket is
-        the key's top ``id_bits`` bits. All tables at once, whatever their number.
+        the key's top ``id_bits`` bits (for a token slot: 0 when the slot is empty, never 0
+        otherwise). All tables at once, whatever their number.
         """
         return transpose_keys(self._id_keys_t(ids, rows))
 
     def _id_keys_t(self, ids: Mapping | None, rows=None) -> tf.Tensor:
-        """``id_bucket_ids`` table-major, int32 ``[len(id_tables), B]``: every step works on
-        contiguous rows of B values (docs/performance.md)."""
+        """``id_bucket_ids`` column-major, int32 ``[I, B]``: every step works on contiguous
+        rows of B values (docs/performance.md)."""
         if not self.id_tables:
             return tf.zeros([0, 0 if rows is None else rows], tf.int32)
         if not isinstance(ids, Mapping):
@@ -357,29 +425,42 @@ class LSHErrorMemory(ErrorMemory):
         if missing:
             raise ValueError(f"`ids` lacks {missing} (the id tables read {list(self.id_features)}). "
                              f"Received keys: {sorted(ids)}")
-        strings = [_as_id_strings(ids[n], n) for n in self.id_features]
-        sizes = tf.stack([tf.size(s) for s in strings])
+        strings = {n: _as_id_strings(ids[n], n) for n in self.id_features}
+        sizes = tf.stack([tf.size(s) for s in strings.values()])
         expected = sizes[0] if rows is None else rows
         check = v.assert_that(tf.reduce_all(tf.equal(sizes, expected)),
                               f"`ids` must have one id per row (of `hidden`) for each of "
                               f"{list(self.id_features)}")
         with tf.control_dependencies([check]):
             # One op per feature: hashing a stack of the strings costs the copy of the strings.
-            hashed = [tf.strings.to_hash_bucket_fast(s, 2**63 - 1) for s in strings]
+            hashed = [tf.strings.to_hash_bucket_fast(strings[n], 2**63 - 1)
+                      for n in self._plain_features]
+            tokens = [tf.transpose(_tokens(strings[n])) for n in self._each_features]  # [S, B]
         # A row of zeros stands for "no feature" in tables shorter than the longest.
-        hashed = tf.bitcast(tf.stack([*hashed, tf.zeros_like(hashed[0])]), tf.uint64)
+        zeros = tf.zeros_like(strings[self.id_features[0]], tf.int64)
+        hashed = tf.bitcast(tf.stack([*hashed, zeros]), tf.uint64)
         if self._popularity:
             hashed = tf.concat([hashed, self._popularity_rows(hashed)], axis=0)
-        return self._mix_keys(hashed, range(len(self.id_tables)))
+        if not tokens:
+            return self._mix_keys(hashed, range(len(self._column_seeds)))
+        tokens = tf.concat(tokens, axis=0)
+        hashed = tf.concat([hashed, tf.bitcast(tf.strings.to_hash_bucket_fast(tokens, 2**63 - 1),
+                                               tf.uint64)], axis=0)
+        keys = self._mix_keys(hashed, range(len(self._column_seeds)))
+        # An empty token slot keys bucket 0, which no write touches; a token never does.
+        empty = tf.gather(tf.concat([tf.equal(tokens, ""), tf.zeros_like(zeros[None], tf.bool)],
+                                    axis=0), self._column_token_rows)
+        each = tf.constant(self._each_columns[self.num_tables:])[:, None]
+        return tf.where(empty, 0, tf.where(each, tf.maximum(keys, 1), keys))
 
-    def _mix_keys(self, hashed, tables) -> tf.Tensor:
-        """int32 ``[len(tables), B]``: the buckets of these id tables (indices into
-        ``id_tables``) from the hashed rows (``_id_columns``)."""
-        tables = list(tables)
+    def _mix_keys(self, hashed, columns) -> tf.Tensor:
+        """int32 ``[len(columns), B]``: the buckets of these id key columns (0 is the first id
+        table's) from the hashed rows (``_id_columns``)."""
+        columns = list(columns)
         mix, shift = tf.constant(_MIX, tf.uint64), tf.constant(_SHIFT, tf.uint64)
-        key = tf.constant([self._id_seeds[t] for t in tables], tf.uint64)[:, None]
-        for columns in self._id_columns:
-            key = tf.bitwise.bitwise_xor(key, tf.gather(hashed, [columns[t] for t in tables]))
+        key = tf.constant([self._column_seeds[c] for c in columns], tf.uint64)[:, None]
+        for position in self._id_columns:
+            key = tf.bitwise.bitwise_xor(key, tf.gather(hashed, [position[c] for c in columns]))
             key = key * mix
             key = tf.bitwise.bitwise_xor(key, tf.bitwise.right_shift(key, shift))
         key = key * mix
@@ -392,9 +473,11 @@ class LSHErrorMemory(ErrorMemory):
         units), at most ``_POPULARITY_BUCKETS - 1``. Read before any write of the row, so a
         write by keys goes where the row was read from."""
         self._require_built()
-        keys = self._mix_keys(hashed, self._popularity_tables)  # [P, B]
-        offsets = tf.constant([sum(self.table_sizes[:self.num_tables + t])
-                               for t in self._popularity_tables], tf.int32)
+        k = self.num_tables
+        columns = [self._table_columns[k + t][0] - k for t in self._popularity_tables]
+        keys = self._mix_keys(hashed, columns)  # [P, B]
+        offsets = tf.constant([sum(self.table_sizes[:k + t]) for t in self._popularity_tables],
+                              tf.int32)
         count = tf.gather(self.sketch, keys + offsets[:, None])[..., 0] * self.scale
         bucket = tf.minimum(tf.floor(tf.math.log1p(tf.maximum(count, 0.0)) / math.log(2.0)),
                             _POPULARITY_BUCKETS - 1.0)
@@ -414,7 +497,7 @@ class LSHErrorMemory(ErrorMemory):
         if not keys.dtype.is_integer:
             raise ValueError(f"`memory_keys` must be integers. Received: dtype={keys.dtype.name}")
         keys = tf.cast(keys, tf.int32)
-        t = self.total_tables
+        t = self.num_key_columns
         if keys.shape.rank != 2 or (keys.shape[1] is not None and keys.shape[1] != t):
             raise ValueError(f"`memory_keys` must have shape [B, {t}] (one bucket per table). "
                              f"Received: shape={keys.shape}")
@@ -736,7 +819,14 @@ class LSHErrorMemory(ErrorMemory):
         # exact (one non-zero term per sum); a broadcast divide of [B, 1, 3] by [1, T, 1] costs
         # ~40 us at B = 256.
         spread = tf.reshape(tf.eye(3)[:, None, :] / scales[None, :, None], [3, -1])
-        values = tf.reshape(tf.matmul(values, spread), [-1, 3])
+        values = tf.matmul(values, spread)  # [B, 3 (T + 1 or 2)]
+        if any(self._each_columns):
+            # An empty token slot (key 0 of a table keyed by tokens) writes nothing.
+            each = tf.constant(self._each_columns + [False] * len(totals))
+            keep = tf.logical_not(tf.logical_and(each, tf.equal(
+                tf.pad(keys, [[0, 0], [0, len(totals)]], constant_values=1), 0)))
+            values = values * tf.repeat(tf.cast(keep, tf.float32), 3, axis=1)
+        values = tf.reshape(values, [-1, 3])
         # Then the combiner's sums: their forgetting and the rows' expansion, in the same add.
         trust_update = None
         if self.trust_half_life is not None and self.trust_half_life != self.half_life:
@@ -905,9 +995,12 @@ class LSHErrorMemory(ErrorMemory):
 
     def layout(self) -> dict:
         """What two memories must share for their sketches to add up."""
-        return {"num_tables": self.num_tables, "num_bits": self.num_bits, "seed": self.seed,
-                "id_tables": [list(t) for t in self.id_tables], "id_bits": self.id_bits,
-                "recent_tables": len(self.recent_groups), "id_hash": _ID_HASH}
+        layout = {"num_tables": self.num_tables, "num_bits": self.num_bits, "seed": self.seed,
+                  "id_tables": [list(t) for t in self.id_tables], "id_bits": self.id_bits,
+                  "recent_tables": len(self.recent_groups), "id_hash": _ID_HASH}
+        if self._each_features:  # how many tokens a row keys, and how they are separated
+            layout["each"] = {"slots": EACH_SLOTS, "separator": EACH_SEPARATOR}
+        return layout
 
     def get_config(self):
         config = super().get_config()
@@ -949,6 +1042,21 @@ def popularity_of(name: str) -> str | None:
     return None
 
 
+def each_of(name: str) -> str | None:
+    """The multi-valued feature whose every token ``name`` stands for (``"genres:each"`` ->
+    ``"genres"``), or `None` for a plain feature name."""
+    if name.endswith(EACH) and len(name) > len(EACH):
+        return name[:-len(EACH)]
+    return None
+
+
+def _tokens(strings) -> tf.Tensor:
+    """string ``[B, EACH_SLOTS]``: the first tokens of every value (``EACH_SEPARATOR``
+    between tokens, spaces around them stripped), padded with ``""``."""
+    parts = tf.strings.split(strings, EACH_SEPARATOR)
+    return tf.strings.strip(parts.to_tensor(default_value="", shape=[None, EACH_SLOTS]))
+
+
 def _as_id_strings(ids, name: str) -> tf.Tensor:
     ids = tf.convert_to_tensor(ids)
     if ids.dtype != tf.string:
@@ -965,9 +1073,10 @@ class _ReadLayout:
     """Where the combiner's features come from (``LSHErrorMemory.trust_features``), fixed by a
     memory's groups.
 
-    A row's cells as stored, ``[w, y, b]`` per table (``3 T`` values), map linearly to ``U``
-    read-outs: the SRP tables' summed residual and count, every id table's residual and count,
-    every single-feature group's base sum, the mean weight, and the level.
+    A row's cells as stored, ``[w, y, b]`` per key column (``3 T`` values), map linearly to
+    ``U`` read-outs: the SRP tables' summed residual and count, every id table's residual and
+    count (summed over its key columns: a multi-valued group's tokens), every single-feature
+    group's base sum, the mean weight, and the level.
     ``read_weights`` ``[3 T, U]`` and ``read_offsets`` ``[U, 1]`` (constants: the level) hold
     that map for the current state: every non-zero entry is a constant times one of ``values`` =
     ``[scale_t (T), scale_t (1 + rho_t) (T), level]`` (``weights``). The read-outs and four
@@ -978,7 +1087,7 @@ class _ReadLayout:
     """
 
     def __init__(self, memory: LSHErrorMemory):
-        t, k = memory.total_tables, memory.num_tables
+        t, k = memory.num_key_columns, memory.num_tables
         level = 2 * t  # the entry of `values` that holds the level
         entries = []  # (row of read_weights, read-out, entry of `values`, constant)
         readouts = {}
@@ -988,22 +1097,24 @@ class _ReadLayout:
             entries.extend((row, readouts[name], source, constant)
                            for row, source, constant in terms)
 
+        # A table's read-outs sum its key columns' cells (a multi-valued group's tokens).
         def count(table, constant=1.0):
-            return [(3 * table, table, constant)]
+            return [(3 * c, c, constant) for c in memory._table_columns[table]]
 
         def residual(table):
-            return [(3 * table + 1, table, 1.0), (3 * table + 2, t + table, -1.0)]
+            return [e for c in memory._table_columns[table]
+                    for e in ((3 * c + 1, c, 1.0), (3 * c + 2, t + c, -1.0))]
 
         if k:
             readout("srp residual", *(e for table in range(k) for e in residual(table)))
             readout("srp count", *(e for table in range(k) for e in count(table)))
-        for table in range(k, t):
+        for table in range(k, len(memory._table_columns)):
             readout(("residual", table), *residual(table))
             readout(("count", table), *count(table))
         singles = [k + i for i, parent in enumerate(memory._parents) if parent < 0]
         for table in singles:
-            readout(("base", table), (3 * table + 2, table, 1.0))
-        readout("support", *(e for table in range(t) for e in count(table, 1.0 / t)))
+            readout(("base", table), *((3 * c + 2, c, 1.0) for c in memory._table_columns[table]))
+        readout("support", *((3 * c, c, 1.0 / t) for c in range(t)))
         readout("level", (3 * t, level, 1.0))
         readout("zero")
         self.shape = [3 * t + 1, len(readouts)]
