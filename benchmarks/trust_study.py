@@ -4,6 +4,7 @@
     python benchmarks/trust_study.py run runs/study/*.npz
     python benchmarks/trust_study.py shift runs/study/ml-1m-dcn.npz
     python benchmarks/trust_study.py crosses runs/study/ml-1m-bare.npz   # dumped with --csv
+    python benchmarks/trust_study.py ranking runs/study/ml-100k-dcn.npz --item-file ml-100k.item
 
 ``dump`` trains the benchmark's base model (``reloop2 bench`` defaults, no sweep) and saves its
 test stream and warm-start rows; ``run`` replays each combiner variant over them in NumPy
@@ -12,7 +13,9 @@ test stream and warm-start rows; ``run`` replays each combiner variant over them
 negative with probability 0.5) and prints each slot's gAUC against static's (docs/drift.md).
 ``crosses`` adds the user or the item crossed with an SRP bucket of the hidden vector, or the
 user crossed with a k-means cluster of the base model's item embeddings (docs/benchmarks.md,
-"A log with ids only").
+"A log with ids only"). ``ranking`` tries combiner variants aimed at per-user ranking, two
+hindsight fits of the trust, and the user crossed with every genre of the item
+(``trust_study/ranking.py``).
 """
 
 from __future__ import annotations
@@ -207,6 +210,41 @@ def crosses(args) -> None:
                   f"ΔgAUC {100 * (m['gauc'] - st['gauc']):+.2f} logloss {m['logloss']:.4f}")
 
 
+def ranking(args) -> None:
+    """The default against combiner variants aimed at per-user ranking, two hindsight fits of
+    its trust (oracles), and ``user x`` every genre of the item in place of ``user x genre``
+    (docs/benchmarks.md, "Sixth session")."""
+    from trust_study.ranking import Tokens, Variant, genre_lists, hindsight
+    from trust_study.replica import OnlinePopularity, Stream
+
+    tokens = genre_lists(args.item_file, args.row_ids) if args.item_file else None
+    variants = {
+        "default": lambda s: OnlinePopularity(s),
+        "no pooling column at n = 20": lambda s: Variant(s, drop=("pool20",)),
+        "crosses centred at n = 1": lambda s: Variant(s, parent_prior=1.0),
+        "trust half from per-user demeaned batches": lambda s: Variant(s, within=0.5),
+        "recent user residual in the fit only": lambda s: Variant(s, fit_user=500.0),
+    }
+    if tokens:
+        variants["user x each genre (pooled) for user x genre"] = lambda s: Tokens(s, tokens)
+    for path in args.streams:
+        print(f"\n{path}")
+        for label, make in variants.items():
+            s = Stream(path)
+            m, st = _versus_static(s, make(s).run())
+            print(f"{label:48s} ΔAUC {100 * (m['auc'] - st['auc']):+.2f} "
+                  f"ΔgAUC {100 * (m['gauc'] - st['gauc']):+.3f} logloss {m['logloss']:.4f}")
+        s = Stream(path)
+        default = Variant(s)
+        default.run()
+        served = np.concatenate(default.served)
+        for label, within in (("hindsight: one logistic fit of the trust", False),
+                              ("hindsight: the same fit, per-user demeaned", True)):
+            m, st = _versus_static(s, hindsight(s, served, within))
+            print(f"{label:48s} ΔAUC {100 * (m['auc'] - st['auc']):+.2f} "
+                  f"ΔgAUC {100 * (m['gauc'] - st['gauc']):+.3f} logloss {m['logloss']:.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,8 +269,14 @@ def main() -> None:
     t.add_argument("--slots", type=int, default=10)
     c = sub.add_parser("crosses")
     c.add_argument("streams", nargs="+")
+    k = sub.add_parser("ranking")
+    k.add_argument("streams", nargs="+")
+    k.add_argument("--item-file", help="the log's RecBole .item file: every genre of an item")
+    k.add_argument("--row-ids", action="store_true",
+                   help="items are numbered by their row of the .item file (ML-1M)")
     args = parser.parse_args()
-    {"dump": dump, "run": run, "shift": shift, "crosses": crosses}[args.command](args)
+    {"dump": dump, "run": run, "shift": shift, "crosses": crosses,
+     "ranking": ranking}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,20 @@ def test_ftrl_offset_learns_an_id_effect_the_base_misses():
     # A learning rate of ~0 is the base model.
     still = FTRLOffset(alpha=1e-12).replay(item.astype(str)[:, None], base, labels, [n], 500)
     np.testing.assert_allclose(still, base, rtol=1e-6)
+
+
+def test_ftrl_offset_gives_no_weight_to_a_missing_feature():
+    # A column of None (a row with fewer tokens than a multi-valued group keys) is "no
+    # feature": the replay is the replay without that column.
+    rng = np.random.default_rng(1)
+    n = 3000
+    item = rng.integers(0, 30, n).astype(str).astype(object)
+    labels = (rng.random(n) < 0.4).astype(float)
+    base = np.full(n, 0.4)
+    tag = np.where(rng.random(n) < 0.5, None, "t")
+    alone = FTRLOffset(alpha=0.1).replay(item[:, None], base, labels, [n], 250)
+    with_gap = FTRLOffset(alpha=0.1).replay(np.stack([item, np.full(n, None)], 1), base, labels,
+                                            [n], 250)
+    np.testing.assert_array_equal(with_gap, alone)
+    with_tag = FTRLOffset(alpha=0.1).replay(np.stack([item, tag], 1), base, labels, [n], 250)
+    assert not np.array_equal(with_tag, alone)

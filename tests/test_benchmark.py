@@ -117,6 +117,19 @@ def test_default_id_groups_follow_the_sides_of_the_log(ml100k):
     groups = id_groups_for_frame(df)
     assert ["item_id", "position"] in groups
     assert not any(name in g for g in groups for name in ("constant", "row", "score"))
+    # An item-side column listing several tokens ("Comedy|Drama") is crossed token by token.
+    tags = {item: "|".join(["a", "b", "c"][:1 + int(item) % 3])
+            for item in ml100k["item_id"].unique()}
+    groups = id_groups_for_frame(ml100k.assign(tags=ml100k["item_id"].map(tags)))
+    assert ["user_id", "tags:each"] in groups and ["user_id", "genre"] in groups
+
+
+def test_ftrl_crosses_a_multi_valued_feature_token_by_token():
+    df = pd.DataFrame({"user_id": ["u", "v"], "genres": ["a| b", ""]})
+    keys = benchmark._cross_keys(df, [("user_id",), ("user_id", "genres:each")])
+    assert keys.shape == (2, 1 + 4)
+    assert list(keys[0]) == ["u", "u\x1fa", "u\x1fb", None, None]
+    assert list(keys[1]) == ["v", None, None, None, None]
 
 
 def test_cli_feedback_and_id_group_flags():

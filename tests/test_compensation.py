@@ -358,7 +358,8 @@ def test_zero_trust_and_zero_lambda_give_the_base_bit_for_bit(rng):
 
 
 @pytest.mark.parametrize("groups", [["item", ("item", "u")],
-                                    ["item", ("item", "u"), ("u", "item:popularity")]])
+                                    ["item", ("item", "u"), ("u", "item:popularity")],
+                                    ["item", ("u", "tags:each"), ("u", "item:popularity")]])
 def test_writes_by_keys_equal_writes_by_features(rng, groups):
     def make():
         return r2.ErrorCompensation(r2.LSHErrorMemory(num_tables=4, num_bits=5, id_groups=groups))
@@ -366,6 +367,7 @@ def test_writes_by_keys_equal_writes_by_features(rng, groups):
     for _ in range(8):
         hidden, ids, labels = _stream(rng, 300)
         ids["u"] = rng.integers(0, 9, 300)
+        ids["tags"] = rng.choice(["a", "a|b", "c|a|b|d|e", ""], 300)
         logits = rng.normal(size=300).astype(np.float32)
         out = by_keys.compensate(logits, hidden, ids)
         np.testing.assert_array_equal(out["probability"].numpy(),

@@ -174,6 +174,41 @@ def test_writes_by_keys_equal_writes_by_features_in_session(exported, rng):
     by_keys.close()
 
 
+def test_a_multi_valued_cross_serves_and_writes_in_session_as_in_keras(tmp_path, rng):
+    # ("user_id", "item_id:each"): the request's item_id lists tokens ("i3|i7"); the Session
+    # keys, reads and writes them as the Keras model does, by features and by keys.
+    model = build_model(seed=1, memory=r2.LSHErrorMemory(
+        num_tables=2, num_bits=4, half_life=None, id_bits=10, recent_groups=(),
+        id_groups=["item_id", ("user_id", "item_id:each")]))
+
+    def rows(n):
+        x = make_features(n, rng)
+        x["item_id"] = np.array(["|".join(rng.choice(["i1", "i2", "i3", "i4", "i5"],
+                                                     rng.integers(1, 6), replace=False))
+                                 for _ in range(n)], dtype=object)
+        return x, rng.integers(0, 2, n).astype(np.float32)
+
+    model.update_memory(*rows(60))
+    path = ex.export_serving_model(model, tmp_path / "model")
+    sess, twin = Session(path), Session(path)
+    for _ in range(3):
+        x, y = rows(30)
+        served = sess("predict", **x)
+        np.testing.assert_allclose(served["probability"],
+                                   model.compensate(x)["probability"].numpy(), atol=1e-5)
+        np.testing.assert_array_equal(served["memory_keys"], model.memory_keys(x).numpy())
+        model.update_memory(x, y)
+        sess("update_memory_by_keys", memory_keys=served["memory_keys"],
+             base_probability=served["base_probability"], label=y,
+             sample_weight=np.ones(30, np.float32))
+        twin("update_memory", **x, label=y, sample_weight=np.ones(30, np.float32))
+    np.testing.assert_array_equal(sess("memory_snapshot")["sketch"], twin("memory_snapshot")["sketch"])
+    np.testing.assert_allclose(sess("memory_snapshot")["sketch"], model.memory.snapshot().numpy(),
+                               rtol=1e-5, atol=1e-4)
+    sess.close()
+    twin.close()
+
+
 def test_snapshot_restore_merge_semantics_in_session(exported, rng):
     _, path = exported
     a, b = Session(path), Session(path)

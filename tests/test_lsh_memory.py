@@ -567,3 +567,81 @@ def test_a_served_read_rejects_ids_for_other_rows_than_hidden(rng):
                                          tf.TensorSpec([None])])
     with pytest.raises(tf.errors.InvalidArgumentError, match="`ids` must have one id per row"):
         serve(np.zeros((3, 4), np.float32), tf.constant(["a", "b"]), np.full(3, 0.5, np.float32))
+
+
+def test_a_multi_valued_cross_keys_a_cell_per_token_and_reads_them_pooled():
+    # ("user", "genres:each"): one cell per (user, token), the first 4 tokens of "a|b|...",
+    # spaces stripped; the group reads (sum (y - b) - (sum c) r_user) / (sum c + n) over them.
+    mem = r2.LSHErrorMemory(num_tables=1, num_bits=2, id_bits=10, half_life=None,
+                            recent_groups=(), id_groups=[("user", "genres:each")])
+    assert mem.id_features == ("genres", "user") and mem.num_key_columns == 1 + 4 + 1
+    ids = {"user": np.array(["u", "u", "u", "v"]),
+           "genres": np.array(["a|b", "b", " a| b |c|d|e", "a"])}
+    hidden = np.zeros((4, 2), np.float32)
+    labels, base = np.array([1.0, 0.0, 1.0, 1.0]), np.array([0.5, 0.2, 0.4, 0.3])
+    mem.update(hidden, labels, base, ids=ids)
+    keys = mem.keys(hidden, ids).numpy()
+    cross = keys[:, 1:5]
+    # u x a, u x b are the same cells in every row of u; v x a is another; empty slots key 0.
+    assert cross[0, 0] == cross[2, 0] and cross[0, 1] == cross[1, 0] == cross[2, 1]
+    assert cross[3, 0] != cross[0, 0] and len({*cross[2]}) == 4 and 0 not in cross[2]
+    np.testing.assert_array_equal(cross[1, 1:], 0)
+    np.testing.assert_array_equal(cross[3, 1:], 0)
+    # "e", the fifth token, keys nothing: the row equals "a|b|c|d" written alone.
+    short = mem.keys(hidden[:1], {"user": np.array(["u"]), "genres": np.array(["a|b|c|d"])})
+    np.testing.assert_array_equal(short.numpy()[0], keys[2])
+    stats = mem.lookup_keys(keys).numpy()  # [B, T, 3]
+    np.testing.assert_allclose(stats[0, 2], [3.0, 2.0, 1.1])  # u x b: rows 0, 1 and 2
+    np.testing.assert_allclose(stats[0, 1], [2.0, 2.0, 0.9])  # u x a: rows 0 and 2
+    np.testing.assert_allclose(mem.snapshot().numpy()[mem.table_sizes[0]], 0.0)  # bucket 0
+    np.testing.assert_allclose(mem.totals().numpy(), [4.0, 3.0, 1.4])  # every row once
+    # The read, by hand: the cross pooled over the row's tokens, net of the stream's shift,
+    # centred on the user's own residual, at n = 2 (and 20).
+    rho = (3.0 - 1.4) / (1.4 + 1.0)
+    features = mem.trust_features(keys, base, 2.0).numpy()
+    for row in range(4):
+        c, y, b = stats[row, 1:5].sum(0)
+        cu, yu, bu = stats[row, 5]
+        for column, n in ((1, 2.0), (3, 20.0)):
+            r_user = (yu - (1 + rho) * bu) / (cu + n)
+            np.testing.assert_allclose(features[row, column],
+                                       (y - (1 + rho) * b - c * r_user) / (c + n), rtol=1e-5)
+
+
+def test_an_empty_token_slot_is_never_written_and_bad_groups_are_refused(rng):
+    mem = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_bits=8, half_life=None,
+                            recent_groups=(), id_groups=["item", ("user", "tags:each")])
+    n = 500
+    ids = {"item": rng.integers(0, 30, n).astype(str), "user": rng.integers(0, 9, n).astype(str),
+           "tags": rng.choice(["x", "y|z", "", "x||y"], n)}
+    hidden = rng.normal(size=(n, 4)).astype(np.float32)
+    mem.update(hidden, rng.random(n) < 0.3, np.full(n, 0.3), ids=ids)
+    keys = mem.keys(hidden, ids).numpy()
+    start = mem.table_sizes[0] * 2 + mem.table_sizes[2]  # the (user, tags) table's cells
+    assert mem.id_tables[1] == ("user", "tags:each")
+    np.testing.assert_array_equal(mem.snapshot().numpy()[start], 0.0)
+    # A write by keys whose token slots are empty (0) adds nothing there either.
+    before = mem.snapshot().numpy()
+    row = keys[:1].copy()
+    row[:, 3:7] = 0  # columns: 2 SRP tables, the item, 4 token slots, the user
+    mem.update_by_keys(row, [1.0], [0.5])
+    after = mem.snapshot().numpy()
+    np.testing.assert_array_equal(after[start], 0.0)
+    changed = np.flatnonzero(after[:mem.num_cells + 1, 0] != before[:mem.num_cells + 1, 0])
+    assert len(changed) == 2 + 1 + 1 + 1  # its SRP, item and user cells, and the totals row
+    # Rows whose tags are empty key the (user, tags) table nowhere.
+    empty = ids["tags"] == ""
+    np.testing.assert_array_equal(keys[empty][:, 3:7], 0)
+    twin = r2.LSHErrorMemory.from_config(mem.get_config())
+    assert twin.layout() == mem.layout() and mem.layout()["each"] == {"slots": 4, "separator": "|"}
+    assert "each" not in r2.LSHErrorMemory(id_groups=["item"]).layout()
+
+
+@pytest.mark.parametrize("groups,match", [
+    ([("tags:each", "user")], "cannot be the first feature"),
+    ([("user", "tags:each", "genres:each")], "one multi-valued feature"),
+    (["item", ("user", "item:popularity:each")], "popularity bucket holds one value"),
+])
+def test_a_multi_valued_feature_is_refused_where_it_has_no_meaning(groups, match):
+    with pytest.raises(ValueError, match=match):
+        r2.LSHErrorMemory(id_groups=groups)

@@ -312,7 +312,7 @@ def _cross_keys(df: pd.DataFrame, groups) -> np.ndarray:
         for name in group[1:]:
             if each_of(name):
                 tokens = df[each_of(name)].astype(str).str.split(EACH_SEPARATOR, regex=False)
-                slots = [tokens.str[j].str.strip().fillna("").to_numpy(object)
+                slots = [tokens.str[j].fillna("").str.strip().to_numpy(object)
                          for j in range(EACH_SLOTS)]
                 values = [v + "\x1f" + t for v in values for t in slots]
                 empty = [t == "" for t in slots]

@@ -1,0 +1,218 @@
+"""Combiner variants aimed at per-user ranking (gAUC), and a multi-valued cross, in the NumPy
+replica (docs/benchmarks.md, "Sixth session"). None of the combiner variants is adopted; the
+multi-valued cross is the library's ``"<name>:each"`` (``LSHErrorMemory``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trust_study.replica import OnlinePopularity, Stream, sigmoid
+
+
+class Variant(OnlinePopularity):
+    """The default (``OnlinePopularity``) with, optionally:
+
+    * ``drop``: ``"pool20"`` zeroes the item's pooling column at the long shrinkage;
+    * ``parent_prior``: a cross centred on its first feature's residual shrunk at this count
+      (default: the column's own shrinkage);
+    * ``within``: the share of the trust's sums taken from features demeaned per user within
+      each feedback batch (a ranking objective; the level still from the plain sums);
+    * ``fit_user``: a recent user residual (half-life in rows) in the fit, not in the score.
+    """
+
+    def __init__(self, s: Stream, drop=(), parent_prior=None, within=0.0, fit_user=0.0, **kw):
+        super().__init__(s, **kw)
+        self.drop, self.parent_prior, self.within, self.fit_user = drop, parent_prior, within, fit_user
+        self.user_codes_all, n = s.codes(("user_id",))
+        self.recent_user, self.recent_user_totals = np.zeros((n, 3)), np.zeros(3)
+
+    def _pool20(self) -> int:
+        singles = [i for i, p in enumerate(self.parents) if p < 0]
+        block = len(self.parents) + len(singles)
+        return block + len(self.parents)  # the first single group's pooling column, n = 20
+
+    def features(self, idx, base):
+        x = super().features(idx, base) if self.parent_prior is None else self._centred(idx, base)
+        x = x.copy()
+        if "pool20" in self.drop:
+            x[:, self._pool20()] = 0.0
+        if self.fit_user:
+            st = self.recent_user[self.user_codes_all[idx]]
+            t = self.recent_user_totals
+            rho = (t[1] - t[2]) / (t[2] + 1.0)
+            col = (st[:, 1] - (1 + rho) * st[:, 2]) / (st[:, 0] + self.priors[0])
+            x = np.concatenate([x[:, :-2], col[:, None], x[:, -2:]], 1)
+        return x
+
+    def _centred(self, idx, base):
+        """``Replica.features`` with every cross centred at ``parent_prior``."""
+        count = self.state[self.item][self.codes[self.item][idx], 0]
+        bucket = np.minimum(np.floor(np.log2(1.0 + count)), self.cap).astype(int)
+        self.codes[self.cross][idx] = self.user_codes[idx] * (self.cap + 1) + bucket
+        st = [s[c[idx]] for s, c in zip(self.state, self.codes)]
+        total_c, total_y, total_b = self.state[0].sum(0)
+        shift = (total_y - total_b) / (total_b + 1.0)
+        cols = []
+        for n in self.priors:
+            pool = []
+            for i, par in enumerate(self.parents):
+                c, r = st[i][:, 0], st[i][:, 1] - (1 + shift) * st[i][:, 2]
+                if par >= 0:
+                    rp = st[par][:, 1] - (1 + shift) * st[par][:, 2]
+                    r = r - c * rp / (st[par][:, 0] + self.parent_prior)
+                else:
+                    pool.append((st[i][:, 2] - c * base) / (c + n))
+                cols.append(r / (c + n))
+            cols += pool
+        rho = (self.recent_totals[1] - self.recent_totals[2]) / (self.recent_totals[2] + 1.0)
+        for i, table in self.recent:
+            t = table[self.codes[i][idx]]
+            cols.append((t[:, 1] - t[:, 2] - rho * t[:, 2]) / (t[:, 0] + self.priors[0]))
+        mean = (total_b + 0.5) / (total_c + 1.0)
+        cols.append(np.log(base) - np.log1p(-base) - (np.log(mean) - np.log1p(-mean)))
+        cols.append(np.ones_like(base))
+        return np.stack(cols, 1)
+
+    def _decay(self, rows):
+        super()._decay(rows)
+        if self.fit_user:
+            f = 0.5 ** (rows / self.fit_user)
+            self.recent_user *= f
+            self.recent_user_totals *= f
+
+    def _write(self, idx, y, base):
+        super()._write(idx, y, base)
+        v = np.stack([np.ones_like(base), y, base], 1)
+        np.add.at(self.recent_user, self.user_codes_all[idx], v)
+        self.recent_user_totals += v.sum(0)
+
+    def run(self) -> np.ndarray:
+        s = self.s
+        z, y = np.concatenate([s.wz, s.z]), np.concatenate([s.wy, s.y])
+        warm, out = len(s.wy), np.empty(len(s.y))
+        self.served = []
+        h = None
+        for a in range(0, len(y), self.every):
+            idx = np.arange(a, min(a + self.every, len(y)))
+            base = sigmoid(z[idx])
+            x = self.features(idx, base)
+            f = x.shape[1]
+            if h is None:
+                h, m, hd, md = np.zeros((f, f)), np.zeros(f), np.zeros((f, f)), np.zeros(f)
+            ridge = np.full(f, self.ridge)
+            ridge[-2:] = self.global_ridge
+            if self.within:
+                # The groups from the mixed sums, then the level from the plain ones around them.
+                a_ = self.within * hd + (1 - self.within) * h + np.diag(ridge)
+                b_ = self.within * md + (1 - self.within) * m
+                w = np.zeros(f)
+                w[:-1] = np.linalg.solve(a_[:-1, :-1], b_[:-1])
+                hb = h[-1, -1] + ridge[-1]
+                wb = (m[-1] - h[-1, :-1] @ w[:-1]) / hb
+                w[-1] = wb * max(0.0, 1.0 - self.level_gate / hb / max(wb * wb, 1e-30))
+            else:
+                w = self.solve(h + np.diag(ridge), m)
+            w = np.clip(w, -16, 16)
+            p = sigmoid(z[idx] + x @ w)
+            served = w.copy()
+            if self.fit_user:
+                served[-3] = 0.0
+            if a >= warm:
+                out[idx - warm] = sigmoid(z[idx] + x @ served)
+                self.served.append(x)
+            self._decay(len(idx))
+            keep = 0.5 ** (len(idx) / self.trust_half_life)
+            h, m, hd, md = h * keep, m * keep, hd * keep, md * keep
+            if a >= warm:
+                v, yy = p * (1 - p), y[idx]
+                ht = (x * v[:, None]).T @ x
+                m += ht @ w - x.T @ (p - yy)
+                h += ht
+                if self.within:
+                    u = self.user_codes_all[idx]
+                    sums, counts = np.zeros((u.max() + 1, f)), np.zeros(u.max() + 1)
+                    np.add.at(sums, u, x)
+                    np.add.at(counts, u, 1.0)
+                    d = x - sums[u] / counts[u][:, None]
+                    hdt = (d * v[:, None]).T @ d
+                    md += hdt @ w - d.T @ (p - yy)
+                    hd += hdt
+            self._write(idx, y[idx], base)
+        return out
+
+
+def hindsight(s: Stream, features: np.ndarray, within_user: bool, ridge: float = 1.0):
+    """Scores of one fixed trust fit on the whole test stream (an oracle: it sees the labels it
+    scores): the logistic fit of ``features`` with the base logit as offset, or the same fit
+    on features demeaned per user (a ranking fit), applied to the features as they are."""
+    x = features
+    if within_user:
+        u = s.codes(("user_id",))[0][len(s.wy):]
+        sums = np.zeros((u.max() + 1, x.shape[1]))
+        np.add.at(sums, u, x)
+        x = x - (sums / np.maximum(np.bincount(u), 1)[:, None])[u]
+    w = np.zeros(x.shape[1])
+    for _ in range(20):
+        p = sigmoid(s.z + x @ w)
+        g = x.T @ (p - s.y) + ridge * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + ridge * np.eye(len(w))
+        w -= np.linalg.solve(hess, g)
+    return sigmoid(s.z + features @ w)
+
+
+class Tokens(OnlinePopularity):
+    """``user x genre`` replaced by ``user x`` every genre of the item (``tokens``: item id ->
+    list), read pooled over the row's first 4 tokens like the library's ``"genres:each"``:
+    ``(sum (y - b) - (sum c) r_user) / (sum c + n)``."""
+
+    slots = 4
+
+    def __init__(self, s: Stream, tokens: dict, **kw):
+        s.groups = [g for g in s.groups if g != ("user_id", "genre")]
+        super().__init__(s, **kw)
+        items = np.concatenate([s.warm["item_id"], s.test["item_id"]])
+        users = np.concatenate([s.warm["user_id"], s.test["user_id"]])
+        cells: dict = {}
+        self.token_keys = np.full((len(items), self.slots), -1)
+        for r, (u, i) in enumerate(zip(users, items)):
+            for j, t in enumerate((tokens.get(i) or ["?"])[:self.slots]):
+                self.token_keys[r, j] = cells.setdefault((u, t), len(cells))
+        self.token_cells = np.zeros((len(cells) + 1, 3))  # the last: an empty slot
+        self.user_table = [p for g, p in zip(self.groups, self.parents)
+                           if p >= 0 and g[0] == "user_id"][0]
+
+    def features(self, idx, base):
+        x = super().features(idx, base)
+        _, ty, tb = self.state[0].sum(0)
+        rho = (ty - tb) / (tb + 1.0)
+        su = self.state[self.user_table][self.codes[self.user_table][idx]]
+        keys = self.token_keys[idx]
+        cells = self.token_cells[np.where(keys >= 0, keys, len(self.token_cells) - 1)]
+        r = (cells[..., 1] - (1 + rho) * cells[..., 2]).sum(1)
+        c = cells[..., 0].sum(1)
+        cols = [(r - c * (su[:, 1] - (1 + rho) * su[:, 2]) / (su[:, 0] + n)) / (c + n)
+                for n in self.priors]
+        return np.concatenate([x[:, :-2], np.stack(cols, 1), x[:, -2:]], 1)
+
+    def _decay(self, rows):
+        super()._decay(rows)
+        if self.half_life:
+            self.token_cells *= 0.5 ** (rows / self.half_life)
+
+    def _write(self, idx, y, base):
+        super()._write(idx, y, base)
+        v = np.stack([np.ones_like(base), y, base], 1)
+        for j in range(self.slots):
+            ok = self.token_keys[idx, j] >= 0
+            np.add.at(self.token_cells, self.token_keys[idx, j][ok], v[ok])
+
+
+def genre_lists(item_file: str, row_ids: bool) -> dict:
+    """Item id -> every genre, from a RecBole ``.item`` file (4th column, space-separated);
+    ``row_ids``: the loader numbers items by their row (ML-1M, whose ids hold spaces)."""
+    import pandas as pd
+
+    items = pd.read_csv(item_file, sep="\t", dtype=str, encoding="latin-1")
+    ids = (pd.Series([str(i + 1) for i in range(len(items))]) if row_ids
+           else items.iloc[:, 0].str.strip())
+    return dict(zip(ids, items.iloc[:, 3].fillna("").str.split()))
