@@ -40,16 +40,16 @@ def default_id_groups(input_names, item: str = "item_id", user: str = "user_id",
     takes to are, read off the memory's own item counts, so any log has it). Crosses are read
     as deviations from their first feature's residual, so no group is a bare per-user offset
     (it lowers per-user ranking, gAUC; add ``(user,)`` yourself where calibration matters
-    more). An item-side feature may be named ``"<name>:each"`` when its values list several
-    tokens (``"Comedy|Drama"``): the user is then crossed with each of them. Names that are not
-    inputs are skipped.
+    more). A feature may be named ``"<name>:each"`` when its values list several tokens
+    (``"Comedy|Drama"``): the cross is then made with each of them. Names that are not inputs
+    are skipped.
     """
     names = set(input_names)
     groups: list[tuple[str, ...]] = [(item,)] if item in names else []
     if user in names and item in names:
         groups += [(user, f) for f in item_features if (each_of(f) or f) in names]
     if item in names:
-        groups += [(item, f) for f in user_features if f in names]
+        groups += [(item, f) for f in user_features if (each_of(f) or f) in names]
     if user in names and item in names:
         groups.append((user, f"{item}{POPULARITY}"))
     return groups

@@ -120,8 +120,12 @@ def test_default_id_groups_follow_the_sides_of_the_log(ml100k):
     # An item-side column listing several tokens ("Comedy|Drama") is crossed token by token.
     tags = {item: "|".join(["a", "b", "c"][:1 + int(item) % 3])
             for item in ml100k["item_id"].unique()}
-    groups = id_groups_for_frame(ml100k.assign(tags=ml100k["item_id"].map(tags)))
+    interests = {user: "|".join(["x", "y"][:1 + int(user) % 2])
+                 for user in ml100k["user_id"].unique()}
+    groups = id_groups_for_frame(ml100k.assign(tags=ml100k["item_id"].map(tags),
+                                               interests=ml100k["user_id"].map(interests)))
     assert ["user_id", "tags:each"] in groups and ["user_id", "genre"] in groups
+    assert ["item_id", "interests:each"] in groups and ["item_id", "age"] in groups
 
 
 def test_ftrl_crosses_a_multi_valued_feature_token_by_token():

@@ -37,13 +37,16 @@ def feature_sides(df: pd.DataFrame, item: str = "item_id",
 def id_groups_for_frame(df: pd.DataFrame, item: str = "item_id",
                         user: str = "user_id") -> list[list[str]]:
     """The default memory's id groups for a log (``reloop2_tf.default_id_groups``): the item,
-    the user crossed with every item-side column (with each of its tokens when its values list
-    several, ``"Comedy|Drama"``: ``"genres:each"``), the item crossed with every user-side and
-    context column."""
+    the user crossed with every item-side column, the item crossed with every user-side and
+    context column; a column whose values list several tokens (``"Comedy|Drama"``) is crossed
+    with each of them (``"genres:each"``)."""
     sides = feature_sides(df, item, user)
-    item_side = [f"{c}{EACH}" if _lists_tokens(df[c]) else c for c in sides["item"]]
-    groups = default_id_groups(df.columns, item, user, item_side,
-                               sides["user"] + sides["context"])
+
+    def names(columns):
+        return [f"{c}{EACH}" if _lists_tokens(df[c]) else c for c in columns]
+
+    groups = default_id_groups(df.columns, item, user, names(sides["item"]),
+                               names(sides["user"] + sides["context"]))
     return [list(g) for g in groups]
 
 
