@@ -99,7 +99,7 @@ class LSHErrorMemory(ErrorMemory):
       cell per token (its first 4), the group reads their pooled residual
       ``(sum (y - b) - (sum c) r_a) / (sum c + n)``, and a write adds the row to each. A
       user's taste for every genre of a film, not for its first genre or its combination of
-      genres. ``reloop2_tf.data.id_groups_for_frame`` uses it for item-side columns whose
+      genres. ``reloop2_tf.data.id_groups_for_frame`` uses it for columns whose
       values hold ``"|"``.
     * One more id table per entry of ``recent_groups`` (by default the single-feature groups,
       such as the item), keyed like its group but forgetting at ``recent_half_life``: its
