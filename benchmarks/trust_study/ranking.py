@@ -13,16 +13,16 @@ class Variant(OnlinePopularity):
     """The default (``OnlinePopularity``) with, optionally:
 
     * ``drop``: ``"pool20"`` zeroes the item's pooling column at the long shrinkage;
-    * ``parent_prior``: a cross centred on its first feature's residual shrunk at this count
-      (default: the column's own shrinkage);
+    * ``parent_prior`` (``Replica``'s): a cross centred on its first feature's residual shrunk
+      at this count;
     * ``within``: the share of the trust's sums taken from features demeaned per user within
       each feedback batch (a ranking objective; the level still from the plain sums);
     * ``fit_user``: a recent user residual (half-life in rows) in the fit, not in the score.
     """
 
-    def __init__(self, s: Stream, drop=(), parent_prior=None, within=0.0, fit_user=0.0, **kw):
+    def __init__(self, s: Stream, drop=(), within=0.0, fit_user=0.0, **kw):
         super().__init__(s, **kw)
-        self.drop, self.parent_prior, self.within, self.fit_user = drop, parent_prior, within, fit_user
+        self.drop, self.within, self.fit_user = drop, within, fit_user
         self.user_codes_all, n = s.codes(("user_id",))
         self.recent_user, self.recent_user_totals = np.zeros((n, 3)), np.zeros(3)
 
@@ -32,8 +32,7 @@ class Variant(OnlinePopularity):
         return block + len(self.parents)  # the first single group's pooling column, n = 20
 
     def features(self, idx, base):
-        x = super().features(idx, base) if self.parent_prior is None else self._centred(idx, base)
-        x = x.copy()
+        x = super().features(idx, base).copy()
         if "pool20" in self.drop:
             x[:, self._pool20()] = 0.0
         if self.fit_user:
@@ -43,35 +42,6 @@ class Variant(OnlinePopularity):
             col = (st[:, 1] - (1 + rho) * st[:, 2]) / (st[:, 0] + self.priors[0])
             x = np.concatenate([x[:, :-2], col[:, None], x[:, -2:]], 1)
         return x
-
-    def _centred(self, idx, base):
-        """``Replica.features`` with every cross centred at ``parent_prior``."""
-        count = self.state[self.item][self.codes[self.item][idx], 0]
-        bucket = np.minimum(np.floor(np.log2(1.0 + count)), self.cap).astype(int)
-        self.codes[self.cross][idx] = self.user_codes[idx] * (self.cap + 1) + bucket
-        st = [s[c[idx]] for s, c in zip(self.state, self.codes)]
-        total_c, total_y, total_b = self.state[0].sum(0)
-        shift = (total_y - total_b) / (total_b + 1.0)
-        cols = []
-        for n in self.priors:
-            pool = []
-            for i, par in enumerate(self.parents):
-                c, r = st[i][:, 0], st[i][:, 1] - (1 + shift) * st[i][:, 2]
-                if par >= 0:
-                    rp = st[par][:, 1] - (1 + shift) * st[par][:, 2]
-                    r = r - c * rp / (st[par][:, 0] + self.parent_prior)
-                else:
-                    pool.append((st[i][:, 2] - c * base) / (c + n))
-                cols.append(r / (c + n))
-            cols += pool
-        rho = (self.recent_totals[1] - self.recent_totals[2]) / (self.recent_totals[2] + 1.0)
-        for i, table in self.recent:
-            t = table[self.codes[i][idx]]
-            cols.append((t[:, 1] - t[:, 2] - rho * t[:, 2]) / (t[:, 0] + self.priors[0]))
-        mean = (total_b + 0.5) / (total_c + 1.0)
-        cols.append(np.log(base) - np.log1p(-base) - (np.log(mean) - np.log1p(-mean)))
-        cols.append(np.ones_like(base))
-        return np.stack(cols, 1)
 
     def _decay(self, rows):
         super()._decay(rows)

@@ -41,17 +41,19 @@ class Replica:
     ``half_life`` (tables), ``trust_half_life`` (the combiner's sums; None: ``half_life``),
     ``recent_half_life`` (a recent table per single-feature group; None: none), ``level_gate``
     (the bias shrunk by ``max(0, 1 - level_gate * var / w^2)``; 0: not), ``net`` (every long
-    group's residual net of the stream's relative shift, ``- rho * b``), ``groups``."""
+    group's residual net of the stream's relative shift, ``- rho * b``), ``parent_prior`` (a
+    cross centred on its first feature's residual shrunk at this count; None: the column's
+    own), ``groups``."""
 
     def __init__(self, s: Stream, groups=None, priors=(2.0, 20.0), logit=True, ridge=10.0,
                  online=True, warm_trust=False, half_life=1e5, every=1000, centred=True,
                  global_ridge=100.0, trust_half_life=2e4, recent_half_life=5e3, level_gate=4.0,
-                 net=True):
+                 net=True, parent_prior=None):
         self.s, self.groups = s, list(groups or s.groups)
         self.priors, self.logit, self.ridge, self.online = priors, logit, ridge, online
         self.warm_trust, self.half_life, self.every = warm_trust, half_life, every
         self.centred, self.global_ridge, self.level_gate = centred, global_ridge, level_gate
-        self.net = net
+        self.net, self.parent_prior = net, parent_prior
         self.trust_half_life = trust_half_life or half_life
         tables = list(self.groups)
         for g in self.groups:
@@ -79,7 +81,9 @@ class Replica:
             for i, par in enumerate(self.parents):
                 c, r = st[i][:, 0], st[i][:, 1] - (1 + shift) * st[i][:, 2]
                 if par >= 0:
-                    r = r - c * (st[par][:, 1] - (1 + shift) * st[par][:, 2]) / (st[par][:, 0] + n)
+                    shrink = n if self.parent_prior is None else self.parent_prior
+                    rp = st[par][:, 1] - (1 + shift) * st[par][:, 2]
+                    r = r - c * rp / (st[par][:, 0] + shrink)
                 else:
                     pool.append((st[i][:, 2] - c * base) / (c + n))
                 cols.append(r / (c + n))
