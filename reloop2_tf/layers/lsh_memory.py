@@ -499,7 +499,7 @@ class LSHErrorMemory(ErrorMemory):
         keys = tf.cast(keys, tf.int32)
         t = self.num_key_columns
         if keys.shape.rank != 2 or (keys.shape[1] is not None and keys.shape[1] != t):
-            raise ValueError(f"`memory_keys` must have shape [B, {t}] (one bucket per table). "
+            raise ValueError(f"`memory_keys` must have shape [B, {t}] (one bucket per key column). "
                              f"Received: shape={keys.shape}")
         checks = [] if keys.shape[1] is not None else [
             tf.debugging.assert_equal(tf.shape(keys)[1], t,
