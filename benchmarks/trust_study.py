@@ -220,7 +220,7 @@ def ranking(args) -> None:
     tokens = genre_lists(args.item_file, args.row_ids) if args.item_file else None
     variants = {
         "default": lambda s: OnlinePopularity(s),
-        "no pooling column at n = 20": lambda s: Variant(s, drop=("pool20",)),
+        "no pooling column at n = 20": lambda s: Variant(s, no_pool20=True),
         "crosses centred at n = 1": lambda s: Variant(s, parent_prior=1.0),
         "trust half from per-user demeaned batches": lambda s: Variant(s, within=0.5),
         "recent user residual in the fit only": lambda s: Variant(s, fit_user=500.0),

@@ -12,7 +12,7 @@ from trust_study.replica import OnlinePopularity, Stream, sigmoid
 class Variant(OnlinePopularity):
     """The default (``OnlinePopularity``) with, optionally:
 
-    * ``drop``: ``"pool20"`` zeroes the item's pooling column at the long shrinkage;
+    * ``no_pool20``: the item's pooling column at the long shrinkage zeroed;
     * ``parent_prior`` (``Replica``'s): a cross centred on its first feature's residual shrunk
       at this count;
     * ``within``: the share of the trust's sums taken from features demeaned per user within
@@ -20,11 +20,11 @@ class Variant(OnlinePopularity):
     * ``fit_user``: a recent user residual (half-life in rows) in the fit, not in the score.
     """
 
-    def __init__(self, s: Stream, drop=(), within=0.0, fit_user=0.0, **kw):
+    def __init__(self, s: Stream, no_pool20=False, within=0.0, fit_user=0.0, **kw):
         super().__init__(s, **kw)
-        self.drop, self.within, self.fit_user = drop, within, fit_user
-        self.user_codes_all, n = s.codes(("user_id",))
-        self.recent_user, self.recent_user_totals = np.zeros((n, 3)), np.zeros(3)
+        self.no_pool20, self.within, self.fit_user = no_pool20, within, fit_user
+        self.recent_user = np.zeros((self.user_codes.max() + 1, 3))
+        self.recent_user_totals = np.zeros(3)
 
     def _pool20(self) -> int:
         singles = [i for i, p in enumerate(self.parents) if p < 0]
@@ -33,10 +33,10 @@ class Variant(OnlinePopularity):
 
     def features(self, idx, base):
         x = super().features(idx, base).copy()
-        if "pool20" in self.drop:
+        if self.no_pool20:
             x[:, self._pool20()] = 0.0
         if self.fit_user:
-            st = self.recent_user[self.user_codes_all[idx]]
+            st = self.recent_user[self.user_codes[idx]]
             t = self.recent_user_totals
             rho = (t[1] - t[2]) / (t[2] + 1.0)
             col = (st[:, 1] - (1 + rho) * st[:, 2]) / (st[:, 0] + self.priors[0])
@@ -52,9 +52,10 @@ class Variant(OnlinePopularity):
 
     def _write(self, idx, y, base):
         super()._write(idx, y, base)
-        v = np.stack([np.ones_like(base), y, base], 1)
-        np.add.at(self.recent_user, self.user_codes_all[idx], v)
-        self.recent_user_totals += v.sum(0)
+        if self.fit_user:
+            v = np.stack([np.ones_like(base), y, base], 1)
+            np.add.at(self.recent_user, self.user_codes[idx], v)
+            self.recent_user_totals += v.sum(0)
 
     def run(self) -> np.ndarray:
         s = self.s
@@ -99,7 +100,7 @@ class Variant(OnlinePopularity):
                 m += ht @ w - x.T @ (p - yy)
                 h += ht
                 if self.within:
-                    u = self.user_codes_all[idx]
+                    u = self.user_codes[idx]
                     sums, counts = np.zeros((u.max() + 1, f)), np.zeros(u.max() + 1)
                     np.add.at(sums, u, x)
                     np.add.at(counts, u, 1.0)

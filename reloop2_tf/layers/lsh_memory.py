@@ -244,11 +244,9 @@ class LSHErrorMemory(ErrorMemory):
         first_token = len(rows) - len(self._each_features) * EACH_SLOTS
 
         def token_row(column: int) -> int:
-            table = self._column_tables[column]
-            for name in tables[table - num_tables]:
-                if each_of(name):
-                    return rows.index((each_of(name), column - self._table_columns[table][0]))
-            return len(rows)
+            names = tables[self._column_tables[column] - num_tables]
+            position = next((j for j, n in enumerate(names) if each_of(n)), None)
+            return len(rows) if position is None else row(column, position)
 
         self._column_token_rows = [token_row(c) - first_token
                                    for c in range(num_tables, len(self._column_tables))]
