@@ -13,9 +13,10 @@ test stream and warm-start rows; ``run`` replays each combiner variant over them
 negative with probability 0.5) and prints each slot's gAUC against static's (docs/drift.md).
 ``crosses`` adds the user or the item crossed with an SRP bucket of the hidden vector, or the
 user crossed with a k-means cluster of the base model's item embeddings (docs/benchmarks.md,
-"A log with ids only"). ``ranking`` tries combiner variants aimed at per-user ranking, two
-hindsight fits of the trust, and the user crossed with every genre of the item
-(``trust_study/ranking.py``).
+"A log with ids only"). ``ranking`` tries combiner variants aimed at per-user ranking (among them
+the trust fit on features demeaned by each user's running means), the item crossed with the
+user's activity, two hindsight fits of the trust, and the user crossed with every genre of the
+item (``trust_study/ranking.py``).
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def ranking(args) -> None:
     """The default against combiner variants aimed at per-user ranking, two hindsight fits of
     its trust (oracles), and ``user x`` every genre of the item in place of ``user x genre``
     (docs/benchmarks.md, "Sixth session")."""
-    from trust_study.ranking import Tokens, Variant, genre_lists, hindsight
+    from trust_study.ranking import Tokens, UserActivity, Variant, genre_lists, hindsight
     from trust_study.replica import OnlinePopularity, Stream
 
     tokens = genre_lists(args.item_file, args.row_ids) if args.item_file else None
@@ -224,6 +225,11 @@ def ranking(args) -> None:
         "crosses centred at n = 1": lambda s: Variant(s, parent_prior=1.0),
         "trust half from per-user demeaned batches": lambda s: Variant(s, within=0.5),
         "recent user residual in the fit only": lambda s: Variant(s, fit_user=500.0),
+        "trust quarter from running per-user means": lambda s: Variant(s, within=0.25,
+                                                                       running=True),
+        "trust half from running per-user means": lambda s: Variant(s, within=0.5, running=True),
+        "trust from running per-user means": lambda s: Variant(s, within=1.0, running=True),
+        "+ item x user activity (read off the memory)": lambda s: UserActivity(s),
     }
     if tokens:
         variants["user x each genre (pooled) for user x genre"] = lambda s: Tokens(s, tokens)

@@ -17,12 +17,19 @@ class Variant(OnlinePopularity):
       at this count;
     * ``within``: the share of the trust's sums taken from features demeaned per user within
       each feedback batch (a ranking objective; the level still from the plain sums);
-    * ``fit_user``: a recent user residual (half-life in rows) in the fit, not in the score.
+    * ``fit_user``: a recent user residual (half-life in rows) in the fit, not in the score;
+    * ``running``: like ``within``, but the features and the working response are demeaned
+      per user over the user's whole (forgetting) history, not the batch: the pooled
+      within-user sums kept exactly by Chan's update of each user's weighted means.
     """
 
-    def __init__(self, s: Stream, no_pool20=False, within=0.0, fit_user=0.0, **kw):
+    def __init__(self, s: Stream, no_pool20=False, within=0.0, fit_user=0.0, running=False,
+                 **kw):
         super().__init__(s, **kw)
         self.no_pool20, self.within, self.fit_user = no_pool20, within, fit_user
+        self.running = running
+        n_users = self.user_codes.max() + 1
+        self.user_w, self.user_x, self.user_t = np.zeros(n_users), None, np.zeros(n_users)
         self.recent_user = np.zeros((self.user_codes.max() + 1, 3))
         self.recent_user_totals = np.zeros(3)
 
@@ -99,7 +106,11 @@ class Variant(OnlinePopularity):
                 ht = (x * v[:, None]).T @ x
                 m += ht @ w - x.T @ (p - yy)
                 h += ht
-                if self.within:
+                if self.within and self.running:
+                    hdt, mdt = self._running_within(self.user_codes[idx], x, v, p, yy, w, keep)
+                    hd += hdt
+                    md += mdt
+                elif self.within:
                     u = self.user_codes[idx]
                     sums, counts = np.zeros((u.max() + 1, f)), np.zeros(u.max() + 1)
                     np.add.at(sums, u, x)
@@ -110,6 +121,59 @@ class Variant(OnlinePopularity):
                     hd += hdt
             self._write(idx, y[idx], base)
         return out
+
+    def _running_within(self, u, x, v, p, y, w, keep):
+        """The batch's addition to the pooled within-user curvature and moment: each user's
+        weighted (``v``) means of the features and of the working response ``x.w + (y - p)/v``
+        over its history, updated by the batch (Chan et al.'s pairwise update, exact)."""
+        f = x.shape[1]
+        if self.user_x is None:
+            self.user_x = np.zeros((len(self.user_w), f))
+        self.user_w *= keep
+        users, inv = np.unique(u, return_inverse=True)
+        wb = np.bincount(inv, weights=v)
+        sx = np.zeros((len(users), f))
+        np.add.at(sx, inv, x * v[:, None])
+        st = np.bincount(inv, weights=(y - p) + v * (x @ w))
+        safe = np.maximum(wb, 1e-12)
+        xb, tb = sx / safe[:, None], st / safe
+        # Within the batch: sum v x x' - sum_u W_b xb xb'; and the cross with the response.
+        h = (x * v[:, None]).T @ x - (sx / safe[:, None]).T @ sx
+        m = x.T @ ((y - p) + v * (x @ w)) - sx.T @ tb
+        wo, xo, to = self.user_w[users], self.user_x[users], self.user_t[users]
+        c = wo * wb / np.maximum(wo + wb, 1e-12)
+        dx, dt = xb - xo, tb - to
+        h += (dx * c[:, None]).T @ dx
+        m += dx.T @ (c * dt)
+        tot = np.maximum(wo + wb, 1e-12)
+        self.user_x[users] = xo + dx * (wb / tot)[:, None]
+        self.user_t[users] = to + dt * wb / tot
+        self.user_w[users] = wo + wb
+        return h, m
+
+
+class UserActivity(OnlinePopularity):
+    """The default plus ``item_id x`` the user's activity bucket, ``floor(log2(1 + c))`` of the
+    user table's (forgetting) count ``c`` read off the memory when the row is served: the
+    mirror of the default's ``user_id x item_id:popularity`` (does this item's error differ
+    for new users and for heavy ones?)."""
+
+    def __init__(self, s: Stream, cap: int = 15, **kw):
+        self.item_codes, items = s.codes(("item_id",))
+        s.warm["user_activity"] = np.full(len(s.wy), "0", dtype=object)
+        s.test["user_activity"] = np.full(len(s.y), "0", dtype=object)
+        s.groups = list(s.groups) + [("item_id", "user_activity")]
+        super().__init__(s, cap=cap, **kw)
+        self.activity = self.groups.index(("item_id", "user_activity"))
+        self.user_table = [p for g, p in zip(self.groups, self.parents)
+                           if p >= 0 and g[0] == "user_id"][0]
+        self.state[self.activity] = np.zeros((items * (cap + 1), 3))
+
+    def features(self, idx, base):
+        count = self.state[self.user_table][self.codes[self.user_table][idx], 0]
+        bucket = np.minimum(np.floor(np.log2(1.0 + count)), self.cap).astype(int)
+        self.codes[self.activity][idx] = self.item_codes[idx] * (self.cap + 1) + bucket
+        return super().features(idx, base)
 
 
 def hindsight(s: Stream, features: np.ndarray, within_user: bool, ridge: float = 1.0):
