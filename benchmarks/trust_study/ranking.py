@@ -170,9 +170,7 @@ class UserActivity(OnlinePopularity):
         self.state[self.activity] = np.zeros((items * (cap + 1), 3))
 
     def features(self, idx, base):
-        count = self.state[self.user_table][self.codes[self.user_table][idx], 0]
-        bucket = np.minimum(np.floor(np.log2(1.0 + count)), self.cap).astype(int)
-        self.codes[self.activity][idx] = self.item_codes[idx] * (self.cap + 1) + bucket
+        self._key_by_count(idx, self.activity, self.item_codes, self.user_table)
         return super().features(idx, base)
 
 

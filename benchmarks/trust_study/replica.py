@@ -331,7 +331,12 @@ class OnlinePopularity(Replica):
         self.state[self.cross] = np.zeros((users * (cap + 1), 3))
 
     def features(self, idx, base):
-        count = self.state[self.item][self.codes[self.item][idx], 0]
-        bucket = np.minimum(np.floor(np.log2(1.0 + count)), self.cap).astype(int)
-        self.codes[self.cross][idx] = self.user_codes[idx] * (self.cap + 1) + bucket
+        self._key_by_count(idx, self.cross, self.user_codes, self.item)
         return super().features(idx, base)
+
+    def _key_by_count(self, idx, cross, first_codes, counted) -> None:
+        """Keys the rows ``idx`` of table ``cross`` by their first feature's code and
+        ``floor(log2(1 + c))`` (at most ``cap``) of their count ``c`` in table ``counted``."""
+        count = self.state[counted][self.codes[counted][idx], 0]
+        bucket = np.minimum(np.floor(np.log2(1.0 + count)), self.cap).astype(int)
+        self.codes[cross][idx] = first_codes[idx] * (self.cap + 1) + bucket
