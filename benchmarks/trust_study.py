@@ -15,8 +15,8 @@ negative with probability 0.5) and prints each slot's gAUC against static's (doc
 user crossed with a k-means cluster of the base model's item embeddings (docs/benchmarks.md,
 "A log with ids only"). ``ranking`` tries combiner variants aimed at per-user ranking (among them
 the trust fit on features demeaned by each user's running means), the item crossed with the
-user's activity, two hindsight fits of the trust, and the user crossed with every genre of the
-item (``trust_study/ranking.py``).
+user's activity or with each of the user's most recent items, two hindsight fits of the
+trust, and the user crossed with every genre of the item (``trust_study/ranking.py``).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def dump(args) -> None:
     item_vec = {} if item_vec[0] is None else {"item_vec": item_vec[0], "warm_item_vec": item_vec[1]}
     # Popularity crosses are read off the memory: the replica's OnlinePopularity adds them.
     groups = [g for g in b.id_groups_for_frame(df) if not any(b.popularity_of(c) for c in g)]
-    cols = sorted({c for g in groups for c in g} | {"user_id"})
+    cols = sorted({c for g in groups for c in g} | {"user_id"}
+                  | ({"history"} & set(df.columns)))
     np.savez(args.out, logits=probe.logits, labels=test.labels, warm_logits=probe.warm_logits,
              warm_labels=probe.warm_labels, groups=np.array(["*".join(g) for g in groups]),
              cols=np.array(cols),
@@ -215,7 +216,8 @@ def ranking(args) -> None:
     """The default against combiner variants aimed at per-user ranking, two hindsight fits of
     its trust (oracles), and ``user x`` every genre of the item in place of ``user x genre``
     (docs/benchmarks.md, "Sixth session")."""
-    from trust_study.ranking import Tokens, UserActivity, Variant, genre_lists, hindsight
+    from trust_study.ranking import (RecentItems, Tokens, UserActivity, Variant, genre_lists,
+                                       hindsight)
     from trust_study.replica import OnlinePopularity, Stream
 
     tokens = genre_lists(args.item_file, args.row_ids) if args.item_file else None
@@ -233,10 +235,14 @@ def ranking(args) -> None:
     }
     if tokens:
         variants["user x each genre (pooled) for user x genre"] = lambda s: Tokens(s, tokens)
+    recent = "+ item x each of the 4 most recent items"
+    variants[recent] = lambda s: RecentItems(s)
     for path in args.streams:
         print(f"\n{path}")
         for label, make in variants.items():
             s = Stream(path)
+            if label == recent and "history" not in s.test:
+                continue  # dumped before dumps kept the history column
             m, st = _versus_static(s, make(s).run())
             print(f"{label:48s} ΔAUC {100 * (m['auc'] - st['auc']):+.2f} "
                   f"ΔgAUC {100 * (m['gauc'] - st['gauc']):+.3f} logloss {m['logloss']:.4f}")

@@ -174,6 +174,52 @@ class UserActivity(OnlinePopularity):
         return super().features(idx, base)
 
 
+class RecentItems(OnlinePopularity):
+    """The default plus ``item_id x`` each of the user's ``slots`` most recent items (the log's
+    ``history`` column, oldest first), read pooled over them like ``Tokens`` and centred on the
+    item's own residual: how this item's error moves after the items the user just took.
+    ``buckets``: the pairs hashed into that many cells, as a table of the memory would (None:
+    one cell per pair)."""
+
+    def __init__(self, s: Stream, slots: int = 4, buckets: int | None = None, **kw):
+        super().__init__(s, **kw)
+        items = np.concatenate([s.warm["item_id"], s.test["item_id"]])
+        history = np.concatenate([s.warm["history"], s.test["history"]])
+        cells: dict = {}
+        self.token_keys = np.full((len(items), slots), -1)
+        for r, (i, h) in enumerate(zip(items, history)):
+            for j, t in enumerate(reversed(str(h).split()[-slots:])):
+                key = (i, t) if buckets is None else hash((i, t)) % buckets
+                self.token_keys[r, j] = cells.setdefault(key, len(cells))
+        self.token_cells = np.zeros((len(cells) + 1, 3))  # the last: an empty slot
+        self.slots = slots
+
+    def features(self, idx, base):
+        x = super().features(idx, base)
+        _, ty, tb = self.state[0].sum(0)
+        rho = (ty - tb) / (tb + 1.0)
+        si = self.state[self.item][self.codes[self.item][idx]]
+        keys = self.token_keys[idx]
+        cells = self.token_cells[np.where(keys >= 0, keys, len(self.token_cells) - 1)]
+        r = (cells[..., 1] - (1 + rho) * cells[..., 2]).sum(1)
+        c = cells[..., 0].sum(1)
+        cols = [(r - c * (si[:, 1] - (1 + rho) * si[:, 2]) / (si[:, 0] + n)) / (c + n)
+                for n in self.priors]
+        return np.concatenate([x[:, :-2], np.stack(cols, 1), x[:, -2:]], 1)
+
+    def _decay(self, rows):
+        super()._decay(rows)
+        if self.half_life:
+            self.token_cells *= 0.5 ** (rows / self.half_life)
+
+    def _write(self, idx, y, base):
+        super()._write(idx, y, base)
+        v = np.stack([np.ones_like(base), y, base], 1)
+        for j in range(self.slots):
+            ok = self.token_keys[idx, j] >= 0
+            np.add.at(self.token_cells, self.token_keys[idx, j][ok], v[ok])
+
+
 def hindsight(s: Stream, features: np.ndarray, within_user: bool, ridge: float = 1.0):
     """Scores of one fixed trust fit on the whole test stream (an oracle: it sees the labels it
     scores): the logistic fit of ``features`` with the base logit as offset, or the same fit
