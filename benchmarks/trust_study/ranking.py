@@ -1,8 +1,11 @@
-"""Combiner variants aimed at per-user ranking (gAUC), and a multi-valued cross, in the NumPy
-replica (docs/benchmarks.md, "Sixth session"). None of the combiner variants is adopted; the
-multi-valued cross is the library's ``"<name>:each"`` (``LSHErrorMemory``)."""
+"""Combiner variants aimed at per-user ranking (gAUC), a multi-valued cross and more crosses,
+in the NumPy replica (docs/benchmarks.md, "Sixth session" and "Seventh session"). None of the
+combiner variants and crosses is adopted; the multi-valued cross is the library's
+``"<name>:each"`` (``LSHErrorMemory``)."""
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 
@@ -174,52 +177,6 @@ class UserActivity(OnlinePopularity):
         return super().features(idx, base)
 
 
-class RecentItems(OnlinePopularity):
-    """The default plus ``item_id x`` each of the user's ``slots`` most recent items (the log's
-    ``history`` column, oldest first), read pooled over them like ``Tokens`` and centred on the
-    item's own residual: how this item's error moves after the items the user just took.
-    ``buckets``: the pairs hashed into that many cells, as a table of the memory would (None:
-    one cell per pair)."""
-
-    def __init__(self, s: Stream, slots: int = 4, buckets: int | None = None, **kw):
-        super().__init__(s, **kw)
-        items = np.concatenate([s.warm["item_id"], s.test["item_id"]])
-        history = np.concatenate([s.warm["history"], s.test["history"]])
-        cells: dict = {}
-        self.token_keys = np.full((len(items), slots), -1)
-        for r, (i, h) in enumerate(zip(items, history)):
-            for j, t in enumerate(reversed(str(h).split()[-slots:])):
-                key = (i, t) if buckets is None else hash((i, t)) % buckets
-                self.token_keys[r, j] = cells.setdefault(key, len(cells))
-        self.token_cells = np.zeros((len(cells) + 1, 3))  # the last: an empty slot
-        self.slots = slots
-
-    def features(self, idx, base):
-        x = super().features(idx, base)
-        _, ty, tb = self.state[0].sum(0)
-        rho = (ty - tb) / (tb + 1.0)
-        si = self.state[self.item][self.codes[self.item][idx]]
-        keys = self.token_keys[idx]
-        cells = self.token_cells[np.where(keys >= 0, keys, len(self.token_cells) - 1)]
-        r = (cells[..., 1] - (1 + rho) * cells[..., 2]).sum(1)
-        c = cells[..., 0].sum(1)
-        cols = [(r - c * (si[:, 1] - (1 + rho) * si[:, 2]) / (si[:, 0] + n)) / (c + n)
-                for n in self.priors]
-        return np.concatenate([x[:, :-2], np.stack(cols, 1), x[:, -2:]], 1)
-
-    def _decay(self, rows):
-        super()._decay(rows)
-        if self.half_life:
-            self.token_cells *= 0.5 ** (rows / self.half_life)
-
-    def _write(self, idx, y, base):
-        super()._write(idx, y, base)
-        v = np.stack([np.ones_like(base), y, base], 1)
-        for j in range(self.slots):
-            ok = self.token_keys[idx, j] >= 0
-            np.add.at(self.token_cells, self.token_keys[idx, j][ok], v[ok])
-
-
 def hindsight(s: Stream, features: np.ndarray, within_user: bool, ridge: float = 1.0):
     """Scores of one fixed trust fit on the whole test stream (an oracle: it sees the labels it
     scores): the logistic fit of ``features`` with the base logit as offset, or the same fit
@@ -239,37 +196,27 @@ def hindsight(s: Stream, features: np.ndarray, within_user: bool, ridge: float =
     return sigmoid(s.z + features @ w)
 
 
-class Tokens(OnlinePopularity):
-    """``user x genre`` replaced by ``user x`` every genre of the item (``tokens``: item id ->
-    list), read pooled over the row's first 4 tokens like the library's ``"genres:each"``:
-    ``(sum (y - b) - (sum c) r_user) / (sum c + n)``."""
+class PooledTokens(OnlinePopularity):
+    """The default plus a group keyed by a row's first feature and each of up to ``slots``
+    tokens, read pooled over them like the library's ``"genres:each"``: ``(sum (y - b) -
+    (sum c) r_parent) / (sum c + n)``, centred on the ``parent`` table's residual.
+    ``token_keys``: ``[rows, slots]`` cell per token, -1 for an empty slot."""
 
-    slots = 4
-
-    def __init__(self, s: Stream, tokens: dict, **kw):
-        s.groups = [g for g in s.groups if g != ("user_id", "genre")]
+    def __init__(self, s: Stream, token_keys: np.ndarray, parent: int, **kw):
         super().__init__(s, **kw)
-        items = np.concatenate([s.warm["item_id"], s.test["item_id"]])
-        users = np.concatenate([s.warm["user_id"], s.test["user_id"]])
-        cells: dict = {}
-        self.token_keys = np.full((len(items), self.slots), -1)
-        for r, (u, i) in enumerate(zip(users, items)):
-            for j, t in enumerate((tokens.get(i) or ["?"])[:self.slots]):
-                self.token_keys[r, j] = cells.setdefault((u, t), len(cells))
-        self.token_cells = np.zeros((len(cells) + 1, 3))  # the last: an empty slot
-        self.user_table = [p for g, p in zip(self.groups, self.parents)
-                           if p >= 0 and g[0] == "user_id"][0]
+        self.token_keys, self.parent = token_keys, parent
+        self.token_cells = np.zeros((token_keys.max() + 2, 3))  # the last: an empty slot
 
     def features(self, idx, base):
         x = super().features(idx, base)
         _, ty, tb = self.state[0].sum(0)
         rho = (ty - tb) / (tb + 1.0)
-        su = self.state[self.user_table][self.codes[self.user_table][idx]]
+        sp = self.state[self.parent][self.codes[self.parent][idx]]
         keys = self.token_keys[idx]
         cells = self.token_cells[np.where(keys >= 0, keys, len(self.token_cells) - 1)]
         r = (cells[..., 1] - (1 + rho) * cells[..., 2]).sum(1)
         c = cells[..., 0].sum(1)
-        cols = [(r - c * (su[:, 1] - (1 + rho) * su[:, 2]) / (su[:, 0] + n)) / (c + n)
+        cols = [(r - c * (sp[:, 1] - (1 + rho) * sp[:, 2]) / (sp[:, 0] + n)) / (c + n)
                 for n in self.priors]
         return np.concatenate([x[:, :-2], np.stack(cols, 1), x[:, -2:]], 1)
 
@@ -281,9 +228,50 @@ class Tokens(OnlinePopularity):
     def _write(self, idx, y, base):
         super()._write(idx, y, base)
         v = np.stack([np.ones_like(base), y, base], 1)
-        for j in range(self.slots):
+        for j in range(self.token_keys.shape[1]):
             ok = self.token_keys[idx, j] >= 0
             np.add.at(self.token_cells, self.token_keys[idx, j][ok], v[ok])
+
+
+def _token_keys(firsts, token_lists, slots: int, buckets: int | None = None) -> np.ndarray:
+    """``[rows, slots]``: a cell per (first feature, token) pair (hashed into ``buckets`` cells
+    by CRC-32 if given: the same cells in every process), -1 where a row has fewer tokens."""
+    cells: dict = {}
+    keys = np.full((len(firsts), slots), -1)
+    for r, (f, tokens) in enumerate(zip(firsts, token_lists)):
+        for j, t in enumerate(tokens[:slots]):
+            key = (f, t) if buckets is None else zlib.crc32(f"{f}\x1f{t}".encode()) % buckets
+            keys[r, j] = cells.setdefault(key, len(cells))
+    return keys
+
+
+class Tokens(PooledTokens):
+    """``user x genre`` replaced by ``user x`` every genre of the item (``tokens``: item id ->
+    list), the row's first 4 tokens, centred on the user's residual."""
+
+    def __init__(self, s: Stream, tokens: dict, **kw):
+        s.groups = [g for g in s.groups if g != ("user_id", "genre")]
+        items = np.concatenate([s.warm["item_id"], s.test["item_id"]])
+        users = np.concatenate([s.warm["user_id"], s.test["user_id"]])
+        keys = _token_keys(users, [tokens.get(i) or ["?"] for i in items], 4)
+        # The user's table: the parent of the user crosses (the groups as Replica orders them).
+        super().__init__(s, keys, parent=-1, **kw)
+        self.parent = [p for g, p in zip(self.groups, self.parents)
+                       if p >= 0 and g[0] == "user_id"][0]
+
+
+class RecentItems(PooledTokens):
+    """The default plus ``item_id x`` each of the user's ``slots`` most recent items (the log's
+    ``history`` column, oldest first), centred on the item's own residual: how this item's
+    error moves after the items the user just took. ``buckets``: the pairs hashed into that
+    many cells, as a table of the memory would (None: one cell per pair)."""
+
+    def __init__(self, s: Stream, slots: int = 4, buckets: int | None = None, **kw):
+        items = np.concatenate([s.warm["item_id"], s.test["item_id"]])
+        history = np.concatenate([s.warm["history"], s.test["history"]])
+        keys = _token_keys(items, [str(h).split()[::-1] for h in history], slots, buckets)
+        super().__init__(s, keys, parent=-1, **kw)
+        self.parent = self.item
 
 
 def genre_lists(item_file: str, row_ids: bool) -> dict:
