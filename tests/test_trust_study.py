@@ -36,5 +36,5 @@ def test_running_within_user_sums_equal_the_pooled_within_user_scatter():
         expect_m += ((x[r] - xm) * v[r, None]).T @ (t[r] - tm)
     np.testing.assert_allclose(h, expect_h, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(m, expect_m, rtol=1e-9, atol=1e-9)
-    # and a user seen once contributes nothing
+    # users never seen hold no weight
     assert np.allclose(state.user_w[np.bincount(u, minlength=users) == 0], 0.0)

@@ -199,19 +199,24 @@ def hindsight(s: Stream, features: np.ndarray, within_user: bool, ridge: float =
 class PooledTokens(OnlinePopularity):
     """The default plus a group keyed by a row's first feature and each of up to ``slots``
     tokens, read pooled over them like the library's ``"genres:each"``: ``(sum (y - b) -
-    (sum c) r_parent) / (sum c + n)``, centred on the ``parent`` table's residual.
-    ``token_keys``: ``[rows, slots]`` cell per token, -1 for an empty slot."""
+    (sum c) r_parent) / (sum c + n)``, centred on the residual of the table ``parent()``
+    names. ``token_keys``: ``[rows, slots]`` cell per token, -1 for an empty slot."""
 
-    def __init__(self, s: Stream, token_keys: np.ndarray, parent: int, **kw):
+    def __init__(self, s: Stream, token_keys: np.ndarray, **kw):
         super().__init__(s, **kw)
-        self.token_keys, self.parent = token_keys, parent
+        self.token_keys = token_keys
         self.token_cells = np.zeros((token_keys.max() + 2, 3))  # the last: an empty slot
+
+    def parent(self) -> int:
+        """The table whose residual the group is centred on."""
+        raise NotImplementedError
 
     def features(self, idx, base):
         x = super().features(idx, base)
         _, ty, tb = self.state[0].sum(0)
         rho = (ty - tb) / (tb + 1.0)
-        sp = self.state[self.parent][self.codes[self.parent][idx]]
+        parent = self.parent()
+        sp = self.state[parent][self.codes[parent][idx]]
         keys = self.token_keys[idx]
         cells = self.token_cells[np.where(keys >= 0, keys, len(self.token_cells) - 1)]
         r = (cells[..., 1] - (1 + rho) * cells[..., 2]).sum(1)
@@ -253,11 +258,11 @@ class Tokens(PooledTokens):
         s.groups = [g for g in s.groups if g != ("user_id", "genre")]
         items = np.concatenate([s.warm["item_id"], s.test["item_id"]])
         users = np.concatenate([s.warm["user_id"], s.test["user_id"]])
-        keys = _token_keys(users, [tokens.get(i) or ["?"] for i in items], 4)
-        # The user's table: the parent of the user crosses (the groups as Replica orders them).
-        super().__init__(s, keys, parent=-1, **kw)
-        self.parent = [p for g, p in zip(self.groups, self.parents)
-                       if p >= 0 and g[0] == "user_id"][0]
+        super().__init__(s, _token_keys(users, [tokens.get(i) or ["?"] for i in items], 4), **kw)
+
+    def parent(self) -> int:
+        """The user's table: the parent of the user crosses."""
+        return [p for g, p in zip(self.groups, self.parents) if p >= 0 and g[0] == "user_id"][0]
 
 
 class RecentItems(PooledTokens):
@@ -270,8 +275,10 @@ class RecentItems(PooledTokens):
         items = np.concatenate([s.warm["item_id"], s.test["item_id"]])
         history = np.concatenate([s.warm["history"], s.test["history"]])
         keys = _token_keys(items, [str(h).split()[::-1] for h in history], slots, buckets)
-        super().__init__(s, keys, parent=-1, **kw)
-        self.parent = self.item
+        super().__init__(s, keys, **kw)
+
+    def parent(self) -> int:
+        return self.item
 
 
 def genre_lists(item_file: str, row_ids: bool) -> dict:
