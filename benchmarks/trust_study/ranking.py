@@ -168,8 +168,7 @@ class UserActivity(OnlinePopularity):
         s.groups = list(s.groups) + [("item_id", "user_activity")]
         super().__init__(s, cap=cap, **kw)
         self.activity = self.groups.index(("item_id", "user_activity"))
-        self.user_table = [p for g, p in zip(self.groups, self.parents)
-                           if p >= 0 and g[0] == "user_id"][0]
+        self.user_table = self._table_of("user_id")
         self.state[self.activity] = np.zeros((items * (cap + 1), 3))
 
     def features(self, idx, base):
@@ -199,24 +198,20 @@ def hindsight(s: Stream, features: np.ndarray, within_user: bool, ridge: float =
 class PooledTokens(OnlinePopularity):
     """The default plus a group keyed by a row's first feature and each of up to ``slots``
     tokens, read pooled over them like the library's ``"genres:each"``: ``(sum (y - b) -
-    (sum c) r_parent) / (sum c + n)``, centred on the residual of the table ``parent()``
-    names. ``token_keys``: ``[rows, slots]`` cell per token, -1 for an empty slot."""
+    (sum c) r_parent) / (sum c + n)``, centred on the residual of the table keyed by the
+    feature ``parent``. ``token_keys``: ``[rows, slots]`` cell per token, -1 for an empty
+    slot."""
 
-    def __init__(self, s: Stream, token_keys: np.ndarray, **kw):
+    def __init__(self, s: Stream, token_keys: np.ndarray, parent: str, **kw):
         super().__init__(s, **kw)
-        self.token_keys = token_keys
+        self.token_keys, self.parent = token_keys, self._table_of(parent)
         self.token_cells = np.zeros((token_keys.max() + 2, 3))  # the last: an empty slot
-
-    def parent(self) -> int:
-        """The table whose residual the group is centred on."""
-        raise NotImplementedError
 
     def features(self, idx, base):
         x = super().features(idx, base)
         _, ty, tb = self.state[0].sum(0)
         rho = (ty - tb) / (tb + 1.0)
-        parent = self.parent()
-        sp = self.state[parent][self.codes[parent][idx]]
+        sp = self.state[self.parent][self.codes[self.parent][idx]]
         keys = self.token_keys[idx]
         cells = self.token_cells[np.where(keys >= 0, keys, len(self.token_cells) - 1)]
         r = (cells[..., 1] - (1 + rho) * cells[..., 2]).sum(1)
@@ -258,11 +253,8 @@ class Tokens(PooledTokens):
         s.groups = [g for g in s.groups if g != ("user_id", "genre")]
         items = np.concatenate([s.warm["item_id"], s.test["item_id"]])
         users = np.concatenate([s.warm["user_id"], s.test["user_id"]])
-        super().__init__(s, _token_keys(users, [tokens.get(i) or ["?"] for i in items], 4), **kw)
-
-    def parent(self) -> int:
-        """The user's table: the parent of the user crosses."""
-        return [p for g, p in zip(self.groups, self.parents) if p >= 0 and g[0] == "user_id"][0]
+        super().__init__(s, _token_keys(users, [tokens.get(i) or ["?"] for i in items], 4),
+                         "user_id", **kw)
 
 
 class RecentItems(PooledTokens):
@@ -275,10 +267,7 @@ class RecentItems(PooledTokens):
         items = np.concatenate([s.warm["item_id"], s.test["item_id"]])
         history = np.concatenate([s.warm["history"], s.test["history"]])
         keys = _token_keys(items, [str(h).split()[::-1] for h in history], slots, buckets)
-        super().__init__(s, keys, **kw)
-
-    def parent(self) -> int:
-        return self.item
+        super().__init__(s, keys, "item_id", **kw)
 
 
 def genre_lists(item_file: str, row_ids: bool) -> dict:

@@ -334,6 +334,13 @@ class OnlinePopularity(Replica):
         self._key_by_count(idx, self.cross, self.user_codes, self.item)
         return super().features(idx, base)
 
+    def _table_of(self, name: str) -> int:
+        """The index of the id table keyed by ``name`` alone: its own group, or the table the
+        crosses that start with it are centred on."""
+        if (name,) in self.groups:
+            return self.groups.index((name,))
+        return next(p for g, p in zip(self.groups, self.parents) if p >= 0 and g[0] == name)
+
     def _key_by_count(self, idx, cross, first_codes, counted) -> None:
         """Keys the rows ``idx`` of table ``cross`` by their first feature's code and
         ``floor(log2(1 + c))`` (at most ``cap``) of their count ``c`` in table ``counted``."""
