@@ -213,9 +213,10 @@ def crosses(args) -> None:
 
 
 def ranking(args) -> None:
-    """The default against combiner variants aimed at per-user ranking, two hindsight fits of
-    its trust (oracles), and ``user x`` every genre of the item in place of ``user x genre``
-    (docs/benchmarks.md, "Sixth session")."""
+    """The default against combiner variants aimed at per-user ranking, more crosses (the item
+    with the user's activity, with each of the user's most recent items), two hindsight fits
+    of its trust (oracles), and ``user x`` every genre of the item in place of ``user x genre``
+    (docs/benchmarks.md, "Sixth session" and "Seventh session")."""
     from trust_study.ranking import (RecentItems, Tokens, UserActivity, Variant, genre_lists,
                                        hindsight)
     from trust_study.replica import OnlinePopularity, Stream

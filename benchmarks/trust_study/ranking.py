@@ -137,12 +137,12 @@ class Variant(OnlinePopularity):
         wb = np.bincount(inv, weights=v)
         sx = np.zeros((len(users), f))
         np.add.at(sx, inv, x * v[:, None])
-        st = np.bincount(inv, weights=(y - p) + v * (x @ w))
+        vt = (y - p) + v * (x @ w)  # v times the working response
         safe = np.maximum(wb, 1e-12)
-        xb, tb = sx / safe[:, None], st / safe
+        xb, tb = sx / safe[:, None], np.bincount(inv, weights=vt) / safe
         # Within the batch: sum v x x' - sum_u W_b xb xb'; and the cross with the response.
-        h = (x * v[:, None]).T @ x - (sx / safe[:, None]).T @ sx
-        m = x.T @ ((y - p) + v * (x @ w)) - sx.T @ tb
+        h = (x * v[:, None]).T @ x - xb.T @ sx
+        m = x.T @ vt - sx.T @ tb
         wo, xo, to = self.user_w[users], self.user_x[users], self.user_t[users]
         c = wo * wb / np.maximum(wo + wb, 1e-12)
         dx, dt = xb - xo, tb - to
