@@ -116,6 +116,10 @@ def run(cfg: dict, skip_reads: bool) -> dict:
             log.info("writes, %d threads", threads)
             results["writes"]["threads"][str(threads)] = servers.threaded_writes(
                 clients, 256, cfg["thread_calls"], threads, cfg["thread_repeats"], rng)
+        log.info("writes, one thread, %d in flight", cfg["threads"])
+        results["writes"]["in_flight"] = {str(cfg["threads"]): servers.threaded_writes(
+            clients, 256, cfg["thread_calls"], 1, cfg["thread_repeats"], rng,
+            in_flight=cfg["threads"])}
         results["load_average"]["after_writes"] = os.getloadavg()
     finally:
         for name in ("base", "keys", "features"):

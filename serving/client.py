@@ -13,6 +13,7 @@ or DEADLINE_EXCEEDED is retried with the same id. The model drops an id it has a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -131,18 +132,26 @@ class ReLoop2Client:
         UNAVAILABLE and DEADLINE_EXCEEDED are retried ``retries`` times (the same request, so a
         write keeps its ``write_id``); other errors are raised at once.
         """
-        request = self.request(signature_name, inputs, output_filter)
-        for attempt in range(self.retries + 1):
-            try:
-                response = self._stub.Predict(request, timeout=self.timeout)
-                break
-            except grpc.RpcError as err:
-                if err.code() not in RETRYABLE or attempt == self.retries:
-                    raise
-                logger.info("%s on %s: %s; retry %d of %d", signature_name, self.target,
-                            err.code().name, attempt + 1, self.retries)
-                time.sleep(self.backoff * 2**attempt)
-        return {alias: from_proto(proto) for alias, proto in response.outputs.items()}
+        return self._send(signature_name, self.request(signature_name, inputs, output_filter))
+
+    def _send(self, signature_name: str, request: predict_pb2.PredictRequest,
+              failed: grpc.RpcError | None = None) -> dict[str, np.ndarray]:
+        """Sends ``request`` until it is answered or fails for good; ``failed``: the error of a
+        first attempt already made (``PendingWrite``)."""
+        attempt = 0 if failed is None else 1
+        while True:
+            if failed is None:
+                try:
+                    return _outputs(self._stub.Predict(request, timeout=self.timeout))
+                except grpc.RpcError as err:
+                    failed = err
+                attempt += 1
+            if failed.code() not in RETRYABLE or attempt > self.retries:
+                raise failed
+            logger.info("%s on %s: %s; retry %d of %d", signature_name, self.target,
+                        failed.code().name, attempt, self.retries)
+            time.sleep(self.backoff * 2 ** (attempt - 1))
+            failed = None
 
     def metadata(self) -> dict[str, dict[str, dict[str, tuple[str, list[int] | None]]]]:
         """Signature name -> ``{"inputs": {alias: (dtype, shape)}, "outputs": {...}}``.
@@ -216,6 +225,21 @@ class ReLoop2Client:
         TF Serving feeds every input of a signature, so missing weights are sent as ones.
         ``write_id``: `None` for a fresh one, ``""`` for no deduplication.
         """
+        return self.call("update_memory",
+                         self._update_inputs(features, labels, sample_weight, write_id))
+
+    def update_memory_by_keys(self, memory_keys, base_probability, labels, sample_weight=None,
+                              write_id: str | None = None) -> dict[str, np.ndarray]:
+        """Writes revealed labels by the ``memory_keys`` and ``base_probability`` that ``predict``
+        returned for the same rows: the server runs no model. Same outputs as ``update_memory``."""
+        return self.call("update_memory_by_keys", _by_keys_inputs(
+            memory_keys, base_probability, labels, sample_weight, write_id))
+
+    def writer(self, in_flight: int = 4) -> Writer:
+        """A ``Writer`` that keeps up to ``in_flight`` writes on the wire from one thread."""
+        return Writer(self, in_flight)
+
+    def _update_inputs(self, features, labels, sample_weight, write_id) -> dict:
         inputs = self._features(features, "update_memory")
         labels = np.asarray(labels, dtype=np.float32).reshape(-1)
         if sample_weight is None:
@@ -223,21 +247,7 @@ class ReLoop2Client:
         inputs["label"] = labels
         inputs["sample_weight"] = np.asarray(sample_weight, dtype=np.float32).reshape(-1)
         inputs["write_id"] = _write_id(write_id)
-        return self.call("update_memory", inputs)
-
-    def update_memory_by_keys(self, memory_keys, base_probability, labels, sample_weight=None,
-                              write_id: str | None = None) -> dict[str, np.ndarray]:
-        """Writes revealed labels by the ``memory_keys`` and ``base_probability`` that ``predict``
-        returned for the same rows: the server runs no model. Same outputs as ``update_memory``."""
-        labels = np.asarray(labels, dtype=np.float32).reshape(-1)
-        if sample_weight is None:
-            sample_weight = np.ones_like(labels)
-        return self.call("update_memory_by_keys", {
-            "memory_keys": np.asarray(memory_keys, dtype=np.int32),
-            "base_probability": np.asarray(base_probability, dtype=np.float32).reshape(-1),
-            "label": labels,
-            "sample_weight": np.asarray(sample_weight, dtype=np.float32).reshape(-1),
-            "write_id": _write_id(write_id)})
+        return inputs
 
     def snapshot(self) -> np.ndarray:
         """The memory's whole state ``[num_state_rows, 3]`` in true units (tables, then the
@@ -270,6 +280,126 @@ def _write_id(write_id: str | None) -> np.ndarray:
     if not isinstance(write_id, str):
         raise TypeError(f"`write_id` should be a str or None. Received: {type(write_id).__name__}")
     return np.array(write_id.encode("utf-8"), dtype=object)
+
+
+def _by_keys_inputs(memory_keys, base_probability, labels, sample_weight, write_id) -> dict:
+    labels = np.asarray(labels, dtype=np.float32).reshape(-1)
+    if sample_weight is None:
+        sample_weight = np.ones_like(labels)
+    return {"memory_keys": np.asarray(memory_keys, dtype=np.int32),
+            "base_probability": np.asarray(base_probability, dtype=np.float32).reshape(-1),
+            "label": labels,
+            "sample_weight": np.asarray(sample_weight, dtype=np.float32).reshape(-1),
+            "write_id": _write_id(write_id)}
+
+
+def _outputs(response) -> dict[str, np.ndarray]:
+    return {alias: from_proto(proto) for alias, proto in response.outputs.items()}
+
+
+class PendingWrite:
+    """A write a ``Writer`` has sent. ``result()`` waits for its answer and returns the outputs
+    (``weight_written``, ``memory_weight``); UNAVAILABLE and DEADLINE_EXCEEDED are retried
+    there with the same request (so the same ``write_id``), as ``ReLoop2Client.call`` does;
+    another error is raised."""
+
+    def __init__(self, client: ReLoop2Client, signature_name: str,
+                 request: predict_pb2.PredictRequest):
+        self._client, self._signature_name, self._request = client, signature_name, request
+        self._future = client._stub.Predict.future(request, timeout=client.timeout)
+        self._outputs: dict[str, np.ndarray] | None = None
+        self._error: grpc.RpcError | None = None
+
+    def done(self) -> bool:
+        """Whether ``result()`` returns without waiting for the first answer."""
+        return self._outputs is not None or self._error is not None or self._future.done()
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self._outputs is None and self._error is None:
+            try:
+                self._outputs = _outputs(self._future.result())
+            except grpc.RpcError as err:
+                try:
+                    self._outputs = self._client._send(self._signature_name, self._request,
+                                                       failed=err)
+                except grpc.RpcError as final:
+                    self._error = final
+        if self._error is not None:
+            raise self._error
+        return self._outputs
+
+
+class Writer:
+    """Sends writes without waiting for each answer, from one thread: up to ``in_flight``
+    requests are on the wire at once (a write waits for the oldest one's answer when that many
+    are). A feedback consumer keeps a replica busy this way, where one call at a time waits a
+    round trip per batch (docs/serving.md, "Writing feedback fast").
+
+    >>> with client.writer(in_flight=4) as writer:
+    ...     for keys, probs, labels, event_id in feedback:
+    ...         writer.update_memory_by_keys(keys, probs, labels, write_id=event_id)
+    ... # leaving the block waits for every answer and raises the first failed write's error
+
+    Writes in flight run concurrently on the server, so they may be applied in any order. The
+    tables' sums do not depend on it; with a ``half_life`` a concurrent write can miss a decay
+    step (docs/serving.md, "Concurrent writes are exact"). Each write keeps its ``write_id``
+    through retries, so it counts once.
+    """
+
+    def __init__(self, client: ReLoop2Client, in_flight: int = 4):
+        if isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1:
+            raise ValueError(f"`in_flight` should be an int >= 1. Received: in_flight={in_flight!r}")
+        self.client, self.in_flight = client, in_flight
+        self._pending: collections.deque[PendingWrite] = collections.deque()
+        self._failed: list[PendingWrite] = []
+
+    def update_memory(self, features: Mapping[str, object], labels, sample_weight=None,
+                      write_id: str | None = None) -> PendingWrite:
+        """``ReLoop2Client.update_memory``, sent without waiting for the answer."""
+        return self._send("update_memory", self.client._update_inputs(
+            features, labels, sample_weight, write_id))
+
+    def update_memory_by_keys(self, memory_keys, base_probability, labels, sample_weight=None,
+                              write_id: str | None = None) -> PendingWrite:
+        """``ReLoop2Client.update_memory_by_keys``, sent without waiting for the answer."""
+        return self._send("update_memory_by_keys", _by_keys_inputs(
+            memory_keys, base_probability, labels, sample_weight, write_id))
+
+    def _send(self, signature_name: str, inputs: dict) -> PendingWrite:
+        request = self.client.request(signature_name, inputs)
+        while len(self._pending) >= self.in_flight:
+            self._wait(self._pending.popleft())
+        pending = PendingWrite(self.client, signature_name, request)
+        self._pending.append(pending)
+        return pending
+
+    def _wait(self, pending: PendingWrite) -> None:
+        try:
+            pending.result()
+        except grpc.RpcError as err:
+            logger.warning("a write to %s failed: %s", self.client.target, err.code().name)
+            self._failed.append(pending)
+
+    def flush(self) -> None:
+        """Waits for every write sent; raises the first failed write's ``grpc.RpcError`` (each
+        write's own outcome is its ``PendingWrite.result()``)."""
+        while self._pending:
+            self._wait(self._pending.popleft())
+        failed, self._failed = self._failed, []
+        if failed:
+            if len(failed) > 1:
+                logger.warning("%d writes failed; raising the first", len(failed))
+            failed[0].result()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.flush()
+        else:  # the caller's error goes first; still wait for what is on the wire
+            while self._pending:
+                self._wait(self._pending.popleft())
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ not know it. The client retries with the same ``write_id``; the model must count
 """
 
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -23,12 +24,14 @@ ZEROS = np.zeros([STATE_ROWS, 3], np.float32)
 
 class LossyProxy(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Forwards ``Predict`` to ``target``; every ``drop_every``-th answer is replaced by
-    UNAVAILABLE after the server has run the call."""
+    UNAVAILABLE after the server has run the call (0: none is). ``delay`` seconds are added to
+    every call; ``most_at_once`` counts the calls it held at the same time."""
 
-    def __init__(self, target: str, drop_every: int = 10):
+    def __init__(self, target: str, drop_every: int = 10, delay: float = 0.0):
         self._channel = grpc.insecure_channel(target, options=GRPC_OPTIONS)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self.drop_every, self.calls, self.dropped = drop_every, 0, 0
+        self.delay, self.at_once, self.most_at_once = delay, 0, 0
         self._lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(16), options=GRPC_OPTIONS)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self, self.server)
@@ -43,10 +46,20 @@ class LossyProxy(prediction_service_pb2_grpc.PredictionServiceServicer):
         return self._stub.GetModelMetadata(request, timeout=60)
 
     def Predict(self, request, context):
-        response = self._stub.Predict(request, timeout=60)
+        with self._lock:
+            self.at_once += 1
+            self.most_at_once = max(self.most_at_once, self.at_once)
+        time.sleep(self.delay)
+        try:
+            response = self._stub.Predict(request, timeout=60)
+        except grpc.RpcError as err:  # the server's own answer, passed on
+            context.abort(err.code(), err.details())
+        finally:
+            with self._lock:
+                self.at_once -= 1
         with self._lock:
             self.calls += 1
-            drop = self.calls % self.drop_every == 0
+            drop = self.drop_every and self.calls % self.drop_every == 0
             self.dropped += drop
         if drop:
             context.abort(grpc.StatusCode.UNAVAILABLE, "proxy: answer lost")
@@ -147,3 +160,70 @@ def test_every_event_delivered_twice_is_counted_once(server):
         again = twice.merge(reference, write_id="merge-1")
         assert float(again["weight_written"]) == 0.0
         assert float(again["memory_weight"]) == 240.0
+
+
+def test_one_thread_writing_with_four_in_flight_through_a_lossy_proxy_writes_the_exact_total(
+        server, proxy):
+    """``Writer``: one thread keeps several writes on the wire; a lost answer is retried with
+    the same id when its result is collected, so every write counts once."""
+    with ReLoop2Client(server.target, timeout=60) as direct:
+        direct.restore(ZEROS)
+    rng = np.random.default_rng(3)
+    batches = [(make_features(16, rng), rng.integers(0, 2, 16), rng.integers(1, 4, 16))
+               for _ in range(60)]
+    with ReLoop2Client(proxy.target, timeout=60, retries=5, backoff=0.01) as client:
+        served = [client.predict(features) for features, _, _ in batches[::2]]
+        sent = []
+        with client.writer(in_flight=4) as writer:
+            for k, (features, labels, weights) in enumerate(batches):
+                if k % 2:
+                    sent.append(writer.update_memory(features, labels, weights))
+                else:
+                    out = served[k // 2]
+                    sent.append(writer.update_memory_by_keys(
+                        out["memory_keys"], out["base_probability"], labels, weights))
+        assert all(p.done() for p in sent)
+        written = sum(float(p.result()["weight_written"]) for p in sent)
+    total = float(sum(w.sum() for _, _, w in batches))
+    assert proxy.dropped >= 5  # answers to writes were lost: 90 calls, one in ten dropped
+    with ReLoop2Client(server.target) as direct:
+        assert direct.memory_weight() == total
+        assert written < total  # a retried write answers 0: it had been written
+        assert direct.snapshot()[:2**5, 0].sum() == total
+
+
+def test_a_writer_keeps_at_most_in_flight_writes_on_the_wire(server):
+    """The window is what it says: with every call held 50 ms, 12 writes from one thread
+    overlap, never more than ``in_flight`` at once, and a write after a rejected one lands."""
+    slow = LossyProxy(server.target, drop_every=0, delay=0.05)
+    rng = np.random.default_rng(4)
+    batches = [(make_features(8, rng), rng.integers(0, 2, 8)) for _ in range(12)]
+    try:
+        with ReLoop2Client(server.target) as direct:
+            direct.restore(ZEROS)
+        with ReLoop2Client(slow.target, timeout=60) as client:
+            writer = client.writer(in_flight=3)
+            sent = [writer.update_memory(f, y) for f, y in batches[:6]]
+            bad = writer.update_memory(batches[6][0], batches[6][1][:5])  # 5 labels, 8 rows
+            sent += [writer.update_memory(f, y) for f, y in batches[7:]]
+            with pytest.raises(grpc.RpcError) as err:
+                writer.flush()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "label" in err.value.details()
+        with pytest.raises(grpc.RpcError):
+            bad.result()
+        assert [float(p.result()["weight_written"]) for p in sent] == [8.0] * 11
+        assert slow.most_at_once == 3
+        with ReLoop2Client(server.target) as direct:
+            assert direct.memory_weight() == 88.0  # the rejected write changed nothing
+        writer.flush()  # the failure was reported once
+    finally:
+        slow.stop()
+
+
+def test_a_writer_rejects_a_window_that_is_not_a_positive_int():
+    client = ReLoop2Client("127.0.0.1:1")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="in_flight"):
+            client.writer(in_flight=bad)
+    client.close()

@@ -121,7 +121,10 @@ def _report(p50_1=(1.0, 1.1), p50_256=(10.0, 10.5), keys_s=0.001, equal=True):
             str(n): {k: {"threads": n, "calls": 4, "runs_rows_per_s": [3.0 * r, 1.0 * r, 2.0 * r],
                          "rows_per_s": 2.0 * r}
                      for k, r in (("by_keys", 256 / keys_s / 2), ("by_features", 1000.0))}
-            for n in (1, 4)}},
+            for n in (1, 4)}, "in_flight": {"4": {
+                k: {"threads": 1, "in_flight": 4, "calls": 4,
+                    "runs_rows_per_s": [2.0 * r, 1.0 * r, 3.0 * r], "rows_per_s": 2.0 * r}
+                for k, r in (("by_keys", 256 / keys_s), ("by_features", 2000.0))}}},
         "replay": {"batches": 8, "rows": 2048, "weight_written_by_keys": 2048.0,
                    "weight_written_by_features": 2048.0, "shape_by_keys": [10, 3],
                    "shape_by_features": [10, 3], "snapshots_equal": equal,
@@ -137,12 +140,16 @@ def _report(p50_1=(1.0, 1.1), p50_256=(10.0, 10.5), keys_s=0.001, equal=True):
 
 def test_verdicts_follow_the_targets():
     met = {v["target"]: v["met"] for v in _report()["verdicts"]}
-    assert list(met.values()) == [True, True, True, True, True, True]
-    assert len(met) == 6
+    assert list(met.values()) == [True] * 7
+    assert len(met) == 7
     missed = _report(p50_1=(1.0, 1.3), p50_256=(10.0, 11.5), keys_s=0.002, equal=False)
-    assert [v["met"] for v in missed["verdicts"]] == [False, False, False, False, True, True]
-    by_name = {v["target"].split()[0]: v for v in missed["verdicts"]}
-    assert by_name["update_memory_by_keys"]["measured"] == pytest.approx(128_000)
+    assert [v["met"] for v in missed["verdicts"]] == [False, False, False, True, False, True, True]
+    writes = [v for v in missed["verdicts"] if v["target"].startswith("update_memory_by_keys")]
+    assert [w["measured"] for w in writes] == [pytest.approx(128_000), pytest.approx(256_000)]
+    assert "in flight" in writes[1]["target"] and "in flight" not in writes[0]["target"]
+    slow = _report(keys_s=0.004)
+    assert [w["met"] for w in slow["verdicts"] if w["target"].startswith("update_memory_by")] == [
+        False, False]
 
 
 @pytest.mark.parametrize("tamper, message", [
@@ -152,6 +159,8 @@ def test_verdicts_follow_the_targets():
     (lambda r: r["writes"]["one_thread"]["prebuilt"].update(keys_over_features=1.0), "quotient"),
     (lambda r: r["writes"]["threads"]["4"]["by_keys"].update(rows_per_s=3.0), "median"),
     (lambda r: r["writes"]["threads"]["1"]["by_features"].update(threads=4), "median"),
+    (lambda r: r["writes"]["in_flight"]["4"]["by_keys"].update(rows_per_s=1.0), "median"),
+    (lambda r: r["writes"]["in_flight"]["4"]["by_features"].update(in_flight=1), "median"),
     (lambda r: r["replay"].update(max_abs_diff=1e-7), "snapshots_equal=True"),
     (lambda r: r["replay"].update(weight_written_by_keys=1.0), "different weights"),
     (lambda r: r["reads"]["batches"]["256"]["ratio_to_fewest"].update({"100": 1.0}), "ratio"),
@@ -188,6 +197,7 @@ def test_quick_run_is_consistent_and_replays_equal(tmp_path):
     replay = result["replay"]
     assert replay["snapshots_equal"] and replay["predictions_equal_after"]
     assert replay["weight_written_by_keys"] > 0
+    assert result["writes"]["in_flight"]["2"]["by_keys"]["rows_per_s"] > 0
     assert replay["shape_by_keys"] == [memory["num_state_rows"], 3]
     assert len(set(result["reads"]["footprint_bytes"].values())) == 1
     assert set(result["session_ms"]["256"]) == {"predict base", "predict memory", "update_memory",

@@ -42,6 +42,11 @@ def tables(results: Mapping) -> str:
             lines.append(f"| {threads} thread{'s' if threads != '1' else ''}, burst of {k['calls']} "
                          f"calls | client | {f['rows_per_s']:,.0f} | {k['rows_per_s']:,.0f} | "
                          f"×{k['rows_per_s'] / f['rows_per_s']:.2f} | — |")
+        for window, t in writes.get("in_flight", {}).items():
+            f, k = t["by_features"], t["by_keys"]
+            lines.append(f"| 1 thread, {window} writes in flight (`writer`), burst of "
+                         f"{k['calls']} calls | client | {f['rows_per_s']:,.0f} | "
+                         f"{k['rows_per_s']:,.0f} | ×{k['rows_per_s'] / f['rows_per_s']:.2f} | — |")
     session = results.get("session_ms")
     if session and predict and writes:
         lines += ["", "Where the time goes (ms): the signature run in process by the dev server's "

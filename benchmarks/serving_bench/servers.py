@@ -241,32 +241,41 @@ def replay(clients: dict, batch: int, batches: int, rng: np.random.Generator) ->
 
 
 def threaded_writes(clients: dict, batch: int, calls: int, threads: int, repeats: int,
-                    rng: np.random.Generator) -> dict:
+                    rng: np.random.Generator, in_flight: int = 1) -> dict:
     """Rows/s of a burst of ``calls`` writes from ``threads`` client threads sharing one channel
     (``ReLoop2Client`` on arrays), by keys (server ``keys``) and by features (server
-    ``features``), ``repeats`` alternating runs each; rows over wall-clock seconds."""
+    ``features``), ``repeats`` alternating runs each; rows over wall-clock seconds. With
+    ``in_flight`` > 1, one thread sends them through ``ReLoop2Client.writer(in_flight)``."""
+    if in_flight > 1 and threads != 1:
+        raise ValueError("writes in flight are sent from one thread")
     keys_client, feat_client = clients["keys"], clients["features"]
     rows = [make_features(spec(), batch, rng) for _ in range(calls)]
     served = [keys_client.predict(r, output_filter=["memory_keys", "base_probability"])
               for r in rows]
     labels = [rng.integers(0, 2, batch).astype(np.float32) for _ in range(calls)]
 
-    def run(kind):
+    def send(client, kind, i):
         if kind == "by_keys":
-            def one(i):
-                keys_client.update_memory_by_keys(served[i]["memory_keys"],
-                                                  served[i]["base_probability"], labels[i])
-        else:
-            def one(i):
-                feat_client.update_memory(rows[i], labels[i])
+            return client.update_memory_by_keys(served[i]["memory_keys"],
+                                                served[i]["base_probability"], labels[i])
+        return client.update_memory(rows[i], labels[i])
+
+    def run(kind):
+        client = keys_client if kind == "by_keys" else feat_client
         start = time.perf_counter()
-        with futures.ThreadPoolExecutor(threads) as pool:
-            list(pool.map(one, range(calls)))
+        if in_flight > 1:
+            with client.writer(in_flight) as writer:
+                for i in range(calls):
+                    send(writer, kind, i)
+        else:
+            with futures.ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda i: send(client, kind, i), range(calls)))
         return batch * calls / (time.perf_counter() - start)
 
     runs = {"by_keys": [], "by_features": []}
     for r in range(repeats):
         for kind in (("by_keys", "by_features") if r % 2 == 0 else ("by_features", "by_keys")):
             runs[kind].append(round(run(kind), 1))
-    return {kind: {"threads": threads, "calls": calls, "runs_rows_per_s": v,
-                   "rows_per_s": sorted(v)[len(v) // 2]} for kind, v in runs.items()}
+    return {kind: {"threads": threads, "in_flight": in_flight, "calls": calls,
+                   "runs_rows_per_s": v, "rows_per_s": sorted(v)[len(v) // 2]}
+            for kind, v in runs.items()}
