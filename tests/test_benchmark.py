@@ -36,6 +36,10 @@ def test_quick_cli_run_writes_results_json_and_plots(tmp_path, ml100k):
     assert default["prior_count"] in benchmark.QUICK_DEFAULT_SWEEP_GRID["prior_count"]
     assert default["self_tuning"] and ["item_id"] in default["id_groups"]
     assert results["config"]["feedback_every"] == 1000
+    # The test memory started from the trust the chosen setting learnt on validation.
+    assert results["config"]["carry_trust"] is True
+    carried = results["trust_from_validation"]
+    assert len(carried) > 2 and any(abs(t) > 0.01 for t in carried)
     assert results["validation"]["chosen"]["ftrl-offset"]["alpha"] in {
         f.alpha for f in benchmark.FTRL_GRID}
     assert results["split"]["test_start_timestamp"] >= int(
@@ -134,6 +138,20 @@ def test_ftrl_crosses_a_multi_valued_feature_token_by_token():
     assert keys.shape == (2, 1 + 4)
     assert list(keys[0]) == ["u", "u\x1fa", "u\x1fb", None, None]
     assert list(keys[1]) == ["v", None, None, None, None]
+
+
+def test_cli_cold_trust_flag_starts_the_combiner_at_zero(monkeypatch, tmp_path, ml100k):
+    seen = {}
+
+    def record(df, config, output, **kwargs):
+        seen["carry_trust"] = config.carry_trust
+        raise SystemExit(0)
+
+    monkeypatch.setattr(benchmark, "run_benchmark", record)
+    for argv, carry in (([], True), (["--cold-trust"], False)):
+        with pytest.raises(SystemExit):
+            cli.main(["bench", "--dataset", "ml-100k", "--output", str(tmp_path), *argv])
+        assert seen.pop("carry_trust") is carry
 
 
 def test_cli_feedback_and_id_group_flags():
@@ -260,3 +278,37 @@ def test_seeds_run_the_benchmark_once_per_seed_and_summarize_them(tmp_path, caps
     assert (out / "seeds.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "seeds 3, 5" in printed and "item-bias" in printed
+
+
+def test_the_test_memory_starts_from_the_trust_its_setting_learnt_on_validation(ml100k):
+    """``carry_trust``: the combiner's sums after a replay of the validation stream are what the
+    same memory setting starts the test stream with (a cold start serves the base first)."""
+    from reloop2_tf.models import build_model
+
+    df = ml100k.iloc[:6000]
+    config = benchmark.BenchConfig(dataset="ml-100k", num_slots=2, sweep=False,
+                                   warm_start_rows=1000, center_rows=2000, feedback_every=500)
+    spec = benchmark.spec_for_frame(df)
+    base = build_model("dcn", spec)  # untrained: its errors are for the memory to learn
+    validation = benchmark._Stream(df.iloc[3000:4500], spec, 2)
+    test = benchmark._Stream(df.iloc[4500:], spec, 2)
+    setting = benchmark.MemoryConfig(id_groups=[["item_id"], ["user_id", "genre"]])
+    learnt = benchmark._ValidationTrust(
+        benchmark._Probe(base, spec, df.iloc[:3000], validation, config), seed=0)
+    curvature, moment = learnt(setting)
+    by_hand = setting.layer(0)
+    learnt.probe.replay(by_hand, 500)
+    np.testing.assert_array_equal(curvature, by_hand.memory.trust_sums()[0].numpy())
+    np.testing.assert_array_equal(moment, by_hand.memory.trust_sums()[1].numpy())
+    assert learnt.trust(setting) == by_hand.trust().numpy().tolist()
+    assert np.abs(learnt.trust(setting)).sum() > 0.1
+    assert learnt(benchmark.MemoryConfig(id_groups=[["item_id"]], self_tuning=False)) is None
+    assert benchmark._ValidationTrust(None, 0)(setting) is None
+
+    probe = benchmark._Probe(base, spec, df.iloc[:4500], test, config)
+    cold = probe.replay(setting.layer(0), 500)
+    carried = probe.replay(setting.layer(0), 500, trust_sums=(curvature, moment))
+    first = slice(0, 500)  # served before any test label came back
+    np.testing.assert_array_equal(cold["probability"][first], cold["base_probability"][first])
+    assert np.abs(carried["probability"][first] - carried["base_probability"][first]).mean() > 1e-3
+    np.testing.assert_array_equal(carried["base_probability"], cold["base_probability"])

@@ -645,3 +645,53 @@ def test_an_empty_token_slot_is_never_written_and_bad_groups_are_refused(rng):
 def test_a_multi_valued_feature_is_refused_where_it_has_no_meaning(groups, match):
     with pytest.raises(ValueError, match=match):
         r2.LSHErrorMemory(id_groups=groups)
+
+
+def test_a_memory_starts_its_combiner_from_the_sums_another_one_learnt(rng):
+    def fresh():
+        mem = r2.LSHErrorMemory(num_tables=2, num_bits=4, id_groups=["item"], half_life=400.0)
+        mem.build([None, 3])
+        return r2.ErrorCompensation(mem)
+
+    def stream(n):
+        return (rng.normal(size=n).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32),
+                (rng.random(n) < 0.7).astype(np.float32), {"item": rng.integers(0, 9, n).astype(str)})
+
+    teacher, pupil = fresh(), fresh()
+    for _ in range(3):
+        logits, hidden, labels, ids = stream(200)
+        teacher.update_memory(logits, hidden, labels, ids=ids)
+    # The pupil has tables of its own (a warm start) and, at 600 rows, a scale below 1.
+    logits, hidden, labels, ids = stream(600)
+    pupil.update_memory(logits, hidden, labels, ids=ids, learn_trust=False)
+    assert float(pupil.memory.scale) < 1.0 and not pupil.trust().numpy().any()
+    tables = pupil.memory.snapshot().numpy()[:pupil.memory.totals_row + 1]
+    served_cold = pupil.compensate(logits[:50], hidden[:50], {"item": ids["item"][:50]})
+    np.testing.assert_array_equal(served_cold["probability"], served_cold["base_probability"])
+
+    curvature, moment = (t.numpy() for t in teacher.memory.trust_sums())
+    pupil.memory.set_trust_sums(curvature, moment)
+    got_c, got_m = (t.numpy() for t in pupil.memory.trust_sums())
+    np.testing.assert_allclose(got_c, curvature, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got_m, moment, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pupil.trust().numpy(), teacher.trust().numpy(), rtol=1e-5, atol=1e-6)
+    assert np.abs(teacher.trust().numpy()).sum() > 0.1
+    np.testing.assert_array_equal(pupil.memory.snapshot().numpy()[:len(tables)], tables)
+    served = pupil.compensate(logits[:50], hidden[:50], {"item": ids["item"][:50]})
+    assert not np.allclose(served["probability"], served["base_probability"])
+
+    f = pupil.memory.num_trust_features
+    state = pupil.memory.snapshot().numpy()
+    bad_sums = [
+        ((np.zeros((f - 1, f - 1)), np.zeros(f - 1)), f"{f} features"),
+        ((curvature, moment[:-1]), f"{f} features"),
+        ((np.where(np.eye(f) > 0, np.nan, curvature), moment), "finite"),
+        ((curvature + np.triu(np.ones((f, f)), 1), moment), "symmetric"),
+    ]
+    for (c, m), match in bad_sums:
+        with pytest.raises(ValueError, match=match):
+            pupil.memory.set_trust_sums(c, m)
+        np.testing.assert_array_equal(pupil.memory.snapshot().numpy(), state)
+    unbuilt = r2.LSHErrorMemory(id_groups=["item"])
+    with pytest.raises(ValueError, match="built"):
+        unbuilt.set_trust_sums(curvature, moment)

@@ -154,6 +154,7 @@ def _bench(args) -> int:
                                        history_length=args.history_length,
                                        feedback_every=args.feedback_every,
                                        sweep=not args.no_sweep, quick=args.quick,
+                                       carry_trust=not args.cold_trust,
                                        hidden_layer=args.hidden_layer,
                                        center=not args.no_center)
         if args.half_life is not None:
@@ -234,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also run the default memory with each part switched off")
     bench.add_argument("--no-sweep", action="store_true",
                        help="skip the validation sweeps and use the default memory settings")
+    bench.add_argument("--cold-trust", action="store_true",
+                       help="start the memory's combiner at zero trust on the test stream "
+                            "instead of with what it learnt on the validation stream")
     bench.add_argument("--scenario", choices=SCENARIO_NAMES,
                        help="drift testbed: inject this shift into the test stream (docs/drift.md)")
     bench.add_argument("--cohort", help="with --scenario: the shifted cohort as COLUMN=VALUE")

@@ -4,7 +4,10 @@ Protocol. Rows are in time order. The base model trains on the first ``train_fra
 the rest is the test stream, cut into ``num_slots`` slots. Hyperparameters of the memories are
 chosen on a validation stream from the training period only: a tuning model trains on the first
 ``train_fraction - validation_fraction`` rows and the next ``validation_fraction`` rows are
-replayed. The test stream is never used for tuning.
+replayed. The test stream is never used for tuning. A self-tuning memory starts the test stream
+with the combiner's sums the same memory learnt on the validation stream (``carry_trust``), as
+a served memory would have learnt them from earlier traffic; its tables are warm-started from
+the training tail. ``carry_trust=False`` starts the trust at zero.
 
 Labels are revealed every ``feedback_every`` rows (1,000 by default, what serving does), or
 once per slot (``None``, the paper's protocol).
@@ -170,6 +173,7 @@ class BenchConfig:
     center: bool = True
     history_length: int = 20
     sweep: bool = True
+    carry_trust: bool = True
     quick: bool = False
     seed: int = 0
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -352,11 +356,15 @@ class _Probe:
         self.warm_logits, self.warm_hidden = encode(probe, self.warm_features)
         self._inputs: dict = {}
 
-    def replay(self, comp: ErrorCompensation, feedback_every, progress=False, desc=""):
-        """``comp`` warm-started and replayed over the stream; returns its output arrays."""
+    def replay(self, comp: ErrorCompensation, feedback_every, progress=False, desc="",
+               trust_sums=None):
+        """``comp`` warm-started (its combiner from ``trust_sums``, if given) and replayed over
+        the stream; returns its output arrays."""
         comp.memory.build(tf.TensorShape([None, self.hidden.shape[1]]))
         comp.memory.set_center(self.center_vector if self.config.center
                                else np.zeros_like(self.center_vector))
+        if trust_sums is not None:
+            comp.memory.set_trust_sums(*trust_sums)
         layout = (json.dumps(comp.memory.layout()) if isinstance(comp.memory, LSHErrorMemory)
                   else "hidden") + str(self.config.center)
         # Keys depend only on the layout (and the centre), unless they read the memory's own
@@ -390,12 +398,43 @@ def _sweep(probe: _Probe, start, grid: dict, layer, seed_bar) -> tuple[object, d
     return best, curves
 
 
-def sweep_memory(base, spec, history: pd.DataFrame, stream: _Stream, config: BenchConfig,
-                 progress: bool) -> tuple[MemoryConfig, MemoryConfig, KNNConfig, dict, FTRLOffset,
-                                          dict]:
-    """The validation sweeps (the paper's Figs. 5–6 for the paper's sketch; the few structural
-    settings of the default memory; the baselines' own settings)."""
-    probe = _Probe(base, spec, history, stream, config)
+class _ValidationTrust:
+    """The combiner's sums a memory learnt on the validation stream (one replay per memory
+    setting), for the same memory on the test stream to start from (``carry_trust``)."""
+
+    def __init__(self, probe: _Probe | None, seed: int):
+        self.probe, self.seed = probe, seed
+        self._learnt: dict[str, tuple] = {}
+
+    def __call__(self, memory: MemoryConfig) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(curvature, moment)`` learnt by ``memory`` on the validation stream; `None`
+        without a validation stream, or for a memory without a self-tuning combiner."""
+        learnt = self._learn(memory)
+        return None if learnt is None else learnt[:2]
+
+    def trust(self, memory: MemoryConfig) -> list[float] | None:
+        """The trust ``memory`` had learnt at the end of the validation stream."""
+        learnt = self._learn(memory)
+        return None if learnt is None else learnt[2].tolist()
+
+    def _learn(self, memory: MemoryConfig):
+        if self.probe is None or not memory.self_tuning:
+            return None
+        key = json.dumps(asdict(memory), sort_keys=True, default=str)
+        if key not in self._learnt:
+            comp = memory.layer(self.seed)
+            self.probe.replay(comp, self.probe.config.feedback_every)
+            self._learnt[key] = (*(t.numpy() for t in comp.memory.trust_sums()),
+                                 comp.memory.trust().numpy())
+        return self._learnt[key]
+
+
+def sweep_memory(probe: _Probe, config: BenchConfig, progress: bool
+                 ) -> tuple[MemoryConfig, MemoryConfig, KNNConfig, dict, FTRLOffset, dict]:
+    """The validation sweeps on ``probe`` (the tuning model over the validation stream): the
+    paper's Figs. 5–6 for the paper's sketch; the few structural settings of the default
+    memory; the baselines' own settings."""
+    stream = probe.stream
     static = _score(stream, _sigmoid(probe.logits))
     quick = config.quick
     grids = {"default": QUICK_DEFAULT_SWEEP_GRID if quick else DEFAULT_SWEEP_GRID,
@@ -456,12 +495,15 @@ def _copy(base: keras.Model, config: BenchConfig) -> keras.Model:
 
 
 def _incremental(base, stream: _Stream, config: BenchConfig, compensation=None, center=None,
-                 history=None, progress=False) -> np.ndarray:
-    """Incremental fine-tuning, optionally with a memory rebuilt after each model update."""
+                 history=None, progress=False, trust_sums=None) -> np.ndarray:
+    """Incremental fine-tuning, optionally with a memory rebuilt after each model update (its
+    combiner starting from ``trust_sums``, if given)."""
     model = _copy(base, config)
     wrapped = None
     if compensation is not None:
         wrapped = _wrap(model, compensation, center, config)
+        if trust_sums is not None:
+            wrapped.memory.set_trust_sums(*trust_sums)
         _warm_start(wrapped, *history, config)
     probs = []
     desc = "incremental" + ("+reloop2" if wrapped else "")
@@ -532,14 +574,15 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
 
     if config.memory.id_groups is None:
         config.memory.id_groups = id_groups_for_frame(df)
-    sweep_report = None
+    sweep_report, validation_probe = None, None
     if config.sweep:
         tuning_base = _train(df.iloc[:cut_val], spec, config, progress)
         validation = _Stream(df.iloc[cut_val:cut_train], spec, config.num_slots)
+        validation_probe = _Probe(tuning_base, spec, df.iloc[:cut_val], validation, config)
         (config.memory, config.paper, config.knn, config.bias, config.ftrl,
-         sweep_report) = sweep_memory(tuning_base, spec, df.iloc[:cut_val], validation, config,
-                                      progress)
+         sweep_report) = sweep_memory(validation_probe, config, progress)
         plot_sweeps(sweep_report, output_dir / "sweeps.png")
+    learnt = _ValidationTrust(validation_probe if config.carry_trust else None, config.seed)
 
     base = _train(train_df, spec, config, progress)
     probe = _Probe(base, spec, train_df, test, config)
@@ -547,7 +590,8 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
     probs: dict[str, np.ndarray] = {}
     # Static is the base probability the memory's replay computes alongside its own output: the
     # very same tensor, so that lambda = 0 gives back static bit for bit.
-    out = probe.replay(config.memory.layer(config.seed), every, progress, "reloop2")
+    out = probe.replay(config.memory.layer(config.seed), every, progress, "reloop2",
+                       learnt(config.memory))
     probs["static"] = out["base_probability"]
     if "reloop2" in methods:
         probs["reloop2"] = out["probability"]
@@ -558,11 +602,12 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
     for name, memory in ablations(config.memory).items():
         if name in methods and not (memory.num_tables == 0 and not memory.id_groups):
             probs[name] = probe.replay(memory.layer(config.seed), every, progress,
-                                       name)["probability"]
+                                       name, learnt(memory))["probability"]
     if "reloop2 no-centre" in methods:
         uncentred = _Probe(base, spec, train_df, test, replace(config, center=False))
-        probs["reloop2 no-centre"] = uncentred.replay(config.memory.layer(config.seed), every,
-                                                      progress, "no-centre")["probability"]
+        probs["reloop2 no-centre"] = uncentred.replay(
+            config.memory.layer(config.seed), every, progress, "no-centre",
+            learnt(config.memory))["probability"]
     warm_df, warm_base = probe.warm_df, _sigmoid(probe.warm_logits)
     for name, key in BIAS_KEYS.items():
         if name in methods:
@@ -580,7 +625,8 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
     if "incremental+reloop2" in methods:
         probs["incremental+reloop2"] = _incremental(
             base, test, config, compensation=config.memory.layer(config.seed),
-            center=probe.center, history=history, progress=progress)
+            center=probe.center, history=history, progress=progress,
+            trust_sums=learnt(config.memory))
 
     results = {
         "dataset": config.dataset,
@@ -591,6 +637,8 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
                   "test_start_timestamp": int(test_df["timestamp"].iloc[0]),
                   "slot_rows": test.sizes},
         "validation": sweep_report,
+        # The trust the test memory started from (learnt on the validation stream), or None.
+        "trust_from_validation": learnt.trust(config.memory),
         "config": _jsonable(asdict(config)),
         "seed": config.seed,
     }

@@ -311,6 +311,11 @@ class LSHErrorMemory(ErrorMemory):
         f = self.num_trust_features
         return self._first_trust_row + -(-(f * (f + 1)) // 3)
 
+    @property
+    def num_trust_rows(self) -> int:
+        """The last rows of the state (``snapshot``): the combiner's sums (``trust_sums``)."""
+        return self.num_state_rows - self._first_trust_row
+
     def _trust_rows(self) -> tf.Tensor:
         return tf.range(self._first_trust_row, self.num_state_rows)
 
@@ -699,6 +704,41 @@ class LSHErrorMemory(ErrorMemory):
         rows = tf.gather(self.sketch, self._trust_rows())
         flat = tf.reshape(rows, [-1])[:f * (f + 1)] * self.scale
         return tf.reshape(flat[:f * f], [f, f]), flat[f * f:]
+
+    def set_trust_sums(self, curvature, moment) -> None:
+        """Starts the combiner from sums another memory learnt (``trust_sums``, true units),
+        and solves the trust from them; the tables are left as they are.
+
+        A memory's trust starts at zero and is learnt from the rows written to it. One that
+        takes over from another of the same groups (a new model version, or a memory tuned on
+        a validation stream, as ``reloop2 bench`` does) can start from what that one learnt,
+        with the same features and forgetting; docs/core.md says when this helps. The sums
+        must come from a memory with the same tables, id groups and recent groups (the same
+        ``num_trust_features`` and the same meaning of each): nothing checks the meaning.
+
+        Args:
+            curvature: ``[F, F]`` floats, symmetric.
+            moment: ``[F]`` floats.
+        """
+        self._require_built()
+        f = self.num_trust_features
+        curvature = np.asarray(curvature, np.float32)
+        moment = np.asarray(moment, np.float32)
+        if curvature.shape != (f, f) or moment.shape != (f,):
+            raise ValueError(f"this memory's combiner has {f} features: `curvature` must have "
+                             f"shape {[f, f]} and `moment` {[f]}. Received: "
+                             f"{list(curvature.shape)} and {list(moment.shape)}")
+        if not (np.isfinite(curvature).all() and np.isfinite(moment).all()):
+            raise ValueError("`curvature` and `moment` must be finite")
+        if not np.allclose(curvature, curvature.T, rtol=1e-5, atol=1e-5 * max(
+                1.0, float(np.abs(curvature).max(initial=0.0)))):
+            raise ValueError("`curvature` must be symmetric (a sum of outer products)")
+        rows = self.num_trust_rows
+        flat = np.zeros(3 * rows, np.float32)
+        flat[:f * (f + 1)] = np.concatenate([curvature.reshape(-1), moment])
+        stored = tf.constant(flat.reshape(rows, 3)) / self.scale
+        self.sketch.scatter_nd_update(self._trust_rows()[:, None], stored)
+        self._refresh()
 
     def trust(self) -> tf.Tensor:
         """float32 ``[F]``: the self-tuning combiner's trust (``ErrorCompensation.trust``),
