@@ -24,8 +24,11 @@ this model has written writes nothing and returns ``weight_written = 0``, so a c
 a write whose answer it lost. An empty id is never deduplicated. The window lives in the
 served graph (not in the memory's snapshot): a restart or a new version starts it empty.
 * ``memory_layout`` (no inputs): ``fingerprint`` (a string scalar, ``memory_fingerprint``): two
-  models whose fingerprints are equal can take each other's snapshots; and ``memory_weight``,
-  the cheap way to read it (``memory_snapshot`` copies the whole state to return it too).
+  models whose fingerprints are equal can take each other's snapshots; ``memory_weight``, the
+  cheap way to read it (``memory_snapshot`` copies the whole state to return it too);
+  ``trust_layout`` (``trust_fingerprint``) and ``trust_rows``: two models whose trust layouts are
+  equal can take each other's self-tuning combiner, the last ``trust_rows`` rows of a snapshot,
+  even when their fingerprints differ (a retrained model).
 
 ``update_memory_by_keys`` and the four ``memory_*`` signatures exist only for the sketch memory
 (``LSHErrorMemory``); a ``KNNErrorMemory`` model gets ``serving_default``, ``predict`` and ``update_memory``.
@@ -75,6 +78,8 @@ PREDICT_OUTPUTS = ("probability", "base_probability", "estimated_error", "memory
 UPDATE_OUTPUTS = ("weight_written", "memory_weight")
 MEMORY_WEIGHT = "memory_weight"
 FINGERPRINT = "fingerprint"
+TRUST_LAYOUT = "trust_layout"
+TRUST_ROWS = "trust_rows"
 WRITE_ID = "write_id"
 # The most recent write ids a served model remembers (2**17 >= 100,000): a retry older than
 # this many newer writes would write again.
@@ -220,6 +225,23 @@ def memory_fingerprint(memory: LSHErrorMemory) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def trust_fingerprint(model: ReLoop2Model) -> str:
+    """``"sha256:<hex>"`` of what decides what the self-tuning combiner's sums mean: the
+    memory's layout except its seed (tables, bits, id groups, recent tables), the number of
+    the combiner's features and the shrinkage ``prior_count``; ``""`` for a memory without a
+    self-tuning combiner. Unlike ``memory_fingerprint`` it leaves out the projections, the
+    centre and the id hashes, which a retrained model changes: two models with equal trust
+    fingerprints can take each other's combiner (``LSHErrorMemory.set_trust_sums``, the
+    durable memory's hand-over between versions, docs/serving.md)."""
+    memory, compensation = model.memory, model.compensation
+    if not isinstance(memory, LSHErrorMemory) or not compensation.self_tuning:
+        return ""
+    layout = {key: value for key, value in memory.layout().items() if key != "seed"}
+    layout.update(num_trust_features=memory.num_trust_features,
+                  prior_count=float(compensation.prior_count))
+    return "sha256:" + hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()
+
+
 def predict_outputs(model: ReLoop2Model) -> tuple[str, ...]:
     """The outputs of ``predict``: ``PREDICT_OUTPUTS``, plus ``memory_keys`` for the sketch."""
     return PREDICT_OUTPUTS + ((MEMORY_KEYS,) if isinstance(model.memory, LSHErrorMemory) else ())
@@ -355,11 +377,13 @@ class _ServingModule(tf.Module):
 
         # Computed now from the values being saved; a constant in the graph, so the sidecar can
         # read it over gRPC without loading the SavedModel.
-        fingerprint = memory_fingerprint(memory)
+        fingerprint, trust = memory_fingerprint(memory), trust_fingerprint(self.model)
+        trust_rows = memory.num_trust_rows
 
         @tf.function(input_signature=[])
         def memory_layout():
-            return {FINGERPRINT: tf.constant(fingerprint), MEMORY_WEIGHT: memory.total_weight()}
+            return {FINGERPRINT: tf.constant(fingerprint), MEMORY_WEIGHT: memory.total_weight(),
+                    TRUST_LAYOUT: tf.constant(trust), TRUST_ROWS: tf.constant(trust_rows)}
 
         return {MEMORY_SNAPSHOT: memory_snapshot.get_concrete_function(),
                 MEMORY_RESTORE: memory_restore.get_concrete_function(),
@@ -384,7 +408,8 @@ def signature_contract(model: ReLoop2Model) -> dict[str, dict[str, list[str]]]:
         contract[MEMORY_SNAPSHOT] = {"inputs": [], "outputs": [SKETCH, MEMORY_WEIGHT]}
         contract[MEMORY_RESTORE] = {"inputs": [SKETCH], "outputs": [MEMORY_WEIGHT]}
         contract[MEMORY_MERGE] = {"inputs": [SKETCH, WRITE_ID], "outputs": list(UPDATE_OUTPUTS)}
-        contract[MEMORY_LAYOUT] = {"inputs": [], "outputs": [FINGERPRINT, MEMORY_WEIGHT]}
+        contract[MEMORY_LAYOUT] = {"inputs": [], "outputs": [FINGERPRINT, MEMORY_WEIGHT,
+                                                             TRUST_LAYOUT, TRUST_ROWS]}
     return contract
 
 

@@ -12,6 +12,10 @@ function that runs a signature plus the version number and the signature names.
   it existed) is never restored into: its layout cannot be checked.
 * Writes that reach the memory after the last snapshot and before the restore are lost; that is
   the price of a restart (docs/serving.md, section 4).
+* A new version whose memory layout differs (a retrained model: another centre) starts from its
+  exported tables, and from the old version's self-tuning combiner when their trust layouts
+  agree (``memory_layout``'s ``trust_layout``): what the old one learnt about how much to trust
+  each group carries over.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class MemoryEndpoint:
     version: int
     signatures: Collection[str]
     _fingerprint: str | None = dataclasses.field(default=None, repr=False)
+    _trust: tuple[str, int] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def durable(self) -> bool:
@@ -56,6 +61,17 @@ class MemoryEndpoint:
             value = np.asarray(self.call(MEMORY_LAYOUT, {})["fingerprint"]).item()
             self._fingerprint = value.decode() if isinstance(value, bytes) else str(value)
         return self._fingerprint
+
+    @property
+    def trust_layout(self) -> tuple[str, int]:
+        """``(trust_layout, trust_rows)`` of ``memory_layout``; ``("", 0)`` for a model without
+        a self-tuning combiner or exported before they existed."""
+        if self._trust is None:
+            out = self.call(MEMORY_LAYOUT, {})
+            value = np.asarray(out.get("trust_layout", b"")).item()
+            value = value.decode() if isinstance(value, bytes) else str(value)
+            self._trust = (value, int(out["trust_rows"]) if value else 0)
+        return self._trust
 
     def snapshot(self) -> tuple[np.ndarray, float]:
         out = self.call(MEMORY_SNAPSHOT, {})
@@ -199,7 +215,8 @@ class DurableMemory:
             if self._usable(new):
                 logger.info("version %d has another memory layout than version %d",
                             new.version, old.version)
-            self.restore_newest(new)
+            if self.restore_newest(new) is None and self._usable(old) and self._usable(new):
+                self.hand_over_trust(old, new)
             return None
         started = time.monotonic()
         sketch, weight = old.snapshot()
@@ -210,6 +227,23 @@ class DurableMemory:
         logger.info("handed the memory of version %d over to version %d (memory_weight %.6g)",
                     old.version, new.version, weight)
         return sketch
+
+    def hand_over_trust(self, old: MemoryEndpoint, new: MemoryEndpoint) -> bool:
+        """Puts the self-tuning combiner of ``old`` (the last ``trust_rows`` rows of its live
+        state) into ``new``, whose tables stay as exported, when their trust layouts agree.
+        Returns whether it did."""
+        layout, rows = old.trust_layout
+        if not layout or (layout, rows) != new.trust_layout:
+            logger.info("version %d's combiner is another than version %d's: it starts from "
+                        "its exported trust", new.version, old.version)
+            return False
+        state, live = new.snapshot()[0], old.snapshot()[0]
+        state[-rows:] = live[-rows:]
+        new.restore(state)
+        logger.info("handed the trust of version %d over to version %d (%d rows of combiner "
+                    "sums; the tables are version %d's own)", old.version, new.version, rows,
+                    new.version)
+        return True
 
     def carry_rest(self, old: MemoryEndpoint, new: MemoryEndpoint, handed: np.ndarray | None) -> None:
         """After ``old`` has drained: merges what it learnt after ``hand_over`` into ``new``."""

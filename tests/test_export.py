@@ -25,7 +25,8 @@ CONTRACT = {
     "memory_snapshot": {"inputs": set(), "outputs": {"sketch", "memory_weight"}},
     "memory_restore": {"inputs": {"sketch"}, "outputs": {"memory_weight"}},
     "memory_merge": {"inputs": {"sketch", "write_id"}, "outputs": {"weight_written", "memory_weight"}},
-    "memory_layout": {"inputs": set(), "outputs": {"fingerprint", "memory_weight"}},
+    "memory_layout": {"inputs": set(), "outputs": {"fingerprint", "memory_weight", "trust_layout",
+                                                   "trust_rows"}},
 }
 
 
@@ -355,6 +356,31 @@ def test_memory_layout_fingerprint_names_the_projections_not_the_state(exported,
     assert ex.memory_fingerprint(twin.memory) != served    # other buckets for the same hidden
     with pytest.raises(ValueError, match="built LSHErrorMemory"):
         ex.memory_fingerprint(r2.KNNErrorMemory(capacity=4, top_k=2))
+
+
+def test_trust_layout_names_what_the_combiner_means_not_the_projections(exported, rng):
+    model, path = exported
+    sess = Session(path)
+    out = sess("memory_layout")
+    sess.close()
+    served = out["trust_layout"].decode()
+    assert served == ex.trust_fingerprint(model) and served.startswith("sha256:")
+    assert int(out["trust_rows"]) == model.memory.num_trust_rows > 0
+    twin, other = _default_memory_model(seed=3), _default_memory_model(seed=4)
+    for m in (twin, other):
+        m(make_features(1, rng))
+    # A model trained again (other projections): another fingerprint, the same combiner.
+    assert ex.memory_fingerprint(other.memory) != ex.memory_fingerprint(twin.memory)
+    assert ex.trust_fingerprint(other) == ex.trust_fingerprint(twin) == served
+    fewer = build_model(seed=3, memory=r2.LSHErrorMemory(num_tables=2, num_bits=4,
+                                                         id_groups=["item_id"]))
+    shrunk = build_model(seed=3)
+    shrunk.compensation.prior_count = 7.0
+    for m in (fewer, shrunk):
+        m(make_features(1, rng))
+        assert ex.trust_fingerprint(m) != ex.trust_fingerprint(build_model(seed=3))
+    fixed = build_model(seed=3, memory=r2.KNNErrorMemory(capacity=4, top_k=2))
+    assert ex.trust_fingerprint(fixed) == ""
 
 
 def test_resaved_model_keeps_updated_memory_and_old_version_does_not(tmp_path, rng):

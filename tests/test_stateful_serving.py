@@ -209,6 +209,48 @@ def test_hand_over_carries_the_writes_made_during_it(tmp_path):
     new.close()
 
 
+def test_a_retrained_version_starts_from_its_own_tables_and_the_old_versions_trust(tmp_path):
+    """Another memory layout (a model trained again: other projections) cannot take the old
+    version's tables, but its combiner means the same: the hand-over carries the trust sums."""
+    import reloop2_tf as r2
+    from serving_helpers import ID_BITS, NUM_BITS, NUM_TABLES
+
+    old_path = ex.export_serving_model(build_model(seed=7), tmp_path / "old")
+    new_path = ex.export_serving_model(build_model(seed=8), tmp_path / "new")
+    other_groups = r2.LSHErrorMemory(num_tables=NUM_TABLES, num_bits=NUM_BITS, seed=8,
+                                     half_life=None, id_groups=["item_id"], id_bits=ID_BITS,
+                                     recent_groups=())
+    other_path = ex.export_serving_model(build_model(seed=8, memory=other_groups),
+                                         tmp_path / "other")
+    old, new, other = Session(old_path), Session(new_path), Session(other_path)
+
+    def endpoint(sess, version):
+        return MemoryEndpoint(lambda name, inputs: sess(name, **inputs), version, set(sess.sigs))
+
+    ones = np.ones(ROWS, np.float32)
+    for features, labels in batches(40, seed=3):
+        old("update_memory", **features, label=labels, sample_weight=ones)
+    exported = new("memory_snapshot")["sketch"]
+    rows = int(new("memory_layout")["trust_rows"])
+    live = old("memory_snapshot")["sketch"]
+    assert np.abs(live[-rows:]).sum() > 0 and not exported[-rows:].any()
+
+    durable = DurableMemory(MemoryStore(tmp_path / "store"), snapshot_seconds=60)
+    assert durable.hand_over(endpoint(old, 1), endpoint(new, 2)) is None  # no live tables
+    handed = new("memory_snapshot")["sketch"]
+    np.testing.assert_array_equal(handed[:-rows], exported[:-rows])   # its own tables
+    np.testing.assert_allclose(handed[-rows:], live[-rows:], rtol=1e-6)  # the old trust
+    (features, _), = batches(1, seed=4)
+    served = new("predict", **features)
+    assert not np.allclose(served["probability"], served["base_probability"])
+
+    before = other("memory_snapshot")["sketch"]
+    assert durable.hand_over(endpoint(old, 1), endpoint(other, 3)) is None
+    np.testing.assert_array_equal(other("memory_snapshot")["sketch"], before)  # other groups
+    for sess in (old, new, other):
+        sess.close()
+
+
 def test_unwritable_store_keeps_serving_and_reports_the_error(tmp_path):
     base = tmp_path / "models"
     ex.export_serving_model(build_model(seed=7), base, version="auto")
@@ -306,3 +348,5 @@ def test_endpoint_weight_reads_memory_layout_and_falls_back_to_the_snapshot():
     asked.clear()
     assert MemoryEndpoint(old, 1, ()).weight() == 7.0
     assert asked == ["memory_layout", "memory_snapshot"]
+    # Nor did it name its combiner: no trust is handed to or from it.
+    assert MemoryEndpoint(old, 1, ()).trust_layout == ("", 0)
