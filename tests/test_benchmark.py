@@ -312,3 +312,19 @@ def test_the_test_memory_starts_from_the_trust_its_setting_learnt_on_validation(
     np.testing.assert_array_equal(cold["probability"][first], cold["base_probability"][first])
     assert np.abs(carried["probability"][first] - carried["base_probability"][first]).mean() > 1e-3
     np.testing.assert_array_equal(carried["base_probability"], cold["base_probability"])
+    # The sums are set after the warm start (whose rows would age them), as a new model
+    # version's exported tables come before the trust handed to it.
+    from reloop2_tf.evaluation import streaming
+    from reloop2_tf._keras import tf
+
+    by_hand = setting.layer(0)
+    by_hand.memory.build(tf.TensorShape([None, probe.hidden.shape[1]]))
+    by_hand.memory.set_center(probe.center_vector)
+    streaming.warm_start(by_hand, probe.warm_logits, streaming.memory_inputs(
+        by_hand.memory, probe.warm_hidden, probe.warm_features), probe.warm_labels, 500)
+    by_hand.memory.set_trust_sums(curvature, moment)
+    keys = streaming.memory_inputs(by_hand.memory, probe.hidden[first],
+                                   {k: v[first] for k, v in test.features.items()})
+    out = by_hand.compensate_keys(probe.logits[first], keys)
+    np.testing.assert_allclose(carried["probability"][first], out["probability"].numpy(),
+                               rtol=1e-6, atol=1e-7)

@@ -358,13 +358,12 @@ class _Probe:
 
     def replay(self, comp: ErrorCompensation, feedback_every, progress=False, desc="",
                trust_sums=None):
-        """``comp`` warm-started (its combiner from ``trust_sums``, if given) and replayed over
-        the stream; returns its output arrays."""
+        """``comp`` warm-started, its combiner then set to ``trust_sums`` if given (the warm
+        start's rows would otherwise age the sums), and replayed over the stream; returns its
+        output arrays."""
         comp.memory.build(tf.TensorShape([None, self.hidden.shape[1]]))
         comp.memory.set_center(self.center_vector if self.config.center
                                else np.zeros_like(self.center_vector))
-        if trust_sums is not None:
-            comp.memory.set_trust_sums(*trust_sums)
         layout = (json.dumps(comp.memory.layout()) if isinstance(comp.memory, LSHErrorMemory)
                   else "hidden") + str(self.config.center)
         # Keys depend only on the layout (and the centre), unless they read the memory's own
@@ -376,6 +375,8 @@ class _Probe:
                 memory_inputs(comp.memory, self.hidden, self.stream.features))
         warm_inputs, inputs = self._inputs[layout]
         warm_start(comp, self.warm_logits, warm_inputs, self.warm_labels, feedback_every)
+        if trust_sums is not None:  # now: the warm rows came before, as a model's export does
+            comp.memory.set_trust_sums(*trust_sums)
         return replay_encoded(comp, self.logits, inputs, self.stream.labels, self.stream.sizes,
                               feedback_every, progress=progress, desc=desc)
 
@@ -502,9 +503,9 @@ def _incremental(base, stream: _Stream, config: BenchConfig, compensation=None, 
     wrapped = None
     if compensation is not None:
         wrapped = _wrap(model, compensation, center, config)
+        _warm_start(wrapped, *history, config)
         if trust_sums is not None:
             wrapped.memory.set_trust_sums(*trust_sums)
-        _warm_start(wrapped, *history, config)
     probs = []
     desc = "incremental" + ("+reloop2" if wrapped else "")
     for a, b in tqdm(stream.bounds(), desc=desc, disable=not progress, leave=False):
