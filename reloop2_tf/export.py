@@ -229,8 +229,8 @@ def trust_fingerprint(model: ReLoop2Model) -> str:
     """``"sha256:<hex>"`` of what decides what the self-tuning combiner's sums mean: the
     memory's layout except its seed (tables, bits, id groups, recent tables), the number of
     the combiner's features and the shrinkage ``prior_count``; ``""`` for a memory without a
-    self-tuning combiner. Unlike ``memory_fingerprint`` it leaves out the projections, the
-    centre and the id hashes, which a retrained model changes: two models with equal trust
+    self-tuning combiner. Unlike ``memory_fingerprint`` it leaves out the seed, the projections
+    and the centre, which a retrained model changes: two models with equal trust
     fingerprints can take each other's combiner (``LSHErrorMemory.set_trust_sums``, the
     durable memory's hand-over between versions, docs/serving.md)."""
     memory, compensation = model.memory, model.compensation

@@ -375,7 +375,7 @@ class _Probe:
                 memory_inputs(comp.memory, self.hidden, self.stream.features))
         warm_inputs, inputs = self._inputs[layout]
         warm_start(comp, self.warm_logits, warm_inputs, self.warm_labels, feedback_every)
-        if trust_sums is not None:  # now: the warm rows came before, as a model's export does
+        if trust_sums is not None:  # after the warm start, whose rows would age the sums
             comp.memory.set_trust_sums(*trust_sums)
         return replay_encoded(comp, self.logits, inputs, self.stream.labels, self.stream.sizes,
                               feedback_every, progress=progress, desc=desc)
