@@ -240,14 +240,8 @@ class ReLoop2Client:
         return Writer(self, in_flight)
 
     def _update_inputs(self, features, labels, sample_weight, write_id) -> dict:
-        inputs = self._features(features, "update_memory")
-        labels = np.asarray(labels, dtype=np.float32).reshape(-1)
-        if sample_weight is None:
-            sample_weight = np.ones_like(labels)
-        inputs["label"] = labels
-        inputs["sample_weight"] = np.asarray(sample_weight, dtype=np.float32).reshape(-1)
-        inputs["write_id"] = _write_id(write_id)
-        return inputs
+        return {**self._features(features, "update_memory"),
+                **_label_inputs(labels, sample_weight, write_id)}
 
     def snapshot(self) -> np.ndarray:
         """The memory's whole state ``[num_state_rows, 3]`` in true units (tables, then the
@@ -282,15 +276,21 @@ def _write_id(write_id: str | None) -> np.ndarray:
     return np.array(write_id.encode("utf-8"), dtype=object)
 
 
-def _by_keys_inputs(memory_keys, base_probability, labels, sample_weight, write_id) -> dict:
+def _label_inputs(labels, sample_weight, write_id) -> dict:
+    """``label``, ``sample_weight`` (ones when `None`: TF Serving feeds every input) and
+    ``write_id`` of a write."""
     labels = np.asarray(labels, dtype=np.float32).reshape(-1)
     if sample_weight is None:
         sample_weight = np.ones_like(labels)
-    return {"memory_keys": np.asarray(memory_keys, dtype=np.int32),
-            "base_probability": np.asarray(base_probability, dtype=np.float32).reshape(-1),
-            "label": labels,
+    return {"label": labels,
             "sample_weight": np.asarray(sample_weight, dtype=np.float32).reshape(-1),
             "write_id": _write_id(write_id)}
+
+
+def _by_keys_inputs(memory_keys, base_probability, labels, sample_weight, write_id) -> dict:
+    return {"memory_keys": np.asarray(memory_keys, dtype=np.int32),
+            "base_probability": np.asarray(base_probability, dtype=np.float32).reshape(-1),
+            **_label_inputs(labels, sample_weight, write_id)}
 
 
 def _outputs(response) -> dict[str, np.ndarray]:
@@ -380,11 +380,14 @@ class Writer:
             logger.warning("a write to %s failed: %s", self.client.target, err.code().name)
             self._failed.append(pending)
 
+    def _drain(self) -> None:
+        while self._pending:
+            self._wait(self._pending.popleft())
+
     def flush(self) -> None:
         """Waits for every write sent; raises the first failed write's ``grpc.RpcError`` (each
         write's own outcome is its ``PendingWrite.result()``)."""
-        while self._pending:
-            self._wait(self._pending.popleft())
+        self._drain()
         failed, self._failed = self._failed, []
         if failed:
             if len(failed) > 1:
@@ -398,8 +401,7 @@ class Writer:
         if exc_type is None:
             self.flush()
         else:  # the caller's error goes first; still wait for what is on the wire
-            while self._pending:
-                self._wait(self._pending.popleft())
+            self._drain()
 
 
 @dataclasses.dataclass

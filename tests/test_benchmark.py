@@ -303,6 +303,16 @@ def test_the_test_memory_starts_from_the_trust_its_setting_learnt_on_validation(
     assert learnt.trust(setting) == by_hand.trust().numpy().tolist()
     assert np.abs(learnt.trust(setting)).sum() > 0.1
     assert learnt(benchmark.MemoryConfig(id_groups=[["item_id"]], self_tuning=False)) is None
+    # What the sweep already replayed is kept, not replayed again.
+    other = benchmark.MemoryConfig(id_groups=[["item_id"]])
+    swept = other.layer(0)
+    learnt.probe.replay(swept, 500)
+    replays, replay = [], learnt.probe.replay
+    learnt.probe.replay = lambda *args, **kwargs: replays.append(1) or replay(*args, **kwargs)
+    learnt.keep(other, swept)
+    np.testing.assert_array_equal(learnt(other)[1], swept.memory.trust_sums()[1].numpy())
+    assert replays == []
+    learnt.probe.replay = replay
     assert benchmark._ValidationTrust(None, 0)(setting) is None
 
     probe = benchmark._Probe(base, spec, df.iloc[:4500], test, config)

@@ -381,24 +381,6 @@ class _Probe:
                               feedback_every, progress=progress, desc=desc)
 
 
-def _sweep(probe: _Probe, start, grid: dict, layer, seed_bar) -> tuple[object, dict]:
-    """One-at-a-time sweep on the validation stream: each parameter, at the others' current
-    best, set to the value with the best validation gAUC (AUC breaks ties)."""
-    best, curves = start, {}
-    for name, values in grid.items():
-        points = []
-        for value in values:
-            candidate = type(best)(**{**asdict(best), name: value})
-            out = probe.replay(layer(candidate), probe.config.feedback_every)
-            g, a = _score(probe.stream, out["probability"])
-            points.append({"value": value, "gauc": g, "auc": a})
-            seed_bar.update()
-        curves[name] = points
-        choice = max(points, key=lambda p: (p["gauc"], p["auc"]))
-        best = type(best)(**{**asdict(best), name: choice["value"]})
-    return best, curves
-
-
 class _ValidationTrust:
     """The combiner's sums a memory learnt on the validation stream (one replay per memory
     setting), for the same memory on the test stream to start from (``carry_trust``)."""
@@ -418,23 +400,61 @@ class _ValidationTrust:
         learnt = self._learn(memory)
         return None if learnt is None else learnt[2].tolist()
 
+    def keep(self, memory: MemoryConfig, comp: ErrorCompensation) -> None:
+        """Records what ``comp`` (``memory``'s layer, just replayed over the validation stream
+        by the sweep) learnt, so that it is not replayed again."""
+        if self.probe is not None and memory.self_tuning:
+            self._learnt[self._key(memory)] = self._sums(comp)
+
     def _learn(self, memory: MemoryConfig):
         if self.probe is None or not memory.self_tuning:
             return None
-        key = json.dumps(asdict(memory), sort_keys=True, default=str)
+        key = self._key(memory)
         if key not in self._learnt:
             comp = memory.layer(self.seed)
             self.probe.replay(comp, self.probe.config.feedback_every)
-            self._learnt[key] = (*(t.numpy() for t in comp.memory.trust_sums()),
-                                 comp.memory.trust().numpy())
+            self._learnt[key] = self._sums(comp)
         return self._learnt[key]
 
+    @staticmethod
+    def _key(memory: MemoryConfig) -> str:
+        return json.dumps(asdict(memory), sort_keys=True, default=str)
 
-def sweep_memory(probe: _Probe, config: BenchConfig, progress: bool
+    @staticmethod
+    def _sums(comp: ErrorCompensation) -> tuple:
+        return (*(t.numpy() for t in comp.memory.trust_sums()), comp.memory.trust().numpy())
+
+
+def _sweep(probe: _Probe, start, grid: dict, layer, seed_bar,
+           learnt: _ValidationTrust | None = None) -> tuple[object, dict]:
+    """One-at-a-time sweep on the validation stream: each parameter, at the others' current
+    best, set to the value with the best validation gAUC (AUC breaks ties). ``learnt`` keeps
+    what each candidate's combiner learnt."""
+    best, curves = start, {}
+    for name, values in grid.items():
+        points = []
+        for value in values:
+            candidate = type(best)(**{**asdict(best), name: value})
+            comp = layer(candidate)
+            out = probe.replay(comp, probe.config.feedback_every)
+            if learnt is not None:
+                learnt.keep(candidate, comp)
+            g, a = _score(probe.stream, out["probability"])
+            points.append({"value": value, "gauc": g, "auc": a})
+            seed_bar.update()
+        curves[name] = points
+        choice = max(points, key=lambda p: (p["gauc"], p["auc"]))
+        best = type(best)(**{**asdict(best), name: choice["value"]})
+    return best, curves
+
+
+def sweep_memory(probe: _Probe, config: BenchConfig, progress: bool,
+                 learnt: _ValidationTrust | None = None
                  ) -> tuple[MemoryConfig, MemoryConfig, KNNConfig, dict, FTRLOffset, dict]:
     """The validation sweeps on ``probe`` (the tuning model over the validation stream): the
     paper's Figs. 5–6 for the paper's sketch; the few structural settings of the default
-    memory; the baselines' own settings."""
+    memory (``learnt`` keeps what each candidate's combiner learnt); the baselines' own
+    settings."""
     stream = probe.stream
     static = _score(stream, _sigmoid(probe.logits))
     quick = config.quick
@@ -444,7 +464,7 @@ def sweep_memory(probe: _Probe, config: BenchConfig, progress: bool
     bar = tqdm(total=sum(len(v) for g in grids.values() for v in g.values()),
                desc="sweep (validation)", disable=not progress)
     layer = lambda m: m.layer(config.seed)  # noqa: E731
-    best, curves = _sweep(probe, config.memory, grids["default"], layer, bar)
+    best, curves = _sweep(probe, config.memory, grids["default"], layer, bar, learnt)
     paper, paper_curves = _sweep(probe, config.paper, grids["paper"], layer, bar)
     knn, knn_curves = _sweep(probe, config.knn, grids["knn"], lambda k: k.layer(), bar)
     if quick:
@@ -575,15 +595,16 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
 
     if config.memory.id_groups is None:
         config.memory.id_groups = id_groups_for_frame(df)
-    sweep_report, validation_probe = None, None
+    sweep_report, learnt = None, _ValidationTrust(None, config.seed)
     if config.sweep:
         tuning_base = _train(df.iloc[:cut_val], spec, config, progress)
         validation = _Stream(df.iloc[cut_val:cut_train], spec, config.num_slots)
         validation_probe = _Probe(tuning_base, spec, df.iloc[:cut_val], validation, config)
+        if config.carry_trust:
+            learnt = _ValidationTrust(validation_probe, config.seed)
         (config.memory, config.paper, config.knn, config.bias, config.ftrl,
-         sweep_report) = sweep_memory(validation_probe, config, progress)
+         sweep_report) = sweep_memory(validation_probe, config, progress, learnt)
         plot_sweeps(sweep_report, output_dir / "sweeps.png")
-    learnt = _ValidationTrust(validation_probe if config.carry_trust else None, config.seed)
 
     base = _train(train_df, spec, config, progress)
     probe = _Probe(base, spec, train_df, test, config)

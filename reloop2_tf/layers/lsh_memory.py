@@ -544,7 +544,7 @@ class LSHErrorMemory(ErrorMemory):
         segments = [(start, self.scale), (end - start, self.recent_scale), (1, self.scale)]
         if self.recent_groups:
             segments.append((1, self.recent_scale))  # the recent totals row
-        segments.append((self.num_state_rows - self._first_trust_row, self.scale))
+        segments.append((self.num_trust_rows, self.scale))
         parts, left = [], rows
         for count, scale in segments:
             parts.append(tf.fill([min(count, left)], scale))
@@ -733,12 +733,15 @@ class LSHErrorMemory(ErrorMemory):
         if not np.allclose(curvature, curvature.T, rtol=1e-5, atol=1e-5 * max(
                 1.0, float(np.abs(curvature).max(initial=0.0)))):
             raise ValueError("`curvature` must be symmetric (a sum of outer products)")
-        rows = self.num_trust_rows
-        flat = np.zeros(3 * rows, np.float32)
-        flat[:f * (f + 1)] = np.concatenate([curvature.reshape(-1), moment])
-        stored = tf.constant(flat.reshape(rows, 3)) / self.scale
-        self.sketch.scatter_nd_update(self._trust_rows()[:, None], stored)
+        self.sketch.scatter_nd_update(self._trust_rows()[:, None],
+                                      self._stored_trust_rows(curvature, moment))
         self._refresh()
+
+    def _stored_trust_rows(self, curvature, moment) -> tf.Tensor:
+        """``[num_trust_rows, 3]``: the combiner's sums (true units) as the state stores them."""
+        flat = tf.concat([tf.reshape(curvature, [-1]), moment], 0) / self.scale
+        rows = self.num_trust_rows
+        return tf.reshape(tf.pad(flat, [[0, 3 * rows - tf.size(flat)]]), [rows, 3])
 
     def trust(self) -> tf.Tensor:
         """float32 ``[F]``: the self-tuning combiner's trust (``ErrorCompensation.trust``),
@@ -870,10 +873,7 @@ class LSHErrorMemory(ErrorMemory):
         if self.trust_half_life is not None and self.trust_half_life != self.half_life:
             trust_update = self._trust_forgetting(rows)
         if trust_delta is not None:
-            curvature, moment = trust_delta
-            flat = tf.concat([tf.reshape(curvature, [-1]), moment], 0) / self.scale
-            trust_rows = self.num_state_rows - self._first_trust_row
-            flat = tf.reshape(tf.pad(flat, [[0, 3 * trust_rows - tf.size(flat)]]), [trust_rows, 3])
+            flat = self._stored_trust_rows(*trust_delta)
             trust_update = flat if trust_update is None else trust_update + flat
         if trust_update is not None:
             cells = tf.concat([cells, self._trust_rows()], axis=0)
