@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -152,6 +153,24 @@ def test_cli_cold_trust_flag_starts_the_combiner_at_zero(monkeypatch, tmp_path, 
         with pytest.raises(SystemExit):
             cli.main(["bench", "--dataset", "ml-100k", "--output", str(tmp_path), *argv])
         assert seen.pop("carry_trust") is carry
+
+
+def test_cli_warm_start_rows_flag(monkeypatch, tmp_path, ml100k):
+    seen = {}
+
+    def record(df, config, output, **kwargs):
+        seen["rows"] = config.warm_start_rows
+        raise SystemExit(0)
+
+    monkeypatch.setattr(benchmark, "run_benchmark", record)
+    for argv, rows in (([], 20_000), (["--warm-start-rows", "0"], 0),
+                       (["--quick", "--warm-start-rows", "80000"], 80_000)):
+        with pytest.raises(SystemExit):
+            cli.main(["bench", "--dataset", "ml-100k", "--output", str(tmp_path), *argv])
+        assert seen.pop("rows") == rows
+    for bad in ("-1", "many"):
+        with pytest.raises(Exception, match="rows >= 0"):
+            cli._rows(bad)
 
 
 def test_cli_feedback_and_id_group_flags():
@@ -316,6 +335,15 @@ def test_the_test_memory_starts_from_the_trust_its_setting_learnt_on_validation(
     assert benchmark._ValidationTrust(None, 0)(setting) is None
 
     probe = benchmark._Probe(base, spec, df.iloc[:4500], test, config)
+    assert len(probe.warm_labels) == 1000
+    for rows, written in ((0, 0), (10**6, 4500)):  # none, and the whole training period
+        other = benchmark._Probe(base, spec, df.iloc[:4500], test,
+                                 dataclasses.replace(config, warm_start_rows=rows))
+        assert len(other.warm_labels) == written
+        comp = setting.layer(0)
+        other.replay(comp, 500)  # the warm rows, then the 1,500 test rows
+        weight = float(comp.memory.snapshot()[comp.memory.totals_row, 0])
+        assert weight == pytest.approx(written + 1500, rel=0.02)
     cold = probe.replay(setting.layer(0), 500)
     carried = probe.replay(setting.layer(0), 500, trust_sums=(curvature, moment))
     first = slice(0, 500)  # served before any test label came back

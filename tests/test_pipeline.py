@@ -29,6 +29,22 @@ EXPORT_SIGNATURES = {"serving_default", "predict", "update_memory", "update_memo
                      "memory_restore", "memory_merge", "memory_layout"}
 
 
+def test_the_trainer_builds_the_librarys_default_memory():
+    # A pipeline run deploys what docs/benchmarks.md measured: the library's defaults, not a
+    # copy of them that drifts when the library's change.
+    import inspect
+
+    from reloop2_tf import ErrorCompensation, LSHErrorMemory
+    from reloop2_tfx.trainer_module import TrainerSettings
+
+    memory = inspect.signature(LSHErrorMemory.__init__).parameters
+    compensation = inspect.signature(ErrorCompensation.__init__).parameters
+    settings = TrainerSettings()
+    for name in ("num_tables", "num_bits", "half_life"):
+        assert getattr(settings, name) == memory[name].default, name
+    assert settings.compensation_weight == compensation["compensation_weight"].default
+
+
 def _versions(serving_dir):
     return sorted(name for name in os.listdir(serving_dir)) if os.path.isdir(serving_dir) else []
 

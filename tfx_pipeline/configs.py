@@ -39,11 +39,12 @@ HISTORY_LENGTH = 20
 WARM_START_ROWS = 2048
 # Rows whose mean hidden vector centres the memory's projections (a sample bounds the cost).
 CENTER_ROWS = 20_000
-# The memory: the library's defaults (docs/benchmarks.md). 8 SRP tables of 10 bits, id tables for
-# the groups found in the training rows ("auto": the item, user x item-side columns, item x
-# user-side columns), a trust learnt online from the feedback, forgetting at 100,000 rows.
-NUM_TABLES = 8
-NUM_BITS = 10
+# The memory: the library's defaults (docs/core.md; tests/test_pipeline.py keeps them equal). 4 SRP
+# tables of 8 bits, id tables for the groups found in the training rows ("auto": the item,
+# user x item-side columns, item x user-side columns, user x the item's popularity), a trust
+# learnt online from the feedback, forgetting at 100,000 rows.
+NUM_TABLES = 4
+NUM_BITS = 8
 ID_GROUPS = "auto"
 COMPENSATION_WEIGHT = 1.0
 HALF_LIFE = 100_000.0

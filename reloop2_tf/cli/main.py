@@ -93,6 +93,16 @@ def _feedback_every(value: str):
     return rows
 
 
+def _rows(value: str) -> int:
+    try:
+        rows = int(value)
+    except ValueError:
+        rows = -1
+    if rows < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of rows >= 0, got {value!r}")
+    return rows
+
+
 def _seeds(value: str) -> tuple[int, ...]:
     try:
         seeds = tuple(int(s) for s in value.split(","))
@@ -165,6 +175,8 @@ def _bench(args) -> int:
             config.epochs = args.epochs
         if args.quick:
             config = benchmark.quick_config(config)
+        if args.warm_start_rows is not None:
+            config.warm_start_rows = args.warm_start_rows
         methods = tuple(args.methods.split(",")) if args.methods else benchmark.METHODS
         if args.ablations:
             methods += ("reloop2 no-centre", *benchmark.ablations(
@@ -235,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also run the default memory with each part switched off")
     bench.add_argument("--no-sweep", action="store_true",
                        help="skip the validation sweeps and use the default memory settings")
+    bench.add_argument("--warm-start-rows", type=_rows, default=None,
+                       help="the newest training rows written into every memory and baseline "
+                            "before the test stream (default 20000; 0: none; more than the "
+                            "training period: all of it)")
     bench.add_argument("--cold-trust", action="store_true",
                        help="start the memory's combiner at zero trust on the test stream "
                             "instead of with what it learnt on the validation stream")

@@ -187,6 +187,8 @@ class BenchConfig:
         if not 0 < self.validation_fraction < self.train_fraction < 1:
             raise ValueError("need 0 < validation_fraction < train_fraction < 1. Received: "
                              f"{self.validation_fraction}, {self.train_fraction}")
+        if self.warm_start_rows < 0:
+            raise ValueError(f"`--warm-start-rows` should be >= 0. Received: {self.warm_start_rows}")
         if self.num_slots < 1:
             raise ValueError(f"`--slots` should be >= 1. Received: {self.num_slots}")
         if self.feedback_every is not None and self.feedback_every < 1:
@@ -346,7 +348,7 @@ class _Probe:
         self.base, self.stream, self.config = base, stream, config
         self.center = {k: v[-config.center_rows:]
                        for k, v in features_from_frame(history, spec).items()}
-        warm = history.iloc[-config.warm_start_rows:]
+        warm = history.iloc[len(history) - min(config.warm_start_rows, len(history)):]
         self.warm_df = warm
         self.warm_features = features_from_frame(warm, spec)
         self.warm_labels = warm["label"].to_numpy(np.float32)

@@ -52,7 +52,7 @@ def encode(model: ReLoop2Model, features: dict[str, np.ndarray],
     if fn is None:
         fn = _ENCODERS[model] = tf.function(model.encode, reduce_retracing=True)
     logits, hidden = [], []
-    for start, stop in _batches(n, batch_size):
+    for start, stop in _batches(n, batch_size) if n else [(0, 0)]:  # no rows: empty arrays
         z, h = fn({k: v[start:stop] for k, v in features.items()})
         logits.append(z.numpy())
         hidden.append(h.numpy())
