@@ -141,33 +141,29 @@ def test_ftrl_crosses_a_multi_valued_feature_token_by_token():
     assert list(keys[1]) == ["v", None, None, None, None]
 
 
-def test_cli_cold_trust_flag_starts_the_combiner_at_zero(monkeypatch, tmp_path, ml100k):
-    seen = {}
+def _bench_config(monkeypatch, tmp_path, *argv) -> benchmark.BenchConfig:
+    """The config ``reloop2 bench --dataset ml-100k ARGV`` would run with."""
+    seen = []
 
     def record(df, config, output, **kwargs):
-        seen["carry_trust"] = config.carry_trust
+        seen.append(config)
         raise SystemExit(0)
 
     monkeypatch.setattr(benchmark, "run_benchmark", record)
-    for argv, carry in (([], True), (["--cold-trust"], False)):
-        with pytest.raises(SystemExit):
-            cli.main(["bench", "--dataset", "ml-100k", "--output", str(tmp_path), *argv])
-        assert seen.pop("carry_trust") is carry
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--dataset", "ml-100k", "--output", str(tmp_path), *argv])
+    return seen.pop()
+
+
+def test_cli_cold_trust_flag_starts_the_combiner_at_zero(monkeypatch, tmp_path, ml100k):
+    assert _bench_config(monkeypatch, tmp_path).carry_trust is True
+    assert _bench_config(monkeypatch, tmp_path, "--cold-trust").carry_trust is False
 
 
 def test_cli_warm_start_rows_flag(monkeypatch, tmp_path, ml100k):
-    seen = {}
-
-    def record(df, config, output, **kwargs):
-        seen["rows"] = config.warm_start_rows
-        raise SystemExit(0)
-
-    monkeypatch.setattr(benchmark, "run_benchmark", record)
     for argv, rows in (([], 20_000), (["--warm-start-rows", "0"], 0),
                        (["--quick", "--warm-start-rows", "80000"], 80_000)):
-        with pytest.raises(SystemExit):
-            cli.main(["bench", "--dataset", "ml-100k", "--output", str(tmp_path), *argv])
-        assert seen.pop("rows") == rows
+        assert _bench_config(monkeypatch, tmp_path, *argv).warm_start_rows == rows
     for bad in ("-1", "many"):
         with pytest.raises(Exception, match="rows >= 0"):
             cli._rows(bad)
