@@ -169,6 +169,16 @@ def test_cli_warm_start_rows_flag(monkeypatch, tmp_path, ml100k):
             cli._rows(bad)
 
 
+def test_cli_half_life_flag_fixes_the_forgetting_the_sweep_would_choose(monkeypatch, tmp_path,
+                                                                         ml100k):
+    chosen = _bench_config(monkeypatch, tmp_path)
+    assert "half_life" in benchmark.default_sweep_grid(chosen)
+    for value, half_life in (("0", None), ("50000", 50_000.0)):
+        fixed = _bench_config(monkeypatch, tmp_path, "--half-life", value)
+        assert fixed.memory.half_life == half_life
+        assert benchmark.default_sweep_grid(fixed) == {"prior_count": [2.0, 5.0]}
+
+
 def test_cli_feedback_and_id_group_flags():
     assert cli._feedback_every("slot") is None and cli._feedback_every("250") == 250
     assert cli._id_groups("item_id,user_id*genre") == [["item_id"], ["user_id", "genre"]]

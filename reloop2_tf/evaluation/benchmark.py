@@ -174,6 +174,9 @@ class BenchConfig:
     history_length: int = 20
     sweep: bool = True
     carry_trust: bool = True
+    # Settings of the default memory the user fixed (e.g. ``half_life`` from ``--half-life``):
+    # the validation sweep leaves them as they are.
+    fixed_memory: tuple[str, ...] = ()
     quick: bool = False
     seed: int = 0
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -450,6 +453,12 @@ def _sweep(probe: _Probe, start, grid: dict, layer, seed_bar,
     return best, curves
 
 
+def default_sweep_grid(config: BenchConfig) -> dict:
+    """What validation chooses for the default memory: the grid, less what the user fixed."""
+    grid = QUICK_DEFAULT_SWEEP_GRID if config.quick else DEFAULT_SWEEP_GRID
+    return {name: values for name, values in grid.items() if name not in config.fixed_memory}
+
+
 def sweep_memory(probe: _Probe, config: BenchConfig, progress: bool,
                  learnt: _ValidationTrust | None = None
                  ) -> tuple[MemoryConfig, MemoryConfig, KNNConfig, dict, FTRLOffset, dict]:
@@ -460,7 +469,7 @@ def sweep_memory(probe: _Probe, config: BenchConfig, progress: bool,
     stream = probe.stream
     static = _score(stream, _sigmoid(probe.logits))
     quick = config.quick
-    grids = {"default": QUICK_DEFAULT_SWEEP_GRID if quick else DEFAULT_SWEEP_GRID,
+    grids = {"default": default_sweep_grid(config),
              "paper": QUICK_SWEEP_GRID if quick else SWEEP_GRID,
              "knn": {} if quick else KNN_GRID}
     bar = tqdm(total=sum(len(v) for g in grids.values() for v in g.values()),
