@@ -179,6 +179,23 @@ def test_cli_half_life_flag_fixes_the_forgetting_the_sweep_would_choose(monkeypa
         assert benchmark.default_sweep_grid(fixed) == {"prior_count": [2.0, 5.0]}
 
 
+def test_cli_half_life_zero_means_no_forgetting_in_the_drift_testbed_too(monkeypatch, tmp_path,
+                                                                         ml100k):
+    from reloop2_tf.evaluation import drift_bench
+
+    seen = []
+
+    def record(df, config, output):
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(drift_bench, "run_drift", record)
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--dataset", "ml-100k", "--scenario", "flip-sudden", "--half-life", "0",
+                  "--output", str(tmp_path)])
+    assert seen.pop().memory.half_life is None  # a half-life of 0 rows is refused by the layer
+
+
 def test_cli_feedback_and_id_group_flags():
     assert cli._feedback_every("slot") is None and cli._feedback_every("250") == 250
     assert cli._id_groups("item_id,user_id*genre") == [["item_id"], ["user_id", "genre"]]

@@ -127,6 +127,8 @@ def _bench(args) -> int:
         raise ValueError("`--seeds` runs the streaming benchmark once per seed; the drift testbed "
                          "and the synthetic stream take one `--seed` (benchmarks/drift_runs.sh "
                          "loops over seeds)")
+    # --half-life 0: no forgetting (the layers take None).
+    half_life = None if args.half_life == 0 else args.half_life
     if args.dataset == "synthetic":
         from reloop2_tf.evaluation import synthetic_bench
 
@@ -147,7 +149,7 @@ def _bench(args) -> int:
         config.t0_slot = args.t0_slot if args.t0_slot is not None else config.t0_slot
         config.window = args.window if args.window is not None else config.window
         if args.half_life is not None:
-            config.memory.half_life = None if args.half_life == 0 else args.half_life
+            config.memory.half_life = half_life
         if args.methods:
             config.methods = tuple(args.methods.split(","))
         results = drift_bench.run_drift(df, config, args.output)
@@ -168,7 +170,7 @@ def _bench(args) -> int:
                                        hidden_layer=args.hidden_layer,
                                        center=not args.no_center)
         if args.half_life is not None:
-            config.memory.half_life = None if args.half_life == 0 else args.half_life
+            config.memory.half_life = half_life
             config.fixed_memory += ("half_life",)
         if args.id_groups is not None:
             config.memory.id_groups = args.id_groups
