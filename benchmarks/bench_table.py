@@ -53,8 +53,9 @@ def table(path: str) -> str:
         default = chosen.get("reloop2", {})
         settings = {k: default[k] for k in ("prior_count", "half_life") if k in default}
         out += ["", f"Chosen on validation: reloop2 `{settings}` (id groups "
-                f"`{['*'.join(g) for g in default.get('id_groups', [])]}`); reloop2-paper "
-                f"`{chosen['lsh']}`; k-NN `{chosen['knn']}`" +
+                f"`{['*'.join(g) for g in default.get('id_groups', [])]}`)" +
+                (f"; reloop2-paper `{chosen['lsh']}`" if "lsh" in chosen else "") +
+                (f"; k-NN `{chosen['knn']}`" if "knn" in chosen else "") +
                 "".join(f"; {k} `{v}`" for k, v in chosen.items() if k.endswith("bias")) +
                 (f"; ftrl-offset alpha {chosen['ftrl-offset']['alpha']}"
                  if "ftrl-offset" in chosen else "")]

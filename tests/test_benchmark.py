@@ -389,3 +389,48 @@ def test_the_test_memory_starts_from_the_trust_its_setting_learnt_on_validation(
     out = by_hand.compensate_keys(probe.logits[first], keys)
     np.testing.assert_allclose(carried["probability"][first], out["probability"].numpy(),
                                rtol=1e-6, atol=1e-7)
+
+
+def test_validation_sweeps_only_what_the_chosen_methods_run(monkeypatch, ml100k):
+    """The paper sketch's, the k-NN memory's and each baseline's sweep run only for a method
+    that is run; the default memory's settings are chosen whatever runs, the same way."""
+    from reloop2_tf.evaluation import baselines
+    from reloop2_tf.models import build_model
+
+    df = ml100k.iloc[:5000]
+    config = benchmark.BenchConfig(dataset="ml-100k", num_slots=2, quick=True,
+                                   warm_start_rows=1000, center_rows=2000, feedback_every=500)
+    config.memory.id_groups = [["item_id"]]
+    spec = benchmark.spec_for_frame(df)
+    probe = benchmark._Probe(build_model("dcn", spec), spec, df.iloc[:3500],
+                             benchmark._Stream(df.iloc[3500:], spec, 2), config)
+    calls = []
+    for cls in (baselines.BiasMemory, baselines.FTRLOffset):
+        replay = cls.replay
+        monkeypatch.setattr(cls, "replay", lambda self, *a, _r=replay, **k:
+                            calls.append(type(self).__name__) or _r(self, *a, **k))
+    memories = []
+    replay = probe.replay
+    probe.replay = lambda comp, *a, **k: memories.append(comp.memory.name) or replay(comp, *a, **k)
+
+    best, paper, knn, bias, ftrl, report = benchmark.sweep_memory(
+        probe, dataclasses.replace(config), False, methods=("static", "reloop2", "item-bias"))
+    default_points = sum(len(v) for v in benchmark.QUICK_DEFAULT_SWEEP_GRID.values())
+    assert len(memories) == default_points and calls == ["BiasMemory"] * len(benchmark.BIAS_GRID)
+    assert set(report) == {"static", "reloop2", "bias", "chosen"}
+    assert set(report["bias"]) == {"item-bias"}
+    assert set(report["chosen"]) == {"reloop2", "item-bias"}
+    assert paper == config.paper and knn == config.knn and ftrl == config.ftrl
+    assert bias["user-bias"] == config.bias["user-bias"]
+
+    memories.clear(), calls.clear()
+    every = benchmark.sweep_memory(probe, dataclasses.replace(config), False)
+    assert every[0] == best and every[5]["reloop2"] == report["reloop2"]
+    assert every[3]["item-bias"] == bias["item-bias"]
+    paper_points = sum(len(v) for v in benchmark.QUICK_SWEEP_GRID.values())
+    assert len(memories) == default_points + paper_points
+    assert calls.count("FTRLOffset") == len(benchmark.FTRL_GRID)
+    assert calls.count("BiasMemory") == 2 * len(benchmark.BIAS_GRID)
+    assert set(every[5]["chosen"]) == {"reloop2", "lsh", "knn", "item-bias", "user-bias",
+                                       "ftrl-offset"}
+    assert every[2].compensation_weight == every[1].compensation_weight  # quick: k-NN's lambda

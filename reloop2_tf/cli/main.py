@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="memory forgetting, in rows written (0: none; default: chosen on "
                             "the validation stream from 20000, 100000 and none; the drift "
                             "testbed's own setting with --scenario)")
-    bench.add_argument("--methods", help="comma-separated subset of the methods")
+    bench.add_argument("--methods", help="comma-separated subset of the methods (validation "
+                       "sweeps only the settings of those it runs)")
     bench.add_argument("--ablations", action="store_true",
                        help="also run the default memory with each part switched off")
     bench.add_argument("--no-sweep", action="store_true",

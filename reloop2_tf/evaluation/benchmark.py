@@ -460,32 +460,44 @@ def default_sweep_grid(config: BenchConfig) -> dict:
 
 
 def sweep_memory(probe: _Probe, config: BenchConfig, progress: bool,
-                 learnt: _ValidationTrust | None = None
+                 learnt: _ValidationTrust | None = None, methods: tuple[str, ...] = METHODS
                  ) -> tuple[MemoryConfig, MemoryConfig, KNNConfig, dict, FTRLOffset, dict]:
     """The validation sweeps on ``probe`` (the tuning model over the validation stream): the
-    paper's Figs. 5–6 for the paper's sketch; the few structural settings of the default
-    memory (``learnt`` keeps what each candidate's combiner learnt); the baselines' own
-    settings."""
+    few structural settings of the default memory (``learnt`` keeps what each candidate's
+    combiner learnt), always; the paper's Figs. 5–6 for the paper's sketch, the k-NN memory's
+    and the baselines' own settings, each only if ``methods`` runs it (the others keep
+    ``config``'s). The report holds the curves and choices of what was swept."""
     stream = probe.stream
     static = _score(stream, _sigmoid(probe.logits))
     quick = config.quick
     grids = {"default": default_sweep_grid(config),
-             "paper": QUICK_SWEEP_GRID if quick else SWEEP_GRID,
-             "knn": {} if quick else KNN_GRID}
+             "paper": (QUICK_SWEEP_GRID if quick else SWEEP_GRID)
+             if "reloop2-paper" in methods else {},
+             "knn": KNN_GRID if "reloop2-knn" in methods and not quick else {}}
     bar = tqdm(total=sum(len(v) for g in grids.values() for v in g.values()),
                desc="sweep (validation)", disable=not progress)
     layer = lambda m: m.layer(config.seed)  # noqa: E731
     best, curves = _sweep(probe, config.memory, grids["default"], layer, bar, learnt)
-    paper, paper_curves = _sweep(probe, config.paper, grids["paper"], layer, bar)
-    knn, knn_curves = _sweep(probe, config.knn, grids["knn"], lambda k: k.layer(), bar)
-    if quick:
-        knn = KNNConfig(**{**asdict(knn), "compensation_weight": paper.compensation_weight})
+    report = {"static": {"gauc": static[0], "auc": static[1]}, "reloop2": curves,
+              "chosen": {"reloop2": asdict(best)}}
+    paper, knn = config.paper, config.knn
+    if grids["paper"]:
+        paper, report["lsh"] = _sweep(probe, paper, grids["paper"], layer, bar)
+        report["chosen"]["lsh"] = asdict(paper)
+    if "reloop2-knn" in methods:
+        if grids["knn"]:
+            knn, report["knn"] = _sweep(probe, knn, grids["knn"], lambda k: k.layer(), bar)
+        elif grids["paper"]:  # quick: the paper sketch's lambda
+            knn = KNNConfig(**{**asdict(knn), "compensation_weight": paper.compensation_weight})
+        report["chosen"]["knn"] = asdict(knn)
     bar.close()
     # The practitioner's baselines get the same treatment: chosen on validation.
     base_probs, warm_base = _sigmoid(probe.logits), _sigmoid(probe.warm_logits)
     warm = probe.warm_df
-    bias_best, bias_curves = {}, {}
+    bias_best = dict(config.bias)
     for name, key in BIAS_KEYS.items():
+        if name not in methods:
+            continue
         points = []
         for candidate in BIAS_GRID:
             probs = candidate.replay(stream.df[key].to_numpy(), base_probs, stream.labels,
@@ -493,24 +505,23 @@ def sweep_memory(probe: _Probe, config: BenchConfig, progress: bool,
                                      warm_base, probe.warm_labels)
             g, a = _score(stream, probs)
             points.append({"value": asdict(candidate), "gauc": g, "auc": a})
-        bias_curves[name] = points
+        report.setdefault("bias", {})[name] = points
         bias_best[name] = BiasMemory(**max(points, key=lambda p: (p["gauc"], p["auc"]))["value"])
-    groups = _ftrl_groups(best.id_groups)
-    points = []
-    for candidate in FTRL_GRID:
-        probs = candidate.replay(_cross_keys(stream.df, groups), base_probs, stream.labels,
-                                 stream.sizes, config.feedback_every, _cross_keys(warm, groups),
-                                 warm_base, probe.warm_labels)
-        g, a = _score(stream, probs)
-        points.append({"value": asdict(candidate), "gauc": g, "auc": a})
-    ftrl = FTRLOffset(**max(points, key=lambda p: (p["gauc"], p["auc"]))["value"])
-    report = {"static": {"gauc": static[0], "auc": static[1]}, "reloop2": curves,
-              "lsh": paper_curves, "knn": knn_curves, "bias": bias_curves, "ftrl": points,
-              "chosen": {"reloop2": asdict(best), "lsh": asdict(paper), "knn": asdict(knn),
-                         "ftrl-offset": asdict(ftrl),
-                         **{name: asdict(b) for name, b in bias_best.items()}}}
-    logger.info("validation: static gAUC %.4f; chosen memory %s; paper sketch %s; k-NN %s",
-                static[0], asdict(best), asdict(paper), asdict(knn))
+        report["chosen"][name] = asdict(bias_best[name])
+    ftrl = config.ftrl
+    if "ftrl-offset" in methods:
+        groups = _ftrl_groups(best.id_groups)
+        points = []
+        for candidate in FTRL_GRID:
+            probs = candidate.replay(_cross_keys(stream.df, groups), base_probs, stream.labels,
+                                     stream.sizes, config.feedback_every,
+                                     _cross_keys(warm, groups), warm_base, probe.warm_labels)
+            g, a = _score(stream, probs)
+            points.append({"value": asdict(candidate), "gauc": g, "auc": a})
+        ftrl = FTRLOffset(**max(points, key=lambda p: (p["gauc"], p["auc"]))["value"])
+        report["ftrl"] = points
+        report["chosen"]["ftrl-offset"] = asdict(ftrl)
+    logger.info("validation: static gAUC %.4f; chosen %s", static[0], report["chosen"])
     return best, paper, knn, bias_best, ftrl, report
 
 
@@ -614,7 +625,7 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
         if config.carry_trust:
             learnt = _ValidationTrust(validation_probe, config.seed)
         (config.memory, config.paper, config.knn, config.bias, config.ftrl,
-         sweep_report) = sweep_memory(validation_probe, config, progress, learnt)
+         sweep_report) = sweep_memory(validation_probe, config, progress, learnt, methods)
         plot_sweeps(sweep_report, output_dir / "sweeps.png")
 
     base = _train(train_df, spec, config, progress)

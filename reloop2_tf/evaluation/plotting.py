@@ -32,9 +32,13 @@ def plot_slots(results: dict, path, title: str = "", marker_slot: float | None =
     plt.close(fig)
 
 
-def plot_sweeps(report: dict, path) -> None:
-    """Validation gAUC/AUC against each swept hyperparameter (the paper's Figs. 5–6)."""
-    curves = report["lsh"]
+def plot_sweeps(report: dict, path) -> bool:
+    """Validation gAUC/AUC against each swept hyperparameter: the paper sketch's (the paper's
+    Figs. 5–6) if it was swept, else the default memory's. Returns whether there was a curve
+    to draw (nothing is written otherwise)."""
+    curves = report.get("lsh") or report["reloop2"]
+    if not curves:
+        return False
     fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.2), squeeze=False)
     static = report["static"]
     for ax, (name, points) in zip(axes[0], curves.items()):
@@ -49,9 +53,11 @@ def plot_sweeps(report: dict, path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation metric (%); dotted: static")
     axes[0][0].legend(fontsize=7)
+    fig.suptitle("reloop2-paper" if report.get("lsh") else "reloop2", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def plot_windows(results: dict, path, title: str = "", smooth: int | None = None) -> None:
