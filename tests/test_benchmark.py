@@ -23,7 +23,7 @@ def test_quick_cli_run_writes_results_json_and_plots(tmp_path, ml100k):
     assert set(results["methods"]) == set(benchmark.METHODS)
     test_rows = len(ml100k) - int(len(ml100k) * 0.8)
     for name, m in results["methods"].items():
-        assert {"auc", "gauc", "logloss", "slots"} <= set(m), name
+        assert {"auc", "gauc", "logloss", "slots", "gauc_window"} <= set(m), name
         assert len(m["slots"]) == 5
         assert sum(s["rows"] for s in m["slots"]) == test_rows
         for s in m["slots"]:
@@ -434,3 +434,30 @@ def test_validation_sweeps_only_what_the_chosen_methods_run(monkeypatch, ml100k)
     assert set(every[5]["chosen"]) == {"reloop2", "lsh", "knn", "item-bias", "user-bias",
                                        "ftrl-offset"}
     assert every[2].compensation_weight == every[1].compensation_weight  # quick: k-NN's lambda
+
+
+def test_window_gauc_orders_a_users_rows_within_one_feedback_window():
+    """A per-user offset that changes between feedback windows (a user's running residual) is
+    one constant over the rows of a window: it leaves the window gAUC exactly as it was, and
+    moves the gAUC that pools a user's rows over the stream."""
+    from reloop2_tf.evaluation import metrics
+
+    users = np.array(["a", "b", "a", "a", "b", "a", "b", "a", "b", "a"])
+    groups = benchmark.window_groups(users, [6, 4], 2)
+    # Slot 1: windows rows 0-1, 2-3, 4-5; slot 2: rows 6-7, 8-9; a group per user in each.
+    assert groups.tolist() == [0, 1, 2, 2, 3, 4, 5, 6, 7, 8]
+    by_slot = benchmark.window_groups(users, [6, 4], None)
+    assert by_slot.tolist() == [0, 1, 0, 0, 1, 0, 2, 3, 2, 3]
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    users = rng.integers(0, 40, n).astype(str)
+    labels = (rng.random(n) < 0.5).astype(np.float32)
+    logits = rng.normal(size=n) + 0.8 * (labels - 0.5)
+    windows = benchmark.window_groups(users, [2000, 2000], 250)
+    window = np.concatenate([np.arange(2000) // 250, 8 + np.arange(2000) // 250])
+    offset = rng.normal(size=(40, 16))[users.astype(int), window]  # per user, per window
+    base, moved = 1 / (1 + np.exp(-logits)), 1 / (1 + np.exp(-(logits + 2.0 * offset)))
+    assert metrics.gauc(labels, moved, windows) == pytest.approx(
+        metrics.gauc(labels, base, windows), abs=1e-12)
+    assert abs(metrics.gauc(labels, moved, users) - metrics.gauc(labels, base, users)) > 0.02

@@ -249,6 +249,7 @@ class _Stream:
         self.features = features_from_frame(df, spec)
         self.labels = df["label"].to_numpy(np.float32)
         self.groups = df["user_id"].to_numpy()
+        self.windows: np.ndarray | None = None  # window_groups, once the feedback is known
 
     def bounds(self):
         edges = np.cumsum([0, *self.sizes])
@@ -263,8 +264,27 @@ class _Stream:
             m = metrics.evaluate(self.labels[a:b], probs[a:b], self.groups[a:b])
             per_slot.append({k: m[k] for k in ("auc", "gauc", "logloss", "rows")})
         overall = metrics.evaluate(self.labels, probs, self.groups)
-        return {"auc": overall["auc"], "gauc": overall["gauc"], "logloss": overall["logloss"],
-                "slots": per_slot}
+        out = {"auc": overall["auc"], "gauc": overall["gauc"], "logloss": overall["logloss"],
+               "slots": per_slot}
+        if self.windows is not None:
+            out["gauc_window"] = metrics.gauc(self.labels, probs, self.windows)
+        return out
+
+
+def window_groups(users, sizes: list[int], feedback_every: int | None) -> np.ndarray:
+    """int ``[N]``: every row's (user, feedback window) group. A window is ``feedback_every``
+    consecutive rows of a slot (the whole slot with `None`), as the replays cut them: the rows
+    scored against one state of the memory, like the candidates of one served request. gAUC
+    over these groups (``gauc_window``) is the order within them; plain gAUC pools a user's
+    rows over the whole stream, where a correction that moves between windows also reorders a
+    user's earlier rows against their later ones (docs/benchmarks.md)."""
+    windows, first = [], 0
+    for size in sizes:
+        window = np.arange(size) // (feedback_every or size)
+        windows.append(first + window)
+        first += int(window[-1]) + 1
+    frame = pd.DataFrame({"user": np.asarray(users), "window": np.concatenate(windows)})
+    return frame.groupby(["user", "window"], sort=False).ngroup().to_numpy()
 
 
 def _train(df: pd.DataFrame, spec: FeatureSpec, config: BenchConfig, progress: bool):
@@ -614,6 +634,7 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
         n * config.train_fraction)
     train_df, test_df = df.iloc[:cut_train], df.iloc[cut_train:]
     test = _Stream(test_df, spec, config.num_slots)  # fails on an empty slot before training
+    test.windows = window_groups(test.groups, test.sizes, config.feedback_every)
 
     if config.memory.id_groups is None:
         config.memory.id_groups = id_groups_for_frame(df)
@@ -697,6 +718,7 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
         results["lift_vs_static"][name] = {
             "auc": m["auc"] - static_m["auc"], "auc_ci95": [auc_low, auc_high],
             "gauc": delta, "gauc_ci95": [low, high],
+            "gauc_window": m["gauc_window"] - static_m["gauc_window"],
             "logloss": m["logloss"] - static_m["logloss"], "logloss_ci95": [ll_low, ll_high],
             "slots_ahead_of_incremental": (
                 _slots_ahead(m, results["methods"]["incremental"])
@@ -739,13 +761,14 @@ def format_table(results: dict) -> str:
     """The overall figures per method and the lift over static, as plain text."""
     width = max(22, *(len(name) + 2 for name in results["methods"]))
     lines = [f"{'method':<{width}}{'AUC':>8}{'gAUC':>8}{'logloss':>9}{'ΔAUC':>8}"
-             f"{'ΔAUC 95% CI':>18}{'ΔgAUC':>8}{'ΔgAUC 95% CI':>18}"]
+             f"{'ΔAUC 95% CI':>18}{'ΔgAUC':>8}{'ΔgAUC 95% CI':>18}{'ΔgAUCw':>9}"]
     for name, m in results["methods"].items():
         lift = results["lift_vs_static"].get(name)
         extra = (f"{100 * lift['auc']:+8.2f}"
                  f"   [{100 * lift['auc_ci95'][0]:+.2f}, {100 * lift['auc_ci95'][1]:+.2f}]"
                  f"{100 * lift['gauc']:+8.2f}"
                  f"   [{100 * lift['gauc_ci95'][0]:+.2f}, {100 * lift['gauc_ci95'][1]:+.2f}]"
+                 + (f"{100 * lift['gauc_window']:+9.2f}" if "gauc_window" in lift else "")
                  if lift else "")
         lines.append(f"{name:<{width}}{100 * m['auc']:8.2f}{100 * m['gauc']:8.2f}"
                      f"{m['logloss']:9.4f}{extra}")

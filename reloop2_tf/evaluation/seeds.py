@@ -25,8 +25,9 @@ from reloop2_tf.evaluation.benchmark import METHODS, BenchConfig, _jsonable, run
 from reloop2_tf.evaluation.plotting import plot_seeds
 
 # A method's figures in the summary: these metrics, and (but for static) their lifts over
-# static as "lift_<metric>".
-METRICS = ("auc", "gauc", "logloss")
+# static as "lift_<metric>"; gauc_window where every run has it (runs before the tenth session
+# do not).
+METRICS = ("auc", "gauc", "logloss", "gauc_window")
 
 
 def summarize_seeds(runs: list[dict]) -> dict:
@@ -49,10 +50,11 @@ def summarize_seeds(runs: list[dict]) -> dict:
         raise ValueError(f"the runs must have distinct seeds. Received: seeds {seeds}")
     methods = {}
     for name in names:
-        figures = {key: _spread([run["methods"][name][key] for run in runs]) for key in METRICS}
+        keys = [k for k in METRICS if all(k in run["methods"][name] for run in runs)]
+        figures = {key: _spread([run["methods"][name][key] for run in runs]) for key in keys}
         if name != "static":
             figures.update({f"lift_{key}": _spread([run["lift_vs_static"][name][key]
-                                                    for run in runs]) for key in METRICS})
+                                                    for run in runs]) for key in keys})
         methods[name] = figures
     return {"dataset": runs[0]["dataset"], "model": runs[0]["config"]["model"],
             "seeds": seeds, "methods": methods}
@@ -94,7 +96,7 @@ def format_seed_table(summary: dict) -> str:
     lines = [f"{summary['dataset']} / {summary['model']}, seeds {', '.join(map(str, seeds))}: "
              "mean ± sd (points; logloss as is)",
              f"{'method':<{width}}{'AUC':>15}{'gAUC':>15}{'logloss':>18}{'ΔAUC':>15}"
-             f"{'ΔgAUC':>15}   ΔgAUC per seed"]
+             f"{'ΔgAUC':>15}{'ΔgAUC window':>15}   ΔgAUC per seed"]
 
     def cell(figure, scale, digits, sign=""):
         text = f"{scale * figure['mean']:{sign}.{digits}f}"
@@ -106,7 +108,9 @@ def format_seed_table(summary: dict) -> str:
         row = (f"{name:<{width}}{cell(m['auc'], 100, 2):>15}{cell(m['gauc'], 100, 2):>15}"
                f"{cell(m['logloss'], 1, 4):>18}")
         if "lift_gauc" in m:
-            row += (f"{cell(m['lift_auc'], 100, 2, '+'):>15}{cell(m['lift_gauc'], 100, 2, '+'):>15}   "
+            window = m.get("lift_gauc_window")
+            row += (f"{cell(m['lift_auc'], 100, 2, '+'):>15}{cell(m['lift_gauc'], 100, 2, '+'):>15}"
+                    f"{cell(window, 100, 2, '+') if window else '':>15}   "
                     + " ".join(f"{100 * v:+.2f}" for v in m["lift_gauc"]["values"]))
         lines.append(row)
     return "\n".join(lines)
