@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import reloop2_tf as r2
+from reloop2_tf._keras import tf
 from reloop2_tf.layers import lsh_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -27,6 +28,14 @@ def test_one_name_per_combiner_feature(kwargs):
     names = combiner_features.feature_names(memory)
     assert len(names) == memory.num_trust_features
     assert names[-2:] == ["temper", "bias"]
+    # The order is the read layout's: the pooling features are those that read the row's base
+    # probability (the first row after the read-outs), the tempering the one that reads its logit.
+    memory.build(tf.TensorShape([None, 4]))
+    layout = memory._read_layout
+    readouts = layout.shape[1]
+    pooling = [n.startswith("base:") for n in names]
+    assert (layout.parts[2] == readouts).tolist() == pooling
+    assert (layout.parts[0] == readouts + 1).tolist() == [n == "temper" for n in names]
 
 
 def _written(rng):

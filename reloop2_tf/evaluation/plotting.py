@@ -32,13 +32,13 @@ def plot_slots(results: dict, path, title: str = "", marker_slot: float | None =
     plt.close(fig)
 
 
-def plot_sweeps(report: dict, path) -> bool:
+def plot_sweeps(report: dict, path) -> None:
     """Validation gAUC/AUC against each swept hyperparameter: the paper sketch's (the paper's
-    Figs. 5–6) if it was swept, else the default memory's. Returns whether there was a curve
-    to draw (nothing is written otherwise)."""
+    Figs. 5–6) if it was swept, else the default memory's; nothing is written without a
+    curve."""
     curves = report.get("lsh") or report["reloop2"]
     if not curves:
-        return False
+        return
     fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.2), squeeze=False)
     static = report["static"]
     for ax, (name, points) in zip(axes[0], curves.items()):
@@ -57,7 +57,6 @@ def plot_sweeps(report: dict, path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
 
 
 def plot_windows(results: dict, path, title: str = "", smooth: int | None = None) -> None:
