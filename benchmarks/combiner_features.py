@@ -36,8 +36,7 @@ def feature_names(memory: lsh_memory.LSHErrorMemory) -> list[str]:
     for _ in (1, 10):  # the two shrinkages
         names += ["srp"] if memory.num_tables else []
         names += ["resid:" + "*".join(g) for g in memory.id_groups]
-        names += ["base:" + "*".join(g) for g, parent in zip(memory.id_groups, memory._parents)
-                  if parent < 0]
+        names += ["base:" + "*".join(g) for g in memory.id_groups if g in memory.pooled_groups]
     names += ["recent:" + "*".join(g) for g in memory.recent_groups]
     return names + ["temper", "bias"]
 

@@ -489,6 +489,48 @@ def test_recent_tables_forget_at_their_own_half_life_through_snapshot_merge_and_
         r2.LSHErrorMemory(id_groups=["item"], recent_half_life=None)
 
 
+def test_pooled_groups_name_which_groups_pool_the_base_and_nothing_else_changes(rng):
+    # Two single-feature groups and a cross; the user alone is pooled. Its reads are the
+    # default memory's reads less the item's two pooling columns, every other value equal.
+    groups = ["item", "user", ("user", "genre")]
+    full = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_bits=6, id_groups=groups)
+    part = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_bits=6, id_groups=groups,
+                             pooled_groups=["user"])
+    assert full.pooled_groups == (("item",), ("user",)) and part.pooled_groups == (("user",),)
+    assert full.num_trust_features == part.num_trust_features + 2
+    for step in range(3):
+        hidden = rng.normal(size=(32, 4)).astype(np.float32)
+        ids = {"item": rng.integers(0, 5, 32).astype(str), "user": rng.integers(0, 4, 32),
+               "genre": rng.choice(["x", "y"], 32)}
+        labels = (rng.random(32) < 0.4).astype(np.float32)
+        base = rng.uniform(0.1, 0.9, 32).astype(np.float32)
+        for mem in (full, part):
+            mem.update(hidden, labels, base, ids=ids)
+    keys = full.keys(hidden, ids)
+    np.testing.assert_array_equal(keys.numpy(), part.keys(hidden, ids).numpy())
+    got, want = (m.trust_features(keys, base, 2.0).numpy() for m in (part, full))
+    # Per shrinkage: srp, 3 groups, then the pooling of item and user; the item's is left out.
+    item_pooling = [1 + 3, 6 + 1 + 3]
+    np.testing.assert_array_equal(got, np.delete(want, item_pooling, axis=1))
+    assert np.abs(want[:, item_pooling]).max() > 0  # what was left out is not nothing
+    # The setting is kept by the config and in the layout: a memory that pools otherwise
+    # has other combiner sums, so neither a merge nor a restore takes them.
+    twin = r2.LSHErrorMemory.from_config(part.get_config())
+    assert twin.pooled_groups == (("user",),) and twin.layout() == part.layout()
+    assert part.layout()["pooled_groups"] == [["user"]] != full.layout()["pooled_groups"]
+    before = part.snapshot().numpy()
+    with pytest.raises(ValueError, match="same num_tables"):
+        part.merge(full)
+    with pytest.raises(ValueError):
+        part.restore(full.snapshot())
+    np.testing.assert_array_equal(part.snapshot().numpy(), before)
+    none = r2.LSHErrorMemory(id_groups=groups, pooled_groups=())
+    assert none.num_trust_features == full.num_trust_features - 4
+    for bad in (["genre"], [("user", "genre")]):
+        with pytest.raises(ValueError, match="`pooled_groups` should name single-feature"):
+            r2.LSHErrorMemory(id_groups=groups, pooled_groups=bad)
+
+
 def test_every_group_reads_an_items_shift_net_of_the_whole_streams(rng):
     mem = r2.LSHErrorMemory(num_tables=0, id_groups=["item"], id_bits=8, half_life=None,
                             recent_half_life=1e6)

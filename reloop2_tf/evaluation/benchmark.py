@@ -73,6 +73,7 @@ def ablations(memory: "MemoryConfig") -> dict[str, "MemoryConfig"]:
            "reloop2 no-forgetting": replace(memory, half_life=None, trust_half_life=None,
                                             recent_groups=[]),
            "reloop2 no-recent": replace(memory, recent_groups=[]),
+           "reloop2 no-pooling": replace(memory, pooled_groups=[]),
            "reloop2 slow-trust": replace(memory, trust_half_life=None),
            "reloop2 + user": replace(memory, id_groups=groups + [["user_id"]])}
     for g in groups:
@@ -113,6 +114,7 @@ class MemoryConfig:
     trust_half_life: float | None = 20_000.0
     recent_groups: list | None = None
     recent_half_life: float = 5_000.0
+    pooled_groups: list | None = None
     compensation_weight: float = 1.0
     temperature: float = 1.0
     gamma: float = 0.0
@@ -124,7 +126,8 @@ class MemoryConfig:
                                 half_life=self.half_life, id_groups=self.id_groups or (),
                                 id_bits=self.id_bits, trust_half_life=self.trust_half_life,
                                 recent_groups=self.recent_groups,
-                                recent_half_life=self.recent_half_life)
+                                recent_half_life=self.recent_half_life,
+                                pooled_groups=self.pooled_groups)
         return ErrorCompensation(memory, compensation_weight=self.compensation_weight,
                                  temperature=self.temperature, gamma=self.gamma,
                                  prior_count=self.prior_count, self_tuning=self.self_tuning)
@@ -454,17 +457,21 @@ def _sweep(probe: _Probe, start, grid: dict, layer, seed_bar,
            learnt: _ValidationTrust | None = None) -> tuple[object, dict]:
     """One-at-a-time sweep on the validation stream: each parameter, at the others' current
     best, set to the value with the best validation gAUC (AUC breaks ties). ``learnt`` keeps
-    what each candidate's combiner learnt."""
-    best, curves = start, {}
+    what each candidate's combiner learnt. A candidate met again (the current best, in the
+    next parameter's sweep) is scored once: a replay is deterministic."""
+    best, curves, scores = start, {}, {}
     for name, values in grid.items():
         points = []
         for value in values:
             candidate = type(best)(**{**asdict(best), name: value})
-            comp = layer(candidate)
-            out = probe.replay(comp, probe.config.feedback_every)
-            if learnt is not None:
-                learnt.keep(candidate, comp)
-            g, a = _score(probe.stream, out["probability"])
+            key = json.dumps(asdict(candidate), sort_keys=True, default=str)
+            if key not in scores:
+                comp = layer(candidate)
+                out = probe.replay(comp, probe.config.feedback_every)
+                if learnt is not None:
+                    learnt.keep(candidate, comp)
+                scores[key] = _score(probe.stream, out["probability"])
+            g, a = scores[key]
             points.append({"value": value, "gauc": g, "auc": a})
             seed_bar.update()
         curves[name] = points

@@ -129,6 +129,10 @@ class LSHErrorMemory(ErrorMemory):
             `None`: every single-feature entry of ``id_groups``; `()`: none. Defaults to `None`.
         recent_half_life: float. The half-life, in rows, of the recent tables. Defaults to
             `5_000`.
+        pooled_groups: optional single-feature id groups whose mean base prediction the
+            combiner may pool a row's towards (the paper's gamma, learnt: one more feature per
+            group). `None`: every single-feature entry of ``id_groups``; `()`: none. Defaults to
+            `None`.
 
     Example:
 
@@ -140,7 +144,8 @@ class LSHErrorMemory(ErrorMemory):
     def __init__(self, num_tables: int = 4, num_bits: int = 8, seed: int = 0,
                  half_life: float | None = 100_000.0, id_groups: Iterable = (), id_bits: int = 18,
                  trust_half_life: float | None = 20_000.0, recent_groups: Iterable | None = None,
-                 recent_half_life: float = 5_000.0, **kwargs):
+                 recent_half_life: float = 5_000.0, pooled_groups: Iterable | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         if not isinstance(num_tables, int) or num_tables < 0:
             raise ValueError(f"`num_tables` should be an int >= 0. Received: num_tables={num_tables!r}")
@@ -182,6 +187,16 @@ class LSHErrorMemory(ErrorMemory):
         tables += self.recent_groups
         self.id_tables: tuple[tuple[str, ...], ...] = tuple(tables)
         self._parents = [tables.index(g[:1]) if len(g) > 1 else -1 for g in self.id_groups]
+        singles = tuple(g for g in self.id_groups if len(g) == 1)
+        self.pooled_groups = (singles if pooled_groups is None
+                              else normalize_id_groups(pooled_groups))
+        if not set(self.pooled_groups) <= set(singles):
+            raise ValueError("`pooled_groups` should name single-feature entries of `id_groups`. "
+                             f"Received: pooled_groups={[list(g) for g in self.pooled_groups]!r}, "
+                             f"id_groups={[list(g) for g in self.id_groups]!r}")
+        # The tables of the pooled groups, in `id_groups` order.
+        self._pooled = [num_tables + i for i, g in enumerate(self.id_groups)
+                        if g in self.pooled_groups]
         # Popularity buckets a cross names, and the id table whose counts each one reads.
         self._popularity = tuple(dict.fromkeys(n for t in tables for n in t if popularity_of(n)))
         for group in (*self.id_groups, *self.recent_groups):
@@ -283,10 +298,9 @@ class LSHErrorMemory(ErrorMemory):
     @property
     def num_trust_features(self) -> int:
         """Inputs of the self-tuning combiner: at each of two shrinkages, one for the SRP tables,
-        one per id group and one more per single-feature group; one per recent table; then the
+        one per id group and one more per pooled group; one per recent table; then the
         base logit and a bias (``trust_features``)."""
-        singles = sum(1 for p in self._parents if p < 0)
-        return (2 * ((1 if self.num_tables else 0) + len(self.id_groups) + singles)
+        return (2 * ((1 if self.num_tables else 0) + len(self.id_groups) + len(self._pooled))
                 + len(self.recent_groups) + 2)
 
     @property
@@ -592,7 +606,8 @@ class LSHErrorMemory(ErrorMemory):
           (``y_k``, ``b_k``, ``c_k``: the label, base and weight sums of the row's bucket).
         * An id group gives its shrunk residual ``(y - b) / (c + n)``; a cross gives the same
           after subtracting what its first feature's own residual predicts for its ``c`` rows.
-        * A single-feature group (the item) also gives ``(b - c * base) / (c + n)``: how far
+        * A pooled group (``pooled_groups``; by default every single-feature group, such as the
+          item) also gives ``(b - c * base) / (c + n)``: how far
           this row's base prediction lies from the group's mean one, which lets the combiner pool
           the base model's predictions towards the group's (the paper's gamma = 1, learnt).
         * A recent table gives its shrunk residual at ``n = prior_count`` only.
@@ -1035,7 +1050,8 @@ class LSHErrorMemory(ErrorMemory):
         """What two memories must share for their sketches to add up."""
         layout = {"num_tables": self.num_tables, "num_bits": self.num_bits, "seed": self.seed,
                   "id_tables": [list(t) for t in self.id_tables], "id_bits": self.id_bits,
-                  "recent_tables": len(self.recent_groups), "id_hash": _ID_HASH}
+                  "recent_tables": len(self.recent_groups), "id_hash": _ID_HASH,
+                  "pooled_groups": [list(g) for g in self.pooled_groups]}
         if self._each_features:  # how many tokens a row keys, and how they are separated
             layout["each"] = {"slots": EACH_SLOTS, "separator": EACH_SEPARATOR}
         return layout
@@ -1046,7 +1062,8 @@ class LSHErrorMemory(ErrorMemory):
                       half_life=self.half_life, id_groups=[list(g) for g in self.id_groups],
                       id_bits=self.id_bits, trust_half_life=self.trust_half_life,
                       recent_groups=[list(g) for g in self.recent_groups],
-                      recent_half_life=self.recent_half_life)
+                      recent_half_life=self.recent_half_life,
+                      pooled_groups=[list(g) for g in self.pooled_groups])
         return config
 
 
@@ -1113,8 +1130,8 @@ class _ReadLayout:
 
     A row's cells as stored, ``[w, y, b]`` per key column (``3 T`` values), map linearly to
     ``U`` read-outs: the SRP tables' summed residual and count, every id table's residual and
-    count (summed over its key columns: a multi-valued group's tokens), every single-feature
-    group's base sum, the mean weight, and the level.
+    count (summed over its key columns: a multi-valued group's tokens), every pooled group's
+    base sum, the mean weight, and the level.
     ``read_weights`` ``[3 T, U]`` and ``read_offsets`` ``[U, 1]`` (constants: the level) hold
     that map for the current state: every non-zero entry is a constant times one of ``values`` =
     ``[scale_t (T), scale_t (1 + rho_t) (T), level]`` (``weights``). The read-outs and four
@@ -1149,8 +1166,7 @@ class _ReadLayout:
         for table in range(k, len(memory._table_columns)):
             readout(("residual", table), *residual(table))
             readout(("count", table), *count(table))
-        singles = [k + i for i, parent in enumerate(memory._parents) if parent < 0]
-        for table in singles:
+        for table in memory._pooled:
             readout(("base", table), *((3 * c + 2, c, 1.0) for c in memory._table_columns[table]))
         readout("support", *((3 * c, c, 1.0 / t) for c in range(t)))
         readout("level", (3 * t, level, 1.0))
@@ -1177,7 +1193,7 @@ class _ReadLayout:
                 else:
                     feature(own[0], own[1], ("residual", k + parent), ("count", k + parent),
                             own[1], (m, 1e-12), (m, 1e-12))
-            for table in singles:
+            for table in memory._pooled:
                 feature(("base", table), ("count", table), "base probability", zero,
                         ("count", table), (0.0, 1.0), (m, 1e-12))
         for j in range(len(memory.recent_groups)):
