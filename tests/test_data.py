@@ -109,6 +109,21 @@ def test_ml100k_rows_order_labels_and_history(ml100k_raw):
 
 
 @needs_ml100k
+def test_movielens_takes_another_label_threshold_and_changes_nothing_else(ml100k_raw, tmp_path):
+    default = load_dataset("ml-100k", data_dir=ML100K)
+    five = load_dataset("ml-100k", data_dir=ML100K, label_threshold=5)
+    order = sorted(range(len(ml100k_raw)), key=lambda i: int(ml100k_raw[i][3]))
+    assert five["label"].tolist() == [int(float(ml100k_raw[i][2]) >= 5) for i in order]
+    assert abs(five["label"].mean() - 0.212) < 0.001 and abs(default["label"].mean() - 0.554) < 0.001
+    pd.testing.assert_frame_equal(five.drop(columns="label"), default.drop(columns="label"))
+    assert five.attrs["label_rule"] == "rating >= 5" and default.attrs["label_rule"] == "rating >= 4"
+    # Through `prepare` (what `reloop2 prepare` / `bench` / the pipeline call): recorded in meta.
+    path = prepare("ml-100k", tmp_path, data_dir=ML100K, label_threshold=3)
+    meta = json.loads((path.parent / "meta.json").read_text())
+    assert meta["label_rule"] == "rating >= 3" and abs(meta["positive_rate"] - 0.8252) < 1e-4
+
+
+@needs_ml100k
 def test_ml100k_features_match_side_files():
     df = load_dataset("ml-100k", data_dir=ML100K)
     assert list(df.columns) == [*CANONICAL_COLUMNS, "age", "gender", "occupation", "genre",
@@ -469,7 +484,8 @@ def test_prepare_ml100k(tmp_path):
     ({"dataset": "csv", "csv": "x.csv", "user_col": "u", "item_col": "i", "time_col": "t"},
      r"needs --label-col$"),
     ({"dataset": "ml-100k", "csv": "x.csv"}, r"--csv only apply to --dataset csv"),
-    ({"dataset": "ml-1m", "label_threshold": 4}, r"--label-threshold only apply"),
+    ({"dataset": "ml-1m", "label_col": "rating"}, r"--label-col only apply"),
+    ({"dataset": "ml-100k", "label_threshold": "five"}, r"label_threshold must be a number"),
     ({"dataset": "movielens"}, r"unknown dataset 'movielens'"),
     ({"dataset": "csv", "csv": "x.csv", "user_col": "u", "item_col": "i", "time_col": "t",
       "label_col": "y", "item_key": "k"}, r"--item-key needs --item-features"),

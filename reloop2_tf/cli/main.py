@@ -39,7 +39,8 @@ def _add_source_flags(parser: argparse.ArgumentParser, synthetic: bool = False) 
     parser.add_argument("--time-col")
     parser.add_argument("--label-col")
     parser.add_argument("--label-threshold", type=float,
-                        help="label = value >= threshold (default: the column is already 0/1)")
+                        help="label = value >= threshold (csv default: the column is already "
+                             "0/1; MovieLens: rating >= 4)")
     parser.add_argument("--item-features", help="side table of item features (CSV/TSV)")
     parser.add_argument("--item-key")
     parser.add_argument("--user-features", help="side table of user features (CSV/TSV)")
@@ -70,7 +71,8 @@ def _load_frame(args):
                              user_features=args.user_features, user_key=args.user_key,
                              history_length=args.history_length)
     return data.load_dataset(args.dataset, data_dir=args.data_dir,
-                             history_length=args.history_length)
+                             history_length=args.history_length,
+                             label_threshold=args.label_threshold)
 
 
 def _prepare(args) -> int:

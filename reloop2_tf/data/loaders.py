@@ -256,8 +256,25 @@ def resolve_source(name: str, data_dir: str | os.PathLike | None = None) -> Dete
     return source
 
 
+def check_label_threshold(label_threshold) -> float | None:
+    """Return ``label_threshold`` as float (`None` stays `None`), or raise DataError if it is
+    not a number."""
+    if label_threshold is None:
+        return None
+    try:
+        if isinstance(label_threshold, bool):
+            raise TypeError("bool")
+        label_threshold = float(label_threshold)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"label_threshold must be a number, got {label_threshold!r}") from exc
+    if math.isnan(label_threshold):
+        raise DataError("label_threshold must be a number, got nan")
+    return label_threshold
+
+
 def _movielens_frame(
-    tables: MovieLensTables, name: str, history_length: int, attrs: dict
+    tables: MovieLensTables, name: str, history_length: int, attrs: dict,
+    label_threshold: float = MOVIELENS_LABEL_THRESHOLD,
 ) -> pd.DataFrame:
     ratings = tables.ratings
     source = f"{name} ({ratings.shape[0]} rows of {tables.files[0].name})"
@@ -266,7 +283,7 @@ def _movielens_frame(
     users = _check_ids(ratings["user_id"], "user_id", source)
     items = _check_ids(ratings["item_id"], "item_id", source)
     timestamps = parse_timestamps(ratings["timestamp"], "timestamp", source)
-    labels = binarize_labels(ratings["rating"], "rating", source, MOVIELENS_LABEL_THRESHOLD)
+    labels = binarize_labels(ratings["rating"], "rating", source, label_threshold)
     features: dict[str, pd.Series] = {}
     for table, key, names, ids in (
         (tables.users, "user_id", USER_FEATURES, users),
@@ -285,15 +302,20 @@ def load_dataset(
     name: str,
     data_dir: str | os.PathLike | None = None,
     history_length: int = DEFAULT_HISTORY_LENGTH,
+    label_threshold: float | None = None,
 ) -> pd.DataFrame:
     """Load MovieLens ``name`` ("ml-100k" or "ml-1m") as the canonical frame.
 
     ``data_dir`` may hold RecBole atomic files or GroupLens' ``u.data`` / ``ratings.dat`` /
     ``ratings.csv`` layouts; without it the files come from ``$RELOOP2_DATA``, the cache
-    ``~/.cache/reloop2/<name>``, or are fetched there. Label: rating >= 4. Features: user
-    ``age, gender, occupation``, item ``genre`` (first genre) and ``release_year``.
+    ``~/.cache/reloop2/<name>``, or are fetched there. Label: rating >= ``label_threshold``
+    (`None`: 4). Features: user ``age, gender, occupation``, item ``genre`` (first genre) and
+    ``release_year``.
     """
     history_length = check_history_length(history_length)
+    label_threshold = check_label_threshold(label_threshold)
+    if label_threshold is None:
+        label_threshold = MOVIELENS_LABEL_THRESHOLD
     if not isinstance(name, str) or not name:
         raise DataError(f"dataset name must be a non-empty string, got {name!r}")
     start = time.perf_counter()
@@ -303,9 +325,9 @@ def load_dataset(
         "dataset": name,
         "format": detected.fmt,
         "source_files": [str(p) for p in detected.files],
-        "label_rule": f"rating >= {MOVIELENS_LABEL_THRESHOLD:g}",
+        "label_rule": f"rating >= {label_threshold:g}",
     }
-    frame = _movielens_frame(tables, name, history_length, attrs)
+    frame = _movielens_frame(tables, name, history_length, attrs, label_threshold)
     logger.info(
         "loaded %s from %s (%s): %d rows, %d users, %d items in %.2f s",
         name, detected.folder, detected.fmt, len(frame), frame["user_id"].nunique(),
@@ -426,15 +448,7 @@ def load_csv(
     or a header with a tab, else comma.
     """
     history_length = check_history_length(history_length)
-    if label_threshold is not None:
-        try:
-            if isinstance(label_threshold, bool):
-                raise TypeError("bool")
-            label_threshold = float(label_threshold)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"label_threshold must be a number, got {label_threshold!r}") from exc
-        if math.isnan(label_threshold):
-            raise DataError("label_threshold must be a number, got nan")
+    label_threshold = check_label_threshold(label_threshold)
     if item_key is not None and item_features is None:
         raise DataError("item_key is given but item_features (the item table) is not")
     if user_key is not None and user_features is None:

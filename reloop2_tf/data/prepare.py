@@ -63,7 +63,8 @@ def _validate(dataset: object, given: dict[str, object]) -> None:
         if "data_dir" in present:
             raise DataError("--data-dir applies to ml-100k/ml-1m; for csv pass --csv")
     else:
-        csv_only = [_FLAGS[name] for name in present if name != "data_dir"]
+        csv_only = [_FLAGS[name] for name in present
+                    if name not in ("data_dir", "label_threshold")]
         if csv_only:
             raise DataError(f"{', '.join(csv_only)} only apply to --dataset csv, not {dataset}")
     if given.get("item_key") is not None and given.get("item_features") is None:
@@ -112,7 +113,8 @@ def prepare(
             user_key=user_key, history_length=history_length,
         )
     else:
-        frame = load_dataset(dataset, data_dir=data_dir, history_length=history_length)
+        frame = load_dataset(dataset, data_dir=data_dir, history_length=history_length,
+                             label_threshold=label_threshold)
 
     out.mkdir(parents=True, exist_ok=True)
     target = out / DATA_FILE
