@@ -251,6 +251,7 @@ def test_a_repeated_write_id_writes_nothing_in_session_and_eagerly(exported, rng
     first = sess("update_memory", **x, label=y, sample_weight=w, write_id="a")
     assert float(first["weight_written"]) == 25
     after = sess("memory_snapshot")["sketch"]
+    served_after = sess("predict", **x)
     # The same id again, on every writing signature: nothing is written, 0 is returned.
     for name, inputs in (("update_memory", {**x, "label": y, "sample_weight": w}),
                          ("update_memory_by_keys", by_keys)):
@@ -258,6 +259,11 @@ def test_a_repeated_write_id_writes_nothing_in_session_and_eagerly(exported, rng
         assert float(again["weight_written"]) == 0.0
         assert float(again["memory_weight"]) == float(first["memory_weight"])
     np.testing.assert_array_equal(sess("memory_snapshot")["sketch"], after)
+    # The write ran with zero weights: what is read from the state (the trust, the read
+    # weights) is as it was, bit for bit.
+    served_again = sess("predict", **x)
+    for name in ("probability", "estimated_error", "memory_keys"):
+        np.testing.assert_array_equal(served_again[name], served_after[name])
     # Fresh ids and empty ids write; an empty id is never remembered.
     assert float(sess("update_memory_by_keys", **by_keys, write_id="b")["weight_written"]) == 25
     for _ in range(2):
