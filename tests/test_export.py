@@ -259,8 +259,7 @@ def test_a_repeated_write_id_writes_nothing_in_session_and_eagerly(exported, rng
         assert float(again["weight_written"]) == 0.0
         assert float(again["memory_weight"]) == float(first["memory_weight"])
     np.testing.assert_array_equal(sess("memory_snapshot")["sketch"], after)
-    # The write ran with zero weights: what is read from the state (the trust, the read
-    # weights) is as it was, bit for bit.
+    # What is read from the state (the trust, the read weights) is as it was, bit for bit.
     served_again = sess("predict", **x)
     for name in ("probability", "estimated_error", "memory_keys"):
         np.testing.assert_array_equal(served_again[name], served_after[name])

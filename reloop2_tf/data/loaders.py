@@ -274,7 +274,7 @@ def check_label_threshold(label_threshold) -> float | None:
 
 def _movielens_frame(
     tables: MovieLensTables, name: str, history_length: int, attrs: dict,
-    label_threshold: float = MOVIELENS_LABEL_THRESHOLD,
+    label_threshold: float,
 ) -> pd.DataFrame:
     ratings = tables.ratings
     source = f"{name} ({ratings.shape[0]} rows of {tables.files[0].name})"

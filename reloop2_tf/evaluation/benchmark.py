@@ -409,6 +409,11 @@ class _Probe:
                               feedback_every, progress=progress, desc=desc)
 
 
+def _config_key(config) -> str:
+    """A settings dataclass as a key: equal settings, equal keys."""
+    return json.dumps(asdict(config), sort_keys=True, default=str)
+
+
 class _ValidationTrust:
     """The combiner's sums a memory learnt on the validation stream (one replay per memory
     setting), for the same memory on the test stream to start from (``carry_trust``)."""
@@ -432,21 +437,18 @@ class _ValidationTrust:
         """Records what ``comp`` (``memory``'s layer, just replayed over the validation stream
         by the sweep) learnt, so that it is not replayed again."""
         if self.probe is not None and memory.self_tuning:
-            self._learnt[self._key(memory)] = self._sums(comp)
+            self._learnt[_config_key(memory)] = self._sums(comp)
 
     def _learn(self, memory: MemoryConfig):
         if self.probe is None or not memory.self_tuning:
             return None
-        key = self._key(memory)
+        key = _config_key(memory)
         if key not in self._learnt:
             comp = memory.layer(self.seed)
             self.probe.replay(comp, self.probe.config.feedback_every)
             self._learnt[key] = self._sums(comp)
         return self._learnt[key]
 
-    @staticmethod
-    def _key(memory: MemoryConfig) -> str:
-        return json.dumps(asdict(memory), sort_keys=True, default=str)
 
     @staticmethod
     def _sums(comp: ErrorCompensation) -> tuple:
@@ -464,7 +466,7 @@ def _sweep(probe: _Probe, start, grid: dict, layer, seed_bar,
         points = []
         for value in values:
             candidate = type(best)(**{**asdict(best), name: value})
-            key = json.dumps(asdict(candidate), sort_keys=True, default=str)
+            key = _config_key(candidate)
             if key not in scores:
                 comp = layer(candidate)
                 out = probe.replay(comp, probe.config.feedback_every)

@@ -174,8 +174,9 @@ class LSHErrorMemory(ErrorMemory):
         self.half_life = None if half_life is None else float(half_life)
         self.trust_half_life = None if trust_half_life is None else float(trust_half_life)
         self.recent_half_life = float(recent_half_life)
-        self.recent_groups = (tuple(g for g in self.id_groups if len(g) == 1)
-                              if recent_groups is None else normalize_id_groups(recent_groups))
+        singles = tuple(g for g in self.id_groups if len(g) == 1)
+        self.recent_groups = (singles if recent_groups is None
+                              else normalize_id_groups(recent_groups))
         # The stored id tables: the listed groups, then the first features of crosses that are
         # not listed themselves, then the recent tables (the last `len(recent_groups)`).
         # `_parents[i]` is the table a listed group is centred on (-1: none).
@@ -187,7 +188,6 @@ class LSHErrorMemory(ErrorMemory):
         tables += self.recent_groups
         self.id_tables: tuple[tuple[str, ...], ...] = tuple(tables)
         self._parents = [tables.index(g[:1]) if len(g) > 1 else -1 for g in self.id_groups]
-        singles = tuple(g for g in self.id_groups if len(g) == 1)
         self.pooled_groups = (singles if pooled_groups is None
                               else normalize_id_groups(pooled_groups))
         if not set(self.pooled_groups) <= set(singles):
@@ -1036,7 +1036,7 @@ class LSHErrorMemory(ErrorMemory):
             mine, theirs = self.layout(), other.layout()
             if ({**mine, "seed": 0} != {**theirs, "seed": 0}) or other.dim != self.dim:
                 raise ValueError("`other` must have the same num_tables, num_bits, id tables, "
-                                 "id_bits and width d.")
+                                 "id_bits, pooled groups and width d.")
             if mine["seed"] != theirs["seed"] or not bool(
                     tf.reduce_all(other.projections == self.projections)):
                 raise ValueError("`other` must share this memory's projections and id hashes "
