@@ -86,7 +86,8 @@ def run(cfg: dict, skip_reads: bool) -> dict:
 
     rng = np.random.default_rng(0)
     results = {"config": {**cfg, "model": "dcn", "spec": "movielens",
-                          "memory": "ErrorCompensation(LSHErrorMemory(id_groups=MOVIELENS_GROUPS))"},
+                          "memory": "ErrorCompensation(LSHErrorMemory(id_groups=MOVIELENS_GROUPS, "
+                                    "srp_centre='user_id'))"},
                "machine": machine(), "load_average": {"start": os.getloadavg()}}
     started = time.perf_counter()
     exports = servers.build_exports(rng)

@@ -70,7 +70,8 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(0)
     results = {"config": {"models": models, "batches": args.batches, "rounds": rounds,
                           "calls": args.calls, "quick": args.quick,
-                          "memory": "LSHErrorMemory(id_groups=MOVIELENS_GROUPS), defaults"},
+                          "memory": "LSHErrorMemory(id_groups=MOVIELENS_GROUPS, "
+                                    "srp_centre='user_id'), defaults"},
                "load_average": {"start": os.getloadavg()}, "models": {}}
     for name in models:
         results["models"][name] = bench_model(name, args.batches, rounds, args.calls, rng,

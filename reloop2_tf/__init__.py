@@ -32,7 +32,7 @@ _FROM = {
                             "features_from_frame"],
     "reloop2_tf.layers": ["ErrorCompensation", "KNNErrorMemory", "LSHErrorMemory"],
     "reloop2_tf.models": ["HIDDEN_LAYER", "LOGIT_LAYER", "MODELS", "build_model", "hidden_dim"],
-    "reloop2_tf.wrapper": ["ReLoop2Model", "default_id_groups"],
+    "reloop2_tf.wrapper": ["ReLoop2Model", "default_id_groups", "default_srp_centre"],
 }
 _NAMES = {name: module for module, names in _FROM.items() for name in names}
 
@@ -50,6 +50,7 @@ __all__ = [
     "SparseFeature",
     "build_model",
     "default_id_groups",
+    "default_srp_centre",
     "features",
     "features_from_frame",
     "hidden_dim",

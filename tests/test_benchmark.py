@@ -133,6 +133,18 @@ def test_default_id_groups_follow_the_sides_of_the_log(ml100k):
     assert ["item_id", "interests:each"] in groups and ["item_id", "age"] in groups
 
 
+def test_the_benchmarks_default_memory_centres_its_srp_tables_as_the_librarys_does():
+    groups = [["item_id"], ["user_id", "genre"]]
+    memory = benchmark.MemoryConfig(id_groups=groups)
+    assert memory.layer(0).memory.srp_centre == "user_id"
+    off = benchmark.ablations(memory)
+    assert off["reloop2 no-srp-centre"].layer(0).memory.srp_centre is None
+    # Without SRP tables, or without the user's table, there is nothing to centre.
+    assert off["reloop2 no-srp"].layer(0).memory.srp_centre is None
+    assert off["reloop2 no-crosses"].layer(0).memory.srp_centre is None
+    assert benchmark.paper_memory().layer(0).memory.srp_centre is None
+
+
 def test_ftrl_crosses_a_multi_valued_feature_token_by_token():
     df = pd.DataFrame({"user_id": ["u", "v"], "genres": ["a| b", ""]})
     keys = benchmark._cross_keys(df, [("user_id",), ("user_id", "genres:each")])

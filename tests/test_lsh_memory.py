@@ -737,3 +737,94 @@ def test_a_memory_starts_its_combiner_from_the_sums_another_one_learnt(rng):
     unbuilt = r2.LSHErrorMemory(id_groups=["item"])
     with pytest.raises(ValueError, match="built"):
         unbuilt.set_trust_sums(curvature, moment)
+
+
+def test_srp_centre_writes_srp_rows_net_of_the_users_residual_and_nothing_else(rng):
+    # The same rows into a plain memory and one centred on the user: the id tables, the totals
+    # and the SRP tables' weights and base sums are equal bit for bit; each SRP cell's label
+    # sum is the plain one less the residual r = (y - (1 + rho) b) / (c + 5) of every written
+    # row's user, read from the user's cell and the totals just before that row's batch.
+    groups = ["item", ("user", "genre")]
+    kwargs = dict(num_tables=2, num_bits=3, id_bits=8, id_groups=groups, half_life=None)
+    plain = r2.LSHErrorMemory(**kwargs)
+    centred = r2.LSHErrorMemory(**kwargs, srp_centre="user")
+    by_keys = r2.LSHErrorMemory(**kwargs, srp_centre="user")
+    assert centred.srp_centre == "user" and plain.srp_centre is None
+    for mem in (plain, centred, by_keys):
+        mem.build([None, 4])
+    users = np.array(["u0", "u1", "u2", "u3"])
+    sums = {u: np.zeros(3) for u in users}  # the user's (c, y, b) so far, by hand
+    totals = np.zeros(3)
+    netted = None
+    for _ in range(3):
+        hidden = rng.normal(size=(40, 4)).astype(np.float32)
+        ids = {"item": rng.integers(0, 6, 40).astype(str), "user": rng.choice(users, 40),
+               "genre": rng.choice(["x", "y"], 40)}
+        labels = (rng.random(40) < 0.5).astype(np.float32)
+        base = rng.uniform(0.1, 0.9, 40).astype(np.float32)
+        rho = (totals[1] - totals[2]) / (totals[2] + 1.0)
+        residual = np.array([(sums[u][1] - (1 + rho) * sums[u][2]) / (sums[u][0] + 5.0)
+                             for u in ids["user"]])
+        for u, y, b in zip(ids["user"], labels, base):
+            sums[u] += (1.0, y, b)
+        totals += (40, labels.sum(), base.sum())
+        keys = centred.keys(hidden, ids).numpy()
+        srp_cells = keys[:, :2] + np.array([0, centred.num_buckets])
+        netted = np.zeros(centred.num_cells) if netted is None else netted
+        np.add.at(netted, srp_cells.ravel(), np.repeat(residual, 2))
+        for mem in (plain, centred):
+            mem.update(hidden, labels, base, ids=ids)
+        by_keys.update_by_keys(keys, labels, base)
+    # The four users have cells of their own (else the hand sums above would not be the
+    # table's): key columns 2 SRP, item, user x genre, then the user's own table.
+    assert centred.id_tables[2] == ("user",)
+    probe = {"item": ids["item"][:4], "genre": ids["genre"][:4], "user": users}
+    assert len(set(centred.keys(hidden[:4], probe).numpy()[:, 4])) == 4
+    got, want = centred.sketch.numpy(), plain.sketch.numpy()
+    srp = 2 * centred.num_buckets
+    np.testing.assert_array_equal(got[srp:], want[srp:])
+    np.testing.assert_array_equal(got[:srp, [0, 2]], want[:srp, [0, 2]])
+    np.testing.assert_allclose(got[:srp, 1], want[:srp, 1] - netted[:srp], atol=1e-5)
+    assert np.abs(netted[:srp]).max() > 0.05  # the centring moved something
+    np.testing.assert_array_equal(by_keys.sketch.numpy(), got)  # by keys = by features
+    # Kept by the config and in the layout: memories centred otherwise hold other sums.
+    twin = r2.LSHErrorMemory.from_config(centred.get_config())
+    assert twin.srp_centre == "user" and twin.layout() == centred.layout() != plain.layout()
+    before = centred.snapshot().numpy()
+    with pytest.raises(ValueError, match="same num_tables"):
+        centred.merge(plain)
+    np.testing.assert_array_equal(centred.snapshot().numpy(), before)
+    with pytest.raises(ValueError, match="`srp_centre` should name a feature whose table"):
+        r2.LSHErrorMemory(id_groups=groups, srp_centre="genre")
+    with pytest.raises(ValueError, match="`srp_centre` should name a feature whose table"):
+        r2.LSHErrorMemory(id_groups=["item"], recent_groups=["user"], srp_centre="user")
+    with pytest.raises(ValueError, match="with num_tables=0 there are none"):
+        r2.LSHErrorMemory(num_tables=0, id_groups=groups, srp_centre="user")
+
+
+def test_a_heavy_users_offset_does_not_leak_through_the_srp_tables_when_centred(rng):
+    # One user with an offset (labels 0.9 where the base says 0.5) fills an SRP bucket; another
+    # user's row in the same bucket reads that offset as "similar rows' error" from a plain
+    # memory, and close to nothing from a memory centred on the user, which read the first
+    # user's level from the user's own table (all but the first batch's, written before the
+    # user's table knew them).
+    groups = [("user", "genre")]
+    mems = {c: r2.LSHErrorMemory(num_tables=1, num_bits=2, id_bits=14, id_groups=groups,
+                                 half_life=None, srp_centre=c) for c in (None, "user")}
+    hidden = np.ones((100, 3), np.float32)
+    for _ in range(20):
+        ids = {"user": np.full(100, "heavy"), "genre": rng.choice(["x", "y"], 100)}
+        labels = (rng.random(100) < 0.9).astype(np.float32)
+        # ... among 2,000 rows of 1,000 other users whom the base scores right, elsewhere.
+        crowd = {"user": rng.integers(0, 1000, 2000).astype(str),
+                 "genre": rng.choice(["x", "y"], 2000)}
+        crowd_labels = (rng.random(2000) < 0.5).astype(np.float32)
+        for mem in mems.values():
+            mem.update(-np.ones((2000, 3), np.float32), crowd_labels,
+                       np.full(2000, 0.5, np.float32), ids=crowd)
+            mem.update(hidden, labels, np.full(100, 0.5, np.float32), ids=ids)
+    other = {"user": np.array(["new"]), "genre": np.array(["x"])}
+    srp = {c: float(m.trust_features(m.keys(hidden[:1], other), [0.5], 2.0)[0, 0])
+           for c, m in mems.items()}
+    assert srp[None] > 0.3  # the heavy user's offset, read as similarity
+    assert abs(srp["user"]) < 0.05

@@ -93,3 +93,18 @@ def test_hidden_layer_of_a_shared_layer_picks_a_call(rng):
              "y": rng.normal(size=(2, 3)).astype(np.float32)}
     np.testing.assert_allclose(model.encode(feats)[1].numpy(), shared(feats["y"]).numpy(),
                                rtol=1e-6)
+
+
+def test_the_default_memory_centres_its_srp_tables_on_the_user():
+    # The user's table is in the memory (the first feature of a cross): centre on it.
+    assert r2.default_srp_centre([("item_id",), ("user_id", "genre")]) == "user_id"
+    assert r2.default_srp_centre(["item_id", "user_id"]) == "user_id"
+    assert r2.default_srp_centre([("item_id",), ("item_id", "age")]) is None  # no user table
+    assert r2.default_srp_centre([("uid", "genre")], user="uid") == "uid"
+    model = r2.ReLoop2Model(r2.build_model("dcn", r2.FeatureSpec.movielens()))
+    assert model.memory.srp_centre == "user_id"
+    assert ("user_id",) in model.memory.id_tables
+    x = keras.Input(shape=(3,), name="item_id")  # an item alone: nothing to centre on
+    h = keras.layers.Dense(4, name="hidden")(x)
+    bare = r2.ReLoop2Model(keras.Model({"item_id": x}, keras.layers.Dense(1)(h)))
+    assert bare.memory.id_groups == (("item_id",),) and bare.memory.srp_centre is None

@@ -23,7 +23,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np
 import pandas as pd
 
-from reloop2_tf import ErrorCompensation, LSHErrorMemory, ReLoop2Model
+from reloop2_tf import ErrorCompensation, LSHErrorMemory, ReLoop2Model, default_srp_centre
 from reloop2_tf.data import id_groups_for_frame
 from reloop2_tf.export import export_serving_model
 from reloop2_tf.models import HIDDEN_LAYER, build_model
@@ -107,7 +107,8 @@ def run_fn(fn_args) -> None:
     logger.info("memory id groups: %s", id_groups)
     model = ReLoop2Model(base, hidden_layer=HIDDEN_LAYER, compensation=ErrorCompensation(
         LSHErrorMemory(num_tables=settings.num_tables, num_bits=settings.num_bits,
-                       half_life=settings.half_life, id_groups=id_groups),
+                       half_life=settings.half_life, id_groups=id_groups,
+                       srp_centre=default_srp_centre(id_groups) if settings.num_tables else None),
         compensation_weight=settings.compensation_weight))
     model.set_center({name: center[name] for name in spec.names})
     lap("center")

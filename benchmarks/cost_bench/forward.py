@@ -23,6 +23,7 @@ def default_model(name: str, **memory):
     import reloop2_tf as r2
 
     base = r2.build_model(name, r2.FeatureSpec.movielens())
+    memory = {"srp_centre": r2.default_srp_centre(MOVIELENS_GROUPS), **memory}
     return r2.ReLoop2Model(base, compensation=r2.ErrorCompensation(
         r2.LSHErrorMemory(id_groups=MOVIELENS_GROUPS, **memory)))
 

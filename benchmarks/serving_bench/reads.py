@@ -1,10 +1,11 @@
 """In-process read time and footprint of the default memory after 10^4 .. 10^6 written rows.
 
-One ``ErrorCompensation(LSHErrorMemory(id_groups=MOVIELENS_GROUPS))`` per stored-row count, each
-filled with the same seeded stream of random rows (hidden vectors of the dcn's width, MovieLens-
-like ids with ML-1M's cardinalities), so the smaller memories hold a prefix of the larger one's
-rows. Reads (``compensate`` in a traced ``tf.function``, result fetched) of the same batch are
-timed on the memories in interleaved rounds (``cost_bench.stats.interleaved_medians``)."""
+One ``ErrorCompensation(LSHErrorMemory(id_groups=MOVIELENS_GROUPS, srp_centre="user_id"))`` per
+stored-row count, each filled with the same seeded stream of random rows (hidden vectors of the
+dcn's width, MovieLens-like ids with ML-1M's cardinalities), so the smaller memories hold a
+prefix of the larger one's rows. Reads (``compensate`` in a traced ``tf.function``, result
+fetched) of the same batch are timed on the memories in interleaved rounds
+(``cost_bench.stats.interleaved_medians``)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def _fill(rows: int, dim: int, seed: int):
     import reloop2_tf as r2
     from reloop2_tf._keras import tf
 
-    comp = r2.ErrorCompensation(r2.LSHErrorMemory(id_groups=MOVIELENS_GROUPS))
+    comp = r2.ErrorCompensation(r2.LSHErrorMemory(
+        id_groups=MOVIELENS_GROUPS, srp_centre=r2.default_srp_centre(MOVIELENS_GROUPS)))
     rng = np.random.default_rng(seed)
     ids_spec = {name: tf.TensorSpec([None], tf.string) for name in CARDINALITY}
     write = tf.function(

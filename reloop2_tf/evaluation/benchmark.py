@@ -50,7 +50,7 @@ from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
 from reloop2_tf.layers.lsh_memory import EACH_SEPARATOR, EACH_SLOTS, each_of, popularity_of
 from reloop2_tf.models import build_model
 from reloop2_tf.training import TrainingProgress, compile_model, make_dataset
-from reloop2_tf.wrapper import ReLoop2Model
+from reloop2_tf.wrapper import ReLoop2Model, default_srp_centre
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def ablations(memory: "MemoryConfig") -> dict[str, "MemoryConfig"]:
                                             recent_groups=[]),
            "reloop2 no-recent": replace(memory, recent_groups=[]),
            "reloop2 no-pooling": replace(memory, pooled_groups=[]),
+           "reloop2 no-srp-centre": replace(memory, centre_srp=False),
            "reloop2 slow-trust": replace(memory, trust_half_life=None),
            "reloop2 + user": replace(memory, id_groups=groups + [["user_id"]])}
     for g in groups:
@@ -115,6 +116,9 @@ class MemoryConfig:
     recent_groups: list | None = None
     recent_half_life: float = 5_000.0
     pooled_groups: list | None = None
+    # The SRP tables' writes centred on the user when the memory holds the user's table
+    # (``default_srp_centre``); `False`: the paper's plain residuals.
+    centre_srp: bool = True
     compensation_weight: float = 1.0
     temperature: float = 1.0
     gamma: float = 0.0
@@ -127,7 +131,9 @@ class MemoryConfig:
                                 id_bits=self.id_bits, trust_half_life=self.trust_half_life,
                                 recent_groups=self.recent_groups,
                                 recent_half_life=self.recent_half_life,
-                                pooled_groups=self.pooled_groups)
+                                pooled_groups=self.pooled_groups,
+                                srp_centre=(default_srp_centre(self.id_groups or ())
+                                            if self.centre_srp and self.num_tables else None))
         return ErrorCompensation(memory, compensation_weight=self.compensation_weight,
                                  temperature=self.temperature, gamma=self.gamma,
                                  prior_count=self.prior_count, self_tuning=self.self_tuning)
@@ -592,14 +598,17 @@ def _incremental(base, stream: _Stream, config: BenchConfig, compensation=None, 
         if wrapped is not None:
             # The hidden space moved with the weights: re-encode the latest revealed rows.
             # The SRP tables are rebuilt from re-encoded recent rows (tables only: the model was
-            # just trained on them); the id tables and the combiner's trust carry over, since an
-            # id's bucket does not move with the weights.
+            # just trained on them), written beside the id tables as they are (a memory centred
+            # on the user nets them by the users' levels); the id tables and the combiner's
+            # trust carry over, since an id's bucket does not move with the weights.
             recent_feats, recent_labels = _recent(history, stream, b, config.rebuild_rows)
             memory = wrapped.memory
             kept = memory.snapshot().numpy()
-            wrapped.reset_memory()
-            _warm_start(wrapped, recent_feats, recent_labels, config)
             srp_cells = sum(memory.table_sizes[:memory.num_tables])
+            start = kept.copy()
+            start[:srp_cells] = 0.0
+            memory.restore(start)
+            _warm_start(wrapped, recent_feats, recent_labels, config)
             kept[:srp_cells] = memory.snapshot().numpy()[:srp_cells]
             memory.restore(kept)
     return np.concatenate(probs)

@@ -50,6 +50,10 @@ _POPULARITY_BUCKETS = 16
 EACH = ":each"
 EACH_SEPARATOR = "|"
 EACH_SLOTS = 4
+# With `srp_centre`, a row is written to the SRP tables net of the centring feature's residual
+# shrunk at this count: a user with a handful of rows is believed for part of their level. The
+# figures do not move with it (2, 5 or 20: within 0.01 gAUC on ML-100K DCN, docs/benchmarks.md).
+_CENTRE_PRIOR = 5.0
 # Trust stays in [-_MAX_TRUST, _MAX_TRUST] per group (docs/core.md).
 _MAX_TRUST = 16.0
 # The base-logit column's trust stays in [-_MAX_TEMPER, _MAX_TEMPER]: the corrected logit keeps
@@ -133,6 +137,13 @@ class LSHErrorMemory(ErrorMemory):
             combiner may pool a row's towards (the paper's gamma, learnt: one more feature per
             group). `None`: every single-feature entry of ``id_groups``; `()`: none. Defaults to
             `None`.
+        srp_centre: optional id feature whose table the memory holds (a single-feature group,
+            or the first feature of a cross), such as the user. Every row is then written to
+            the SRP tables net of that feature's residual read just before the write, so that
+            similar rows pool their errors beyond their users' own levels, as a cross is read
+            net of its first feature's (docs/core.md, "SRP tables centred on the user"). The
+            defaults for a log (``default_srp_centre``) name the user. `None`: the paper's
+            plain residuals. Defaults to `None`.
 
     Example:
 
@@ -145,7 +156,7 @@ class LSHErrorMemory(ErrorMemory):
                  half_life: float | None = 100_000.0, id_groups: Iterable = (), id_bits: int = 18,
                  trust_half_life: float | None = 20_000.0, recent_groups: Iterable | None = None,
                  recent_half_life: float = 5_000.0, pooled_groups: Iterable | None = None,
-                 **kwargs):
+                 srp_centre: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(num_tables, int) or num_tables < 0:
             raise ValueError(f"`num_tables` should be an int >= 0. Received: num_tables={num_tables!r}")
@@ -194,6 +205,21 @@ class LSHErrorMemory(ErrorMemory):
             raise ValueError("`pooled_groups` should name single-feature entries of `id_groups`. "
                              f"Received: pooled_groups={[list(g) for g in self.pooled_groups]!r}, "
                              f"id_groups={[list(g) for g in self.id_groups]!r}")
+        long_tables = tables[:self._first_recent - num_tables]
+        if srp_centre is not None:
+            if not isinstance(srp_centre, str) or (srp_centre,) not in long_tables:
+                raise ValueError(
+                    "`srp_centre` should name a feature whose table the memory holds (a "
+                    "single-feature id group or the first feature of a cross): one of "
+                    f"{sorted(t[0] for t in long_tables if len(t) == 1)}. "
+                    f"Received: srp_centre={srp_centre!r}")
+            if not num_tables:
+                raise ValueError("`srp_centre` centres the SRP tables' writes; with num_tables=0 "
+                                 f"there are none. Received: srp_centre={srp_centre!r}")
+        self.srp_centre = srp_centre
+        # The key column of the centring feature's (long) table.
+        self._centre_table = (None if srp_centre is None
+                              else num_tables + long_tables.index((srp_centre,)))
         # The tables of the pooled groups, in `id_groups` order.
         self._pooled = [num_tables + i for i, g in enumerate(self.id_groups)
                         if g in self.pooled_groups]
@@ -392,6 +418,14 @@ class LSHErrorMemory(ErrorMemory):
         # table; smaller batches scatter. Scattering costs ~30x more per update than the pass
         # costs per cell (docs/performance.md), so the pass wins from cells / 32 rows.
         self._dense_write_rows = max(1, self.num_state_rows // (32 * self.num_key_columns))
+        if self.srp_centre is not None:
+            # The centring feature's key column, and where a write's values hold the SRP
+            # cells' label sums (`write_keys`: 3 per cell, then the totals rows).
+            self._centre_key_column = self._table_columns[self._centre_table][0]
+            mask = np.zeros(3 * (self.num_key_columns + (2 if self.recent_groups else 1)),
+                            np.float32)
+            mask[3 * np.arange(k) + 1] = 1.0
+            self._srp_label_mask = tf.constant(mask)
 
     def call(self, hidden, ids=None):
         return self.lookup(hidden, ids)
@@ -876,6 +910,8 @@ class LSHErrorMemory(ErrorMemory):
         # ~40 us at B = 256.
         spread = tf.reshape(tf.eye(3)[:, None, :] / scales[None, :, None], [3, -1])
         values = tf.matmul(values, spread)  # [B, 3 (T + 1 or 2)]
+        if self.srp_centre is not None:
+            values -= self._srp_centring(keys, w)
         if any(self._each_columns):
             # An empty token slot (key 0 of a table keyed by tokens) writes nothing.
             each = tf.constant(self._each_columns + [False] * len(totals))
@@ -906,6 +942,20 @@ class LSHErrorMemory(ErrorMemory):
         self._refresh(trust=trust_delta is not None or self.half_life is not None
                       or bool(self.recent_groups) or self.trust_half_life is not None)
         return tf.reduce_sum(sample_weight)
+
+    def _srp_centring(self, keys, weights) -> tf.Tensor:
+        """What to take off a write's values ``[B, 3 (T + 1 or 2)]`` (as stored) to write its
+        rows to the SRP tables net of ``srp_centre``'s residual: ``w * r`` at every SRP cell's
+        label sum, ``r = (y - (1 + rho) b) / (c + n)`` read from the row's cell of the
+        centring feature's table before the write, as every read of the combiner is (net of
+        the stream's shift ``rho``, by which the SRP reads are netted again;
+        ``n = _CENTRE_PRIOR``)."""
+        column = self._centre_key_column
+        cell = tf.gather(self.sketch, keys[:, column] + self._offsets[column]) * self.scale
+        totals = tf.gather(self.sketch, self.totals_row) * self.scale
+        rho = (totals[1] - totals[2]) / (totals[2] + 1.0)
+        residual = (cell[:, 1] - (1.0 + rho) * cell[:, 2]) / (cell[:, 0] + _CENTRE_PRIOR)
+        return (weights * residual)[:, None] * (self._srp_label_mask / self.scale)[None, :]
 
     def _trust_forgetting(self, rows) -> tf.Tensor:
         """What to add to the combiner's sums (as stored) to scale them by ``0.5 ** (rows /
@@ -1052,6 +1102,8 @@ class LSHErrorMemory(ErrorMemory):
                   "id_tables": [list(t) for t in self.id_tables], "id_bits": self.id_bits,
                   "recent_tables": len(self.recent_groups), "id_hash": _ID_HASH,
                   "pooled_groups": [list(g) for g in self.pooled_groups]}
+        if self.srp_centre is not None:  # (absent otherwise: earlier releases' fingerprints hold)
+            layout["srp_centre"] = self.srp_centre
         if self._each_features:  # how many tokens a row keys, and how they are separated
             layout["each"] = {"slots": EACH_SLOTS, "separator": EACH_SEPARATOR}
         return layout
@@ -1063,7 +1115,8 @@ class LSHErrorMemory(ErrorMemory):
                       id_bits=self.id_bits, trust_half_life=self.trust_half_life,
                       recent_groups=[list(g) for g in self.recent_groups],
                       recent_half_life=self.recent_half_life,
-                      pooled_groups=[list(g) for g in self.pooled_groups])
+                      pooled_groups=[list(g) for g in self.pooled_groups],
+                      srp_centre=self.srp_centre)
         return config
 
 
