@@ -217,7 +217,7 @@ class LSHErrorMemory(ErrorMemory):
                 raise ValueError("`srp_centre` centres the SRP tables' writes; with num_tables=0 "
                                  f"there are none. Received: srp_centre={srp_centre!r}")
         self.srp_centre = srp_centre
-        # The key column of the centring feature's (long) table.
+        # The centring feature's table (its long one, not a recent copy).
         self._centre_table = (None if srp_centre is None
                               else num_tables + long_tables.index((srp_centre,)))
         # The tables of the pooled groups, in `id_groups` order.
