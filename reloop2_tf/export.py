@@ -265,6 +265,11 @@ class _ServingModule(tf.Module):
                                        name="write_count")
         self.write_id_index = tf.lookup.experimental.MutableHashTable(
             tf.int64, tf.int64, default_value=0, name="write_id_index")
+        # Writes run concurrently (TF Serving's and the development server's worker threads);
+        # remembering an id takes the next slot of the ring, a read-modify-write that two
+        # writes must not interleave, or the second evicts the id the first just remembered
+        # (tests/test_exactly_once.py). A mutex of the session's resource manager, by name.
+        self._ring_mutex = f"reloop2_write_ids_{uuid.uuid4().hex}"
 
     def once(self, write_id, write) -> tf.Tensor:
         """Runs ``write()`` (which returns the weight written) unless ``write_id`` is a recent,
@@ -275,14 +280,18 @@ class _ServingModule(tf.Module):
         seen = tf.logical_and(given, self.write_id_index.lookup(code) > 0)
 
         def remember():
-            # The id leaving the ring leaves the index (an empty slot's 0 is never in it).
-            slot = tf.math.floormod(self.write_count, WRITE_ID_WINDOW)
-            leaving = tf.gather(self.write_ids, slot)
-            with tf.control_dependencies([self.write_id_index.remove(leaving[None])]):
-                inserted = self.write_id_index.insert(code[None], tf.ones([1], tf.int64))
-            with tf.control_dependencies([inserted]):
-                self.write_ids.scatter_nd_update(slot[None, None], code[None])
-                self.write_count.assign_add(1)
+            lock = tf.raw_ops.MutexLock(mutex=tf.raw_ops.MutexV2(shared_name=self._ring_mutex))
+            with tf.control_dependencies([lock]):
+                # The id leaving the ring leaves the index (an empty slot's 0 is never in it).
+                slot = tf.math.floormod(self.write_count.read_value(), WRITE_ID_WINDOW)
+                leaving = tf.gather(self.write_ids, slot)
+                with tf.control_dependencies([self.write_id_index.remove(leaving[None])]):
+                    inserted = self.write_id_index.insert(code[None], tf.ones([1], tf.int64))
+                with tf.control_dependencies([inserted]):
+                    ring = self.write_ids.scatter_nd_update(slot[None, None], code[None])
+                    counted = self.write_count.assign_add(1)
+            with tf.control_dependencies([ring, counted]):
+                tf.raw_ops.ConsumeMutexLock(mutex_lock=lock)  # the lock is held until here
             return tf.no_op()
 
         def fresh():

@@ -227,3 +227,35 @@ def test_a_writer_rejects_a_window_that_is_not_a_positive_int():
         with pytest.raises(ValueError, match="in_flight"):
             client.writer(in_flight=bad)
     client.close()
+
+
+def test_concurrent_writes_with_fresh_ids_never_forget_each_others_ids(tmp_path):
+    # Eight threads write with fresh ids into one TF1 Session at once (how gRPC workers run a
+    # SavedModel); then every id is sent again. Each remembered id writes nothing the second
+    # time: a write that forgot another's id (two writes taking the same slot of the ring of
+    # recent ids) would count that one twice.
+    from serving_helpers import Session
+
+    path = ex.export_serving_model(build_model(), tmp_path / "m")
+    session = Session(path)
+    rng = np.random.default_rng(0)
+    features = make_features(8, rng)
+    served = session("predict", **{k: v for k, v in features.items()})
+    keys, base = served["memory_keys"], served["base_probability"]
+    labels, weights = np.ones(8, np.float32), np.ones(8, np.float32)
+
+    def write(k):
+        for j in range(150):
+            session("update_memory_by_keys", memory_keys=keys, base_probability=base,
+                    label=labels, sample_weight=weights, write_id=f"w{k}-{j}")
+
+    with futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(8)))
+    first = float(session("memory_layout")["memory_weight"])
+    assert first == pytest.approx(8 * 150 * 8, rel=0.01)  # the export's half-life: < 1 % off
+    again = [float(session("update_memory_by_keys", memory_keys=keys, base_probability=base,
+                           label=labels, sample_weight=weights,
+                           write_id=f"w{k}-{j}")["weight_written"])
+             for k in range(8) for j in range(150)]
+    assert sum(again) == 0.0
+    session.close()
