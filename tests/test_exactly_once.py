@@ -240,7 +240,7 @@ def test_concurrent_writes_with_fresh_ids_never_forget_each_others_ids(tmp_path)
     session = Session(path)
     rng = np.random.default_rng(0)
     features = make_features(8, rng)
-    served = session("predict", **{k: v for k, v in features.items()})
+    served = session("predict", **features)
     keys, base = served["memory_keys"], served["base_probability"]
     labels, weights = np.ones(8, np.float32), np.ones(8, np.float32)
 

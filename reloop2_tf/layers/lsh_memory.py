@@ -739,7 +739,7 @@ class LSHErrorMemory(ErrorMemory):
         (``trust_features``)."""
         scales = self._table_scales()
         totals = tf.gather(self.sketch, self._totals_rows) * self._clock_scales()[:, None]
-        rho = (totals[:, 1] - totals[:, 2]) / (totals[:, 2] + 1.0)
+        rho = _stream_shift(totals[:, 1], totals[:, 2])
         level = probability_to_logit((totals[0, 2] + 0.5) / (totals[0, 0] + 1.0))
         values = tf.concat([scales, scales * tf.gather(1.0 + rho, self._table_clock),
                             level[None]], axis=0)
@@ -953,7 +953,7 @@ class LSHErrorMemory(ErrorMemory):
         column = self._centre_key_column
         cell = tf.gather(self.sketch, keys[:, column] + self._offsets[column]) * self.scale
         totals = tf.gather(self.sketch, self.totals_row) * self.scale
-        rho = (totals[1] - totals[2]) / (totals[2] + 1.0)
+        rho = _stream_shift(totals[1], totals[2])
         residual = (cell[:, 1] - (1.0 + rho) * cell[:, 2]) / (cell[:, 0] + _CENTRE_PRIOR)
         return (weights * residual)[:, None] * (self._srp_label_mask / self.scale)[None, :]
 
@@ -1118,6 +1118,12 @@ class LSHErrorMemory(ErrorMemory):
                       pooled_groups=[list(g) for g in self.pooled_groups],
                       srp_centre=self.srp_centre)
         return config
+
+
+def _stream_shift(labels, base) -> tf.Tensor:
+    """The stream's relative shift ``rho = (Y - B) / (B + 1)`` from a totals row's label and
+    base sums: every residual is read net of it (docs/core.md)."""
+    return (labels - base) / (base + 1.0)
 
 
 def _with_base_rows(readouts, base_probs) -> tf.Tensor:
