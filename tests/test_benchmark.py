@@ -403,6 +403,39 @@ def test_the_test_memory_starts_from_the_trust_its_setting_learnt_on_validation(
                                rtol=1e-6, atol=1e-7)
 
 
+def test_every_updated_model_takes_over_the_memory_as_it_stands(monkeypatch, ml100k):
+    """``incremental+reloop2``: after each fine-tuning pass the new model serves the memory the
+    previous one wrote, as a new version of a served model does; nothing is rebuilt, so with
+    updates that change nothing it serves exactly what ``reloop2`` serves, and with real
+    updates every row is written once."""
+    from reloop2_tf.models import build_model
+
+    df = ml100k.iloc[:6000]
+    config = benchmark.BenchConfig(dataset="ml-100k", num_slots=3, sweep=False,
+                                   warm_start_rows=1000, center_rows=2000, feedback_every=500)
+    spec = benchmark.spec_for_frame(df)
+    base = build_model("dcn", spec)
+    test = benchmark._Stream(df.iloc[4500:], spec, 3)
+    setting = benchmark.MemoryConfig(id_groups=[["item_id"], ["user_id", "genre"]])
+    probe = benchmark._Probe(base, spec, df.iloc[:4500], test, config)
+    served = probe.replay(setting.layer(0), 500)["probability"]
+    history = (probe.warm_features, probe.warm_labels)
+
+    def incremental(compensation, **changes):
+        return benchmark._incremental(base, test, dataclasses.replace(config, **changes),
+                                      compensation=compensation, center=probe.center,
+                                      history=history)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(benchmark, "_fine_tune", lambda *args: None)
+        np.testing.assert_allclose(incremental(setting.layer(0)), served, rtol=1e-5, atol=1e-6)
+    comp = setting.layer(0)
+    moved = incremental(comp, incremental_learning_rate=1e-2)
+    assert np.abs(moved - served).max() > 1e-3  # the updates moved the model
+    weight = float(comp.memory.snapshot()[comp.memory.totals_row, 0])
+    assert weight == pytest.approx(1000 + 1500, rel=0.02)  # warm rows and test rows, once
+
+
 def test_validation_sweeps_only_what_the_chosen_methods_run(monkeypatch, ml100k):
     """The paper sketch's, the k-NN memory's and each baseline's sweep run only for a method
     that is run; the default memory's settings are chosen whatever runs, the same way."""

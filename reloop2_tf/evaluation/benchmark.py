@@ -18,8 +18,8 @@ Methods, all from the same trained base model:
   reloop2-paper        base + the paper's sketch and read (64 x 12-bit SRP, lambda/gamma/tau);
   reloop2-knn          base + exact k-NN memory (the paper's read);
   incremental          one fine-tuning pass on each slot after it is revealed;
-  incremental+reloop2  both; after each model update the memory is rebuilt by re-encoding the
-                       last ``rebuild_rows`` revealed rows with the new model;
+  incremental+reloop2  both; after each model update the new model takes over the memory as it
+                       stands, as a served new version does (docs/serving.md, section 4);
   item-bias, user-bias per-key running residuals;
   ftrl-offset          FTRL-proximal logistic regression over the memory's id groups, with the
                        base logit as offset.
@@ -176,7 +176,6 @@ class BenchConfig:
     incremental_learning_rate: float = 1e-4
     feedback_every: int | None = 1000
     warm_start_rows: int = 20_000
-    rebuild_rows: int = 20_000
     center_rows: int = 50_000
     hidden_layer: str = "hidden"
     center: bool = True
@@ -574,8 +573,8 @@ def _copy(base: keras.Model, config: BenchConfig) -> keras.Model:
 
 def _incremental(base, stream: _Stream, config: BenchConfig, compensation=None, center=None,
                  history=None, progress=False, trust_sums=None) -> np.ndarray:
-    """Incremental fine-tuning, optionally with a memory rebuilt after each model update (its
-    combiner starting from ``trust_sums``, if given)."""
+    """Incremental fine-tuning, optionally with a memory that every updated model takes over
+    (its combiner starting from ``trust_sums``, if given)."""
     model = _copy(base, config)
     wrapped = None
     if compensation is not None:
@@ -594,23 +593,12 @@ def _incremental(base, stream: _Stream, config: BenchConfig, compensation=None, 
             out = replay_encoded(wrapped.compensation, *_encode_for(wrapped, feats), labels,
                                  [b - a], config.feedback_every)
             probs.append(out["probability"])
+        # The updated model takes over the memory as it stands, as a new version of the same
+        # export does when it is served (docs/serving.md, section 4): an id's bucket does not move
+        # with the weights, and the SRP tables' rows keyed in the previous hidden space age out
+        # at the half-life. Rebuilding them from recent rows re-encoded by the new model lost
+        # their history and cost up to 2.5 gAUC points (docs/benchmarks.md).
         _fine_tune(model, feats, labels, config)
-        if wrapped is not None:
-            # The hidden space moved with the weights: re-encode the latest revealed rows.
-            # The SRP tables are rebuilt from re-encoded recent rows (tables only: the model was
-            # just trained on them), written beside the id tables as they are (a memory centred
-            # on the user nets them by the users' levels); the id tables and the combiner's
-            # trust carry over, since an id's bucket does not move with the weights.
-            recent_feats, recent_labels = _recent(history, stream, b, config.rebuild_rows)
-            memory = wrapped.memory
-            kept = memory.snapshot().numpy()
-            srp_cells = sum(memory.table_sizes[:memory.num_tables])
-            start = kept.copy()
-            start[:srp_cells] = 0.0
-            memory.restore(start)
-            _warm_start(wrapped, recent_feats, recent_labels, config)
-            kept[:srp_cells] = memory.snapshot().numpy()[:srp_cells]
-            memory.restore(kept)
     return np.concatenate(probs)
 
 
@@ -623,19 +611,6 @@ def encode_logits(model: keras.Model, features, batch_size: int = 4096) -> np.nd
                                              reduce_retracing=True)
     return np.concatenate([fn({k: v[s:s + batch_size] for k, v in features.items()}).numpy()
                            .reshape(-1) for s in range(0, n, batch_size)])
-
-
-def _recent(history, stream: _Stream, stop: int, rows: int):
-    """The last ``rows`` revealed rows: the training tail followed by the test rows before ``stop``."""
-    hist_features, hist_labels = history
-    take_test = min(stop, rows)
-    take_hist = min(rows - take_test, len(hist_labels))
-    feats = {k: np.concatenate([hist_features[k][len(hist_labels) - take_hist:],
-                                stream.features[k][stop - take_test:stop]])
-             for k in stream.features}
-    labels = np.concatenate([hist_labels[len(hist_labels) - take_hist:],
-                             stream.labels[stop - take_test:stop]])
-    return feats, labels
 
 
 def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: bool = True,
@@ -798,7 +773,7 @@ def quick_config(config: BenchConfig) -> BenchConfig:
     config.quick = True
     config.epochs = 1
     config.num_slots = min(config.num_slots, 5)
-    config.warm_start_rows = config.rebuild_rows = 5_000
+    config.warm_start_rows = 5_000
     config.center_rows = 20_000
     config.knn = KNNConfig(**{**asdict(config.knn), "capacity": 10_000})
     return config
