@@ -366,7 +366,8 @@ class _ServingModule(tf.Module):
 
         @tf.function(input_signature=[])
         def memory_snapshot():
-            return {SKETCH: memory.snapshot(), MEMORY_WEIGHT: memory.total_weight()}
+            sketch = memory.snapshot()
+            return {SKETCH: sketch, MEMORY_WEIGHT: sketch[memory.totals_row, 0]}
 
         @tf.function(input_signature=[sketch_spec])
         def memory_restore(sketch):
@@ -375,10 +376,9 @@ class _ServingModule(tf.Module):
 
         @tf.function(input_signature=[sketch_spec, id_spec])
         def memory_merge(sketch, write_id):
-            sketch = memory.check_delta(sketch)
-
             def merge():
-                memory.merge(sketch)  # one locked assign_add: safe beside concurrent writers
+                # Checked against the state it is added to, between writes (`_locked`).
+                memory.merge(sketch)
                 return sketch[memory.totals_row, 0]
 
             written = self.once(write_id, merge)

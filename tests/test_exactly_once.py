@@ -259,3 +259,55 @@ def test_concurrent_writes_with_fresh_ids_never_forget_each_others_ids(tmp_path)
              for k in range(8) for j in range(150)]
     assert sum(again) == 0.0
     session.close()
+
+
+def test_concurrent_writes_and_snapshots_across_the_clocks_folds_keep_every_weight(tmp_path):
+    # Cells are stored divided by their forgetting clock's scale, which a write folds back into
+    # true units once it is below 1e-6. With half-lives of 5 rows both clocks fold every ~6
+    # writes of 16 rows, while eight threads write into one TF1 Session and a ninth snapshots.
+    # Every write's `memory_weight` and every snapshot's totals must stay where serial writes
+    # keep them. Before writes took turns, a write landed at a scale another had just folded
+    # away (weights 10^7 times too large), and soon every write failed: "Input is not
+    # invertible", the combiner's sums corrupted.
+    from serving_helpers import ID_GROUPS, Session
+
+    from reloop2_tf import LSHErrorMemory
+
+    def memory():
+        return LSHErrorMemory(num_tables=8, num_bits=5, half_life=5.0, id_groups=ID_GROUPS,
+                              id_bits=10, recent_half_life=5.0)
+
+    session = Session(ex.export_serving_model(build_model(memory=memory()), tmp_path / "m"))
+    layout = memory()
+    served = session("predict", **make_features(16, np.random.default_rng(0)))
+    ones = np.ones(16, np.float32)
+    keep = 0.5 ** (16 / 5.0)  # each write forgets this much, then adds 16 rows
+    low, high = 16 * keep * 0.999, 16 / (1 - keep) * 1.001
+    stop = threading.Event()
+
+    def write(_):
+        weights = [float(session("update_memory_by_keys", memory_keys=served["memory_keys"],
+                                 base_probability=served["base_probability"], label=ones,
+                                 sample_weight=ones)["memory_weight"]) for _ in range(250)]
+        return np.array(weights)
+
+    write(0)  # the snapshots start from a memory that holds rows
+
+    def snapshot():
+        totals = []
+        while not stop.is_set():
+            sketch = session("memory_snapshot")["sketch"]
+            totals.append(sketch[[layout.totals_row, layout.recent_totals_row], 0])
+        return np.array(totals)
+
+    with futures.ThreadPoolExecutor(9) as pool:
+        snapshots = pool.submit(snapshot)
+        try:
+            written = np.concatenate(list(pool.map(write, range(8))))
+        finally:
+            stop.set()
+        totals = snapshots.result()
+    assert len(written) == 2000 and len(totals) > 5
+    assert low <= written.min() and written.max() <= high, (written.min(), written.max())
+    assert low <= totals.min() and totals.max() <= high, (totals.min(), totals.max())
+    session.close()

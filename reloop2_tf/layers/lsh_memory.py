@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import uuid
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -217,6 +218,9 @@ class LSHErrorMemory(ErrorMemory):
                 raise ValueError("`srp_centre` centres the SRP tables' writes; with num_tables=0 "
                                  f"there are none. Received: srp_centre={srp_centre!r}")
         self.srp_centre = srp_centre
+        # Every change of the state holds this mutex (`_locked`), by name in the resource
+        # manager of the session or eager context that runs it.
+        self._mutex_name = f"reloop2_memory_{uuid.uuid4().hex}"
         # The centring feature's table (its long one, not a recent copy).
         self._centre_table = (None if srp_centre is None
                               else num_tables + long_tables.index((srp_centre,)))
@@ -782,9 +786,12 @@ class LSHErrorMemory(ErrorMemory):
         if not np.allclose(curvature, curvature.T, rtol=1e-5, atol=1e-5 * max(
                 1.0, float(np.abs(curvature).max(initial=0.0)))):
             raise ValueError("`curvature` must be symmetric (a sum of outer products)")
-        self.sketch.scatter_nd_update(self._trust_rows()[:, None],
-                                      self._stored_trust_rows(curvature, moment))
-        self._refresh()
+        def set_sums():
+            self.sketch.scatter_nd_update(self._trust_rows()[:, None],
+                                          self._stored_trust_rows(curvature, moment))
+            self._refresh()
+
+        self._locked(set_sums)
 
     def _stored_trust_rows(self, curvature, moment) -> tf.Tensor:
         """``[num_trust_rows, 3]``: the combiner's sums (true units) as the state stores them."""
@@ -853,7 +860,8 @@ class LSHErrorMemory(ErrorMemory):
         return tf.gather(self.sketch, self.recent_totals_row) * self.recent_scale
 
     def total_weight(self) -> tf.Tensor:
-        return self.totals()[0]
+        """The weight of every row written, true units; read between writes (``_locked``)."""
+        return self._locked(lambda: self.totals()[0], changes_state=False)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -887,7 +895,44 @@ class LSHErrorMemory(ErrorMemory):
 
     def write_keys(self, keys, labels, base_probs, sample_weight, trust_delta=None) -> tf.Tensor:
         """Adds ``(w, w*y, w*y_base)`` at every row's T buckets, and ``trust_delta`` (curvature
-        ``[F, F]``, moment ``[F]``) to the combiner's sums. Inputs must be checked already."""
+        ``[F, F]``, moment ``[F]``) to the combiner's sums, one write at a time (``_locked``).
+        Inputs must be checked already."""
+        return self._locked(lambda: self._write_keys(keys, labels, base_probs, sample_weight,
+                                                     trust_delta))
+
+    def _locked(self, change, changes_state: bool = True):
+        """Runs ``change()`` holding the memory's mutex; returns what it returns.
+        ``changes_state=False`` for a read that must not straddle a write (``snapshot``).
+
+        Cells are stored divided by their clock's scale, and a write reads the scale, moves it,
+        adds, and may fold the rows back into true units (``_fold_if_due``). Two writes that
+        interleave could add rows divided by a scale the other had just folded away (a weight
+        10^6 times too large), or set a scale back after the other's fold, after which the
+        combiner's sums no longer solve and every later write fails
+        (``tests/test_exactly_once.py``); a snapshot taken across a fold would mix the two
+        units. Writes, merges, restores and snapshots therefore take turns; reads do not wait.
+        The mutex is an asynchronous kernel: a write that waits holds no thread.
+        """
+        # Locks are taken in the order of the function's earlier changes (a read of the state
+        # runs after them): a later locked read never holds the mutex that an earlier change in
+        # the same call waits for.
+        with tf.control_dependencies([tf.gather(self.sketch, [0])]):
+            lock = tf.raw_ops.MutexLock(mutex=tf.raw_ops.MutexV2(shared_name=self._mutex_name))
+        with tf.control_dependencies([lock]):
+            result = change()
+            done = [t for t in tf.nest.flatten(result) if t is not None]
+            if changes_state:
+                # Reads of every variable a change may set, ordered after its writes (a
+                # function's ops on one variable run in program order): the lock is held until
+                # they ran.
+                done += [tf.gather(self.sketch, [0]), self.scale.read_value(),
+                         self.recent_scale.read_value(), self.trust_solution.read_value(),
+                         tf.gather(self.read_weights, [0]), self.read_offsets.read_value()]
+        with tf.control_dependencies(done):
+            tf.raw_ops.ConsumeMutexLock(mutex_lock=lock)
+        return result
+
+    def _write_keys(self, keys, labels, base_probs, sample_weight, trust_delta) -> tf.Tensor:
         rows = tf.reduce_sum(tf.cast(sample_weight > 0, tf.float32))
         if self.half_life is not None:
             self.scale.assign(self.scale * tf.pow(0.5, rows / self.half_life))
@@ -1011,29 +1056,38 @@ class LSHErrorMemory(ErrorMemory):
 
     def reset(self) -> None:
         """Forgets everything."""
-        self.sketch.assign(tf.zeros_like(self.sketch))
-        self.scale.assign(1.0)
-        self.recent_scale.assign(1.0)
-        self.trust_solution.assign(tf.zeros_like(self.trust_solution))
-        self.read_weights.assign(tf.zeros_like(self.read_weights))
-        self.read_offsets.assign(tf.zeros_like(self.read_offsets))
+        def forget():
+            for variable in (self.sketch, self.trust_solution, self.read_weights,
+                             self.read_offsets):
+                variable.assign(tf.zeros_like(variable))
+            self.scale.assign(1.0)
+            self.recent_scale.assign(1.0)
+
+        self._locked(forget)
 
     def decay(self, factor) -> None:
         """Multiplies every stored weight by ``factor`` in (0, 1]."""
         factor = float(factor)
         if not 0.0 < factor <= 1.0:
             raise ValueError(f"`factor` should be in (0, 1]. Received: factor={factor!r}")
-        self.scale.assign(self.scale * factor)
-        self.recent_scale.assign(self.recent_scale * factor)
-        self._fold_if_due()
-        self._refresh()
+
+        def forget():
+            self.scale.assign(self.scale * factor)
+            self.recent_scale.assign(self.recent_scale * factor)
+            self._fold_if_due()
+            self._refresh()
+
+        self._locked(forget)
 
     # -- snapshots and merges ----------------------------------------------------------------
 
     def snapshot(self) -> tf.Tensor:
         """The whole state in true units, ``[num_state_rows, 3]``: the table cells, the totals
-        row, then the combiner's sums. What ``restore`` and ``merge`` take."""
-        return self.sketch * self._row_scales()[:, None]
+        row, then the combiner's sums. What ``restore`` and ``merge`` take. Taken between
+        writes, never across one (``_locked``)."""
+        self._require_built()
+        return self._locked(lambda: self.sketch * self._row_scales()[:, None],
+                            changes_state=False)
 
     def _check_state(self, state, delta: bool = False) -> tf.Tensor:
         state = tf.convert_to_tensor(state, tf.float32)
@@ -1069,18 +1123,22 @@ class LSHErrorMemory(ErrorMemory):
     def restore(self, state) -> None:
         """Replaces the sketch with ``state`` (from ``snapshot``)."""
         state = self._check_state(state)
-        self.sketch.assign(state)
-        self.scale.assign(1.0)
-        self.recent_scale.assign(1.0)
-        self._refresh()
+
+        def replace():
+            self.sketch.assign(state)
+            self.scale.assign(1.0)
+            self.recent_scale.assign(1.0)
+            self._refresh()
+
+        self._locked(replace)
 
     def merge(self, other) -> None:
         """Adds another memory (an ``LSHErrorMemory``, a ``snapshot`` or a difference of two
         snapshots) with the same layout. A delta may hold negative values (what the other
         memory forgot) as long as no bucket's weight ends below zero.
 
-        One ``assign_add`` holds the variable's lock for the whole add, so a merge never loses a
-        concurrent ``update`` (stored values are true values divided by ``scale``).
+        Merges and writes take turns (``_locked``), so a merge never loses a concurrent
+        ``update`` (stored values are true values divided by ``scale``).
         """
         if isinstance(other, LSHErrorMemory):
             mine, theirs = self.layout(), other.layout()
@@ -1092,9 +1150,13 @@ class LSHErrorMemory(ErrorMemory):
                 raise ValueError("`other` must share this memory's projections and id hashes "
                                  "(same seed and d).")
             other = other.snapshot()
-        state = self.check_delta(other)
-        self.sketch.assign_add(state / self._row_scales()[:, None])
-        self._refresh()
+
+        def add():
+            state = self.check_delta(other)  # checked against the state it is added to
+            self.sketch.assign_add(state / self._row_scales()[:, None])
+            self._refresh()
+
+        self._locked(add)
 
     def layout(self) -> dict:
         """What two memories must share for their sketches to add up."""
