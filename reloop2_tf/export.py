@@ -377,9 +377,9 @@ class _ServingModule(tf.Module):
         @tf.function(input_signature=[sketch_spec, id_spec])
         def memory_merge(sketch, write_id):
             def merge():
-                # Checked against the state it is added to, between writes (`_locked`).
-                memory.merge(sketch)
-                return sketch[memory.totals_row, 0]
+                # Checked against the state it is added to, between writes (`_locked`); the
+                # weight it added, once added.
+                return memory.merge(sketch)
 
             written = self.once(write_id, merge)
             return {"weight_written": written, MEMORY_WEIGHT: memory.total_weight()}

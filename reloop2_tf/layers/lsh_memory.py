@@ -399,6 +399,10 @@ class LSHErrorMemory(ErrorMemory):
                                             initializer="zeros", trainable=False)
         self.read_offsets = self.add_weight(name="read_offsets", shape=[readouts, 1],
                                             initializer="zeros", trainable=False)
+        # The weight of every row written, true units, as of the last change: one variable, so
+        # that `total_weight` reads it whole without waiting for a write (`_locked`).
+        self.written_weight = self.add_weight(name="written_weight", shape=[],
+                                              initializer="zeros", trainable=False)
         # [K*L, K] block-diagonal powers of two: packing every table's bits is one matmul, exact
         # in float32 because every partial sum is an integer below 2**24.
         pack = np.zeros([k * l, k], np.float32)
@@ -844,6 +848,7 @@ class LSHErrorMemory(ErrorMemory):
         weights = self._read_weights_value()
         self.read_weights.assign(weights[:-1])
         self.read_offsets.assign(weights[-1][:, None])
+        self.written_weight.assign(self.totals()[0])
         if trust:
             self.trust_solution.assign(self.solve_trust())
 
@@ -860,8 +865,10 @@ class LSHErrorMemory(ErrorMemory):
         return tf.gather(self.sketch, self.recent_totals_row) * self.recent_scale
 
     def total_weight(self) -> tf.Tensor:
-        """The weight of every row written, true units; read between writes (``_locked``)."""
-        return self._locked(lambda: self.totals()[0], changes_state=False)
+        """The weight of every row written, true units, as of the last write, merge, restore
+        or decay (a variable those set while they hold the mutex, ``_locked``)."""
+        self._require_built()
+        return self.written_weight.read_value()
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -927,10 +934,13 @@ class LSHErrorMemory(ErrorMemory):
                 # they ran.
                 done += [tf.gather(self.sketch, [0]), self.scale.read_value(),
                          self.recent_scale.read_value(), self.trust_solution.read_value(),
-                         tf.gather(self.read_weights, [0]), self.read_offsets.read_value()]
+                         tf.gather(self.read_weights, [0]), self.read_offsets.read_value(),
+                         self.written_weight.read_value()]
         with tf.control_dependencies(done):
             tf.raw_ops.ConsumeMutexLock(mutex_lock=lock)
-        return result
+            # What it returns is ready only once the change has been made, so that nothing
+            # that follows it (the ring of write ids) runs for a change that failed.
+            return None if result is None else tf.nest.map_structure(tf.identity, result)
 
     def _write_keys(self, keys, labels, base_probs, sample_weight, trust_delta) -> tf.Tensor:
         rows = tf.reduce_sum(tf.cast(sample_weight > 0, tf.float32))
@@ -1058,7 +1068,7 @@ class LSHErrorMemory(ErrorMemory):
         """Forgets everything."""
         def forget():
             for variable in (self.sketch, self.trust_solution, self.read_weights,
-                             self.read_offsets):
+                             self.read_offsets, self.written_weight):
                 variable.assign(tf.zeros_like(variable))
             self.scale.assign(1.0)
             self.recent_scale.assign(1.0)
@@ -1132,13 +1142,14 @@ class LSHErrorMemory(ErrorMemory):
 
         self._locked(replace)
 
-    def merge(self, other) -> None:
+    def merge(self, other) -> tf.Tensor:
         """Adds another memory (an ``LSHErrorMemory``, a ``snapshot`` or a difference of two
         snapshots) with the same layout. A delta may hold negative values (what the other
         memory forgot) as long as no bucket's weight ends below zero.
 
         Merges and writes take turns (``_locked``), so a merge never loses a concurrent
-        ``update`` (stored values are true values divided by ``scale``).
+        ``update`` (stored values are true values divided by ``scale``). Returns the weight
+        added (the totals of ``other``).
         """
         if isinstance(other, LSHErrorMemory):
             mine, theirs = self.layout(), other.layout()
@@ -1155,8 +1166,9 @@ class LSHErrorMemory(ErrorMemory):
             state = self.check_delta(other)  # checked against the state it is added to
             self.sketch.assign_add(state / self._row_scales()[:, None])
             self._refresh()
+            return state[self.totals_row, 0]
 
-        self._locked(add)
+        return self._locked(add)
 
     def layout(self) -> dict:
         """What two memories must share for their sketches to add up."""
