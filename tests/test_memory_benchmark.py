@@ -35,11 +35,12 @@ def test_quick_run_writes_consistent_json(tmp_path):
         assert [cell["rows"] for cell in block["cells"]] == sorted(config["rows"])
         # Sketch (its tables, the totals row, then the combiner's sums: F = 4 features (SRP at
         # two shrinkages, base logit, bias), F * (F + 1) values in rows of 3), P, centre, the two
-        # scales, the trust solved from those sums (F values), and the read's weights: the 64
+        # scales and the written weight, the trust solved from those sums (F values), and the
+        # read's weights: the 64
         # tables' cells to U = 5 read-outs (SRP residual and count, mean weight, level, zero),
         # plus U offsets.
         sum_rows = -(-4 * 5 // 3)
-        sketch_bytes = ((64 * 2**12 + 1 + sum_rows) * 3 * 4 + 64 * dim * 12 * 4 + dim * 4 + 2 * 4
+        sketch_bytes = ((64 * 2**12 + 1 + sum_rows) * 3 * 4 + 64 * dim * 12 * 4 + dim * 4 + 3 * 4
                         + 4 * 4 + (3 * 64 * 5 + 5) * 4)
         for cell in block["cells"]:
             assert cell["state_bytes"]["sketch"] == sketch_bytes

@@ -597,7 +597,7 @@ def _incremental(base, stream: _Stream, config: BenchConfig, compensation=None, 
         # export does when it is served (docs/serving.md, section 4): an id's bucket does not move
         # with the weights, and the SRP tables' rows keyed in the previous hidden space age out
         # at the half-life. Rebuilding them from recent rows re-encoded by the new model lost
-        # their history and cost up to 2.5 gAUC points (docs/benchmarks.md).
+        # their history and cost up to 0.8 gAUC points (docs/benchmarks.md).
         _fine_tune(model, feats, labels, config)
     return np.concatenate(probs)
 

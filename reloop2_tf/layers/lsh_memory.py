@@ -790,6 +790,7 @@ class LSHErrorMemory(ErrorMemory):
         if not np.allclose(curvature, curvature.T, rtol=1e-5, atol=1e-5 * max(
                 1.0, float(np.abs(curvature).max(initial=0.0)))):
             raise ValueError("`curvature` must be symmetric (a sum of outer products)")
+
         def set_sums():
             self.sketch.scatter_nd_update(self._trust_rows()[:, None],
                                           self._stored_trust_rows(curvature, moment))
