@@ -55,6 +55,7 @@ import numpy as np
 
 from reloop2_tf._keras import tf
 from reloop2_tf.layers import _validation as v
+from reloop2_tf.layers._mutex import locked, mutex_name
 from reloop2_tf.layers.lsh_memory import LSHErrorMemory
 from reloop2_tf.wrapper import ReLoop2Model
 
@@ -269,7 +270,7 @@ class _ServingModule(tf.Module):
         # remembering an id takes the next slot of the ring, a read-modify-write that two
         # writes must not interleave, or the second evicts the id the first just remembered
         # (tests/test_exactly_once.py). A mutex of the session's resource manager, by name.
-        self._ring_mutex = f"reloop2_write_ids_{uuid.uuid4().hex}"
+        self._ring_mutex = mutex_name("reloop2_write_ids")
 
     def once(self, write_id, write) -> tf.Tensor:
         """Runs ``write()`` (which returns the weight written) unless ``write_id`` is a recent,
@@ -280,24 +281,24 @@ class _ServingModule(tf.Module):
         seen = tf.logical_and(given, self.write_id_index.lookup(code) > 0)
 
         def remember():
-            lock = tf.raw_ops.MutexLock(mutex=tf.raw_ops.MutexV2(shared_name=self._ring_mutex))
-            with tf.control_dependencies([lock]):
-                # The id leaving the ring leaves the index (an empty slot's 0 is never in it).
-                slot = tf.math.floormod(self.write_count.read_value(), WRITE_ID_WINDOW)
-                leaving = tf.gather(self.write_ids, slot)
-                with tf.control_dependencies([self.write_id_index.remove(leaving[None])]):
-                    inserted = self.write_id_index.insert(code[None], tf.ones([1], tf.int64))
-                with tf.control_dependencies([inserted]):
-                    ring = self.write_ids.scatter_nd_update(slot[None, None], code[None])
-                    counted = self.write_count.assign_add(1)
-            with tf.control_dependencies([ring, counted]):
-                tf.raw_ops.ConsumeMutexLock(mutex_lock=lock)  # the lock is held until here
+            # The id leaving the ring leaves the index (an empty slot's 0 is never in it).
+            slot = tf.math.floormod(self.write_count.read_value(), WRITE_ID_WINDOW)
+            leaving = tf.gather(self.write_ids, slot)
+            with tf.control_dependencies([self.write_id_index.remove(leaving[None])]):
+                inserted = self.write_id_index.insert(code[None], tf.ones([1], tf.int64))
+            with tf.control_dependencies([inserted]):
+                ring = self.write_ids.scatter_nd_update(slot[None, None], code[None])
+            with tf.control_dependencies([ring]):
+                return self.write_count.assign_add(1)
+
+        def remember_once():
+            locked(self._ring_mutex, remember)  # the lock is held until the count is added
             return tf.no_op()
 
         def fresh():
             written = write()
             with tf.control_dependencies([written]):
-                tf.cond(given, remember, tf.no_op)
+                tf.cond(given, remember_once, tf.no_op)
                 return tf.identity(written)
 
         return tf.cond(seen, lambda: tf.constant(0.0), fresh)

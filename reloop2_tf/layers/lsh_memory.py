@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import uuid
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.layers import _validation as v
+from reloop2_tf.layers._mutex import locked, mutex_name
 from reloop2_tf.layers.memory_base import ErrorMemory, probability_to_logit
 
 # Below this scale a clock's rows are folded back into true units, so float32 never overflows:
@@ -220,7 +220,7 @@ class LSHErrorMemory(ErrorMemory):
         self.srp_centre = srp_centre
         # Every change of the state holds this mutex (`_locked`), by name in the resource
         # manager of the session or eager context that runs it.
-        self._mutex_name = f"reloop2_memory_{uuid.uuid4().hex}"
+        self._mutex_name = mutex_name("reloop2_memory")
         # The centring feature's table (its long one, not a recent copy).
         self._centre_table = (None if srp_centre is None
                               else num_tables + long_tables.index((srp_centre,)))
@@ -921,27 +921,21 @@ class LSHErrorMemory(ErrorMemory):
         units. Writes, merges, restores and snapshots therefore take turns; reads do not wait.
         The mutex is an asynchronous kernel: a write that waits holds no thread.
         """
+        def done_reads():
+            # Reads of every variable a change may set, ordered after its writes (a function's
+            # ops on one variable run in program order): the lock is held until they ran.
+            if not changes_state:
+                return []
+            return [tf.gather(self.sketch, [0]), self.scale.read_value(),
+                    self.recent_scale.read_value(), self.trust_solution.read_value(),
+                    tf.gather(self.read_weights, [0]), self.read_offsets.read_value(),
+                    self.written_weight.read_value()]
+
         # Locks are taken in the order of the function's earlier changes (a read of the state
         # runs after them): a later locked read never holds the mutex that an earlier change in
         # the same call waits for.
-        with tf.control_dependencies([tf.gather(self.sketch, [0])]):
-            lock = tf.raw_ops.MutexLock(mutex=tf.raw_ops.MutexV2(shared_name=self._mutex_name))
-        with tf.control_dependencies([lock]):
-            result = change()
-            done = [t for t in tf.nest.flatten(result) if t is not None]
-            if changes_state:
-                # Reads of every variable a change may set, ordered after its writes (a
-                # function's ops on one variable run in program order): the lock is held until
-                # they ran.
-                done += [tf.gather(self.sketch, [0]), self.scale.read_value(),
-                         self.recent_scale.read_value(), self.trust_solution.read_value(),
-                         tf.gather(self.read_weights, [0]), self.read_offsets.read_value(),
-                         self.written_weight.read_value()]
-        with tf.control_dependencies(done):
-            tf.raw_ops.ConsumeMutexLock(mutex_lock=lock)
-            # What it returns is ready only once the change has been made, so that nothing
-            # that follows it (the ring of write ids) runs for a change that failed.
-            return None if result is None else tf.nest.map_structure(tf.identity, result)
+        return locked(self._mutex_name, change, after=[tf.gather(self.sketch, [0])],
+                      held_for=done_reads)
 
     def _write_keys(self, keys, labels, base_probs, sample_weight, trust_delta) -> tf.Tensor:
         rows = tf.reduce_sum(tf.cast(sample_weight > 0, tf.float32))
