@@ -27,11 +27,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from reloop2_tf.layers import lsh_memory  # noqa: E402
+from reloop2_tf.layers import combiner, lsh_memory  # noqa: E402
 
 
 def feature_names(memory: lsh_memory.LSHErrorMemory) -> list[str]:
-    """The combiner's features in ``trust_features`` order (``_ReadLayout``)."""
+    """The combiner's features in ``trust_features`` order (``combiner.ReadLayout``)."""
     names = []
     for _ in (1, 10):  # the two shrinkages
         names += ["srp"] if memory.num_tables else []
@@ -43,7 +43,7 @@ def feature_names(memory: lsh_memory.LSHErrorMemory) -> list[str]:
 
 def switch_off(off: set[str]) -> None:
     """Every memory built from now on reads the features named in ``off`` as zeros."""
-    layout, features = lsh_memory._ReadLayout.__init__, lsh_memory._ReadLayout.features
+    layout, features = combiner.ReadLayout.__init__, combiner.ReadLayout.features
 
     def init(self, memory):
         layout(self, memory)
@@ -57,8 +57,8 @@ def switch_off(off: set[str]) -> None:
         out = features(self, rows, prior_count)
         return out * self.keep if hasattr(self, "keep") else out  # built before: unchanged
 
-    lsh_memory._ReadLayout.__init__ = init
-    lsh_memory._ReadLayout.features = read
+    combiner.ReadLayout.__init__ = init
+    combiner.ReadLayout.features = read
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.layers.compensation import ErrorCompensation, probability_to_logit
-from reloop2_tf.layers.lsh_memory import POPULARITY, LSHErrorMemory, each_of
+from reloop2_tf.layers.id_keys import POPULARITY, each_of
+from reloop2_tf.layers.lsh_memory import LSHErrorMemory
 
 
 def _layer_output(model: keras.Model, spec: str):

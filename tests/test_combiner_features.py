@@ -9,7 +9,7 @@ import pytest
 
 import reloop2_tf as r2
 from reloop2_tf._keras import tf
-from reloop2_tf.layers import lsh_memory
+from reloop2_tf.layers import combiner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -53,7 +53,7 @@ def _written(rng):
 def test_switched_off_features_read_zero_and_get_no_trust(monkeypatch):
     full, ids = _written(np.random.default_rng(0))
     for name in ("__init__", "features"):  # the patch is undone after the test
-        monkeypatch.setattr(lsh_memory._ReadLayout, name, getattr(lsh_memory._ReadLayout, name))
+        monkeypatch.setattr(combiner.ReadLayout, name, getattr(combiner.ReadLayout, name))
     combiner_features.switch_off({"base:item", "temper"})
     part, _ = _written(np.random.default_rng(0))
     names = combiner_features.feature_names(part.memory)

@@ -413,7 +413,7 @@ def test_the_fused_read_equals_the_features_written_out(rng, bits):
     keys = mem.keys(hidden, ids).numpy()
     assert keys.max() > 2**20 if bits == 24 else keys.max() < 2**3  # float32-exact up to 2**24
     big = np.array([[2**24 - 1, 0, 7], [1, 2**24 - 2, 2**23 + 1]], np.int32)
-    np.testing.assert_array_equal(r2.layers.lsh_memory.transpose_keys(big).numpy(), big.T)
+    np.testing.assert_array_equal(r2.layers.id_keys.transpose_keys(big).numpy(), big.T)
     base = rng.uniform(0.05, 0.95, 64).astype(np.float32)
     stats = mem.lookup_keys(keys).numpy()
     for n in (2.0, 0.0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from reloop2_tf.layers.lsh_memory import EACH, EACH_SEPARATOR
+from reloop2_tf.layers.id_keys import EACH, EACH_SEPARATOR
 from reloop2_tf.wrapper import default_id_groups
 
 _NOT_FEATURES = ("timestamp", "label", "history")

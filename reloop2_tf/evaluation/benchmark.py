@@ -47,7 +47,7 @@ from reloop2_tf.evaluation.plotting import plot_slots, plot_sweeps
 from reloop2_tf.evaluation.streaming import encode, memory_inputs, replay_encoded, warm_start
 from reloop2_tf.features import FeatureSpec, SequenceFeature, SparseFeature, features_from_frame
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
-from reloop2_tf.layers.lsh_memory import EACH_SEPARATOR, EACH_SLOTS, each_of, popularity_of
+from reloop2_tf.layers.id_keys import EACH_SEPARATOR, EACH_SLOTS, each_of, popularity_of
 from reloop2_tf.models import build_model
 from reloop2_tf.training import TrainingProgress, compile_model, make_dataset
 from reloop2_tf.wrapper import ReLoop2Model, default_srp_centre

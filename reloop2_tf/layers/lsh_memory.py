@@ -13,72 +13,22 @@ import numpy as np
 
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.layers import _validation as v
+from reloop2_tf.layers import combiner
 from reloop2_tf.layers._mutex import locked, mutex_name
+from reloop2_tf.layers.id_keys import (EACH, EACH_SEPARATOR, EACH_SLOTS, ID_HASH,
+                                       POPULARITY_BUCKETS, as_id_strings, each_of, mix_keys,
+                                       normalize_id_groups, popularity_of, split_tokens,
+                                       transpose_keys)
 from reloop2_tf.layers.memory_base import ErrorMemory, probability_to_logit
 
 # Below this scale a clock's rows are folded back into true units, so float32 never overflows:
 # every ~20 half-lives of rows, one pass over that clock's rows (the recent tables' alone, a
 # few MB, every ~100,000 rows at their 5,000-row half-life; all rows every ~2M rows).
 _MIN_SCALE = 1e-6
-# Id keys (``id_bucket_ids``): an odd 64-bit multiplier (2^64 / golden ratio) and an xorshift.
-_MIX = 0x9E3779B97F4A7C15
-_SHIFT = 31
-# The scheme of the id keys; part of `layout`, so memories keyed another way never merge.
-_ID_HASH = "fingerprint64-mix64"
-# Ridge added to the combiner's curvature (about 40 rows of evidence at p = 0.5): with little
-# evidence, or features that move together (a group at its two shrinkages), trust stays small.
-_RIDGE = 10.0
-# Ridge on the two columns that move every row's score at once, the (centred) base logit and the
-# bias: a change of the whole stream's level or spread is believed on the stream's evidence
-# (prior sd 0.1, ~400 rows at p = 0.5), not on a few clicks of a rare-positive log, where a level
-# that moves from one batch to the next reorders rows the base model barely separates (docs/core.md;
-# Open Bandit in docs/benchmarks.md). A group's column moves only rows whose bucket has evidence.
-_GLOBAL_RIDGE = 100.0
-# The bias (the level) is shrunk by max(0, 1 - _LEVEL_GATE * var / w^2), var its posterior
-# variance: it moves only on evidence past two standard errors. A level step between batches
-# reorders a whole stream whose rows the base barely separates (rare positives), whether right or
-# not; a real base-rate shift is many standard errors out within a batch (docs/core.md).
-_LEVEL_GATE = 4.0
-# A cross may name an id group's popularity, "<name>:popularity": the bucket
-# floor(log2(1 + c)), at most _POPULARITY_BUCKETS - 1, of the count c of that group's table in
-# the row's bucket when the row is read (docs/core.md).
-POPULARITY = ":popularity"
-_POPULARITY_BUCKETS = 16
-# A cross may name a multi-valued feature, "<name>:each" (e.g. ("user_id", "genres:each")):
-# its value lists tokens separated by EACH_SEPARATOR ("Comedy|Drama"), and the row keys one cell
-# of the group's table per token, its first EACH_SLOTS tokens; the group is read pooled over
-# them. Bucket 0 of such a table stands for "no token" and is never written (docs/core.md).
-EACH = ":each"
-EACH_SEPARATOR = "|"
-EACH_SLOTS = 4
 # With `srp_centre`, a row is written to the SRP tables net of the centring feature's residual
 # shrunk at this count: a user with a handful of rows is believed for part of their level. The
 # figures do not move with it (2, 5 or 20: within 0.01 gAUC on ML-100K DCN, docs/benchmarks.md).
 _CENTRE_PRIOR = 5.0
-# Trust stays in [-_MAX_TRUST, _MAX_TRUST] per group (docs/core.md).
-_MAX_TRUST = 16.0
-# The base-logit column's trust stays in [-_MAX_TEMPER, _MAX_TEMPER]: the corrected logit keeps
-# between half and 1.5 times the base's, so the base ranking is never inverted by it.
-_MAX_TEMPER = 0.5
-
-
-def normalize_id_groups(id_groups) -> tuple[tuple[str, ...], ...]:
-    """``["item_id", ("user_id", "genre")]`` -> ``(("item_id",), ("user_id", "genre"))``."""
-    if id_groups is None:
-        return ()
-    if isinstance(id_groups, str):
-        raise ValueError("`id_groups` should be a list of feature names or tuples of names, e.g. "
-                         f"['item_id', ('user_id', 'genre')]. Received: id_groups={id_groups!r}")
-    groups = []
-    for group in id_groups:
-        names = (group,) if isinstance(group, str) else tuple(group)
-        if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
-            raise ValueError("every id group should be a feature name or a tuple of distinct names. "
-                             f"Received: {group!r} in id_groups={id_groups!r}")
-        groups.append(names)
-    if len(set(groups)) < len(groups):
-        raise ValueError(f"`id_groups` lists a group twice. Received: id_groups={id_groups!r}")
-    return tuple(groups)
 
 
 @keras.saving.register_keras_serializable(package="reloop2_tf")
@@ -393,7 +343,7 @@ class LSHErrorMemory(ErrorMemory):
         # are fixed by the groups, the clocks' scales, the stream's shift and level; it is
         # rebuilt whenever the state changes, like the trust (docs/performance.md).
         # Zeros read an empty memory exactly: its cells are zero and its level is 0.
-        self._read_layout = _ReadLayout(self)
+        self._read_layout = combiner.ReadLayout(self)
         cells, readouts = self._read_layout.shape
         self.read_weights = self.add_weight(name="read_weights", shape=[cells - 1, readouts],
                                             initializer="zeros", trainable=False)
@@ -484,7 +434,7 @@ class LSHErrorMemory(ErrorMemory):
         if missing:
             raise ValueError(f"`ids` lacks {missing} (the id tables read {list(self.id_features)}). "
                              f"Received keys: {sorted(ids)}")
-        strings = {n: _as_id_strings(ids[n], n) for n in self.id_features}
+        strings = {n: as_id_strings(ids[n], n) for n in self.id_features}
         sizes = tf.stack([tf.size(s) for s in strings.values()])
         expected = sizes[0] if rows is None else rows
         check = v.assert_that(tf.reduce_all(tf.equal(sizes, expected)),
@@ -494,7 +444,7 @@ class LSHErrorMemory(ErrorMemory):
             # One op per feature: hashing a stack of the strings costs the copy of the strings.
             hashed = [tf.strings.to_hash_bucket_fast(strings[n], 2**63 - 1)
                       for n in self._plain_features]
-            tokens = [tf.transpose(_tokens(strings[n])) for n in self._each_features]  # [S, B]
+            tokens = [tf.transpose(split_tokens(strings[n])) for n in self._each_features]  # [S, B]
         # A row of zeros stands for "no feature" in tables shorter than the longest.
         zeros = tf.zeros_like(strings[self.id_features[0]], tf.int64)
         hashed = tf.bitcast(tf.stack([*hashed, zeros]), tf.uint64)
@@ -516,20 +466,14 @@ class LSHErrorMemory(ErrorMemory):
         """int32 ``[len(columns), B]``: the buckets of these id key columns (0 is the first id
         table's) from the hashed rows (``_id_columns``)."""
         columns = list(columns)
-        mix, shift = tf.constant(_MIX, tf.uint64), tf.constant(_SHIFT, tf.uint64)
-        key = tf.constant([self._column_seeds[c] for c in columns], tf.uint64)[:, None]
-        for position in self._id_columns:
-            key = tf.bitwise.bitwise_xor(key, tf.gather(hashed, [position[c] for c in columns]))
-            key = key * mix
-            key = tf.bitwise.bitwise_xor(key, tf.bitwise.right_shift(key, shift))
-        key = key * mix
-        bucket = tf.bitwise.right_shift(key, tf.constant(64 - self.id_bits, tf.uint64))
-        return tf.cast(bucket, tf.int32)
+        return mix_keys(hashed, [self._column_seeds[c] for c in columns],
+                        [[position[c] for c in columns] for position in self._id_columns],
+                        self.id_bits)
 
     def _popularity_rows(self, hashed) -> tf.Tensor:
         """uint64 ``[P, B]``: every row's popularity bucket (plus 1) of each group a cross names,
         ``floor(log2(1 + c))`` of the group table's count ``c`` in the row's bucket now (true
-        units), at most ``_POPULARITY_BUCKETS - 1``. Read before any write of the row, so a
+        units), at most ``POPULARITY_BUCKETS - 1``. Read before any write of the row, so a
         write by keys goes where the row was read from."""
         self._require_built()
         k = self.num_tables
@@ -539,7 +483,7 @@ class LSHErrorMemory(ErrorMemory):
                               tf.int32)
         count = tf.gather(self.sketch, keys + offsets[:, None])[..., 0] * self.scale
         bucket = tf.minimum(tf.floor(tf.math.log1p(tf.maximum(count, 0.0)) / math.log(2.0)),
-                            _POPULARITY_BUCKETS - 1.0)
+                            POPULARITY_BUCKETS - 1.0)
         return tf.cast(tf.cast(bucket, tf.int64) + 1, tf.uint64)
 
     def keys(self, hidden, ids: Mapping | None = None) -> tf.Tensor:
@@ -676,7 +620,8 @@ class LSHErrorMemory(ErrorMemory):
         base_probs = tf.convert_to_tensor(base_probs, tf.float32)
         readouts = self.read_offsets + self._readouts(keys, self._offsets, self.read_weights)
         # Feature-major, so that the gather and every op after it move contiguous rows of B.
-        features = self._read_layout.features(_with_base_rows(readouts, base_probs), prior_count)
+        rows = combiner.with_base_rows(readouts, base_probs)
+        features = self._read_layout.features(rows, prior_count)
         return features, readouts[self._read_layout.support]
 
     def correction(self, keys, base_probs, prior_count: float) -> tuple[tf.Tensor, tf.Tensor]:
@@ -735,7 +680,7 @@ class LSHErrorMemory(ErrorMemory):
 
     def _corrected(self, readouts, base_probs, prior_count: float) -> tuple[tf.Tensor, tf.Tensor]:
         """``(trust . features, support)`` from the rows' read-outs ``[U, B]``."""
-        rows = _with_base_rows(readouts, tf.convert_to_tensor(base_probs, tf.float32))
+        rows = combiner.with_base_rows(readouts, tf.convert_to_tensor(base_probs, tf.float32))
         # The trust as a row: the sum over features is one MatMul.
         correction = tf.matmul(self.trust_solution[None, :],
                                self._read_layout.features(rows, prior_count))
@@ -747,7 +692,7 @@ class LSHErrorMemory(ErrorMemory):
         (``trust_features``)."""
         scales = self._table_scales()
         totals = tf.gather(self.sketch, self._totals_rows) * self._clock_scales()[:, None]
-        rho = _stream_shift(totals[:, 1], totals[:, 2])
+        rho = combiner.stream_shift(totals[:, 1], totals[:, 2])
         level = probability_to_logit((totals[0, 2] + 0.5) / (totals[0, 0] + 1.0))
         values = tf.concat([scales, scales * tf.gather(1.0 + rho, self._table_clock),
                             level[None]], axis=0)
@@ -811,37 +756,8 @@ class LSHErrorMemory(ErrorMemory):
         return tf.identity(self.trust_solution)
 
     def solve_trust(self) -> tf.Tensor:
-        """Solves ``(H + R) w = m`` from the current sums (``R``: ridge 10 on the groups' columns,
-        100 on the base logit's and the bias), the base-logit column held in ``[-0.5, 0.5]``, the
-        bias shrunk towards zero unless its evidence is past two standard errors, and every trust
-        in ``[-16, 16]`` (docs/core.md)."""
-        curvature, moment = self.trust_sums()
-        f = self.num_trust_features
-        ridge = tf.constant([_RIDGE] * (f - 2) + [_GLOBAL_RIDGE] * 2, tf.float32)
-        # One inverse of the system gives every step below: holding a column at a value is a
-        # rank-one correction along the inverse's column, and the inverse's diagonal gives the
-        # posterior variances (three solves before: ~0.1 ms of every write, docs/performance.md).
-        inverse = tf.linalg.inv(curvature + tf.linalg.diag(ridge))
-        solved = tf.linalg.matvec(inverse, moment)
-        # The base-logit column (second to last) may temper the base model's logit, never invert
-        # or double it: its trust stays in [-_MAX_TEMPER, _MAX_TEMPER] and the others are solved
-        # again with it held there (the same solution when it is inside). Near-constant logits
-        # (rare positives) otherwise let it trade off against the bias and flip the ranking.
-        z, b = f - 2, f - 1
-        along_z = inverse[:, z] / inverse[z, z]
-        temper = tf.clip_by_value(solved[z], -_MAX_TEMPER, _MAX_TEMPER)
-        held = solved + along_z * (temper - solved[z])
-        # With it held, the bias's posterior variance and the direction that moves the bias
-        # alone (zero at the base-logit column): the conditional inverse's last column.
-        along_b = inverse[:, b] - along_z * inverse[z, b]
-        bias, variance = held[b], along_b[b]
-        # The level moves every row at once: it is shrunk by the positive-part James-Stein
-        # factor, zero until it is two standard errors from zero (bias^2 > 4 var), and the
-        # groups are solved again around it (the same solution when the factor is 1).
-        shrink = tf.maximum(0.0, 1.0 - _LEVEL_GATE * variance / tf.maximum(bias * bias, 1e-30))
-        groups = held[:z] + along_b[:z] * (bias * (shrink - 1.0) / variance)
-        trust = tf.concat([groups, temper[None], (bias * shrink)[None]], axis=0)
-        return tf.clip_by_value(trust, -_MAX_TRUST, _MAX_TRUST)
+        """The trust solved from the current sums (``combiner.solve_trust``)."""
+        return combiner.solve_trust(*self.trust_sums())
 
     def _refresh(self, trust: bool = True) -> None:
         """Rebuilds what reads gather instead of computing: ``read_weights`` and, with
@@ -1003,7 +919,7 @@ class LSHErrorMemory(ErrorMemory):
         column = self._centre_key_column
         cell = tf.gather(self.sketch, keys[:, column] + self._offsets[column]) * self.scale
         totals = tf.gather(self.sketch, self.totals_row) * self.scale
-        rho = _stream_shift(totals[1], totals[2])
+        rho = combiner.stream_shift(totals[1], totals[2])
         residual = (cell[:, 1] - (1.0 + rho) * cell[:, 2]) / (cell[:, 0] + _CENTRE_PRIOR)
         return (weights * residual)[:, None] * (self._srp_label_mask / self.scale)[None, :]
 
@@ -1172,7 +1088,7 @@ class LSHErrorMemory(ErrorMemory):
         """What two memories must share for their sketches to add up."""
         layout = {"num_tables": self.num_tables, "num_bits": self.num_bits, "seed": self.seed,
                   "id_tables": [list(t) for t in self.id_tables], "id_bits": self.id_bits,
-                  "recent_tables": len(self.recent_groups), "id_hash": _ID_HASH,
+                  "recent_tables": len(self.recent_groups), "id_hash": ID_HASH,
                   "pooled_groups": [list(g) for g in self.pooled_groups]}
         if self.srp_centre is not None:  # (absent otherwise: earlier releases' fingerprints hold)
             layout["srp_centre"] = self.srp_centre
@@ -1190,168 +1106,3 @@ class LSHErrorMemory(ErrorMemory):
                       pooled_groups=[list(g) for g in self.pooled_groups],
                       srp_centre=self.srp_centre)
         return config
-
-
-def _stream_shift(labels, base) -> tf.Tensor:
-    """The stream's relative shift ``rho = (Y - B) / (B + 1)`` from a totals row's label and
-    base sums: every residual is read net of it (docs/core.md)."""
-    return (labels - base) / (base + 1.0)
-
-
-def _with_base_rows(readouts, base_probs) -> tf.Tensor:
-    """``[U + 3, B]``: the read-outs, then the base probability, its logit and 1."""
-    return tf.concat([readouts, tf.stack([base_probs, probability_to_logit(base_probs),
-                                          tf.ones_like(base_probs)])], axis=0)
-
-
-def transpose_keys(keys_t) -> tf.Tensor:
-    """Bucket indices ``[T, B]`` -> ``[B, T]``.
-
-    A float32 matmul by the ``T x T`` identity, exact because every bucket is below 2**24
-    (``num_bits`` and ``id_bits`` are at most 24) and each sum has one non-zero term:
-    ``tf.transpose`` of int32 ``[11, 1024]`` costs ~80 us on CPU, this ~25 us
-    (docs/performance.md).
-    """
-    tables = keys_t.shape[0]
-    # A constant identity when the table count is static (always, inside the memory): no
-    # MatrixDiag and shape ops on every call.
-    eye = (tf.constant(np.eye(tables, dtype=np.float32)) if tables is not None
-           else tf.eye(tf.shape(keys_t)[0]))
-    return tf.cast(tf.matmul(tf.cast(keys_t, tf.float32), eye, transpose_a=True), tf.int32)
-
-
-def popularity_of(name: str) -> str | None:
-    """The group whose popularity ``name`` stands for (``"item_id:popularity"`` ->
-    ``"item_id"``), or `None` for a plain feature name."""
-    if name.endswith(POPULARITY) and len(name) > len(POPULARITY):
-        return name[:-len(POPULARITY)]
-    return None
-
-
-def each_of(name: str) -> str | None:
-    """The multi-valued feature whose every token ``name`` stands for (``"genres:each"`` ->
-    ``"genres"``), or `None` for a plain feature name."""
-    if name.endswith(EACH) and len(name) > len(EACH):
-        return name[:-len(EACH)]
-    return None
-
-
-def _tokens(strings) -> tf.Tensor:
-    """string ``[B, EACH_SLOTS]``: the first tokens of every value (``EACH_SEPARATOR``
-    between tokens, spaces around them stripped), padded with ``""``."""
-    parts = tf.strings.split(strings, EACH_SEPARATOR)
-    return tf.strings.strip(parts.to_tensor(default_value="", shape=[None, EACH_SLOTS]))
-
-
-def _as_id_strings(ids, name: str) -> tf.Tensor:
-    ids = tf.convert_to_tensor(ids)
-    if ids.dtype != tf.string:
-        if not ids.dtype.is_integer:
-            raise ValueError(f"`ids[{name!r}]` must hold strings or integers. "
-                             f"Received: dtype={ids.dtype.name}")
-        ids = tf.strings.as_string(ids)
-    if ids.shape.rank not in (None, 1, 2) or (ids.shape.rank == 2 and ids.shape[1] not in (None, 1)):
-        raise ValueError(f"`ids[{name!r}]` must have shape [B] or [B, 1]. Received: shape={ids.shape}")
-    return tf.reshape(ids, [-1])
-
-
-class _ReadLayout:
-    """Where the combiner's features come from (``LSHErrorMemory.trust_features``), fixed by a
-    memory's groups.
-
-    A row's cells as stored, ``[w, y, b]`` per key column (``3 T`` values), map linearly to
-    ``U`` read-outs: the SRP tables' summed residual and count, every id table's residual and
-    count (summed over its key columns: a multi-valued group's tokens), every pooled group's
-    base sum, the mean weight, and the level.
-    ``read_weights`` ``[3 T, U]`` and ``read_offsets`` ``[U, 1]`` (constants: the level) hold
-    that map for the current state: every non-zero entry is a constant times one of ``values`` =
-    ``[scale_t (T), scale_t (1 + rho_t) (T), level]`` (``weights``). The read-outs and four
-    more rows (the base probability, its logit, 1 and 0) give every feature's five parts
-    ``r, c, p, q, d`` by one gather (``parts``, ``[5, F]`` row indices); a feature is
-    ``(r - c p / (q + n1)) / (d + n2)`` with ``n1``, ``n2`` ``a * prior_count + b``
-    (``shrinkage``).
-    """
-
-    def __init__(self, memory: LSHErrorMemory):
-        t, k = memory.num_key_columns, memory.num_tables
-        level = 2 * t  # the entry of `values` that holds the level
-        entries = []  # (row of read_weights, read-out, entry of `values`, constant)
-        readouts = {}
-
-        def readout(name, *terms):
-            readouts[name] = len(readouts)
-            entries.extend((row, readouts[name], source, constant)
-                           for row, source, constant in terms)
-
-        # A table's read-outs sum its key columns' cells (a multi-valued group's tokens).
-        def count(table, constant=1.0):
-            return [(3 * c, c, constant) for c in memory._table_columns[table]]
-
-        def residual(table):
-            return [e for c in memory._table_columns[table]
-                    for e in ((3 * c + 1, c, 1.0), (3 * c + 2, t + c, -1.0))]
-
-        if k:
-            readout("srp residual", *(e for table in range(k) for e in residual(table)))
-            readout("srp count", *(e for table in range(k) for e in count(table)))
-        for table in range(k, len(memory._table_columns)):
-            readout(("residual", table), *residual(table))
-            readout(("count", table), *count(table))
-        for table in memory._pooled:
-            readout(("base", table), *((3 * c + 2, c, 1.0) for c in memory._table_columns[table]))
-        readout("support", *((3 * c, c, 1.0 / t) for c in range(t)))
-        readout("level", (3 * t, level, 1.0))
-        readout("zero")
-        self.shape = [3 * t + 1, len(readouts)]
-        self.support = readouts["support"]
-        for name in ("base probability", "logit", "one"):  # rows after the read-outs
-            readouts[name] = len(readouts)
-        zero = "zero"
-        parts, n1, n2 = [], [], []  # per feature: (r, c, p, q, d), (a, b) of n1 and of n2
-
-        def feature(r, c, p, q, d, a1, a2):
-            parts.append([readouts[x] for x in (r, c, p, q, d)])
-            n1.append(a1)
-            n2.append(a2)
-
-        for m in (1.0, 10.0):
-            if k:
-                feature("srp residual", zero, zero, zero, "srp count", (0.0, 1.0), (k * m, 1e-12))
-            for i, parent in enumerate(memory._parents):
-                own = ("residual", k + i), ("count", k + i)
-                if parent < 0:
-                    feature(own[0], zero, zero, zero, own[1], (m, 1e-12), (m, 1e-12))
-                else:
-                    feature(own[0], own[1], ("residual", k + parent), ("count", k + parent),
-                            own[1], (m, 1e-12), (m, 1e-12))
-            for table in memory._pooled:
-                feature(("base", table), ("count", table), "base probability", zero,
-                        ("count", table), (0.0, 1.0), (m, 1e-12))
-        for j in range(len(memory.recent_groups)):
-            table = memory._first_recent + j
-            feature(("residual", table), zero, zero, zero, ("count", table), (0.0, 1.0),
-                    (1.0, 1e-12))
-        feature("logit", "one", "level", zero, zero, (0.0, 1.0), (0.0, 1.0))  # logit - level
-        feature("one", zero, zero, zero, zero, (0.0, 1.0), (0.0, 1.0))  # the bias
-        if len(parts) != memory.num_trust_features:
-            raise AssertionError(f"{len(parts)} read features, {memory.num_trust_features} trusts")
-        self.parts = np.array(parts, np.int32).T  # [5, F]
-        rows, columns, sources, constants = zip(*entries)
-        self._indices = np.stack([rows, columns], axis=1).astype(np.int32)
-        self._sources = np.array(sources, np.int32)
-        self._constants = np.array(constants, np.float32)
-        self._n1, self._n2 = np.array(n1, np.float64), np.array(n2, np.float64)
-
-    def weights(self, values) -> tf.Tensor:
-        """``read_weights`` with ``read_offsets`` as a last row, for ``values`` ``[2 T + 1]``."""
-        return tf.scatter_nd(self._indices, self._constants * tf.gather(values, self._sources),
-                             self.shape)
-
-    def features(self, rows, prior_count: float) -> tf.Tensor:
-        """float32 ``[F, B]``: ``(r - c p / (q + n1)) / (d + n2)`` of every feature, from
-        ``rows``: the read-outs ``[U, B]``, then the base probability, its logit and 1
-        (``_with_base_rows``)."""
-        r, c, p, q, d = tf.unstack(tf.gather(rows, self.parts), axis=0)
-        n1, n2 = ((a[:, :1] * prior_count + a[:, 1:]).astype(np.float32)
-                  for a in (self._n1, self._n2))
-        return (r - c * p / (q + n1)) / (d + n2)
