@@ -582,6 +582,27 @@ def test_a_large_write_adds_up_to_the_same_sketch_every_time(rng):
         np.testing.assert_array_equal(snapshot, snapshots[0])
 
 
+def test_a_scattered_write_and_a_dense_one_add_up_to_the_same_bits(rng):
+    # Small batches scatter, large ones add a dense per-cell sum; which one runs depends on the
+    # batch size alone, so a replay cut into other batches must not change a bit. Both sum a
+    # cell's rows in row order and add the sum once.
+    mem = r2.LSHErrorMemory(num_tables=2, num_bits=4, id_groups=["a"], id_bits=6, half_life=None,
+                            recent_groups=())
+    mem.update(rng.normal(size=(64, 4)).astype(np.float32), (rng.random(64) < 0.3).astype(
+        np.float32), rng.random(64).astype(np.float32), ids={"a": rng.integers(0, 9, 64)})
+    before = mem.snapshot().numpy()
+    cells = tf.constant(rng.integers(0, 40, 3000).astype(np.int32))  # ~75 rows per cell
+    scales = rng.choice([1e-3, 1.0, 1e3], (3000, 1))  # sums whose order shows in their bits
+    values = tf.constant((rng.random((3000, 3)) * scales).astype(np.float32))
+    mem._scatter(cells, values)
+    scattered = mem.snapshot().numpy()
+    mem.restore(before)
+    np.testing.assert_array_equal(mem.snapshot().numpy(), before)
+    mem._add_dense(cells, values)
+    np.testing.assert_array_equal(mem.snapshot().numpy(), scattered)
+    assert not np.array_equal(scattered, before)
+
+
 @pytest.mark.parametrize("tables,groups", [(2, []), (0, ["item"]), (2, ["item", ("user", "item")])])
 def test_a_served_read_is_the_trust_times_the_features(rng, tables, groups):
     # SRP tables only, id tables only, both: `serve` joins the two parts, or has only one.

@@ -373,9 +373,9 @@ class LSHErrorMemory(ErrorMemory):
             [self.totals_row, self.recent_totals_row if self.recent_groups else self.totals_row],
             tf.int32)
         # A batch of at least this many rows is summed per cell and added in one pass over the
-        # table; smaller batches scatter. Scattering costs ~30x more per update than the pass
-        # costs per cell (docs/performance.md), so the pass wins from cells / 32 rows.
-        self._dense_write_rows = max(1, self.num_state_rows // (32 * self.num_key_columns))
+        # table; smaller batches scatter. Scattering costs ~12x more per update than the pass
+        # costs per cell (docs/performance.md), so the pass wins from cells / 12 rows.
+        self._dense_write_rows = max(1, self.num_state_rows // (12 * self.num_key_columns))
         if self.srp_centre is not None:
             # The centring feature's key column, and where a write's values hold the SRP
             # cells' label sums (`write_keys`: 3 per cell, then the totals rows).
