@@ -51,6 +51,23 @@ def test_quick_cli_run_writes_results_json_and_plots(tmp_path, ml100k):
         for key in ("auc", "gauc", "logloss"):
             low, high = lift[key + "_ci95"]
             assert low <= lift[key] <= high, (name, key)
+    # Head to head: the first method minus the second, paired, for every pair the claims use.
+    pairs = results["head_to_head"]
+    assert set(pairs) == {f"{b} vs {a}" for a, b in benchmark.HEAD_TO_HEAD}
+    lifts, methods = results["lift_vs_static"], results["methods"]
+    for a, b in benchmark.HEAD_TO_HEAD:
+        d = pairs[f"{b} vs {a}"]
+        assert d["gauc"] == pytest.approx(lifts[b]["gauc"] - lifts[a]["gauc"], abs=1e-12)
+        for key in ("auc", "logloss", "gauc_window"):
+            assert d[key] == pytest.approx(methods[b][key] - methods[a][key], abs=1e-12)
+        for key in ("auc", "gauc", "logloss"):
+            low, high = d[key + "_ci95"]
+            assert low <= d[key] <= high and low < high, (a, b, key)
+    table = benchmark.format_table(results)
+    d = pairs["incremental+reloop2 vs reloop2"]
+    line = next(x for x in table.splitlines() if x.startswith("incremental+reloop2 vs reloop2"))
+    assert line.split()[3:6] == [f"{100 * d['auc']:+.2f}", f"[{100 * d['auc_ci95'][0]:+.2f},",
+                                 f"{100 * d['auc_ci95'][1]:+.2f}]"]
 
 
 @pytest.mark.slow
@@ -332,6 +349,31 @@ def test_seeds_run_the_benchmark_once_per_seed_and_summarize_them(tmp_path, caps
     assert (out / "seeds.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "seeds 3, 5" in printed and "item-bias" in printed
+
+
+def test_the_seeds_summary_counts_the_seeds_where_a_head_to_head_interval_clears_zero():
+    from reloop2_tf.evaluation import seeds
+
+    def run(seed, gauc, ci):
+        figures = {"auc": 0.7, "gauc": 0.7, "logloss": 0.6}
+        return {"dataset": "d", "config": {"model": "dcn", "feedback_every": 1000},
+                "split": {"rows": 10}, "seed": seed,
+                "methods": {"static": figures, "reloop2": figures},
+                "lift_vs_static": {"reloop2": {"auc": 0.0, "gauc": 0.0, "logloss": 0.0}},
+                "head_to_head": {"reloop2 vs item-bias": {
+                    "auc": 0.01, "gauc": gauc, "logloss": -0.001, "gauc_ci95": ci}}}
+
+    runs = [run(0, 0.002, [0.001, 0.003]), run(1, 0.001, [-0.001, 0.003]),
+            run(2, -0.003, [-0.004, -0.002])]
+    summary = seeds.summarize_seeds(runs)
+    pair = summary["head_to_head"]["reloop2 vs item-bias"]
+    assert pair["gauc"]["values"] == [0.002, 0.001, -0.003]
+    assert pair["gauc"]["mean"] == pytest.approx(0.0)
+    assert (pair["gauc_seeds_above"], pair["gauc_seeds_below"]) == (1, 1)
+    assert "reloop2 vs item-bias" in seeds.format_seed_table(summary)
+    # A pair that one run lacks (a run from before the pairs existed) is left out.
+    del runs[1]["head_to_head"]
+    assert seeds.summarize_seeds(runs)["head_to_head"] == {}
 
 
 def test_the_test_memory_starts_from_the_trust_its_setting_learnt_on_validation(ml100k):

@@ -58,6 +58,12 @@ _LOGIT_FNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 METHODS = ("static", "reloop2", "reloop2-paper", "reloop2-knn", "incremental",
            "incremental+reloop2", "item-bias", "user-bias", "ftrl-offset")
 BIAS_KEYS = {"item-bias": "item_id", "user-bias": "user_id"}
+# The comparisons the claims rest on, besides every method against static: (reference, method),
+# reported as the method's figures minus the reference's with paired intervals ("head_to_head"
+# in results.json): the memory against each cheap baseline, and the incremental model with the
+# memory against the memory alone (docs/benchmarks.md).
+HEAD_TO_HEAD = (("item-bias", "reloop2"), ("user-bias", "reloop2"), ("ftrl-offset", "reloop2"),
+                ("reloop2", "incremental+reloop2"), ("incremental", "incremental+reloop2"))
 BIAS_GRID = [BiasMemory(lam, gamma, prior) for lam in (0.3, 0.6, 0.9) for gamma in (0.0, 1.0)
              for prior in (5.0, 20.0)]
 FTRL_GRID = [FTRLOffset(alpha=a) for a in (0.01, 0.02, 0.05, 0.1)]
@@ -703,20 +709,17 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
     for name, p in probs.items():
         if name == "static":
             continue
-        delta, low, high = metrics.gauc_delta_ci(test.labels, probs["static"], p, test.groups,
-                                                 seed=config.seed)
-        static_m, m = results["methods"]["static"], results["methods"][name]
-        _, auc_low, auc_high = metrics.auc_delta_ci(test.labels, probs["static"], p)
-        _, ll_low, ll_high = metrics.logloss_delta_ci(test.labels, probs["static"], p)
+        m = results["methods"][name]
         results["lift_vs_static"][name] = {
-            "auc": m["auc"] - static_m["auc"], "auc_ci95": [auc_low, auc_high],
-            "gauc": delta, "gauc_ci95": [low, high],
-            "gauc_window": m["gauc_window"] - static_m["gauc_window"],
-            "logloss": m["logloss"] - static_m["logloss"], "logloss_ci95": [ll_low, ll_high],
+            **_difference(test, results["methods"], "static", name, probs, config.seed),
             "slots_ahead_of_incremental": (
                 _slots_ahead(m, results["methods"]["incremental"])
                 if "incremental" in results["methods"] and name != "incremental" else None),
         }
+    results["head_to_head"] = {
+        f"{name} vs {reference}": _difference(test, results["methods"], reference, name, probs,
+                                              config.seed)
+        for reference, name in HEAD_TO_HEAD if reference in probs and name in probs}
     if {"reloop2-paper", "reloop2-knn"} <= set(probs):  # the paper's sketch against exact k-NN
         knn_lift = results["lift_vs_static"]["reloop2-knn"]["gauc"]
         results["sketch_share_of_knn_gauc_lift"] = (
@@ -727,6 +730,21 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
     plot_slots(results, output_dir / "slots.png",
                title=f"{config.dataset} / {config.model}: per-slot test metrics")
     return results
+
+
+def _difference(test, summaries: dict, reference: str, name: str, probs: dict,
+                seed: int) -> dict:
+    """``name``'s figures minus ``reference``'s on the test stream, each with its paired 95 %
+    interval: gAUC by a user bootstrap, AUC by DeLong's, logloss by the per-row differences'."""
+    a, b = probs[reference], probs[name]
+    gauc, low, high = metrics.gauc_delta_ci(test.labels, a, b, test.groups, seed=seed)
+    _, auc_low, auc_high = metrics.auc_delta_ci(test.labels, a, b)
+    _, ll_low, ll_high = metrics.logloss_delta_ci(test.labels, a, b)
+    ref, m = summaries[reference], summaries[name]
+    return {"auc": m["auc"] - ref["auc"], "auc_ci95": [auc_low, auc_high],
+            "gauc": gauc, "gauc_ci95": [low, high],
+            "gauc_window": m["gauc_window"] - ref["gauc_window"],
+            "logloss": m["logloss"] - ref["logloss"], "logloss_ci95": [ll_low, ll_high]}
 
 
 def _slots_ahead(method: dict, reference: dict) -> int:
@@ -765,6 +783,19 @@ def format_table(results: dict) -> str:
                  if lift else "")
         lines.append(f"{name:<{width}}{100 * m['auc']:8.2f}{100 * m['gauc']:8.2f}"
                      f"{m['logloss']:9.4f}{extra}")
+    pairs = results.get("head_to_head", {})
+    if pairs:
+        width = max(len(pair) for pair in pairs) + 2
+        lines += ["", "head to head (the first method minus the second, paired 95 % intervals)",
+                  f"{'':<{width}}{'ΔAUC':>8}{'ΔAUC 95% CI':>18}{'ΔgAUC':>8}{'ΔgAUC 95% CI':>18}"
+                  f"{'Δlogloss':>10}{'Δlogloss 95% CI':>22}"]
+        for pair, d in pairs.items():
+            lines.append(f"{pair:<{width}}{100 * d['auc']:+8.2f}"
+                         f"   [{100 * d['auc_ci95'][0]:+.2f}, {100 * d['auc_ci95'][1]:+.2f}]"
+                         f"{100 * d['gauc']:+8.2f}"
+                         f"   [{100 * d['gauc_ci95'][0]:+.2f}, {100 * d['gauc_ci95'][1]:+.2f}]"
+                         f"{d['logloss']:+10.4f}"
+                         f"   [{d['logloss_ci95'][0]:+.4f}, {d['logloss_ci95'][1]:+.4f}]")
     return "\n".join(lines)
 
 

@@ -56,8 +56,18 @@ def summarize_seeds(runs: list[dict]) -> dict:
             figures.update({f"lift_{key}": _spread([run["lift_vs_static"][name][key]
                                                     for run in runs]) for key in keys})
         methods[name] = figures
+    # The head-to-head differences every run has (runs before the fourteenth session have none),
+    # with how many seeds' 95 % intervals lie wholly above zero and wholly below it.
+    pairs = [pair for pair in runs[0].get("head_to_head", {})
+             if all(pair in run.get("head_to_head", {}) for run in runs)]
+    head_to_head = {}
+    for pair in pairs:
+        diffs = [run["head_to_head"][pair] for run in runs]
+        head_to_head[pair] = {key: _spread([d[key] for d in diffs]) for key in ("auc", "gauc", "logloss")}
+        head_to_head[pair]["gauc_seeds_above"] = sum(d["gauc_ci95"][0] > 0 for d in diffs)
+        head_to_head[pair]["gauc_seeds_below"] = sum(d["gauc_ci95"][1] < 0 for d in diffs)
     return {"dataset": runs[0]["dataset"], "model": runs[0]["config"]["model"],
-            "seeds": seeds, "methods": methods}
+            "seeds": seeds, "methods": methods, "head_to_head": head_to_head}
 
 
 def _spread(values: list[float]) -> dict:
@@ -113,4 +123,14 @@ def format_seed_table(summary: dict) -> str:
                     f"{cell(window, 100, 2, '+') if window else '':>15}   "
                     + " ".join(f"{100 * v:+.2f}" for v in m["lift_gauc"]["values"]))
         lines.append(row)
+    pairs = summary.get("head_to_head", {})
+    if pairs:
+        width = max(len(pair) for pair in pairs) + 2
+        lines += ["", "head to head (the first method minus the second): mean ± sd; seeds whose "
+                  "ΔgAUC interval is above / below 0",
+                  f"{'':<{width}}{'ΔAUC':>15}{'ΔgAUC':>15}{'Δlogloss':>18}{'above / below':>16}"]
+        for pair, d in pairs.items():
+            lines.append(f"{pair:<{width}}{cell(d['auc'], 100, 2, '+'):>15}"
+                         f"{cell(d['gauc'], 100, 2, '+'):>15}{cell(d['logloss'], 1, 4, '+'):>18}"
+                         f"{d['gauc_seeds_above']:>9} / {d['gauc_seeds_below']}")
     return "\n".join(lines)
