@@ -64,3 +64,29 @@ def test_bad_input_leaves_buffer_untouched(rng):
 def test_bad_config(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         r2.KNNErrorMemory(**kwargs)
+
+
+def test_concurrent_writers_each_get_their_own_slots(rng):
+    # A write takes the next slots of the ring, a read-modify-write of its position: eight
+    # threads writing at once must fill every slot once, none overwriting another's rows.
+    from concurrent import futures
+
+    writers, batches, rows = 8, 40, 4
+    mem = r2.KNNErrorMemory(capacity=writers * batches * rows, top_k=4)
+    mem.build([None, 6])
+    write = tf.function(mem.update)
+    hidden = tf.constant(rng.normal(size=(rows, 6)).astype(np.float32))
+    ones = tf.ones([rows])
+    write(hidden, ones, tf.fill([rows], 0.5), tf.zeros([rows]))  # traced once, writes nothing
+
+    def run(k):
+        mark = tf.fill([rows], (k + 1) / 10)  # the writer, as the rows' base probability
+        for _ in range(batches):
+            write(hidden, ones, mark, ones)
+
+    with futures.ThreadPoolExecutor(writers) as pool:
+        list(pool.map(run, range(writers)))
+    assert int(mem.position.numpy()) == 0  # every slot taken once: the ring came round
+    assert (mem.row_weights.numpy() == 1.0).all()
+    marks = np.round(mem.base_probs.numpy() * 10).astype(int) - 1
+    np.testing.assert_array_equal(np.bincount(marks, minlength=writers), [batches * rows] * writers)

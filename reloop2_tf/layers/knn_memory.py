@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from reloop2_tf._keras import keras, tf
+from reloop2_tf.layers._mutex import locked, mutex_name
 from reloop2_tf.layers.memory_base import ErrorMemory
 
 
@@ -28,6 +29,9 @@ class KNNErrorMemory(ErrorMemory):
             raise ValueError(f"`top_k` should be an int in [1, capacity]. Received: top_k={top_k!r}")
         self.capacity = capacity
         self.top_k = top_k
+        # A write advances the ring's position read-modify-write: writes, resets and decays
+        # take turns on this mutex, so that concurrent writers never take the same slots.
+        self._mutex_name = mutex_name("reloop2_knn_memory")
 
     def _build_state(self, dim: int) -> None:
         c = self.capacity
@@ -50,6 +54,9 @@ class KNNErrorMemory(ErrorMemory):
     def _write(self, hidden, labels, base_probs, sample_weight, ids=None) -> tf.Tensor:
         if ids is not None:
             raise ValueError("KNNErrorMemory has no id tables: `ids` must be None")
+        return self._locked(lambda: self._write_rows(hidden, labels, base_probs, sample_weight))
+
+    def _write_rows(self, hidden, labels, base_probs, sample_weight) -> tf.Tensor:
         # Zero-weight rows must not take a slot, or padding would evict real rows.
         keep = tf.reshape(tf.where(sample_weight > 0.0), [-1])
         keep = keep[-self.capacity:]  # a batch larger than the buffer keeps its newest rows
@@ -62,6 +69,15 @@ class KNNErrorMemory(ErrorMemory):
         self.row_weights.scatter_nd_update(slots, tf.gather(sample_weight, keep))
         self.position.assign((self.position + n) % self.capacity)
         return tf.reduce_sum(sample_weight)
+
+    def _locked(self, change):
+        """Runs ``change()`` holding the memory's mutex (``_mutex.locked``), until every
+        variable it may set has been set (a one-element read of each, ordered after its writes:
+        no copy of the buffer)."""
+        return locked(self._mutex_name, change, held_for=lambda: [
+            *(tf.gather(v, [0]) for v in (self.keys, self.labels, self.base_probs,
+                                          self.row_weights)),
+            self.position.read_value()])
 
     def neighbours(self, hidden) -> dict[str, tf.Tensor]:
         """Top-k neighbours: ``similarity``, ``index`` and ``valid``, each ``[B, top_k]``."""
@@ -98,16 +114,23 @@ class KNNErrorMemory(ErrorMemory):
 
     def reset(self) -> None:
         """Forgets everything."""
-        for var in (self.keys, self.labels, self.base_probs, self.row_weights):
-            var.assign(tf.zeros_like(var))
-        self.position.assign(0)
+        def forget():
+            for var in (self.keys, self.labels, self.base_probs, self.row_weights):
+                var.assign(tf.zeros_like(var))
+            self.position.assign(0)
+
+        self._locked(forget)
 
     def decay(self, factor) -> None:
         """Multiplies every stored weight by ``factor`` in (0, 1]."""
         factor = float(factor)
         if not 0.0 < factor <= 1.0:
             raise ValueError(f"`factor` should be in (0, 1]. Received: factor={factor!r}")
-        self.row_weights.assign(self.row_weights * factor)
+
+        def shrink():
+            self.row_weights.assign(self.row_weights * factor)
+
+        self._locked(shrink)
 
     def get_config(self):
         config = super().get_config()
