@@ -47,6 +47,7 @@ def test_quick_cli_run_writes_results_json_and_plots(tmp_path, ml100k):
         ml100k["timestamp"].iloc[results["split"]["train_rows"] - 1])
     assert (out / "slots.png").stat().st_size > 10_000
     assert (out / "sweeps.png").stat().st_size > 10_000
+    assert (out / "head_to_head.png").stat().st_size > 10_000
     for name, lift in results["lift_vs_static"].items():
         for key in ("auc", "gauc", "logloss"):
             low, high = lift[key + "_ci95"]

@@ -43,7 +43,7 @@ from reloop2_tf._keras import keras, tf
 from reloop2_tf.data import DataError, id_groups_for_frame, slots as split_slots
 from reloop2_tf.evaluation import metrics
 from reloop2_tf.evaluation.baselines import BiasMemory, FTRLOffset
-from reloop2_tf.evaluation.plotting import plot_slots, plot_sweeps
+from reloop2_tf.evaluation.plotting import plot_head_to_head, plot_slots, plot_sweeps
 from reloop2_tf.evaluation.streaming import encode, memory_inputs, replay_encoded, warm_start
 from reloop2_tf.features import FeatureSpec, SequenceFeature, SparseFeature, features_from_frame
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
@@ -729,6 +729,10 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
     (output_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
     plot_slots(results, output_dir / "slots.png",
                title=f"{config.dataset} / {config.model}: per-slot test metrics")
+    if results["head_to_head"]:
+        plot_head_to_head(results, output_dir / "head_to_head.png",
+                          title=f"{config.dataset} / {config.model}: the first method minus the "
+                                "second, paired 95 % intervals")
     return results
 
 
