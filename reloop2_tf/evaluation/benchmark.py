@@ -731,8 +731,7 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
                title=f"{config.dataset} / {config.model}: per-slot test metrics")
     if results["head_to_head"]:
         plot_head_to_head(results, output_dir / "head_to_head.png",
-                          title=f"{config.dataset} / {config.model}: the first method minus the "
-                                "second, paired 95 % intervals")
+                          run=f"{config.dataset} / {config.model}")
     return results
 
 

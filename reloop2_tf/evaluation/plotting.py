@@ -117,9 +117,10 @@ def plot_seeds(summary: dict, path) -> None:
     plt.close(fig)
 
 
-def plot_head_to_head(results: dict, path, title: str = "") -> None:
+def plot_head_to_head(results: dict, path, run: str = "") -> None:
     """Every head-to-head difference of a ``reloop2 bench`` run (the first method minus the
-    second) with its paired 95 % interval, for gAUC, AUC and logloss: a tie is a bar across 0."""
+    second) with its paired 95 % interval, for gAUC, AUC and logloss: a tie is a bar across 0.
+    ``run`` (e.g. ``"ml-1m / dcn"``) starts the title."""
     pairs = results["head_to_head"]
     names = list(pairs)
     fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(names) + 1.6), sharey=True)
@@ -134,7 +135,8 @@ def plot_head_to_head(results: dict, path, title: str = "") -> None:
         ax.grid(alpha=0.3, axis="x")
     axes[0].set_yticks(y, names, fontsize=8)
     axes[0].invert_yaxis()
-    fig.suptitle(title or "head to head: the first method minus the second, paired 95 % intervals")
+    fig.suptitle(f"{run + ': ' if run else ''}the first method minus the second, paired 95 % "
+                 "intervals")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
