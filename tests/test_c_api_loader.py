@@ -7,10 +7,7 @@ several threads, update_memory with string features, memory_snapshot and memory_
 SignatureDef tensor names this test resolves; the answers must equal the TF1 Session's.
 """
 
-import os
-import shutil
-import struct
-import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,24 +18,16 @@ import reloop2_tf as r2
 from reloop2_tf import export as ex
 from reloop2_tf._keras import tf
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from serving_bench.c_api import FreshIds, Plan, build_runner, results  # noqa: E402
+
 pytestmark = pytest.mark.e2e
-RUNNER = Path(__file__).parent / "c_api" / "saved_model_runner.c"
-TF_DIR = Path(os.path.dirname(tf.__file__))
 ROWS = 6
 
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
-    gcc = shutil.which("gcc")
-    assert gcc, "gcc is needed to build the C API test program (apt-get install gcc)"
-    assert (TF_DIR / "include" / "tensorflow" / "c" / "c_api.h").is_file(), TF_DIR
-    binary = tmp_path_factory.mktemp("c_api") / "saved_model_runner"
-    command = [gcc, "-O1", "-Wall", str(RUNNER), "-o", str(binary),
-               f"-I{TF_DIR / 'include'}", f"-L{TF_DIR}", "-l:libtensorflow_cc.so.2",
-               "-l:libtensorflow_framework.so.2", "-lpthread", f"-Wl,-rpath,{TF_DIR}"]
-    build = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stderr
-    return binary
+    return build_runner(tmp_path_factory.mktemp("c_api") / "saved_model_runner")
 
 
 def _features(model, n, rng):
@@ -90,80 +79,6 @@ def exported(request, tmp_path_factory):
     return request.param, model, Path(path)
 
 
-def write_tensor(path, value):
-    value = np.asarray(value)
-    dtype = tf.as_dtype(tf.string if value.dtype == object else value.dtype)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<ii", dtype.as_datatype_enum, value.ndim))
-        f.write(struct.pack(f"<{value.ndim}q", *value.shape))
-        if dtype == tf.string:
-            for item in value.ravel():
-                data = item.encode() if isinstance(item, str) else bytes(item)
-                f.write(struct.pack("<Q", len(data)) + data)
-        else:
-            f.write(np.ascontiguousarray(value).tobytes())
-
-
-def read_tensor(path):
-    raw = Path(path).read_bytes()
-    enum, rank = struct.unpack_from("<ii", raw)
-    shape = struct.unpack_from(f"<{rank}q", raw, 8)
-    offset = 8 + 8 * rank
-    dtype = tf.dtypes.as_dtype(enum)
-    if dtype == tf.string:
-        items = []
-        for _ in range(int(np.prod(shape))):
-            (length,) = struct.unpack_from("<Q", raw, offset)
-            items.append(raw[offset + 8:offset + 8 + length])
-            offset += 8 + length
-        return np.array(items, dtype=object).reshape(shape)
-    return np.frombuffer(raw, dtype.as_numpy_dtype, offset=offset).reshape(shape)
-
-
-class Plan:
-    """The C program's plan: steps of concurrent calls on signature tensors by name."""
-
-    def __init__(self, folder: Path, signature_defs):
-        self.folder, self.sigs, self.lines, self.files = folder, signature_defs, [], 0
-
-    def step(self, *calls):
-        """``calls``: ``(signature, inputs, threads, repeat)``; returns each call's output files."""
-        self.lines.append("step")
-        outs = []
-        for signature, inputs, threads, repeat in calls:
-            sig = self.sigs[signature]
-            assert set(inputs) == set(sig.inputs), (signature, sorted(sig.inputs))
-            self.lines.append(f"call {threads} {repeat}")
-            for alias, value in sorted(inputs.items()):
-                self.files += 1
-                path = self.folder / f"in{self.files}.tensor"
-                write_tensor(path, value)
-                self.lines.append(f"in {sig.inputs[alias].name} {path}")
-            files = {}
-            for alias in sorted(sig.outputs):
-                self.files += 1
-                files[alias] = self.folder / f"out{self.files}.tensor"
-                self.lines.append(f"out {sig.outputs[alias].name} {files[alias]}")
-            outs.append((files, threads))
-        self.lines.append("end")
-        return outs
-
-    def run(self, binary, export_dir):
-        plan = self.folder / "plan.txt"
-        plan.write_text("\n".join(self.lines) + "\n")
-        done = subprocess.run([str(binary), str(export_dir), str(plan)], capture_output=True,
-                              text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "loaded " in done.stdout
-
-
-def results(call):
-    """Every thread's outputs of one call: ``[{alias: ndarray}, ...]``."""
-    files, threads = call
-    return [{alias: read_tensor(f"{path}.{k}") for alias, path in files.items()}
-            for k in range(threads)]
-
-
 def assert_outputs_equal(got, expected, atol=1e-6):
     assert set(got) == set(expected)
     for key, value in expected.items():
@@ -206,7 +121,12 @@ def test_c_api_loader_matches_tf1_session(runner, exported, tmp_path):
     # One write id sent three times: the C++ loader's session writes it once.
     (once,) = plan.step(("update_memory", {**write, "write_id": np.array("c-api", object)}, 1, 3))
     (snap4,) = plan.step(("memory_snapshot", {}, 1, 1))
-    plan.run(runner, path)
+    # A new write id on every run ("id" in the plan): two threads' three writes each all land.
+    (fresh,) = plan.step(("update_memory", {**write, "write_id": FreshIds("c-api")}, 2, 3))
+    (snap5,) = plan.step(("memory_snapshot", {}, 1, 1))
+    seconds = plan.run(runner, path)
+    assert len(seconds) == len([line for line in plan.lines if line == "end"])
+    assert all(s > 0 for s in seconds)
 
     # The Python (TF1 Session) side, the same calls in order.
     exported_memory = sess("memory_snapshot")
@@ -258,4 +178,9 @@ def test_c_api_loader_matches_tf1_session(runner, exported, tmp_path):
     np.testing.assert_allclose(float(results(snap4)[0]["memory_weight"]),
                                float(final["memory_weight"]) + write["sample_weight"].sum(),
                                rtol=1e-3)
+    for out in results(fresh):
+        assert float(out["weight_written"]) == write["sample_weight"].sum()
+    np.testing.assert_allclose(float(results(snap5)[0]["memory_weight"]),
+                               float(results(snap4)[0]["memory_weight"])
+                               + 6 * write["sample_weight"].sum(), rtol=1e-3)
     sess.close()

@@ -11,10 +11,14 @@
  *     call THREADS REPEAT         THREADS threads each run the call REPEAT times
  *     in TENSOR FILE              feed TENSOR ("op:index") from FILE
  *     out TENSOR FILE             fetch TENSOR; thread k writes its last value to FILE.k
+ *     id TENSOR PREFIX            feed TENSOR a new scalar string on every run,
+ *                                 "PREFIX.<thread>.<run>" (a fresh write_id per write)
  *     end
  *
  * Tensor files: int32 dtype (TF_DataType), int32 rank, int64 dims[rank], then the values:
  * raw little-endian numbers, or for TF_STRING, each element as uint64 length + bytes.
+ * Each step prints its wall time ("step N: S s", from the first thread's start to the last
+ * one's end): benchmarks/loader_benchmark.py times the signatures with it.
  * Exit status: 0 on success; 1 with a message on stderr naming the failing call otherwise.
  */
 #include <pthread.h>
@@ -22,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tensorflow/c/c_api.h"
 #include "tensorflow/c/tf_tstring.h"
@@ -112,11 +117,23 @@ static TF_Output resolve(TF_Graph* graph, const char* tensor) {
 }
 
 typedef struct {
-  int threads, repeat, n_in, n_out, line;
+  int threads, repeat, n_in, n_out, line, id_input; /* id_input: -1, or the "id" input */
   TF_Output in[MAX_TENSORS], out[MAX_TENSORS];
   TF_Tensor* values[MAX_TENSORS];
   char out_path[MAX_TENSORS][1024];
+  char id_prefix[256];
 } Call;
+
+/* A scalar TF_STRING tensor holding "prefix.thread.run". */
+static TF_Tensor* id_tensor(const char* prefix, int thread, int run) {
+  char text[320];
+  int len = snprintf(text, sizeof(text), "%s.%d.%d", prefix, thread, run);
+  TF_Tensor* t = TF_AllocateTensor(TF_STRING, NULL, 0, sizeof(TF_TString));
+  TF_TString* s = (TF_TString*)TF_TensorData(t);
+  TF_StringInit(s);
+  TF_StringCopy(s, text, (size_t)len);
+  return t;
+}
 
 typedef struct {
   TF_Session* session;
@@ -130,10 +147,14 @@ static void* run_job(void* arg) {
   Call* c = job->call;
   TF_Status* status = TF_NewStatus();
   TF_Tensor* outputs[MAX_TENSORS];
+  TF_Tensor* values[MAX_TENSORS];
+  memcpy(values, c->values, sizeof(values));
   for (int r = 0; r < c->repeat; r++) {
     memset(outputs, 0, sizeof(outputs));
-    TF_SessionRun(job->session, NULL, c->in, c->values, c->n_in, c->out, outputs, c->n_out,
+    if (c->id_input >= 0) values[c->id_input] = id_tensor(c->id_prefix, job->index, r);
+    TF_SessionRun(job->session, NULL, c->in, values, c->n_in, c->out, outputs, c->n_out,
                   NULL, 0, NULL, status);
+    if (c->id_input >= 0) TF_DeleteTensor(values[c->id_input]);
     if (TF_GetCode(status) != TF_OK) {
       snprintf(job->error, sizeof(job->error), "plan line %d, thread %d, run %d: %s", c->line,
                job->index, r, TF_Message(status));
@@ -173,7 +194,8 @@ static int run_step(TF_Session* session, Call* calls, int n_calls) {
     }
   }
   for (int c = 0; c < n_calls; c++)
-    for (int k = 0; k < calls[c].n_in; k++) TF_DeleteTensor(calls[c].values[k]);
+    for (int k = 0; k < calls[c].n_in; k++)
+      if (k != calls[c].id_input) TF_DeleteTensor(calls[c].values[k]);
   return failed;
 }
 
@@ -203,9 +225,17 @@ int main(int argc, char** argv) {
       Call* c = &calls[n_calls++];
       memset(c, 0, sizeof(*c));
       c->line = line_no;
+      c->id_input = -1;
       if (sscanf(line, "call %d %d", &c->threads, &c->repeat) != 2 || c->threads < 1 ||
           c->threads > MAX_THREADS || c->repeat < 1)
         die("bad call line", line);
+    } else if (!strcmp(word, "id")) {
+      if (n_calls == 0 || sscanf(line, "%*s %2047s %255s", a, b) != 2) die("bad line", line);
+      Call* c = &calls[n_calls - 1];
+      if (c->n_in == MAX_TENSORS || c->id_input >= 0) die("too many inputs", line);
+      c->in[c->n_in] = resolve(graph, a);
+      memcpy(c->id_prefix, b, strlen(b) + 1);
+      c->id_input = c->n_in++;
     } else if (!strcmp(word, "in") || !strcmp(word, "out")) {
       if (n_calls == 0 || sscanf(line, "%*s %2047s %2047s", a, b) != 2) die("bad line", line);
       Call* c = &calls[n_calls - 1];
@@ -220,9 +250,13 @@ int main(int argc, char** argv) {
         memcpy(c->out_path[c->n_out++], b, strlen(b) + 1);
       }
     } else if (!strcmp(word, "end")) {
+      struct timespec start, stop;
+      clock_gettime(CLOCK_MONOTONIC, &start);
       failed |= run_step(session, calls, n_calls);
+      clock_gettime(CLOCK_MONOTONIC, &stop);
+      printf("step %d: %.6f s\n", ++steps,
+             (double)(stop.tv_sec - start.tv_sec) + 1e-9 * (double)(stop.tv_nsec - start.tv_nsec));
       n_calls = 0;
-      steps++;
     } else {
       die("unknown directive", line);
     }
