@@ -29,6 +29,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/serving_cost.py --output runs/bench/serving_cost.json
 	$(PY) benchmarks/serving_benchmark.py --output runs/bench/serving.json
+	$(PY) benchmarks/loader_benchmark.py --output runs/bench/loader.json
 	$(PY) benchmarks/memory_benchmark.py --output runs/bench/memory.json
 
 drift: $(STAMP)
