@@ -55,7 +55,6 @@ import numpy as np
 
 from reloop2_tf._keras import tf
 from reloop2_tf.layers import _validation as v
-from reloop2_tf.layers._mutex import locked, mutex_name
 from reloop2_tf.layers.lsh_memory import LSHErrorMemory
 from reloop2_tf.wrapper import ReLoop2Model
 
@@ -266,19 +265,22 @@ class _ServingModule(tf.Module):
                                        name="write_count")
         self.write_id_index = tf.lookup.experimental.MutableHashTable(
             tf.int64, tf.int64, default_value=0, name="write_id_index")
-        # Writes run concurrently (TF Serving's and the development server's worker threads);
-        # remembering an id takes the next slot of the ring, a read-modify-write that two
-        # writes must not interleave, or the second evicts the id the first just remembered
-        # (tests/test_exactly_once.py). A mutex of the session's resource manager, by name.
-        self._ring_mutex = mutex_name("reloop2_write_ids")
+        # Every access to the ring happens in the memory's lock (`exactly_once`), which writes
+        # and merges take anyway: no mutex of its own.
 
-    def once(self, write_id, write) -> tf.Tensor:
-        """Runs ``write()`` (which returns the weight written) unless ``write_id`` is a recent,
-        non-empty id; then returns 0 and writes nothing. Inputs must be checked already."""
+    def exactly_once(self, write_id):
+        """The guard of a write (``ErrorMemory.update``'s ``guard``) that makes ``write_id``
+        count once: true, and the id remembered, unless it is a recent non-empty id; then
+        false, and the write writes nothing.
+
+        The memory runs it in its lock, after the write's inputs are checked: two calls with
+        the same id (a client's retry while its first call still runs, a queue that delivers
+        one event to two workers) cannot both see the id as new, and a rejected write
+        remembers no id (``tests/test_exactly_once.py``).
+        """
         given = tf.strings.length(write_id) > 0
         # +1 so that no id hashes to 0, the mark of an empty slot.
         code = tf.strings.to_hash_bucket_fast(write_id, 2**62) + 1
-        seen = tf.logical_and(given, self.write_id_index.lookup(code) > 0)
 
         def remember():
             # The id leaving the ring leaves the index (an empty slot's 0 is never in it).
@@ -289,19 +291,15 @@ class _ServingModule(tf.Module):
             with tf.control_dependencies([inserted]):
                 ring = self.write_ids.scatter_nd_update(slot[None, None], code[None])
             with tf.control_dependencies([ring]):
-                return self.write_count.assign_add(1)
+                counted = self.write_count.assign_add(1)
+            with tf.control_dependencies([counted]):
+                return tf.constant(True)
 
-        def remember_once():
-            locked(self._ring_mutex, remember)  # the lock is held until the count is added
-            return tf.no_op()
+        def claim():
+            seen = self.write_id_index.lookup(code) > 0
+            return tf.cond(seen, lambda: tf.constant(False), remember)
 
-        def fresh():
-            written = write()
-            with tf.control_dependencies([written]):
-                tf.cond(given, remember_once, tf.no_op)
-                return tf.identity(written)
-
-        return tf.cond(seen, lambda: tf.constant(0.0), fresh)
+        return lambda: tf.cond(given, claim, lambda: tf.constant(True))
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         specs, model = self._specs, self.model
@@ -334,8 +332,9 @@ class _ServingModule(tf.Module):
         def update_memory(features, label, sample_weight, write_id):
             checked = _checked({**features, LABEL: label, SAMPLE_WEIGHT: sample_weight},
                                [*names, LABEL, SAMPLE_WEIGHT])
-            written = self.once(write_id, lambda: model.update_memory(
-                {n: checked[n] for n in names}, checked[LABEL], checked[SAMPLE_WEIGHT]))
+            written = model.update_memory({n: checked[n] for n in names}, checked[LABEL],
+                                          checked[SAMPLE_WEIGHT],
+                                          guard=self.exactly_once(write_id))
             # Read after the write: automatic control dependencies order ops on the variable.
             return {"weight_written": written, MEMORY_WEIGHT: model.memory.total_weight()}
 
@@ -353,9 +352,9 @@ class _ServingModule(tf.Module):
                 checked = _checked({MEMORY_KEYS: memory_keys, BASE_PROBABILITY: base_probability,
                                     LABEL: label, SAMPLE_WEIGHT: sample_weight},
                                    [MEMORY_KEYS, BASE_PROBABILITY, LABEL, SAMPLE_WEIGHT])
-                written = self.once(write_id, lambda: model.update_memory_by_keys(
+                written = model.update_memory_by_keys(
                     checked[MEMORY_KEYS], checked[BASE_PROBABILITY], checked[LABEL],
-                    checked[SAMPLE_WEIGHT]))
+                    checked[SAMPLE_WEIGHT], guard=self.exactly_once(write_id))
                 return {"weight_written": written, MEMORY_WEIGHT: memory.total_weight()}
 
             functions[UPDATE_MEMORY_BY_KEYS] = update_memory_by_keys.get_concrete_function()
@@ -377,12 +376,9 @@ class _ServingModule(tf.Module):
 
         @tf.function(input_signature=[sketch_spec, id_spec])
         def memory_merge(sketch, write_id):
-            def merge():
-                # Checked against the state it is added to, between writes (`_locked`); the
-                # weight it added, once added.
-                return memory.merge(sketch)
-
-            written = self.once(write_id, merge)
+            # Checked against the state it is added to, between writes (`_locked`); the weight
+            # it added, once added.
+            written = memory.merge(sketch, guard=self.exactly_once(write_id))
             return {"weight_written": written, MEMORY_WEIGHT: memory.total_weight()}
 
         # Computed now from the values being saved; a constant in the graph, so the sidecar can

@@ -162,23 +162,26 @@ class ReLoop2Model(keras.Model):
         return self.memory.keys(self.encode(features)[1], self._ids(features))
 
     def update_memory(self, features, labels, sample_weight=None,
-                      learn_trust: bool = True) -> tf.Tensor:
+                      learn_trust: bool = True, guard=None) -> tf.Tensor:
         """Writes the revealed labels of ``features``; returns the total weight written.
 
         ``learn_trust=False`` for rows the base model was trained on (a warm start from the
         training tail): they fill the tables but do not teach the combiner
-        (``ErrorCompensation.update_memory``).
+        (``ErrorCompensation.update_memory``, which also says what ``guard`` does).
         """
         logits, hidden = self.encode(features)
         return self.compensation.update_memory(logits, hidden, labels, sample_weight,
-                                               self._ids(features), learn_trust=learn_trust)
+                                               self._ids(features), learn_trust=learn_trust,
+                                               guard=guard)
 
     def update_memory_by_keys(self, memory_keys, base_probability, labels,
-                              sample_weight=None, learn_trust: bool = True) -> tf.Tensor:
+                              sample_weight=None, learn_trust: bool = True,
+                              guard=None) -> tf.Tensor:
         """Writes rows by the ``memory_keys`` and ``base_probability`` that ``compensate``
         returned, without running the base model."""
         return self.compensation.update_memory_by_keys(memory_keys, base_probability, labels,
-                                                       sample_weight, learn_trust=learn_trust)
+                                                       sample_weight, learn_trust=learn_trust,
+                                                       guard=guard)
 
     def set_center(self, features, batch_size: int = 8192) -> tf.Tensor:
         """Centres the memory on the mean hidden vector of ``features`` (e.g. training rows).

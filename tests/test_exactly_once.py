@@ -12,7 +12,7 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
-from serving_helpers import STATE_ROWS, DevServer, build_model, make_features
+from serving_helpers import STATE_ROWS, TOTALS_ROW, DevServer, build_model, make_features
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from reloop2_tf import export as ex
@@ -258,6 +258,39 @@ def test_concurrent_writes_with_fresh_ids_never_forget_each_others_ids(tmp_path)
                            write_id=f"w{k}-{j}")["weight_written"])
              for k in range(8) for j in range(150)]
     assert sum(again) == 0.0
+    session.close()
+
+
+def test_calls_with_the_same_id_at_the_same_time_write_once(tmp_path):
+    # A client's retry while its first call still runs, or one event delivered to two workers:
+    # four calls with one id reach a TF1 Session together. The id is claimed in the memory's
+    # lock, after the checks, so exactly one of them writes (when "seen?" and "remember" were
+    # two steps around the write, 29 of 40 such rounds wrote the id more than once).
+    import threading
+
+    from serving_helpers import Session
+
+    path = ex.export_serving_model(build_model(), tmp_path / "m")
+    session = Session(path)
+    rng = np.random.default_rng(0)
+    features = make_features(64, rng)
+    served = session("predict", **features)
+    by_keys = dict(memory_keys=served["memory_keys"], base_probability=served["base_probability"],
+                   label=np.ones(64, np.float32), sample_weight=np.ones(64, np.float32))
+    by_features = dict(features, label=np.ones(64, np.float32), sample_weight=np.ones(64, np.float32))
+    delta = session("memory_snapshot")["sketch"]
+    calls = [("update_memory_by_keys", by_keys, 64.0)] * 12 + [("update_memory", by_features, 64.0)] * 4 \
+        + [("memory_merge", {"sketch": delta}, float(delta[TOTALS_ROW, 0]))] * 4
+    with futures.ThreadPoolExecutor(4) as pool:
+        for round_, (signature, inputs, weight) in enumerate(calls):
+            start = threading.Barrier(4)
+
+            def call(_, signature=signature, inputs=inputs, round_=round_, start=start):
+                start.wait()
+                return float(session(signature, **inputs, write_id=f"same-{round_}")["weight_written"])
+
+            written = sorted(pool.map(call, range(4)))
+            assert written[:3] == [0.0] * 3 and written[3] == pytest.approx(weight), (signature, written)
     session.close()
 
 

@@ -849,3 +849,57 @@ def test_a_heavy_users_offset_does_not_leak_through_the_srp_tables_when_centred(
            for c, m in mems.items()}
     assert srp[None] > 0.3  # the heavy user's offset, read as similarity
     assert abs(srp["user"]) < 0.05
+
+
+def _counting_guard(answer: bool):
+    """A write guard that counts its calls in a variable and answers ``answer``."""
+    calls = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def guard():
+        with tf.control_dependencies([calls.assign_add(1)]):
+            return tf.constant(answer)
+
+    return guard, calls
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_a_guard_decides_in_the_lock_whether_a_write_or_merge_lands(graph):
+    mem = r2.LSHErrorMemory(num_tables=2, num_bits=3, half_life=None, id_groups=["item"],
+                            recent_groups=())
+    ids = {"item": np.array(["a", "b", "a"])}
+    mem.update(H3, Y3, B3, ids=ids)
+    keys = mem.keys(H3, ids)
+    before = mem.snapshot().numpy().copy()
+    run = tf.function if graph else (lambda f: f)
+    no, no_calls = _counting_guard(False)
+    assert float(run(lambda: mem.update(H3, Y3, B3, ids=ids, guard=no))()) == 0.0
+    assert float(run(lambda: mem.update_by_keys(keys, Y3, B3, guard=no))()) == 0.0
+    assert float(run(lambda: mem.merge(before, guard=no))()) == 0.0
+    np.testing.assert_array_equal(mem.snapshot().numpy(), before)
+    assert int(no_calls.numpy()) == 3
+    yes, yes_calls = _counting_guard(True)
+    assert float(run(lambda: mem.update_by_keys(keys, Y3, B3, guard=yes))()) == 3.0
+    twin = r2.LSHErrorMemory.from_config(mem.get_config())
+    twin.build([None, 4])
+    twin.restore(before)
+    twin.update_by_keys(keys, Y3, B3)
+    np.testing.assert_array_equal(mem.snapshot().numpy(), twin.snapshot().numpy())
+    assert float(run(lambda: mem.merge(before, guard=yes))()) == pytest.approx(3.0)
+    assert int(yes_calls.numpy()) == 2
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_a_rejected_write_never_calls_its_guard(graph):
+    mem = r2.LSHErrorMemory(num_tables=2, num_bits=3, half_life=None)
+    mem.update(H3, Y3, B3)
+    keys = mem.keys(H3)
+    guard, calls = _counting_guard(True)
+    run = tf.function if graph else (lambda f: f)
+    bad_keys = keys.numpy().copy()
+    bad_keys[0, 0] = 1 << 20
+    for write in (lambda: mem.update(H3, [1.0, 2.0, 0.0], B3, guard=guard),
+                  lambda: mem.update_by_keys(bad_keys, Y3, B3, guard=guard),
+                  lambda: mem.merge(-10 * mem.snapshot(), guard=guard)):
+        with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
+            run(write)()
+    assert int(calls.numpy()) == 0

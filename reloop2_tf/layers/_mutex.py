@@ -36,3 +36,19 @@ def locked(name: str, change: Callable, after: Iterable = (), held_for: Callable
     with tf.control_dependencies(done):
         tf.raw_ops.ConsumeMutexLock(mutex_lock=lock)
         return None if result is None else tf.nest.map_structure(tf.identity, result)
+
+
+def when(guard: Callable | None, write: Callable, after: Iterable = ()) -> tf.Tensor:
+    """``write()`` (which returns the weight written, a float32 scalar) if ``guard`` is `None`
+    or ``guard()`` returns true; else 0 and nothing written. ``guard()`` runs once every tensor
+    of ``after`` (the write's checked inputs) is computed, so a rejected write never calls it.
+
+    Called inside a memory's lock, the guard and the write are one step for every other write:
+    the export's exactly-once check of write ids (``export._ServingModule.exactly_once``)
+    claims an id there, so that two calls with the same id cannot both write.
+    """
+    if guard is None:
+        return write()
+    with tf.control_dependencies(list(after)):
+        go = guard()
+    return tf.cond(go, write, lambda: tf.constant(0.0))

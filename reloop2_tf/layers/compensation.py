@@ -182,34 +182,38 @@ class ErrorCompensation(keras.layers.Layer):
     # -- writes ------------------------------------------------------------------------------
 
     def update_memory(self, base_logits, hidden, labels, sample_weight=None, ids=None,
-                      learn_trust: bool = True) -> tf.Tensor:
+                      learn_trust: bool = True, guard=None) -> tf.Tensor:
         """Writes ``(hidden, ids, labels, sigmoid(base_logits))``; returns the total weight written.
 
         Self-tuning: the rows also add their logloss expansion at the current trust, read as
         they were served (before the write), to the combiner's sums. ``learn_trust=False``
         writes the tables only: for rows the base model was trained on (a warm start), whose
         residuals understate its error on new traffic and would teach the combiner too little
-        trust.
+        trust. ``guard``: a callable returning a scalar bool tensor, run while the memory is
+        locked and after every input is checked; the rows are written only if it is true, else
+        0 is returned (``ErrorMemory.update``; the export's exactly-once write ids).
         """
         base_logits = v.as_column(base_logits, "base_logits")
         hidden = self.memory._check_hidden(hidden)
         with tf.control_dependencies([v.same_rows(hidden, base_logits, "base_logits")]):
             base = tf.sigmoid(v.finite(base_logits, "base_logits"))
         if not isinstance(self.memory, LSHErrorMemory):
-            return self.memory.update(hidden, labels, base, sample_weight, ids)
+            return self.memory.update(hidden, labels, base, sample_weight, ids, guard=guard)
         keys, labels, base, sample_weight = self.memory.checked_write(hidden, labels, base,
                                                                       sample_weight, ids)
-        return self._write_keys(keys, base, labels, sample_weight, learn_trust)
+        return self._write_keys(keys, base, labels, sample_weight, learn_trust, guard)
 
     def update_memory_by_keys(self, keys, base_probs, labels, sample_weight=None,
-                              learn_trust: bool = True) -> tf.Tensor:
+                              learn_trust: bool = True, guard=None) -> tf.Tensor:
         """Writes rows by the ``memory_keys`` and ``base_probability`` that ``compensate``
-        returned: no base model, no hashing. Same memory as ``update_memory`` on the same rows."""
+        returned: no base model, no hashing. Same memory as ``update_memory`` on the same rows;
+        ``guard`` as there."""
         keys, labels, base_probs, sample_weight = self.memory.checked_key_write(
             keys, labels, base_probs, sample_weight)
-        return self._write_keys(keys, base_probs, labels, sample_weight, learn_trust)
+        return self._write_keys(keys, base_probs, labels, sample_weight, learn_trust, guard)
 
-    def _write_keys(self, keys, base_probs, labels, sample_weight, learn_trust=True) -> tf.Tensor:
+    def _write_keys(self, keys, base_probs, labels, sample_weight, learn_trust=True,
+                    guard=None) -> tf.Tensor:
         trust_delta = None
         if self.self_tuning and learn_trust:
             # The rows' logloss expansion at the trust they are served with, their features
@@ -223,7 +227,7 @@ class ErrorCompensation(keras.layers.Layer):
             moment = (tf.linalg.matvec(curvature, trust)
                       - tf.linalg.matvec(x_t, sample_weight * (p - labels)))
             trust_delta = (curvature, moment)
-        return self.memory.write_keys(keys, labels, base_probs, sample_weight, trust_delta)
+        return self.memory.write_keys(keys, labels, base_probs, sample_weight, trust_delta, guard)
 
     def reset_memory(self) -> None:
         """Forgets the memory, the learnt trust with it."""

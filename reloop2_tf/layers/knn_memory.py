@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from reloop2_tf._keras import keras, tf
-from reloop2_tf.layers._mutex import locked, mutex_name
+from reloop2_tf.layers._mutex import locked, mutex_name, when
 from reloop2_tf.layers.memory_base import ErrorMemory
 
 
@@ -51,10 +51,13 @@ class KNNErrorMemory(ErrorMemory):
     def _normalize(self, hidden) -> tf.Tensor:
         return tf.math.l2_normalize(hidden - self.center, axis=-1)
 
-    def _write(self, hidden, labels, base_probs, sample_weight, ids=None) -> tf.Tensor:
+    def _write(self, hidden, labels, base_probs, sample_weight, ids=None,
+               guard=None) -> tf.Tensor:
         if ids is not None:
             raise ValueError("KNNErrorMemory has no id tables: `ids` must be None")
-        return self._locked(lambda: self._write_rows(hidden, labels, base_probs, sample_weight))
+        return self._locked(lambda: when(guard, lambda: self._write_rows(
+            hidden, labels, base_probs, sample_weight),
+            after=[hidden, labels, base_probs, sample_weight]))
 
     def _write_rows(self, hidden, labels, base_probs, sample_weight) -> tf.Tensor:
         # Zero-weight rows must not take a slot, or padding would evict real rows.

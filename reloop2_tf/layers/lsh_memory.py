@@ -14,7 +14,7 @@ import numpy as np
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.layers import _validation as v
 from reloop2_tf.layers import combiner
-from reloop2_tf.layers._mutex import locked, mutex_name
+from reloop2_tf.layers._mutex import locked, mutex_name, when
 from reloop2_tf.layers.id_keys import (EACH, EACH_SEPARATOR, EACH_SLOTS, ID_HASH,
                                        POPULARITY_BUCKETS, as_id_strings, each_of, mix_keys,
                                        normalize_id_groups, popularity_of, split_tokens,
@@ -798,10 +798,12 @@ class LSHErrorMemory(ErrorMemory):
         with tf.control_dependencies(v.update_checks(hidden, labels, base_probs, sample_weight)):
             return self.keys(hidden, ids), labels, base_probs, sample_weight
 
-    def update(self, hidden, labels, base_probs, sample_weight=None, ids=None) -> tf.Tensor:
+    def update(self, hidden, labels, base_probs, sample_weight=None, ids=None,
+               guard=None) -> tf.Tensor:
         """Writes labelled rows by hidden vector and ids (``ErrorMemory.update``); the tables
         only, not the trust sums (``ErrorCompensation.update_memory`` adds those)."""
-        return self.write_keys(*self.checked_write(hidden, labels, base_probs, sample_weight, ids))
+        return self.write_keys(*self.checked_write(hidden, labels, base_probs, sample_weight, ids),
+                               guard=guard)
 
     def checked_key_write(self, keys, labels, base_probs, sample_weight=None) -> tuple:
         """``(keys, labels, base_probs, sample_weight)`` of a write by keys, all checked (keys
@@ -813,16 +815,22 @@ class LSHErrorMemory(ErrorMemory):
         with tf.control_dependencies(checks):
             return tuple(tf.identity(t) for t in (keys, labels, base_probs, sample_weight))
 
-    def update_by_keys(self, keys, labels, base_probs, sample_weight=None) -> tf.Tensor:
+    def update_by_keys(self, keys, labels, base_probs, sample_weight=None,
+                       guard=None) -> tf.Tensor:
         """Writes rows by their ``keys`` (from ``keys`` or a ``predict``): no model, no hashing."""
-        return self.write_keys(*self.checked_key_write(keys, labels, base_probs, sample_weight))
+        return self.write_keys(*self.checked_key_write(keys, labels, base_probs, sample_weight),
+                               guard=guard)
 
-    def write_keys(self, keys, labels, base_probs, sample_weight, trust_delta=None) -> tf.Tensor:
+    def write_keys(self, keys, labels, base_probs, sample_weight, trust_delta=None,
+                   guard=None) -> tf.Tensor:
         """Adds ``(w, w*y, w*y_base)`` at every row's T buckets, and ``trust_delta`` (curvature
         ``[F, F]``, moment ``[F]``) to the combiner's sums, one write at a time (``_locked``).
-        Inputs must be checked already."""
-        return self._locked(lambda: self._write_keys(keys, labels, base_probs, sample_weight,
-                                                     trust_delta))
+        Inputs must be checked already. ``guard``: a callable run in the lock before the write,
+        returning a scalar bool; when false nothing is written and 0 returned (``_mutex.when``:
+        the export's exactly-once write ids)."""
+        return self._locked(lambda: when(guard, lambda: self._write_keys(
+            keys, labels, base_probs, sample_weight, trust_delta),
+            after=[keys, labels, base_probs, sample_weight]))
 
     def _locked(self, change, changes_state: bool = True):
         """Runs ``change()`` holding the memory's mutex; returns what it returns.
@@ -1056,14 +1064,15 @@ class LSHErrorMemory(ErrorMemory):
 
         self._locked(replace)
 
-    def merge(self, other) -> tf.Tensor:
+    def merge(self, other, guard=None) -> tf.Tensor:
         """Adds another memory (an ``LSHErrorMemory``, a ``snapshot`` or a difference of two
         snapshots) with the same layout. A delta may hold negative values (what the other
         memory forgot) as long as no bucket's weight ends below zero.
 
         Merges and writes take turns (``_locked``), so a merge never loses a concurrent
         ``update`` (stored values are true values divided by ``scale``). Returns the weight
-        added (the totals of ``other``).
+        added (the totals of ``other``); ``guard`` as in ``write_keys``, run after ``other`` is
+        checked against the state.
         """
         if isinstance(other, LSHErrorMemory):
             mine, theirs = self.layout(), other.layout()
@@ -1078,9 +1087,13 @@ class LSHErrorMemory(ErrorMemory):
 
         def add():
             state = self.check_delta(other)  # checked against the state it is added to
-            self.sketch.assign_add(state / self._row_scales()[:, None])
-            self._refresh()
-            return state[self.totals_row, 0]
+
+            def apply():
+                self.sketch.assign_add(state / self._row_scales()[:, None])
+                self._refresh()
+                return state[self.totals_row, 0]
+
+            return when(guard, apply, after=[state])
 
         return self._locked(add)
 

@@ -59,7 +59,8 @@ class ErrorMemory(keras.layers.Layer):
         tf.debugging.assert_all_finite(center, "`center` contains NaN or Inf")
         self.center.assign(center)
 
-    def update(self, hidden, labels, base_probs, sample_weight=None, ids=None) -> tf.Tensor:
+    def update(self, hidden, labels, base_probs, sample_weight=None, ids=None,
+               guard=None) -> tf.Tensor:
         """Writes labelled rows. Returns the total weight written (a float32 scalar).
 
         Args:
@@ -68,13 +69,16 @@ class ErrorMemory(keras.layers.Layer):
             base_probs: ``[B]`` or ``[B, 1]`` in [0, 1]: the base model's predictions.
             sample_weight: optional ``[B]`` or ``[B, 1]``, >= 0. Rows with weight 0 change nothing.
             ids: dict of id features, for a memory with id tables. Defaults to `None`.
+            guard: optional callable returning a scalar bool tensor, run while the memory is
+                locked and after every input is checked: the rows are written only if it is
+                true, else 0 is returned (the export's exactly-once write ids use it).
         """
         hidden = v.as_hidden(hidden, self.dim)
         self._ensure_built(hidden)
         labels, base_probs, sample_weight = v.write_columns(labels, base_probs, sample_weight)
         checks = v.update_checks(hidden, labels, base_probs, sample_weight)
         with tf.control_dependencies(checks):
-            written = self._write(hidden, labels, base_probs, sample_weight, ids)
+            written = self._write(hidden, labels, base_probs, sample_weight, ids, guard=guard)
         return written
 
     def _check_hidden(self, hidden) -> tf.Tensor:
