@@ -229,18 +229,21 @@ def test_a_writer_rejects_a_window_that_is_not_a_positive_int():
     client.close()
 
 
+def _session_and_a_batch(tmp_path, rows):
+    """A TF1 Session of a fresh export, ``rows`` random feature rows and its ``predict`` of them."""
+    from serving_helpers import Session
+
+    session = Session(ex.export_serving_model(build_model(), tmp_path / "m"))
+    features = make_features(rows, np.random.default_rng(0))
+    return session, features, session("predict", **features)
+
+
 def test_concurrent_writes_with_fresh_ids_never_forget_each_others_ids(tmp_path):
     # Eight threads write with fresh ids into one TF1 Session at once (how gRPC workers run a
     # SavedModel); then every id is sent again. Each remembered id writes nothing the second
     # time: a write that forgot another's id (two writes taking the same slot of the ring of
     # recent ids) would count that one twice.
-    from serving_helpers import Session
-
-    path = ex.export_serving_model(build_model(), tmp_path / "m")
-    session = Session(path)
-    rng = np.random.default_rng(0)
-    features = make_features(8, rng)
-    served = session("predict", **features)
+    session, _, served = _session_and_a_batch(tmp_path, 8)
     keys, base = served["memory_keys"], served["base_probability"]
     labels, weights = np.ones(8, np.float32), np.ones(8, np.float32)
 
@@ -268,13 +271,7 @@ def test_calls_with_the_same_id_at_the_same_time_write_once(tmp_path):
     # two steps around the write, 29 of 40 such rounds wrote the id more than once).
     import threading
 
-    from serving_helpers import Session
-
-    path = ex.export_serving_model(build_model(), tmp_path / "m")
-    session = Session(path)
-    rng = np.random.default_rng(0)
-    features = make_features(64, rng)
-    served = session("predict", **features)
+    session, features, served = _session_and_a_batch(tmp_path, 64)
     by_keys = dict(memory_keys=served["memory_keys"], base_probability=served["base_probability"],
                    label=np.ones(64, np.float32), sample_weight=np.ones(64, np.float32))
     by_features = dict(features, label=np.ones(64, np.float32), sample_weight=np.ones(64, np.float32))
