@@ -47,8 +47,10 @@ def session_costs(dirs: dict, spec, rng: np.random.Generator, rounds: int, calls
                                 "base_probability": served["base_probability"], "label": y,
                                 "sample_weight": w})
                 rest = _protos({"label": y, "sample_weight": w})
-                ids = (_protos({"write_id": np.array(new_write_id().encode(), dtype=object)})
-                       for _ in iter(int, 1))  # a fresh id for every call
+                # A fresh id for every call, its TensorProto built before the timing (as the
+                # other inputs' are): 2 warm-up calls and `rounds * calls` timed ones per arm.
+                ids = iter([_protos({"write_id": np.array(new_write_id().encode(), dtype=object)})
+                            for _ in range(2 * (2 + rounds * calls))])
                 no_id = _protos({"write_id": np.array(b"", dtype=object)})
                 fns["update_memory_by_keys"] = lambda: writer.run(
                     "update_memory_by_keys", {**keys, **next(ids)})
