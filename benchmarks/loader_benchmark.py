@@ -50,15 +50,6 @@ QUICK = {"rounds": 1, "predict_calls": {1: 20, 256: 4}, "write_calls": 8,
          "feature_write_calls": 4, "threads": [1, 2], "warmup": 2}
 BATCH = 256
 WRITES = ("by keys, fresh write_id", 'by keys, write_id ""', "by features")
-FRESH = "fresh"  # a write_id given as FRESH becomes a new id on every call of a step
-
-
-def _step_inputs(inputs: dict, step: int) -> dict:
-    """``inputs`` with a FRESH write_id made unique to this step (ids seen in an earlier step
-    would be written once, and the timed writes would write nothing)."""
-    if isinstance(inputs.get("write_id"), str) and inputs["write_id"] == FRESH:
-        return {**inputs, "write_id": c_api.FreshIds(f"step{step}")}
-    return inputs
 
 
 def _signature_defs(path: Path) -> dict:
@@ -82,10 +73,10 @@ def _inputs(path: Path, rng) -> dict:
             "base_probability": served["base_probability"].numpy(), "label": label,
             "sample_weight": weight}
     return {"rows": rows,
-            WRITES[0]: {**keys, "write_id": FRESH},
+            WRITES[0]: {**keys, "write_id": c_api.FreshIds("loader")},
             WRITES[1]: {**keys, "write_id": np.array(b"", dtype=object)},
             WRITES[2]: {**rows[BATCH], "label": label, "sample_weight": weight,
-                        "write_id": FRESH}}
+                        "write_id": c_api.FreshIds("loader")}}
 
 
 def _round(binary, dirs, inputs, cfg, folder: Path) -> dict:
@@ -105,10 +96,9 @@ def _round(binary, dirs, inputs, cfg, folder: Path) -> dict:
                 total = cfg["feature_write_calls"] if kind == "by features" else cfg["write_calls"]
                 for threads in cfg["threads"]:
                     per = max(1, total // threads)
-                    plan.step((signature, _step_inputs(inputs[kind], len(plan.lines)),
-                               threads, cfg["warmup"]))
-                    timed.append(((kind, threads), per * threads, plan.step(
-                        (signature, _step_inputs(inputs[kind], len(plan.lines)), threads, per))))
+                    plan.step((signature, inputs[kind], threads, cfg["warmup"]))
+                    timed.append(((kind, threads), per * threads,
+                                  plan.step((signature, inputs[kind], threads, per))))
         seconds = plan.run(binary, path)
         steps = iter(seconds[1::2])  # every timed step follows its warm-up step
         for (key, calls, files), elapsed in zip(timed, steps):

@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -36,10 +37,15 @@ def test_quick_run_times_every_signature_and_every_timed_write_writes(tmp_path, 
 
 
 def test_a_step_whose_writes_are_deduplicated_fails_instead_of_timing_nothing(monkeypatch):
-    # The same write_id in the warm-up and the timed step: the timed writes write nothing,
-    # and the benchmark must say so rather than report their speed.
-    monkeypatch.setattr(lb, "_step_inputs", lambda inputs, step: {
-        **inputs, "write_id": lb.c_api.FreshIds("same")} if inputs.get("write_id") == lb.FRESH
-        else inputs)
+    # One fixed write_id in the warm-up and the timed steps: the timed writes write nothing, and
+    # the benchmark must say so rather than report their speed.
+    inputs = lb._inputs
+
+    def fixed_ids(path, rng):
+        return {kind: ({**value, "write_id": np.array(b"same", dtype=object)}
+                       if isinstance(value.get("write_id"), lb.c_api.FreshIds) else value)
+                for kind, value in inputs(path, rng).items()}
+
+    monkeypatch.setattr(lb, "_inputs", fixed_ids)
     with pytest.raises(RuntimeError, match="a timed write wrote"):
         lb.run(CFG)

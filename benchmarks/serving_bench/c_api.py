@@ -88,7 +88,8 @@ class Plan:
     def step(self, *calls):
         """``calls``: ``(signature, inputs, threads, repeat)``; returns each call's output files.
 
-        An input given as ``FreshIds("prefix")`` gets a new scalar string on every run."""
+        An input given as ``FreshIds("prefix")`` gets a new scalar string on every run, unique
+        to this step too (``"<prefix>-<step>.<thread>.<run>"``)."""
         self.lines.append("step")
         outs = []
         for signature, inputs, threads, repeat in calls:
@@ -98,7 +99,8 @@ class Plan:
             self.lines.append(f"call {threads} {repeat}")
             for alias, value in sorted(inputs.items()):
                 if isinstance(value, FreshIds):
-                    self.lines.append(f"id {sig.inputs[alias].name} {value.prefix}")
+                    steps = self.lines.count("end")
+                    self.lines.append(f"id {sig.inputs[alias].name} {value.prefix}-{steps}")
                     continue
                 self.files += 1
                 path = self.folder / f"in{self.files}.tensor"
@@ -126,8 +128,8 @@ class Plan:
 
 
 class FreshIds:
-    """A scalar string input that takes a new value, ``"<prefix>.<thread>.<run>"``, on every
-    run (a fresh ``write_id`` per write)."""
+    """A scalar string input that takes a new value on every run of every step (a fresh
+    ``write_id`` per write; ``Plan.step``)."""
 
     def __init__(self, prefix: str):
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,200}", prefix):
