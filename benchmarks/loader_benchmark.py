@@ -2,7 +2,7 @@
 (issue 15).
 
 ``tensorflow_model_server`` cannot be installed here; ``TF_LoadSessionFromSavedModel`` of the
-C API is the C++ ``LoadSavedModel`` it links, and ``tests/c_api/saved_model_runner.c`` (built
+C API is the C++ ``LoadSavedModel`` it links, and ``serving_bench/saved_model_runner.c`` (built
 with gcc against the installed ``tensorflow``) runs signatures from threads and times each step
 (``serving_bench.c_api``). The exports are the serving benchmark's (``serving_bench.servers.
 build_exports``: a zoo dcn with the default memory after 2,048 random rows, and its base alone).

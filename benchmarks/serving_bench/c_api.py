@@ -1,6 +1,7 @@
 """TensorFlow's C API loader (``TF_LoadSessionFromSavedModel``, the C++ ``LoadSavedModel`` that
-``tensorflow_model_server`` links) driven by ``tests/c_api/saved_model_runner.c``: building the
-program with gcc against the installed ``tensorflow`` package, its tensor files and its plans.
+``tensorflow_model_server`` links) driven by ``saved_model_runner.c`` (beside this module):
+building the program with gcc against the installed ``tensorflow`` package, its tensor files and
+its plans.
 
 Used by ``tests/test_c_api_loader.py`` (answers equal the TF1 Session's) and
 ``benchmarks/loader_benchmark.py`` (signature times with no Python in the call path).
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-RUNNER = Path(__file__).resolve().parents[2] / "tests" / "c_api" / "saved_model_runner.c"
+RUNNER = Path(__file__).resolve().parent / "saved_model_runner.c"
 
 
 def tf_dir() -> Path:
