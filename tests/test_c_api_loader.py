@@ -2,9 +2,10 @@
 
 ``TF_LoadSessionFromSavedModel`` in the wheel's ``libtensorflow_cc.so.2`` is the C++
 ``LoadSavedModel`` that TF Serving links. ``benchmarks/serving_bench/saved_model_runner.c`` is
-built here with gcc against the installed ``tensorflow`` package (nothing else is needed), and runs predict from
-several threads, update_memory with string features, memory_snapshot and memory_merge by the
-SignatureDef tensor names this test resolves; the answers must equal the TF1 Session's.
+built here with gcc against the installed ``tensorflow`` package (nothing else is needed), and
+runs predict from several threads, update_memory with string features, memory_snapshot and
+memory_merge by the SignatureDef tensor names this test resolves; the answers must equal the TF1
+Session's.
 """
 
 import sys
