@@ -5,6 +5,7 @@
     python benchmarks/trust_study.py shift runs/study/ml-1m-dcn.npz
     python benchmarks/trust_study.py crosses runs/study/ml-1m-bare.npz   # dumped with --csv
     python benchmarks/trust_study.py ranking runs/study/ml-100k-dcn.npz --item-file ml-100k.item
+    python benchmarks/trust_study.py delay runs/study17/ml-1m-dcn-s1.npz
 
 ``dump`` trains the benchmark's base model (``reloop2 bench`` defaults, no sweep) and saves its
 test stream and warm-start rows; ``run`` replays each combiner variant over them in NumPy
@@ -17,6 +18,9 @@ user crossed with a k-means cluster of the base model's item embeddings (docs/be
 the trust fit on features demeaned by each user's running means), the item crossed with the
 user's activity or with each of the user's most recent items, two hindsight fits of the
 trust, and the user crossed with every genre of the item (``trust_study/ranking.py``).
+``delay`` replays the default memory and item-bias with labels every 1,000, 100 and 10 rows,
+and the memory with labels a fixed time after their row, and prints what its keys would give
+in hindsight (``trust_study/delay.py``).
 """
 
 from __future__ import annotations
@@ -91,6 +95,8 @@ def dump(args) -> None:
              cols=np.array(cols),
              hidden=probe.hidden.astype(np.float16), warm_hidden=probe.warm_hidden.astype(np.float16),
              center=probe.center_vector, **item_vec,
+             times=df.iloc[cut:]["timestamp"].to_numpy(np.float64),
+             warm_times=probe.warm_df["timestamp"].to_numpy(np.float64),
              **{"t_" + c: df.iloc[cut:][c].astype(str).to_numpy() for c in cols},
              **{"w_" + c: probe.warm_df[c].astype(str).to_numpy() for c in cols})
     print(f"saved {args.out}: {len(test.labels)} test rows, groups {groups}")
@@ -258,6 +264,37 @@ def ranking(args) -> None:
                   f"ΔgAUC {100 * (m['gauc'] - st['gauc']):+.3f} logloss {m['logloss']:.4f}")
 
 
+def delay(args) -> None:
+    """The default memory and item-bias with labels every 1,000 / 100 / 10 rows; the memory
+    with labels ``--delays`` seconds after their row; the hindsight ceiling of its keys."""
+    from trust_study.delay import Delayed, hindsight_ceiling, same_window_share
+    from trust_study.replica import OnlinePopularity, Stream, bias_memory
+
+    def line(label, s, p):
+        m, st = _versus_static(s, p)
+        print(f"{label:44s} ΔAUC {100 * (m['auc'] - st['auc']):+.2f} "
+              f"ΔgAUC {100 * (m['gauc'] - st['gauc']):+.2f} logloss {m['logloss']:.4f}", flush=True)
+
+    for path in args.streams:
+        s = Stream(path)
+        print(f"\n{path}: rows whose user's previous row is in the same window: "
+              + ", ".join(f"{every} rows {100 * same_window_share(s.users, every):.1f} %"
+                          for every in (1000, 100, 10)))
+        for every in (1000, 100, 10):
+            line(f"reloop2, labels every {every} rows", s, OnlinePopularity(s, every=every).run())
+            line(f"item-bias, labels every {every} rows", s,
+                 bias_memory(s, gamma=1.0, every=every))
+        d = np.load(path)
+        if "times" not in d.files:
+            print("(no timestamps in this dump: dump it again for the label delays)")
+        else:
+            times = np.concatenate([d["warm_times"], d["times"]])
+            for seconds in args.delays:
+                line(f"reloop2, labels {seconds:g} s after their row", s,
+                     Delayed(s, times, seconds).run())
+        line("hindsight ceiling of the keys (not a method)", s, hindsight_ceiling(s))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,9 +324,13 @@ def main() -> None:
     k.add_argument("--item-file", help="the log's RecBole .item file: every genre of an item")
     k.add_argument("--row-ids", action="store_true",
                    help="items are numbered by their row of the .item file (ML-1M)")
+    e = sub.add_parser("delay")
+    e.add_argument("streams", nargs="+")
+    e.add_argument("--delays", type=float, nargs="+", default=[0.0, 600.0, 3600.0, 86400.0],
+                   help="label delays in seconds of the log's timestamps")
     args = parser.parse_args()
     {"dump": dump, "run": run, "shift": shift, "crosses": crosses,
-     "ranking": ranking}[args.command](args)
+     "ranking": ranking, "delay": delay}[args.command](args)
 
 
 if __name__ == "__main__":
