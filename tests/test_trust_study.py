@@ -38,3 +38,85 @@ def test_running_within_user_sums_equal_the_pooled_within_user_scatter():
     np.testing.assert_allclose(m, expect_m, rtol=1e-9, atol=1e-9)
     # users never seen hold no weight
     assert np.allclose(state.user_w[np.bincount(u, minlength=users) == 0], 0.0)
+
+
+def _stream(tmp_path, warm=2000, test=3000, seed=0, unique_items=False):
+    """A dumped stream (``trust_study.py dump``'s layout) of random rows: 40 users, 60 items
+    with their own offsets, 5 genres; timestamps one second apart."""
+    from trust_study.replica import Stream
+
+    rng = np.random.default_rng(seed)
+    n = warm + test
+    items = np.arange(n) if unique_items else rng.integers(0, 60, n)
+    users, genres = rng.integers(0, 40, n), rng.integers(0, 5, n)
+    logits = rng.normal(0.0, 1.0, n)
+    offset = 0.0 if unique_items else rng.normal(0.0, 1.0, 60)[items]
+    labels = (rng.random(n) < 1 / (1 + np.exp(-(logits + offset)))).astype(float)
+    cols = {"genre": genres, "item_id": items, "user_id": users}
+    path = tmp_path / f"stream-{seed}.npz"
+    np.savez(path, logits=logits[warm:], labels=labels[warm:], warm_logits=logits[:warm],
+             warm_labels=labels[:warm], groups=np.array(["item_id", "user_id*genre"]),
+             cols=np.array(sorted(cols)), times=np.arange(warm, n, dtype=float),
+             warm_times=np.arange(warm, dtype=float),
+             **{"t_" + c: v[warm:].astype(str) for c, v in cols.items()},
+             **{"w_" + c: v[:warm].astype(str) for c, v in cols.items()})
+    return Stream(path), np.arange(n, dtype=float)
+
+
+def test_labels_delayed_by_nothing_write_as_the_row_chunks_do(tmp_path):
+    """One row a second, no delay and micro-batches of 1,000 rows: every label is written
+    before the next micro-batch, which is the replica's every-1,000-rows protocol (the warm
+    rows are written in 1,000-row chunks by both), to rounding (the trust's moment is summed
+    in another order)."""
+    from trust_study.delay import Delayed
+    from trust_study.replica import OnlinePopularity
+
+    s, times = _stream(tmp_path, test=5000)
+    by_rows = OnlinePopularity(s, every=1000).run()
+    s, times = _stream(tmp_path, test=5000)
+    by_time = Delayed(s, times, delay=0.0, micro=1000).run()
+    np.testing.assert_allclose(by_time, by_rows, rtol=1e-12, atol=1e-14)
+    # a delay of one micro-batch is not the same protocol: labels come one batch later
+    s, times = _stream(tmp_path, test=5000)
+    later = Delayed(s, times, delay=1000.0, micro=1000).run()
+    assert np.abs(later - by_rows).max() > 1e-3
+
+
+def test_labels_that_never_come_back_leave_the_base_model(tmp_path):
+    """With a delay longer than the stream no test label is written, so the combiner never
+    learns a trust and every row is served the base model's probability."""
+    from trust_study.delay import Delayed
+    from trust_study.replica import sigmoid
+
+    s, times = _stream(tmp_path)
+    out = Delayed(s, times, delay=1e9).run()
+    np.testing.assert_allclose(out, sigmoid(s.z), rtol=0, atol=1e-15)
+
+
+def test_the_hindsight_ceiling_does_not_read_a_rows_own_label(tmp_path):
+    """Every test row with an item of its own and labels independent of everything: a row's
+    own label is the only thing that could predict it, and the ceiling must not see it (read
+    with it, every row's item residual would be its label minus its base and the AUC ~1)."""
+    from reloop2_tf.evaluation import metrics
+    from trust_study.delay import hindsight_ceiling
+    from trust_study.replica import sigmoid
+
+    s, _ = _stream(tmp_path, unique_items=True)
+    ceiling = metrics.evaluate(s.y, hindsight_ceiling(s), s.users)
+    base = metrics.evaluate(s.y, sigmoid(s.z), s.users)
+    assert abs(ceiling["auc"] - base["auc"]) < 0.02
+    # and where items repeat with their own offsets, the ceiling reads them
+    s, _ = _stream(tmp_path, seed=1)
+    ceiling = metrics.evaluate(s.y, hindsight_ceiling(s), s.users)
+    base = metrics.evaluate(s.y, sigmoid(s.z), s.users)
+    assert ceiling["auc"] > base["auc"] + 0.05
+
+
+def test_same_window_share_counts_rows_whose_users_last_row_shares_their_window():
+    from trust_study.delay import same_window_share
+
+    users = np.array(["a", "b", "a", "a", "b", "c", "c", "a"])
+    # windows of 3 rows: [a b a] [a b c] [c a]; after each user's first row:
+    # a@2 (last a@0, same), a@3 (a@2, other), b@4 (b@1, other), c@6 (c@5, other), a@7 (a@3, other)
+    assert same_window_share(users, 3) == 1 / 5
+    assert same_window_share(users, 8) == 1.0
