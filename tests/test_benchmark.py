@@ -8,6 +8,7 @@ import pytest
 from reloop2_tf.cli import main as cli
 from reloop2_tf.data import DataError, id_groups_for_frame, load_dataset
 from reloop2_tf.evaluation import benchmark
+from reloop2_tf.evaluation.windows import feedback_windows
 
 
 @pytest.fixture(scope="module")
@@ -226,8 +227,81 @@ def test_cli_half_life_zero_means_no_forgetting_in_the_drift_testbed_too(monkeyp
     assert seen.pop().memory.half_life is None  # a half-life of 0 rows is refused by the layer
 
 
+def test_cli_feedback_seconds_flag(monkeypatch, tmp_path, ml100k, capsys):
+    default = _bench_config(monkeypatch, tmp_path)
+    assert (default.feedback_every, default.feedback_seconds) == (1000, None)
+    assert _bench_config(monkeypatch, tmp_path, "--feedback-every", "slot").feedback_every is None
+    assert _bench_config(monkeypatch, tmp_path, "--feedback-every", "250").feedback_every == 250
+    timed = _bench_config(monkeypatch, tmp_path, "--feedback-seconds", "3600")
+    assert timed.feedback_seconds == 3600.0
+    for argv in (["--feedback-every", "100"], ["--scenario", "flip-sudden"]):
+        with pytest.raises(SystemExit):
+            cli.main(["bench", "--dataset", "ml-100k", "--output", str(tmp_path),
+                      "--feedback-seconds", "600", *argv])
+        assert "`--feedback-seconds` cuts the streaming benchmark" in capsys.readouterr().err
+    for bad in ("0", "-5", "soon", "inf"):
+        with pytest.raises(Exception, match="seconds > 0"):
+            cli._seconds(bad)
+    with pytest.raises(ValueError, match="feedback-seconds"):
+        benchmark.BenchConfig(dataset="ml-100k", feedback_seconds=-1.0).validate(100_000)
+
+
+def test_feedback_windows_by_rows_slots_and_seconds():
+    assert feedback_windows([5, 3], 2).tolist() == [0, 0, 1, 1, 2, 3, 3, 4]
+    assert feedback_windows([5, 3]).tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+    times = np.array([0, 10, 59, 60, 61, 200, 200, 230, 370])
+    # 60-second windows of the clock, [0, 60), [60, 120), ...; a window also ends with its slot
+    by_time = feedback_windows([6, 3], times=times, feedback_seconds=60)
+    assert by_time.tolist() == [0, 0, 0, 1, 1, 2, 3, 3, 4]
+    assert feedback_windows([9], 1000, times, feedback_seconds=1000).tolist() == [0] * 9
+    for bad, match in (((times[::-1],), "stream order"), ((times[:5],), "one finite timestamp"),
+                       ((None,), "needs `times`")):
+        with pytest.raises(ValueError, match=match):
+            feedback_windows([6, 3], None, *bad, feedback_seconds=60)
+    with pytest.raises(ValueError, match="> 0"):
+        feedback_windows([9], None, times, feedback_seconds=0)
+
+
+def test_labels_by_the_clock_are_written_when_their_window_closes():
+    """A replay with windows of the log's clock reads each window with the labels of every
+    earlier window written and none of its own: the same as writing window by window by hand."""
+    import reloop2_tf as r2
+    from reloop2_tf.evaluation import streaming
+
+    rng = np.random.default_rng(0)
+    n, d = 400, 4
+    times = np.sort(rng.integers(0, 4000, n)).astype(float)
+    hidden = rng.normal(size=(n, d)).astype(np.float32)
+    feats = {"item": rng.integers(0, 5, n).astype(str)}
+    logits = rng.normal(size=n).astype(np.float32)
+    labels = (rng.random(n) < 0.3).astype(np.float32)
+
+    def fresh():
+        mem = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_bits=8, id_groups=["item"])
+        mem.build([None, d])
+        return r2.ErrorCompensation(mem)
+
+    windows = feedback_windows([n], times=times, feedback_seconds=500)
+    assert len(streaming.feedback_chunks(windows)) == len(np.unique(times // 500))
+    replayed, by_hand, by_rows = fresh(), fresh(), fresh()
+    inputs = streaming.memory_inputs(replayed.memory, hidden, feats)
+    out = streaming.replay_encoded(replayed, logits, inputs, labels, windows)
+    expected = []
+    for cell in np.unique(times // 500):
+        rows = np.flatnonzero(times // 500 == cell)
+        served = by_hand.compensate_keys(logits[rows], inputs[rows])
+        expected.append(served["probability"].numpy())
+        by_hand.update_memory_by_keys(inputs[rows], served["base_probability"], labels[rows])
+    np.testing.assert_array_equal(out["probability"], np.concatenate(expected))
+    # the same rows cut every 100 rows are read against other states
+    rows = streaming.replay_encoded(by_rows, logits, inputs, labels, feedback_windows([n], 100))
+    assert np.abs(rows["probability"] - out["probability"]).max() > 1e-4
+    with pytest.raises(ValueError, match="one window per row"):
+        streaming.replay_encoded(fresh(), logits, inputs, labels, windows[:-1])
+
+
 def test_cli_feedback_and_id_group_flags():
-    assert cli._feedback_every("slot") is None and cli._feedback_every("250") == 250
+    assert cli._feedback_every("slot") == 0 and cli._feedback_every("250") == 250
     assert cli._id_groups("item_id,user_id*genre") == [["item_id"], ["user_id", "genre"]]
     assert cli._id_groups("none") == []
     for bad in ("0", "-3", "often"):
@@ -260,7 +334,7 @@ def test_a_popularity_cross_is_replayed_with_the_keys_a_server_would_serve():
     replayed, by_hand = fresh(), fresh()
     inputs = streaming.memory_inputs(replayed.memory, hidden, feats)
     ahead = fresh().memory.keys(hidden, feats).numpy()  # what the replay used to do
-    streaming.replay_encoded(replayed, logits, inputs, labels, [n], feedback_every=every)
+    streaming.replay_encoded(replayed, logits, inputs, labels, feedback_windows([n], every))
     served = []
     for a in range(0, n, every):
         rows = slice(a, a + every)
@@ -394,7 +468,7 @@ def test_the_test_memory_starts_from_the_trust_its_setting_learnt_on_validation(
         benchmark._Probe(base, spec, df.iloc[:3000], validation, config), seed=0)
     curvature, moment = learnt(setting)
     by_hand = setting.layer(0)
-    learnt.probe.replay(by_hand, 500)
+    learnt.probe.replay(by_hand)
     np.testing.assert_array_equal(curvature, by_hand.memory.trust_sums()[0].numpy())
     np.testing.assert_array_equal(moment, by_hand.memory.trust_sums()[1].numpy())
     assert learnt.trust(setting) == by_hand.trust().numpy().tolist()
@@ -403,7 +477,7 @@ def test_the_test_memory_starts_from_the_trust_its_setting_learnt_on_validation(
     # What the sweep already replayed is kept, not replayed again.
     other = benchmark.MemoryConfig(id_groups=[["item_id"]])
     swept = other.layer(0)
-    learnt.probe.replay(swept, 500)
+    learnt.probe.replay(swept)
     replays, replay = [], learnt.probe.replay
     learnt.probe.replay = lambda *args, **kwargs: replays.append(1) or replay(*args, **kwargs)
     learnt.keep(other, swept)
@@ -419,11 +493,11 @@ def test_the_test_memory_starts_from_the_trust_its_setting_learnt_on_validation(
                                  dataclasses.replace(config, warm_start_rows=rows))
         assert len(other.warm_labels) == written
         comp = setting.layer(0)
-        other.replay(comp, 500)  # the warm rows, then the 1,500 test rows
+        other.replay(comp)  # the warm rows, then the 1,500 test rows
         weight = float(comp.memory.snapshot()[comp.memory.totals_row, 0])
         assert weight == pytest.approx(written + 1500, rel=0.02)
-    cold = probe.replay(setting.layer(0), 500)
-    carried = probe.replay(setting.layer(0), 500, trust_sums=(curvature, moment))
+    cold = probe.replay(setting.layer(0))
+    carried = probe.replay(setting.layer(0), trust_sums=(curvature, moment))
     first = slice(0, 500)  # served before any test label came back
     np.testing.assert_array_equal(cold["probability"][first], cold["base_probability"][first])
     assert np.abs(carried["probability"][first] - carried["base_probability"][first]).mean() > 1e-3
@@ -437,7 +511,8 @@ def test_the_test_memory_starts_from_the_trust_its_setting_learnt_on_validation(
     by_hand.memory.build(tf.TensorShape([None, probe.hidden.shape[1]]))
     by_hand.memory.set_center(probe.center_vector)
     streaming.warm_start(by_hand, probe.warm_logits, streaming.memory_inputs(
-        by_hand.memory, probe.warm_hidden, probe.warm_features), probe.warm_labels, 500)
+        by_hand.memory, probe.warm_hidden, probe.warm_features), probe.warm_labels,
+        feedback_windows([len(probe.warm_labels)], 500))
     by_hand.memory.set_trust_sums(curvature, moment)
     keys = streaming.memory_inputs(by_hand.memory, probe.hidden[first],
                                    {k: v[first] for k, v in test.features.items()})
@@ -461,8 +536,8 @@ def test_every_updated_model_takes_over_the_memory_as_it_stands(monkeypatch, ml1
     test = benchmark._Stream(df.iloc[4500:], spec, 3)
     setting = benchmark.MemoryConfig(id_groups=[["item_id"], ["user_id", "genre"]])
     probe = benchmark._Probe(base, spec, df.iloc[:4500], test, config)
-    served = probe.replay(setting.layer(0), 500)["probability"]
-    history = (probe.warm_features, probe.warm_labels)
+    served = probe.replay(setting.layer(0))["probability"]
+    history = (probe.warm_features, probe.warm_labels, probe.warm_windows)
 
     def incremental(compensation, **changes):
         return benchmark._incremental(base, test, dataclasses.replace(config, **changes),
@@ -537,10 +612,10 @@ def test_window_gauc_orders_a_users_rows_within_one_feedback_window():
     from reloop2_tf.evaluation import metrics
 
     users = np.array(["a", "b", "a", "a", "b", "a", "b", "a", "b", "a"])
-    groups = benchmark.window_groups(users, [6, 4], 2)
+    groups = benchmark.window_groups(users, feedback_windows([6, 4], 2))
     # Slot 1: windows rows 0-1, 2-3, 4-5; slot 2: rows 6-7, 8-9; a group per user in each.
     assert groups.tolist() == [0, 1, 2, 2, 3, 4, 5, 6, 7, 8]
-    by_slot = benchmark.window_groups(users, [6, 4], None)
+    by_slot = benchmark.window_groups(users, feedback_windows([6, 4], None))
     assert by_slot.tolist() == [0, 1, 0, 0, 1, 0, 2, 3, 2, 3]
 
     rng = np.random.default_rng(0)
@@ -548,7 +623,7 @@ def test_window_gauc_orders_a_users_rows_within_one_feedback_window():
     users = rng.integers(0, 40, n).astype(str)
     labels = (rng.random(n) < 0.5).astype(np.float32)
     logits = rng.normal(size=n) + 0.8 * (labels - 0.5)
-    windows = benchmark.window_groups(users, [2000, 2000], 250)
+    windows = benchmark.window_groups(users, feedback_windows([2000, 2000], 250))
     window = np.concatenate([np.arange(2000) // 250, 8 + np.arange(2000) // 250])
     offset = rng.normal(size=(40, 16))[users.astype(int), window]  # per user, per window
     base, moved = 1 / (1 + np.exp(-logits)), 1 / (1 + np.exp(-(logits + 2.0 * offset)))

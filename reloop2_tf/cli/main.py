@@ -83,9 +83,10 @@ def _prepare(args) -> int:
     return 0
 
 
-def _feedback_every(value: str):
+def _feedback_every(value: str) -> int:
+    """Rows per feedback window; 0 for 'slot' (once per slot; the flag's absence is None)."""
     if value == "slot":
-        return None
+        return 0
     try:
         rows = int(value)
     except ValueError:
@@ -103,6 +104,16 @@ def _rows(value: str) -> int:
     if rows < 0:
         raise argparse.ArgumentTypeError(f"expected a number of rows >= 0, got {value!r}")
     return rows
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {value!r}")
+    return seconds
 
 
 def _seeds(value: str) -> tuple[int, ...]:
@@ -129,6 +140,12 @@ def _bench(args) -> int:
         raise ValueError("`--seeds` runs the streaming benchmark once per seed; the drift testbed "
                          "and the synthetic stream take one `--seed` (benchmarks/drift_runs.sh "
                          "loops over seeds)")
+    if args.feedback_seconds is not None and (args.feedback_every is not None or args.scenario
+                                              or args.dataset == "synthetic"):
+        raise ValueError("`--feedback-seconds` cuts the streaming benchmark's feedback by the "
+                         "log's timestamps: give it without `--feedback-every`, and not with "
+                         "`--scenario` (the drift testbed writes every `--window` rows) or the "
+                         "synthetic stream")
     # --half-life 0: no forgetting (the layers take None).
     half_life = None if args.half_life == 0 else args.half_life
     if args.dataset == "synthetic":
@@ -166,11 +183,13 @@ def _bench(args) -> int:
         config = benchmark.BenchConfig(dataset=args.dataset, model=args.model,
                                        num_slots=args.slots, seed=args.seed,
                                        history_length=args.history_length,
-                                       feedback_every=args.feedback_every,
+                                       feedback_seconds=args.feedback_seconds,
                                        sweep=not args.no_sweep, quick=args.quick,
                                        carry_trust=not args.cold_trust,
                                        hidden_layer=args.hidden_layer,
                                        center=not args.no_center)
+        if args.feedback_every is not None:  # else the config's default (1,000 rows)
+            config.feedback_every = args.feedback_every or None
         if args.half_life is not None:
             config.memory.half_life = half_life
             config.fixed_memory += ("half_life",)
@@ -232,9 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_flags(bench, synthetic=True)
     bench.add_argument("--model", default="dcn", help="zoo model: deepfm, dcn, dcnv2, din, dien, bst")
     bench.add_argument("--slots", type=int, default=10, help="number of test slots T")
-    bench.add_argument("--feedback-every", type=_feedback_every, default=1000,
+    bench.add_argument("--feedback-every", type=_feedback_every, default=None,
                        help="write labels every B rows (default 1000, as serving does), or "
                             "'slot': after each slot (the paper's protocol)")
+    bench.add_argument("--feedback-seconds", type=_seconds, default=None,
+                       help="write labels at the end of every S-second window of the log's "
+                            "timestamps instead, as `reloop2 feedback run --window-seconds S` "
+                            "does")
     bench.add_argument("--id-groups", type=_id_groups, default=None,
                        help="the memory's id groups, e.g. 'item_id,user_id*genre' ('*' crosses, "
                             "'user_id*item_id:popularity' crosses the user with the item's "

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from reloop2_tf.evaluation.windows import feedback_chunks
+
 
 @dataclass
 class BiasMemory:
@@ -34,9 +36,11 @@ class BiasMemory:
     gamma: float = 0.0
     prior_count: float = 20.0
 
-    def replay(self, keys, base_probs, labels, slot_sizes, feedback_every=None,
-               warm_keys=None, warm_base=None, warm_labels=None) -> np.ndarray:
-        """Streams rows (predict a chunk, then write its labels); returns corrected probabilities."""
+    def replay(self, keys, base_probs, labels, windows, warm_keys=None, warm_base=None,
+               warm_labels=None) -> np.ndarray:
+        """Streams rows (predict a feedback window, then write its labels; ``windows``:
+        ``windows.feedback_windows``); returns corrected probabilities. The warm rows are
+        written at once: the sums do not depend on how they are cut."""
         warm_keys = np.asarray([] if warm_keys is None else warm_keys, dtype=object)
         all_keys = np.concatenate([warm_keys, np.asarray(keys, dtype=object)])
         codes, uniques = pd.factorize(all_keys)
@@ -47,14 +51,9 @@ class BiasMemory:
         base_probs = np.asarray(base_probs, dtype=np.float64)
         labels = np.asarray(labels, dtype=np.float64)
         out = np.empty_like(base_probs)
-        offset = 0
-        for size in slot_sizes:
-            step = feedback_every or size
-            for start in range(offset, offset + size, step):
-                stop = min(start + step, offset + size)
-                out[start:stop] = self._correct(stats, codes[start:stop], base_probs[start:stop])
-                self._write(stats, codes[start:stop], base_probs[start:stop], labels[start:stop])
-            offset += size
+        for start, stop in _checked_chunks(windows, len(base_probs)):
+            out[start:stop] = self._correct(stats, codes[start:stop], base_probs[start:stop])
+            self._write(stats, codes[start:stop], base_probs[start:stop], labels[start:stop])
         return out
 
     @staticmethod
@@ -95,10 +94,12 @@ class FTRLOffset:
     l2: float = 1.0
     num_buckets: int = 2**22
 
-    def replay(self, keys, base_probs, labels, slot_sizes, feedback_every=None,
-               warm_keys=None, warm_base=None, warm_labels=None) -> np.ndarray:
+    def replay(self, keys, base_probs, labels, windows, warm_keys=None, warm_base=None,
+               warm_labels=None, warm_windows=None) -> np.ndarray:
         """``keys``: ``[N, C]`` id values (one column per group, crosses already joined;
-        `None`: the row has no feature in that column)."""
+        `None`: the row has no feature in that column). ``windows`` / ``warm_windows``:
+        ``windows.feedback_windows`` of the rows and of the warm rows (`None`: the warm rows
+        in one update)."""
         keys = np.asarray(keys, dtype=object).reshape(len(base_probs), -1)
         warm_keys = (np.empty((0, keys.shape[1]), object) if warm_keys is None
                      else np.asarray(warm_keys, dtype=object).reshape(-1, keys.shape[1]))
@@ -110,20 +111,15 @@ class FTRLOffset:
         offsets = _logit(np.concatenate([[] if warm_base is None else warm_base, base_probs]))
         targets = np.concatenate([[] if warm_labels is None else warm_labels, labels])
         nw = len(warm_keys)
-        step = feedback_every or None
-        for start in range(0, nw, step or max(nw, 1)):
-            rows = slice(start, min(start + (step or nw), nw))
+        warm_windows = np.zeros(nw, np.int64) if warm_windows is None else warm_windows
+        for start, stop in _checked_chunks(warm_windows, nw):
+            rows = slice(start, stop)
             self._update(z_state, n_state, cols[rows], offsets[rows], targets[rows])
         out = np.empty(len(base_probs))
-        offset = nw
-        for size in slot_sizes:
-            chunk = step or size
-            for start in range(offset, offset + size, chunk):
-                rows = slice(start, min(start + chunk, offset + size))
-                out[rows.start - nw:rows.stop - nw] = _sigmoid(
-                    offsets[rows] + self._weights(z_state, n_state, cols[rows]).sum(1))
-                self._update(z_state, n_state, cols[rows], offsets[rows], targets[rows])
-            offset += size
+        for start, stop in _checked_chunks(windows, len(base_probs)):
+            rows = slice(nw + start, nw + stop)
+            out[start:stop] = _sigmoid(offsets[rows] + self._weights(z_state, n_state, cols[rows]).sum(1))
+            self._update(z_state, n_state, cols[rows], offsets[rows], targets[rows])
         return out
 
     def _columns(self, keys) -> np.ndarray:
@@ -149,6 +145,14 @@ class FTRLOffset:
         sigma = (np.sqrt(n_new) - np.sqrt(n_state[touched])) / self.alpha
         z_state[touched] += grad - sigma * w
         n_state[touched] = n_new
+
+
+def _checked_chunks(windows, rows: int) -> list[tuple[int, int]]:
+    """``windows.feedback_chunks`` of ``windows``, after checking there is one per row."""
+    if len(windows) != rows:
+        raise ValueError(f"`windows` should hold one feedback window per row ({rows}). "
+                         f"Received: {len(windows)}")
+    return feedback_chunks(windows)
 
 
 def _sigmoid(x):

@@ -9,8 +9,9 @@ with the combiner's sums the same memory learnt on the validation stream (``carr
 a served memory would have learnt them from earlier traffic; its tables are warm-started from
 the training tail. ``carry_trust=False`` starts the trust at zero.
 
-Labels are revealed every ``feedback_every`` rows (1,000 by default, what serving does), or
-once per slot (``None``, the paper's protocol).
+Labels are revealed every ``feedback_every`` rows (1,000 by default, what serving does), once
+per slot (``None``, the paper's protocol), or at the end of every ``feedback_seconds`` window
+of the log's timestamps (what ``reloop2 feedback run --window-seconds`` does).
 
 Methods, all from the same trained base model:
   static               the base model;
@@ -45,6 +46,7 @@ from reloop2_tf.evaluation import metrics
 from reloop2_tf.evaluation.baselines import BiasMemory, FTRLOffset
 from reloop2_tf.evaluation.plotting import plot_head_to_head, plot_slots, plot_sweeps
 from reloop2_tf.evaluation.streaming import encode, memory_inputs, replay_encoded, warm_start
+from reloop2_tf.evaluation.windows import feedback_chunks, feedback_windows
 from reloop2_tf.features import FeatureSpec, SequenceFeature, SparseFeature, features_from_frame
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
 from reloop2_tf.layers.id_keys import EACH_SEPARATOR, EACH_SLOTS, each_of, popularity_of
@@ -181,6 +183,8 @@ class BenchConfig:
     learning_rate: float = 1e-3
     incremental_learning_rate: float = 1e-4
     feedback_every: int | None = 1000
+    # Windows of this many seconds of the log's `timestamp` instead (feedback_every unused).
+    feedback_seconds: float | None = None
     warm_start_rows: int = 20_000
     center_rows: int = 50_000
     hidden_layer: str = "hidden"
@@ -211,12 +215,20 @@ class BenchConfig:
         if self.feedback_every is not None and self.feedback_every < 1:
             raise ValueError("`--feedback-every` should be a number of rows >= 1 or 'slot'. "
                              f"Received: {self.feedback_every}")
+        if self.feedback_seconds is not None and not self.feedback_seconds > 0:
+            raise ValueError("`--feedback-seconds` should be a number of seconds > 0. "
+                             f"Received: {self.feedback_seconds}")
         test_rows = rows - int(rows * self.train_fraction)
         val_rows = int(rows * self.train_fraction) - int(rows * (self.train_fraction
                                                                   - self.validation_fraction))
         if min(test_rows, val_rows) < self.num_slots:
             raise DataError(f"{rows} rows leave {test_rows} test and {val_rows} validation rows: "
                             f"too few for {self.num_slots} non-empty slots")
+
+    def feedback(self, sizes: list[int], times) -> np.ndarray:
+        """The feedback windows (``windows.feedback_windows``) of rows cut into slots of
+        ``sizes``, with timestamps ``times``."""
+        return feedback_windows(sizes, self.feedback_every, times, self.feedback_seconds)
 
 
 def _check_frame(df: pd.DataFrame) -> None:
@@ -263,6 +275,7 @@ class _Stream:
         self.features = features_from_frame(df, spec)
         self.labels = df["label"].to_numpy(np.float32)
         self.groups = df["user_id"].to_numpy()
+        self.times = df["timestamp"].to_numpy(np.float64)
         self.windows: np.ndarray | None = None  # window_groups, once the feedback is known
 
     def bounds(self):
@@ -285,19 +298,14 @@ class _Stream:
         return out
 
 
-def window_groups(users, sizes: list[int], feedback_every: int | None) -> np.ndarray:
-    """int ``[N]``: every row's (user, feedback window) group. A window is ``feedback_every``
-    consecutive rows of a slot (the whole slot with `None`), as the replays cut them: the rows
-    scored against one state of the memory, like the candidates of one served request. gAUC
-    over these groups (``gauc_window``) is the order within them; plain gAUC pools a user's
-    rows over the whole stream, where a correction that moves between windows also reorders a
-    user's earlier rows against their later ones (docs/benchmarks.md)."""
-    windows, first = [], 0
-    for size in sizes:
-        window = np.arange(size) // (feedback_every or size)
-        windows.append(first + window)
-        first += int(window[-1]) + 1
-    frame = pd.DataFrame({"user": np.asarray(users), "window": np.concatenate(windows)})
+def window_groups(users, windows) -> np.ndarray:
+    """int ``[N]``: every row's (user, feedback window) group, ``windows`` from
+    ``windows.feedback_windows``: the rows scored against one state of the memory, like the
+    candidates of one served request. gAUC over these groups (``gauc_window``) is the order
+    within them; plain gAUC pools a user's rows over the whole stream, where a correction that
+    moves between windows also reorders a user's earlier rows against their later ones
+    (docs/benchmarks.md)."""
+    frame = pd.DataFrame({"user": np.asarray(users), "window": np.asarray(windows)})
     return frame.groupby(["user", "window"], sort=False).ngroup().to_numpy()
 
 
@@ -328,11 +336,10 @@ def _encode_for(model: ReLoop2Model, features) -> tuple[np.ndarray, np.ndarray]:
     return logits, memory_inputs(model.memory, hidden, features)
 
 
-def _warm_start(model: ReLoop2Model, features, labels, config: BenchConfig) -> None:
+def _warm_start(model: ReLoop2Model, features, labels, windows) -> None:
     """Writes already-revealed rows so that the memory does not start empty."""
     if len(labels):
-        warm_start(model.compensation, *_encode_for(model, features), labels,
-                   config.feedback_every)
+        warm_start(model.compensation, *_encode_for(model, features), labels, windows)
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -389,17 +396,27 @@ class _Probe:
         self.warm_df = warm
         self.warm_features = features_from_frame(warm, spec)
         self.warm_labels = warm["label"].to_numpy(np.float32)
+        self.windows, self.warm_windows = self.feedback(config.feedback_every)
         probe = _wrap(base, MemoryConfig(id_groups=[]).layer(config.seed), self.center, config)
         self.center_vector = probe.memory.center.numpy()
         self.logits, self.hidden = encode(probe, stream.features)
         self.warm_logits, self.warm_hidden = encode(probe, self.warm_features)
         self._inputs: dict = {}
 
-    def replay(self, comp: ErrorCompensation, feedback_every, progress=False, desc="",
-               trust_sums=None):
+    def feedback(self, feedback_every: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The feedback windows of the stream and of the warm rows: the config's, with
+        ``feedback_every`` for its row count (`None`: once per slot)."""
+        config = replace(self.config, feedback_every=feedback_every)
+        return (config.feedback(self.stream.sizes, self.stream.times),
+                config.feedback([len(self.warm_labels)], self.warm_df["timestamp"]))
+
+    def replay(self, comp: ErrorCompensation, progress=False, desc="", trust_sums=None,
+               feedback=None):
         """``comp`` warm-started, its combiner then set to ``trust_sums`` if given (the warm
-        start's rows would otherwise age the sums), and replayed over the stream; returns its
+        start's rows would otherwise age the sums), and replayed over the stream with the
+        config's feedback windows (or ``feedback``, a ``self.feedback(...)`` pair); returns its
         output arrays."""
+        windows, warm_windows = feedback or (self.windows, self.warm_windows)
         comp.memory.build(tf.TensorShape([None, self.hidden.shape[1]]))
         comp.memory.set_center(self.center_vector if self.config.center
                                else np.zeros_like(self.center_vector))
@@ -413,11 +430,11 @@ class _Probe:
                 memory_inputs(comp.memory, self.warm_hidden, self.warm_features),
                 memory_inputs(comp.memory, self.hidden, self.stream.features))
         warm_inputs, inputs = self._inputs[layout]
-        warm_start(comp, self.warm_logits, warm_inputs, self.warm_labels, feedback_every)
+        warm_start(comp, self.warm_logits, warm_inputs, self.warm_labels, warm_windows)
         if trust_sums is not None:  # after the warm start, whose rows would age the sums
             comp.memory.set_trust_sums(*trust_sums)
-        return replay_encoded(comp, self.logits, inputs, self.stream.labels, self.stream.sizes,
-                              feedback_every, progress=progress, desc=desc)
+        return replay_encoded(comp, self.logits, inputs, self.stream.labels, windows,
+                              progress=progress, desc=desc)
 
 
 def _config_key(config) -> str:
@@ -456,7 +473,7 @@ class _ValidationTrust:
         key = _config_key(memory)
         if key not in self._learnt:
             comp = memory.layer(self.seed)
-            self.probe.replay(comp, self.probe.config.feedback_every)
+            self.probe.replay(comp)
             self._learnt[key] = self._sums(comp)
         return self._learnt[key]
 
@@ -480,7 +497,7 @@ def _sweep(probe: _Probe, start, grid: dict, layer, seed_bar,
             key = _config_key(candidate)
             if key not in scores:
                 comp = layer(candidate)
-                out = probe.replay(comp, probe.config.feedback_every)
+                out = probe.replay(comp)
                 if learnt is not None:
                     learnt.keep(candidate, comp)
                 scores[key] = _score(probe.stream, out["probability"])
@@ -541,8 +558,8 @@ def sweep_memory(probe: _Probe, config: BenchConfig, progress: bool,
         points = []
         for candidate in BIAS_GRID:
             probs = candidate.replay(stream.df[key].to_numpy(), base_probs, stream.labels,
-                                     stream.sizes, config.feedback_every, warm[key].to_numpy(),
-                                     warm_base, probe.warm_labels)
+                                     probe.windows, warm[key].to_numpy(), warm_base,
+                                     probe.warm_labels)
             g, a = _score(stream, probs)
             points.append({"value": asdict(candidate), "gauc": g, "auc": a})
         report.setdefault("bias", {})[name] = points
@@ -554,8 +571,8 @@ def sweep_memory(probe: _Probe, config: BenchConfig, progress: bool,
         points = []
         for candidate in FTRL_GRID:
             probs = candidate.replay(_cross_keys(stream.df, groups), base_probs, stream.labels,
-                                     stream.sizes, config.feedback_every,
-                                     _cross_keys(warm, groups), warm_base, probe.warm_labels)
+                                     probe.windows, _cross_keys(warm, groups), warm_base,
+                                     probe.warm_labels, probe.warm_windows)
             g, a = _score(stream, probs)
             points.append({"value": asdict(candidate), "gauc": g, "auc": a})
         ftrl = FTRLOffset(**max(points, key=lambda p: (p["gauc"], p["auc"]))["value"])
@@ -580,12 +597,14 @@ def _copy(base: keras.Model, config: BenchConfig) -> keras.Model:
 def _incremental(base, stream: _Stream, config: BenchConfig, compensation=None, center=None,
                  history=None, progress=False, trust_sums=None) -> np.ndarray:
     """Incremental fine-tuning, optionally with a memory that every updated model takes over
-    (its combiner starting from ``trust_sums``, if given)."""
+    (its combiner starting from ``trust_sums``, if given; ``history``: the warm rows' features,
+    labels and feedback windows)."""
     model = _copy(base, config)
     wrapped = None
+    windows = config.feedback(stream.sizes, stream.times)
     if compensation is not None:
         wrapped = _wrap(model, compensation, center, config)
-        _warm_start(wrapped, *history, config)
+        _warm_start(wrapped, *history)
         if trust_sums is not None:
             wrapped.memory.set_trust_sums(*trust_sums)
     probs = []
@@ -597,7 +616,7 @@ def _incremental(base, stream: _Stream, config: BenchConfig, compensation=None, 
             probs.append(_sigmoid(logits))
         else:
             out = replay_encoded(wrapped.compensation, *_encode_for(wrapped, feats), labels,
-                                 [b - a], config.feedback_every)
+                                 windows[a:b])
             probs.append(out["probability"])
         # The updated model takes over the memory as it stands, as a new version of the same
         # export does when it is served (docs/serving.md, section 4): an id's bucket does not move
@@ -633,7 +652,7 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
         n * config.train_fraction)
     train_df, test_df = df.iloc[:cut_train], df.iloc[cut_train:]
     test = _Stream(test_df, spec, config.num_slots)  # fails on an empty slot before training
-    test.windows = window_groups(test.groups, test.sizes, config.feedback_every)
+    test.windows = window_groups(test.groups, config.feedback(test.sizes, test.times))
 
     if config.memory.id_groups is None:
         config.memory.id_groups = id_groups_for_frame(df)
@@ -650,11 +669,10 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
 
     base = _train(train_df, spec, config, progress)
     probe = _Probe(base, spec, train_df, test, config)
-    every = config.feedback_every
     probs: dict[str, np.ndarray] = {}
     # Static is the base probability the memory's replay computes alongside its own output: the
     # very same tensor, so that lambda = 0 gives back static bit for bit.
-    out = probe.replay(config.memory.layer(config.seed), every, progress, "reloop2",
+    out = probe.replay(config.memory.layer(config.seed), progress, "reloop2",
                        learnt(config.memory))
     probs["static"] = out["base_probability"]
     if "reloop2" in methods:
@@ -662,28 +680,28 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
     for name, layer in (("reloop2-paper", lambda: config.paper.layer(config.seed)),
                         ("reloop2-knn", config.knn.layer)):
         if name in methods:
-            probs[name] = probe.replay(layer(), every, progress, name)["probability"]
+            probs[name] = probe.replay(layer(), progress, name)["probability"]
     for name, memory in ablations(config.memory).items():
         if name in methods and not (memory.num_tables == 0 and not memory.id_groups):
-            probs[name] = probe.replay(memory.layer(config.seed), every, progress,
-                                       name, learnt(memory))["probability"]
+            probs[name] = probe.replay(memory.layer(config.seed), progress, name,
+                                       learnt(memory))["probability"]
     if "reloop2 no-centre" in methods:
         uncentred = _Probe(base, spec, train_df, test, replace(config, center=False))
         probs["reloop2 no-centre"] = uncentred.replay(
-            config.memory.layer(config.seed), every, progress, "no-centre",
+            config.memory.layer(config.seed), progress, "no-centre",
             learnt(config.memory))["probability"]
     warm_df, warm_base = probe.warm_df, _sigmoid(probe.warm_logits)
     for name, key in BIAS_KEYS.items():
         if name in methods:
             probs[name] = config.bias[name].replay(
-                test_df[key].to_numpy(), probs["static"], test.labels, test.sizes, every,
+                test_df[key].to_numpy(), probs["static"], test.labels, probe.windows,
                 warm_df[key].to_numpy(), warm_base, probe.warm_labels)
     if "ftrl-offset" in methods:
         groups = _ftrl_groups(config.memory.id_groups)
         probs["ftrl-offset"] = config.ftrl.replay(
-            _cross_keys(test_df, groups), probs["static"], test.labels, test.sizes, every,
-            _cross_keys(warm_df, groups), warm_base, probe.warm_labels)
-    history = (probe.warm_features, probe.warm_labels)
+            _cross_keys(test_df, groups), probs["static"], test.labels, probe.windows,
+            _cross_keys(warm_df, groups), warm_base, probe.warm_labels, probe.warm_windows)
+    history = (probe.warm_features, probe.warm_labels, probe.warm_windows)
     if "incremental" in methods:
         probs["incremental"] = _incremental(base, test, config, progress=progress)
     if "incremental+reloop2" in methods:
@@ -699,7 +717,9 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
         "split": {"rows": n, "train_rows": cut_train, "tuning_train_rows": cut_val,
                   "validation_rows": cut_train - cut_val, "test_rows": n - cut_train,
                   "test_start_timestamp": int(test_df["timestamp"].iloc[0]),
-                  "slot_rows": test.sizes},
+                  "slot_rows": test.sizes,
+                  # How many times labels were written over the test stream.
+                  "feedback_windows": len(feedback_chunks(probe.windows))},
         "validation": sweep_report,
         # The trust the test memory started from (learnt on the validation stream), or None.
         "trust_from_validation": learnt.trust(config.memory),

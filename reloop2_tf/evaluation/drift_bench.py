@@ -209,10 +209,10 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
         config.memory.id_groups = id_groups_for_frame(shifted)
     base = _train(train_df, spec, bench, progress)
     probe = _Probe(base, spec, train_df, test, bench)
-    history = (probe.warm_features, probe.warm_labels)
+    history = (probe.warm_features, probe.warm_labels, probe.warm_windows)
 
     probs: dict[str, np.ndarray] = {}
-    out = probe.replay(config.memory.layer(bench.seed), config.window, progress, "reloop2")
+    out = probe.replay(config.memory.layer(bench.seed), progress, "reloop2")
     probs["static"] = out["base_probability"]
     wanted = set(config.methods)
     if "reloop2" in wanted:
@@ -224,11 +224,11 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
                 "reloop2 no-forgetting": (replace(m, half_life=None), config.window)}
     for name, (memory, every) in variants.items():
         if name in wanted:
-            probs[name] = probe.replay(memory.layer(bench.seed), every, progress,
-                                       name)["probability"]
+            probs[name] = probe.replay(memory.layer(bench.seed), progress, name,
+                                       feedback=probe.feedback(every))["probability"]
     if "reloop2 no-center" in wanted:
         uncentred = _Probe(base, spec, train_df, test, replace(bench, center=False))
-        probs["reloop2 no-center"] = uncentred.replay(m.layer(bench.seed), config.window, progress,
+        probs["reloop2 no-center"] = uncentred.replay(m.layer(bench.seed), progress,
                                                       "reloop2 no-center")["probability"]
     warm_df, warm_base = probe.warm_df, _sigmoid(probe.warm_logits)
     p = config.paper
@@ -237,13 +237,13 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
                             ("item-bias validated", "item_id", VALIDATED_ITEM_BIAS)):
         if name in wanted:
             probs[name] = bias.replay(test_df[key].to_numpy(), probs["static"], test.labels,
-                                      test.sizes, config.window, warm_df[key].to_numpy(),
-                                      warm_base, history[1])
+                                      probe.windows, warm_df[key].to_numpy(), warm_base,
+                                      history[1])
     if "ftrl-offset" in wanted:
         groups = _ftrl_groups(m.id_groups)
         probs["ftrl-offset"] = config.ftrl.replay(
-            _cross_keys(test_df, groups), probs["static"], test.labels, test.sizes, config.window,
-            _cross_keys(warm_df, groups), warm_base, history[1])
+            _cross_keys(test_df, groups), probs["static"], test.labels, probe.windows,
+            _cross_keys(warm_df, groups), warm_base, history[1], probe.warm_windows)
     if "incremental" in wanted:
         probs["incremental"] = _incremental(base, test, bench, progress=progress)
     if "incremental-hot" in wanted:

@@ -78,7 +78,7 @@ def _spread(values: list[float]) -> dict:
 def _setup(run: dict) -> tuple:
     """What runs summarized as seeds of one another must share."""
     return (run["dataset"], run["config"]["model"], run["config"].get("feedback_every"),
-            run.get("split", {}).get("rows"))
+            run["config"].get("feedback_seconds"), run.get("split", {}).get("rows"))
 
 
 def run_seeds(df: pd.DataFrame, config: BenchConfig, output_dir, seeds, progress: bool = True,

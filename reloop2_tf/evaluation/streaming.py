@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from reloop2_tf._keras import tf
 from reloop2_tf.evaluation import metrics
+from reloop2_tf.evaluation.windows import feedback_chunks, feedback_windows
 from reloop2_tf.layers import ErrorCompensation, LSHErrorMemory
 from reloop2_tf.wrapper import ReLoop2Model
 
@@ -99,64 +100,66 @@ def memory_inputs(memory, hidden: np.ndarray, features: dict[str, np.ndarray] | 
 
 
 def replay_encoded(compensation: ErrorCompensation, logits: np.ndarray, inputs: np.ndarray,
-                   labels: np.ndarray, slot_sizes: list[int], feedback_every: int | None = None,
-                   batch_size: int = 8192, progress: bool = False,
-                   desc: str = "replay", learn_trust: bool = True) -> dict[str, np.ndarray]:
-    """Streams encoded rows through ``compensation``: predict a chunk, then write its labels.
+                   labels: np.ndarray, windows: np.ndarray, batch_size: int = 8192,
+                   progress: bool = False, desc: str = "replay",
+                   learn_trust: bool = True) -> dict[str, np.ndarray]:
+    """Streams encoded rows through ``compensation``: predict a feedback window, then write its
+    labels.
 
     ``inputs`` comes from ``memory_inputs``: memory keys for the sketch (read and written by
-    keys, as a server does with what ``predict`` returned), hidden vectors for k-NN. With
-    ``feedback_every=None`` a slot's labels are written after the whole slot is scored (the
-    paper's protocol); with ``feedback_every=B`` they are written every ``B`` rows. Returns the
-    arrays ``probability`` and ``base_probability`` over all rows.
+    keys, as a server does with what ``predict`` returned), hidden vectors for k-NN.
+    ``windows`` (``feedback_windows``) says which rows are scored before their labels are
+    written. Returns the arrays ``probability`` and ``base_probability`` over all rows.
     """
     by_keys = isinstance(compensation.memory, LSHErrorMemory)
+    if len(windows) != len(labels):
+        raise ValueError(f"`windows` should hold one window per row ({len(labels)}). "
+                         f"Received: {len(windows)}")
     probs, base = [], []
-    offset = 0
-    for size in tqdm(slot_sizes, desc=desc, unit="slot", disable=not progress, leave=False):
-        chunk = feedback_every or size
-        for c0, c1 in _batches(size, chunk):
-            a, b = offset + c0, offset + c1
-            served = []
-            for b0, b1 in _batches(b - a, batch_size):
-                rows = slice(a + b0, a + b1)
-                x = inputs[rows]  # the keys a row is read by are the keys it is written by
-                out = (compensation.compensate_keys(logits[rows], x) if by_keys
-                       else compensation.compensate(logits[rows], x))
-                probs.append(out["probability"].numpy())
-                base.append(out["base_probability"].numpy())
-                served.append((x, out["base_probability"]))
-            for (b0, b1), (x, served_base) in zip(_batches(b - a, batch_size), served):
-                rows = slice(a + b0, a + b1)
-                if by_keys:
-                    compensation.update_memory_by_keys(x, served_base, labels[rows],
-                                                       learn_trust=learn_trust)
-                else:
-                    compensation.update_memory(logits[rows], x, labels[rows],
-                                               learn_trust=learn_trust)
-        offset += size
+    bar = tqdm(total=len(labels), desc=desc, unit="row", disable=not progress, leave=False)
+    for a, b in feedback_chunks(windows):
+        served = []
+        for b0, b1 in _batches(b - a, batch_size):
+            rows = slice(a + b0, a + b1)
+            x = inputs[rows]  # the keys a row is read by are the keys it is written by
+            out = (compensation.compensate_keys(logits[rows], x) if by_keys
+                   else compensation.compensate(logits[rows], x))
+            probs.append(out["probability"].numpy())
+            base.append(out["base_probability"].numpy())
+            served.append((x, out["base_probability"]))
+        for (b0, b1), (x, served_base) in zip(_batches(b - a, batch_size), served):
+            rows = slice(a + b0, a + b1)
+            if by_keys:
+                compensation.update_memory_by_keys(x, served_base, labels[rows],
+                                                   learn_trust=learn_trust)
+            else:
+                compensation.update_memory(logits[rows], x, labels[rows],
+                                           learn_trust=learn_trust)
+        bar.update(b - a)
+    bar.close()
     return {"probability": np.concatenate(probs), "base_probability": np.concatenate(base)}
 
 
 def warm_start(compensation: ErrorCompensation, logits: np.ndarray, inputs: np.ndarray,
-               labels: np.ndarray, feedback_every: int | None) -> None:
-    """Writes already-revealed rows (the training tail) into the tables, in chunks of
-    ``feedback_every`` as the stream would. The combiner does not learn from them: the base
-    model was trained on these rows, so their residuals understate its error on new traffic."""
+               labels: np.ndarray, windows: np.ndarray) -> None:
+    """Writes already-revealed rows (the training tail) into the tables, window by window as
+    the stream would (``windows``: ``feedback_windows`` of these rows). The combiner does not
+    learn from them: the base model was trained on these rows, so their residuals understate
+    its error on new traffic."""
     if len(labels):
-        replay_encoded(compensation, logits, inputs, labels, [len(labels)], feedback_every,
-                       learn_trust=False)
+        replay_encoded(compensation, logits, inputs, labels, windows, learn_trust=False)
 
 
 def replay(model: ReLoop2Model, slots: list[Slot], feedback_every: int | None = None,
            batch_size: int = 4096, progress: bool = True) -> list[dict[str, np.ndarray]]:
-    """Streams ``slots`` through ``model`` (predict, then feedback); returns per-slot outputs."""
+    """Streams ``slots`` through ``model`` (predict, then feedback every ``feedback_every``
+    rows, or after each slot with `None`); returns per-slot outputs."""
     features = {k: np.concatenate([s.features[k] for s in slots]) for k in slots[0].features}
     logits, hidden = encode(model, features, batch_size)
     labels = np.concatenate([s.labels for s in slots]).astype(np.float32)
     sizes = [len(s) for s in slots]
     out = replay_encoded(model.compensation, logits, memory_inputs(model.memory, hidden, features),
-                         labels, sizes, feedback_every, progress=progress)
+                         labels, feedback_windows(sizes, feedback_every), progress=progress)
     bounds = np.cumsum([0, *sizes])
     return [{k: v[a:b] for k, v in out.items()} for a, b in zip(bounds[:-1], bounds[1:])]
 
