@@ -282,7 +282,7 @@ def test_labels_by_the_clock_are_written_when_their_window_closes():
         return r2.ErrorCompensation(mem)
 
     windows = feedback_windows([n], times=times, feedback_seconds=500)
-    assert len(streaming.feedback_chunks(windows)) == len(np.unique(times // 500))
+    assert len(streaming.feedback_chunks(windows, n)) == len(np.unique(times // 500))
     replayed, by_hand, by_rows = fresh(), fresh(), fresh()
     inputs = streaming.memory_inputs(replayed.memory, hidden, feats)
     out = streaming.replay_encoded(replayed, logits, inputs, labels, windows)

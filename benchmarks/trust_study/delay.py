@@ -66,7 +66,8 @@ def hindsight_ceiling(s: Stream) -> np.ndarray:
     """Every test row read from all the other rows of its keys, before and after it (warm and
     test), without forgetting, and the trust fitted on the test rows themselves (Newton, the
     combiner's ridge of 10): what the memory's id groups know about a row with every label of
-    the log back at once. Not a method; an upper bound for any reading of these keys."""
+    the log back at once (the replica's columns, every row's own contribution taken out of its
+    cells). Not a method; an upper bound for any reading of these keys."""
     r = Replica(s, recent_half_life=None, net=False, half_life=None)
     z, y = np.concatenate([s.wz, s.z]), np.concatenate([s.wy, s.y])
     base = sigmoid(z)
@@ -74,21 +75,8 @@ def hindsight_ceiling(s: Stream) -> np.ndarray:
     for table, codes in zip(r.state, r.codes):
         np.add.at(table, codes, rows)
     idx = np.arange(len(s.wy), len(y))
-    own = rows[idx]
-    cells = [table[codes[idx]] - own for table, codes in zip(r.state, r.codes)]
-    columns = []
-    for n in r.priors:
-        pooled = []
-        for i, parent in enumerate(r.parents):
-            c, residual = cells[i][:, 0], cells[i][:, 1] - cells[i][:, 2]
-            if parent >= 0:
-                p = cells[parent]
-                residual = residual - c * (p[:, 1] - p[:, 2]) / (p[:, 0] + n)
-            else:
-                pooled.append((cells[i][:, 2] - c * base[idx]) / (c + n))
-            columns.append(residual / (c + n))
-        columns += pooled
-    x = np.stack([*columns, z[idx], np.ones(len(idx))], 1)
+    cells = [table[codes[idx]] - rows[idx] for table, codes in zip(r.state, r.codes)]
+    x = r.columns(cells, idx, base[idx])
     w = np.zeros(x.shape[1])
     for _ in range(15):
         p = sigmoid(z[idx] + x @ w)

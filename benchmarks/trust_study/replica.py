@@ -71,7 +71,11 @@ class Replica:
         self.recent_totals = np.zeros(3)
 
     def features(self, idx, base):
-        st = [s[c[idx]] for s, c in zip(self.state, self.codes)]
+        return self.columns([s[c[idx]] for s, c in zip(self.state, self.codes)], idx, base)
+
+    def columns(self, st, idx, base):
+        """The combiner's columns of rows ``idx`` from ``st``, their cells' sums in every table
+        (``features`` reads them off the tables)."""
         # Every row is in one bucket of each table: the first one's sums are the stream's.
         total_c, total_y, total_b = self.state[0].sum(0)
         shift = (total_y - total_b) / (total_b + 1.0) if self.net else 0.0

@@ -51,7 +51,7 @@ class BiasMemory:
         base_probs = np.asarray(base_probs, dtype=np.float64)
         labels = np.asarray(labels, dtype=np.float64)
         out = np.empty_like(base_probs)
-        for start, stop in _checked_chunks(windows, len(base_probs)):
+        for start, stop in feedback_chunks(windows, len(base_probs)):
             out[start:stop] = self._correct(stats, codes[start:stop], base_probs[start:stop])
             self._write(stats, codes[start:stop], base_probs[start:stop], labels[start:stop])
         return out
@@ -112,11 +112,11 @@ class FTRLOffset:
         targets = np.concatenate([[] if warm_labels is None else warm_labels, labels])
         nw = len(warm_keys)
         warm_windows = np.zeros(nw, np.int64) if warm_windows is None else warm_windows
-        for start, stop in _checked_chunks(warm_windows, nw):
+        for start, stop in feedback_chunks(warm_windows, nw):
             rows = slice(start, stop)
             self._update(z_state, n_state, cols[rows], offsets[rows], targets[rows])
         out = np.empty(len(base_probs))
-        for start, stop in _checked_chunks(windows, len(base_probs)):
+        for start, stop in feedback_chunks(windows, len(base_probs)):
             rows = slice(nw + start, nw + stop)
             out[start:stop] = _sigmoid(offsets[rows] + self._weights(z_state, n_state, cols[rows]).sum(1))
             self._update(z_state, n_state, cols[rows], offsets[rows], targets[rows])
@@ -145,14 +145,6 @@ class FTRLOffset:
         sigma = (np.sqrt(n_new) - np.sqrt(n_state[touched])) / self.alpha
         z_state[touched] += grad - sigma * w
         n_state[touched] = n_new
-
-
-def _checked_chunks(windows, rows: int) -> list[tuple[int, int]]:
-    """``windows.feedback_chunks`` of ``windows``, after checking there is one per row."""
-    if len(windows) != rows:
-        raise ValueError(f"`windows` should hold one feedback window per row ({rows}). "
-                         f"Received: {len(windows)}")
-    return feedback_chunks(windows)
 
 
 def _sigmoid(x):

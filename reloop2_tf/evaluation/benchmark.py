@@ -719,7 +719,7 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
                   "test_start_timestamp": int(test_df["timestamp"].iloc[0]),
                   "slot_rows": test.sizes,
                   # How many times labels were written over the test stream.
-                  "feedback_windows": len(feedback_chunks(probe.windows))},
+                  "feedback_windows": len(feedback_chunks(probe.windows, len(test.labels)))},
         "validation": sweep_report,
         # The trust the test memory started from (learnt on the validation stream), or None.
         "trust_from_validation": learnt.trust(config.memory),

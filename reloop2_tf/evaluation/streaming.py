@@ -112,12 +112,10 @@ def replay_encoded(compensation: ErrorCompensation, logits: np.ndarray, inputs: 
     written. Returns the arrays ``probability`` and ``base_probability`` over all rows.
     """
     by_keys = isinstance(compensation.memory, LSHErrorMemory)
-    if len(windows) != len(labels):
-        raise ValueError(f"`windows` should hold one window per row ({len(labels)}). "
-                         f"Received: {len(windows)}")
+    chunks = feedback_chunks(windows, len(labels))
     probs, base = [], []
     bar = tqdm(total=len(labels), desc=desc, unit="row", disable=not progress, leave=False)
-    for a, b in feedback_chunks(windows):
+    for a, b in chunks:
         served = []
         for b0, b1 in _batches(b - a, batch_size):
             rows = slice(a + b0, a + b1)

@@ -47,8 +47,12 @@ def feedback_windows(slot_sizes, feedback_every: int | None = None, times=None,
     return np.concatenate(windows) if windows else np.zeros(0, np.int64)
 
 
-def feedback_chunks(windows) -> list[tuple[int, int]]:
-    """``(start, stop)`` of every feedback window in ``windows`` (``feedback_windows``)."""
+def feedback_chunks(windows, rows: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of every feedback window in ``windows`` (``feedback_windows``), after
+    checking that they give one window to each of the ``rows`` rows a replay streams."""
     windows = np.asarray(windows)
+    if len(windows) != rows:
+        raise ValueError(f"`windows` should hold one window per row ({rows}). "
+                         f"Received: {len(windows)}")
     edges = np.concatenate([[0], np.flatnonzero(np.diff(windows)) + 1, [len(windows)]])
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
