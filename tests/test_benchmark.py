@@ -152,6 +152,55 @@ def test_default_id_groups_follow_the_sides_of_the_log(ml100k):
     assert ["item_id", "interests:each"] in groups and ["item_id", "age"] in groups
 
 
+def test_id_tables_are_sized_to_the_keys_of_their_rows_by_hand():
+    from reloop2_tf.data import id_bits_for_frame, id_keys_for_frame
+
+    df = pd.DataFrame({"user_id": ["a", "a", "b", "b", "c"], "item_id": ["x", "y", "x", "x", "z"],
+                       "genres": ["C|D", "D", "C| E", "C", ""]})
+    groups = ["item_id", ("user_id", "genres:each"), ("user_id", "item_id:popularity")]
+    # user x genre tokens: a-C, a-D, b-C, b-E (c lists none); user x the item's rows before the
+    # row, floor(log2(1 + c)): a-0 (x, then y), b-1 (x seen once, then twice), c-0; the user's
+    # own table, which both crosses are read net of: a, b, c.
+    assert id_keys_for_frame(df, groups) == {"item_id": 3, "user_id*genres:each": 4,
+                                             "user_id*item_id:popularity": 3, "user_id": 3}
+    # The fewest bits whose buckets the largest table fills at most 5 %: 4 keys -> 80 -> 2^7.
+    assert id_bits_for_frame(df, groups, bits_range=(1, 24)) == 7
+    assert id_bits_for_frame(df, groups, shared_bucket_chance=0.5, bits_range=(1, 24)) == 3
+    assert id_bits_for_frame(df, groups) == 16  # the default range's floor
+    # Only the newest rows count: (b, x, "C") and (c, z, "") hold 2 keys per table -> 40 -> 2^6.
+    assert id_bits_for_frame(df, groups, rows=2, bits_range=(1, 24)) == 6
+    many = pd.DataFrame({"item_id": np.arange(300_000).astype(str)})
+    assert id_bits_for_frame(many, ["item_id"]) == 22  # 200,000 newest keys want 2^22
+    assert id_bits_for_frame(many, ["item_id"], rows=None, bits_range=(1, 24)) == 23
+    for kwargs, message in (({"shared_bucket_chance": 0.0}, "shared_bucket_chance"),
+                            ({"bits_range": (20, 18)}, "bits_range"), ({"rows": 0}, "rows")):
+        with pytest.raises(ValueError, match=message):
+            id_bits_for_frame(df, groups, **kwargs)
+    with pytest.raises(DataError, match="'tags'"):
+        id_keys_for_frame(df, [("user_id", "tags:each")])
+
+
+def test_the_benchmark_sizes_the_id_tables_from_the_training_rows_only(ml100k):
+    from reloop2_tf.data import id_bits_for_frame
+
+    train = ml100k.iloc[:2000]
+    # The test rows bring 100,000 new items, which would want a larger table: not looked at.
+    test = pd.concat([ml100k.iloc[2000:2100]] * 1000, ignore_index=True).assign(
+        item_id=np.arange(100_000).astype(str))
+    df = pd.concat([train, test], ignore_index=True)
+    memory = benchmark.MemoryConfig()
+    memory.fit_to_log(df, train)
+    assert memory.id_groups == id_groups_for_frame(df)
+    assert memory.id_bits == id_bits_for_frame(train, memory.id_groups) == 16
+    assert id_bits_for_frame(df, memory.id_groups) == 21  # 101,000 items -> 2,020,000
+    assert memory.layer(0).memory.id_bits == 16
+    fixed = benchmark.MemoryConfig(id_bits=12)
+    fixed.fit_to_log(df, train)
+    assert fixed.id_bits == 12 and fixed.layer(0).memory.id_bits == 12
+    # A config used alone builds the library's default.
+    assert benchmark.MemoryConfig(id_groups=[["item_id"]]).layer(0).memory.id_bits == 18
+
+
 def test_the_benchmarks_default_memory_centres_its_srp_tables_as_the_librarys_does():
     groups = [["item_id"], ["user_id", "genre"]]
     memory = benchmark.MemoryConfig(id_groups=groups)
@@ -184,6 +233,11 @@ def _bench_config(monkeypatch, tmp_path, *argv) -> benchmark.BenchConfig:
     with pytest.raises(SystemExit):
         cli.main(["bench", "--dataset", "ml-100k", "--output", str(tmp_path), *argv])
     return seen.pop()
+
+
+def test_cli_id_bits_flag_fixes_the_id_tables_size(monkeypatch, tmp_path, ml100k):
+    assert _bench_config(monkeypatch, tmp_path).memory.id_bits is None  # sized from the log
+    assert _bench_config(monkeypatch, tmp_path, "--id-bits", "14").memory.id_bits == 14
 
 
 def test_cli_cold_trust_flag_starts_the_combiner_at_zero(monkeypatch, tmp_path, ml100k):
@@ -309,6 +363,10 @@ def test_cli_feedback_and_id_group_flags():
             cli._feedback_every(bad)
     with pytest.raises(Exception, match="item_id"):
         cli._id_groups("item_id,*genre")
+    assert cli._id_bits("20") == 20
+    for bad in ("0", "25", "auto"):
+        with pytest.raises(Exception, match=r"\[1, 24\]"):
+            cli._id_bits(bad)
 
 
 def test_a_popularity_cross_is_replayed_with_the_keys_a_server_would_serve():

@@ -43,7 +43,17 @@ def test_the_trainer_builds_the_librarys_default_memory():
     settings = TrainerSettings()
     for name in ("num_tables", "num_bits", "half_life"):
         assert getattr(settings, name) == memory[name].default, name
+    # The id tables are sized to the training rows' keys, as `reloop2 bench` sizes them.
+    assert settings.id_bits == "auto"
     assert settings.compensation_weight == compensation["compensation_weight"].default
+
+
+def test_create_pipeline_rejects_a_bad_id_tables_size(tmp_path):
+    from reloop2_tfx.pipeline import create_pipeline
+
+    for bad in (0, 25, "big", True):
+        with pytest.raises(ValueError, match="id_bits"):
+            create_pipeline("p", str(tmp_path), str(tmp_path), str(tmp_path), id_bits=bad)
 
 
 def _versions(serving_dir):
@@ -188,11 +198,23 @@ def test_pushed_model_serves_in_tf1_session_and_update_memory_changes_prediction
 
 
 @pytest.mark.e2e
-def test_warm_started_memory_is_in_the_pushed_model(first_run):
+def test_warm_started_memory_is_in_the_pushed_model(first_run, movielens):
     session = Session(first_run.pushed_path)
     # Every one of the 3,200 training rows (configs.WARM_START_ROWS is more), weight 1 each less
     # what a half-life of 100,000 rows takes (< 2 %): a fresh deployment starts with a memory.
-    assert float(session("memory_snapshot")["memory_weight"]) == pytest.approx(TRAIN_ROWS, rel=0.02)
+    snapshot = session("memory_snapshot")
+    assert float(snapshot["memory_weight"]) == pytest.approx(TRAIN_ROWS, rel=0.02)
+    # Its id tables are sized to the keys of those rows (configs.ID_BITS "auto"): 2^16 buckets,
+    # the floor, not the library's 2^18. The snapshot holds exactly that memory's cells.
+    from reloop2_tf import LSHErrorMemory
+    from reloop2_tf.data import id_bits_for_frame, id_groups_for_frame
+
+    train = movielens["frame"].iloc[:TRAIN_ROWS].drop(columns=["label", "timestamp", "history"])
+    groups = id_groups_for_frame(train)
+    assert id_bits_for_frame(train, groups) == 16
+    sized = LSHErrorMemory(id_groups=groups, id_bits=16, srp_centre="user_id")
+    assert snapshot["sketch"].shape[0] == sized.num_state_rows
+    assert LSHErrorMemory(id_groups=groups, srp_centre="user_id").num_state_rows > sized.num_state_rows
 
 
 @pytest.mark.e2e

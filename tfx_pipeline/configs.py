@@ -46,10 +46,12 @@ CENTER_ROWS = 20_000
 # The memory: the library's defaults (docs/core.md; tests/test_pipeline.py keeps them equal). 4 SRP
 # tables of 8 bits, id tables for the groups found in the training rows ("auto": the item,
 # user x item-side columns, item x user-side columns, user x the item's popularity), a trust
-# learnt online from the feedback, forgetting at 100,000 rows.
+# learnt online from the feedback, forgetting at 100,000 rows; the id tables sized to the keys of
+# the newest training rows ("auto": reloop2_tf.data.id_bits_for_frame, docs/core.md).
 NUM_TABLES = 4
 NUM_BITS = 8
 ID_GROUPS = "auto"
+ID_BITS = "auto"
 COMPENSATION_WEIGHT = 1.0
 HALF_LIFE = 100_000.0
 

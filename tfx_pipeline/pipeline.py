@@ -89,6 +89,7 @@ def create_pipeline(
     num_tables: int = configs.NUM_TABLES,
     num_bits: int = configs.NUM_BITS,
     id_groups: str | list = configs.ID_GROUPS,
+    id_bits: str | int = configs.ID_BITS,
     compensation_weight: float = configs.COMPENSATION_WEIGHT,
     half_life: float | None = configs.HALF_LIFE,
     min_auc: float = configs.MIN_AUC,
@@ -117,6 +118,10 @@ def create_pipeline(
         enable_cache: bool. Reuse outputs of unchanged components. Defaults to `False`.
         The other arguments go to the Trainer's ``custom_config`` (see ``trainer_module``).
     """
+    if id_bits != "auto" and (not isinstance(id_bits, int) or isinstance(id_bits, bool)
+                              or not 1 <= id_bits <= 24):
+        raise ValueError("`id_bits` should be 'auto' or an int in [1, 24]. "
+                         f"Received: id_bits={id_bits!r}")
     if not isinstance(train_steps, int) or isinstance(train_steps, bool) or train_steps < 1:
         raise ValueError("`train_steps` should be an int >= 1. "
                          f"Received: train_steps={train_steps!r}")
@@ -161,6 +166,7 @@ def create_pipeline(
             "num_tables": num_tables,
             "num_bits": num_bits,
             "id_groups": id_groups,
+            "id_bits": id_bits,
             "compensation_weight": compensation_weight,
             "half_life": half_life,
         })

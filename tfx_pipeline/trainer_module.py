@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from reloop2_tf import ErrorCompensation, LSHErrorMemory, ReLoop2Model, default_srp_centre
-from reloop2_tf.data import id_groups_for_frame
+from reloop2_tf.data import id_bits_for_frame, id_groups_for_frame
 from reloop2_tf.export import export_serving_model
 from reloop2_tf.models import HIDDEN_LAYER, build_model
 from reloop2_tf.training import compile_model
@@ -51,6 +51,7 @@ class TrainerSettings:
     num_tables: int = configs.NUM_TABLES
     num_bits: int = configs.NUM_BITS
     id_groups: str | list = configs.ID_GROUPS
+    id_bits: str | int = configs.ID_BITS
     compensation_weight: float = configs.COMPENSATION_WEIGHT
     half_life: float | None = configs.HALF_LIFE
 
@@ -64,6 +65,11 @@ class TrainerSettings:
             raise ValueError(f"unknown Trainer custom_config key(s) {unknown}; "
                              f"known: {sorted(known)}")
         return cls(**config)
+
+
+def _frame(rows: dict[str, np.ndarray], spec) -> pd.DataFrame:
+    """The one-value-per-row features of ``rows`` as a frame, in the rows' order."""
+    return pd.DataFrame({name: rows[name] for name in spec.names if np.ndim(rows[name]) == 1})
 
 
 def _batches(arrays: dict[str, np.ndarray], size: int):
@@ -102,18 +108,20 @@ def run_fn(fn_args) -> None:
     center = examples.first_rows(ordered, settings.center_rows)
     id_groups = settings.id_groups
     if id_groups == "auto":  # the sides of the columns, read off the centring rows
-        id_groups = id_groups_for_frame(pd.DataFrame(
-            {name: center[name] for name in spec.names if np.ndim(center[name]) == 1}))
-    logger.info("memory id groups: %s", id_groups)
+        id_groups = id_groups_for_frame(_frame(center, spec))
+    newest = examples.newest_rows(ordered, settings.warm_start_rows)
+    id_bits = settings.id_bits
+    if id_bits == "auto":  # the id tables sized to the keys of the newest training rows
+        id_bits = id_bits_for_frame(_frame(newest, spec), id_groups)
+    logger.info("memory id groups: %s, id tables of 2^%d buckets", id_groups, id_bits)
     model = ReLoop2Model(base, hidden_layer=HIDDEN_LAYER, compensation=ErrorCompensation(
         LSHErrorMemory(num_tables=settings.num_tables, num_bits=settings.num_bits,
-                       half_life=settings.half_life, id_groups=id_groups,
+                       half_life=settings.half_life, id_groups=id_groups, id_bits=id_bits,
                        srp_centre=default_srp_centre(id_groups) if settings.num_tables else None),
         compensation_weight=settings.compensation_weight))
     model.set_center({name: center[name] for name in spec.names})
     lap("center")
 
-    newest = examples.newest_rows(ordered, settings.warm_start_rows)
     written = 0.0
     for batch in _batches(newest, _WRITE_BATCH):
         # Training rows fill the tables but do not teach the combiner (ReLoop2Model.update_memory).

@@ -126,6 +126,16 @@ def _seeds(value: str) -> tuple[int, ...]:
     return seeds
 
 
+def _id_bits(value: str) -> int:
+    try:
+        bits = int(value)
+    except ValueError:
+        bits = 0
+    if not 1 <= bits <= 24:
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, 24], got {value!r}")
+    return bits
+
+
 def _id_groups(value: str) -> list:
     if value.strip().lower() == "none":
         return []
@@ -169,6 +179,8 @@ def _bench(args) -> int:
         config.window = args.window if args.window is not None else config.window
         if args.half_life is not None:
             config.memory.half_life = half_life
+        if args.id_bits is not None:
+            config.memory.id_bits = args.id_bits
         if args.methods:
             config.methods = tuple(args.methods.split(","))
         results = drift_bench.run_drift(df, config, args.output)
@@ -195,6 +207,8 @@ def _bench(args) -> int:
             config.fixed_memory += ("half_life",)
         if args.id_groups is not None:
             config.memory.id_groups = args.id_groups
+        if args.id_bits is not None:
+            config.memory.id_bits = args.id_bits
         if args.epochs is not None:
             config.epochs = args.epochs
         if args.quick:
@@ -263,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "'user_id*item_id:popularity' crosses the user with the item's "
                             "count in the memory, 'none' for similarity only; default: found "
                             "in the log)")
+    bench.add_argument("--id-bits", type=_id_bits, default=None,
+                       help="each id table has 2^N buckets, N in [1, 24] (default: sized to the "
+                            "keys of the newest 200,000 training rows, docs/core.md)")
     bench.add_argument("--epochs", type=int, default=None)
     bench.add_argument("--hidden-layer", default="hidden",
                        help="layer whose output keys the memory (default: the input of the logit)")

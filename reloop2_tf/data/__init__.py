@@ -16,7 +16,12 @@ from reloop2_tf.data.loaders import (
     load_dataset,
 )
 from reloop2_tf.data.prepare import load_prepared, prepare
-from reloop2_tf.data.sides import feature_sides, id_groups_for_frame
+from reloop2_tf.data.sides import (
+    feature_sides,
+    id_bits_for_frame,
+    id_groups_for_frame,
+    id_keys_for_frame,
+)
 from reloop2_tf.data.splits import slots, time_split
 
 __all__ = [
@@ -30,7 +35,9 @@ __all__ = [
     "feature_columns",
     "feature_sides",
     "fetch",
+    "id_bits_for_frame",
     "id_groups_for_frame",
+    "id_keys_for_frame",
     "load_csv",
     "load_dataset",
     "load_prepared",

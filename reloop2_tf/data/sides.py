@@ -1,11 +1,31 @@
-"""Which side of the interaction each column describes, and the memory's id groups from that."""
+"""Which side of the interaction each column describes, the memory's id groups from that, and
+the size of their tables."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pandas as pd
 
-from reloop2_tf.layers.id_keys import EACH, EACH_SEPARATOR
+from reloop2_tf.data.errors import DataError
+from reloop2_tf.layers.id_keys import (
+    EACH,
+    EACH_SEPARATOR,
+    EACH_SLOTS,
+    POPULARITY_BUCKETS,
+    each_of,
+    normalize_id_groups,
+    popularity_of,
+)
 from reloop2_tf.wrapper import default_id_groups
+
+# The id tables' size for a log: the newest SIZING_ROWS rows (twice the tables' default
+# half-life, after which a row weighs a quarter) and at most SHARED_BUCKET_CHANCE that a new key
+# lands in a bucket another key already uses (docs/core.md, "How big the id tables are").
+SIZING_ROWS = 200_000
+SHARED_BUCKET_CHANCE = 0.05
+ID_BITS_RANGE = (16, 22)
 
 _NOT_FEATURES = ("timestamp", "label", "history")
 
@@ -54,3 +74,66 @@ def _lists_tokens(column: pd.Series) -> bool:
     """Whether a column's values list several tokens (``"Comedy|Drama"``) in some row."""
     values = column.astype(str)
     return bool(values.str.contains(EACH_SEPARATOR, regex=False).any())
+
+
+def id_keys_for_frame(df: pd.DataFrame, id_groups) -> dict[str, int]:
+    """The distinct keys each id table of a memory keyed by ``id_groups`` would hold after the
+    rows of ``df``: every group's table and, for a cross, its first feature's table (which the
+    cross is read net of), named by their features joined with ``"*"``.
+
+    A ``"<name>:each"`` feature keys one cell per token (its first ``EACH_SLOTS``); a
+    ``"<name>:popularity"`` feature is the bucket ``floor(log2(1 + c))`` of the rows of that
+    name before the row (``c``), as the memory reads it off its counts.
+    """
+    groups = normalize_id_groups(id_groups)
+    tables = list(groups) + [g[:1] for g in groups if len(g) > 1 and g[:1] not in groups]
+    keys = {}
+    for table in dict.fromkeys(tables):
+        parts = pd.DataFrame({name: _key_part(df, name) for name in table})
+        for name in table:
+            if each_of(name):
+                parts = parts.explode(name)
+        parts = parts.dropna()
+        keys["*".join(table)] = len(parts.drop_duplicates())
+    return keys
+
+
+def id_bits_for_frame(df: pd.DataFrame, id_groups, rows: int | None = SIZING_ROWS,
+                      shared_bucket_chance: float = SHARED_BUCKET_CHANCE,
+                      bits_range: tuple[int, int] = ID_BITS_RANGE) -> int:
+    """``LSHErrorMemory(id_bits=...)`` for a log: the fewest bits (within ``bits_range``) at
+    which the largest id table's keys over the newest ``rows`` rows of ``df`` (`None`: all of
+    them) fill at most ``shared_bucket_chance`` of its buckets, which is about the chance that
+    a new key reads a stranger's residual. ``df`` must be in time order; give it the training
+    rows only."""
+    if not 0.0 < shared_bucket_chance < 1.0:
+        raise ValueError("`shared_bucket_chance` should be in (0, 1). "
+                         f"Received: shared_bucket_chance={shared_bucket_chance!r}")
+    low, high = bits_range
+    if not 1 <= low <= high <= 24:
+        raise ValueError(f"`bits_range` should be (low, high) with 1 <= low <= high <= 24. "
+                         f"Received: bits_range={bits_range!r}")
+    if rows is not None and rows < 1:
+        raise ValueError(f"`rows` should be >= 1 or None. Received: rows={rows!r}")
+    newest = df if rows is None else df.iloc[-rows:]
+    most = max(id_keys_for_frame(newest, id_groups).values(), default=0)
+    wanted = math.ceil(math.log2(max(most, 1) / shared_bucket_chance))
+    return int(min(max(wanted, low), high))
+
+
+def _key_part(df: pd.DataFrame, name: str) -> pd.Series:
+    """One feature's part of the rows' keys (a list of tokens for ``"<name>:each"``)."""
+    column = each_of(name) or popularity_of(name) or name
+    if column not in df.columns:
+        raise DataError(f"id group feature {name!r} needs column {column!r}, which the log does "
+                        f"not have; columns: {list(df.columns)}")
+    values = df[column].astype(str)
+    if each_of(name):
+        tokens = values.str.split(EACH_SEPARATOR, regex=False).map(
+            lambda parts: [t.strip() for t in parts[:EACH_SLOTS] if t.strip()] or np.nan)
+        return tokens.reset_index(drop=True)
+    if popularity_of(name):
+        seen = values.groupby(values).cumcount().to_numpy()
+        bucket = np.minimum(np.floor(np.log2(1.0 + seen)), POPULARITY_BUCKETS - 1)
+        return pd.Series(bucket.astype(int))
+    return values.reset_index(drop=True)

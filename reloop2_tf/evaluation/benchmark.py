@@ -41,7 +41,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from reloop2_tf._keras import keras, tf
-from reloop2_tf.data import DataError, id_groups_for_frame, slots as split_slots
+from reloop2_tf.data import DataError, id_bits_for_frame, id_groups_for_frame, slots as split_slots
 from reloop2_tf.evaluation import metrics
 from reloop2_tf.evaluation.baselines import BiasMemory, FTRLOffset
 from reloop2_tf.evaluation.plotting import plot_head_to_head, plot_slots, plot_sweeps
@@ -113,13 +113,15 @@ KNN_GRID = {"gamma": [0.0, 1.0], "temperature": [0.1, 0.5],
 @dataclass
 class MemoryConfig:
     """The memory's and the compensation's settings (names from the paper); the defaults are
-    the library's. ``id_groups=None`` means: the groups ``id_groups_for_frame`` finds in the log."""
+    the library's. ``id_groups=None`` means: the groups ``id_groups_for_frame`` finds in the log;
+    ``id_bits=None``: the id tables sized to the training rows' keys (``id_bits_for_frame``), or
+    the library's default for a config used alone (``fit_to_log`` fills both)."""
 
     num_tables: int = 4
     num_bits: int = 8
     half_life: float | None = 100_000.0
     id_groups: list | None = None
-    id_bits: int = 18
+    id_bits: int | None = None
     trust_half_life: float | None = 20_000.0
     recent_groups: list | None = None
     recent_half_life: float = 5_000.0
@@ -136,15 +138,27 @@ class MemoryConfig:
     def layer(self, seed: int) -> ErrorCompensation:
         memory = LSHErrorMemory(num_tables=self.num_tables, num_bits=self.num_bits, seed=seed,
                                 half_life=self.half_life, id_groups=self.id_groups or (),
-                                id_bits=self.id_bits, trust_half_life=self.trust_half_life,
+                                trust_half_life=self.trust_half_life,
                                 recent_groups=self.recent_groups,
                                 recent_half_life=self.recent_half_life,
                                 pooled_groups=self.pooled_groups,
                                 srp_centre=(default_srp_centre(self.id_groups or ())
-                                            if self.centre_srp and self.num_tables else None))
+                                            if self.centre_srp and self.num_tables else None),
+                                **({} if self.id_bits is None else {"id_bits": self.id_bits}))
         return ErrorCompensation(memory, compensation_weight=self.compensation_weight,
                                  temperature=self.temperature, gamma=self.gamma,
                                  prior_count=self.prior_count, self_tuning=self.self_tuning)
+
+
+    def fit_to_log(self, df: pd.DataFrame, train_df: pd.DataFrame) -> None:
+        """Fills what the default memory reads off a log: its id groups from the columns of
+        ``df`` and its id tables' size from the keys of the training rows ``train_df`` (never
+        the test rows')."""
+        if self.id_groups is None:
+            self.id_groups = id_groups_for_frame(df)
+        if self.id_bits is None:
+            self.id_bits = id_bits_for_frame(train_df, self.id_groups)
+            logger.info("id tables of 2^%d buckets (sized to the training rows' keys)", self.id_bits)
 
 
 def paper_memory() -> MemoryConfig:
@@ -654,8 +668,7 @@ def run_benchmark(df: pd.DataFrame, config: BenchConfig, output_dir, progress: b
     test = _Stream(test_df, spec, config.num_slots)  # fails on an empty slot before training
     test.windows = window_groups(test.groups, config.feedback(test.sizes, test.times))
 
-    if config.memory.id_groups is None:
-        config.memory.id_groups = id_groups_for_frame(df)
+    config.memory.fit_to_log(df, train_df)
     sweep_report, learnt = None, _ValidationTrust(None, config.seed)
     if config.sweep:
         tuning_base = _train(df.iloc[:cut_val], spec, config, progress)

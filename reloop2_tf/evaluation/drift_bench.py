@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from reloop2_tf.data import DataError, id_groups_for_frame, slots as split_slots
+from reloop2_tf.data import DataError, slots as split_slots
 from reloop2_tf.evaluation import metrics, recovery
 from reloop2_tf.evaluation.baselines import BiasMemory, FTRLOffset
 from reloop2_tf.evaluation.benchmark import (BenchConfig, MemoryConfig, _check_frame,
@@ -205,8 +205,7 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
               test_df["item_id"].astype(str).isin(held).to_numpy())  # cold-start: the held items
     original = df["label"].to_numpy()[cut:] if scenario.kind != "cold-start" else None
 
-    if config.memory.id_groups is None:
-        config.memory.id_groups = id_groups_for_frame(shifted)
+    config.memory.fit_to_log(shifted, train_df)
     base = _train(train_df, spec, bench, progress)
     probe = _Probe(base, spec, train_df, test, bench)
     history = (probe.warm_features, probe.warm_labels, probe.warm_windows)
