@@ -111,7 +111,8 @@ def replay_encoded(compensation: ErrorCompensation, logits: np.ndarray, inputs: 
     ``windows`` (``feedback_windows``) says which rows are scored before their labels are
     written. Returns the arrays ``probability`` and ``base_probability`` over all rows.
     """
-    by_keys = isinstance(compensation.memory, LSHErrorMemory)
+    logits, labels = np.asarray(logits, np.float32), np.asarray(labels, np.float32)
+    read, write = _window_calls(compensation, learn_trust)
     chunks = feedback_chunks(windows, len(labels))
     probs, base = [], []
     bar = tqdm(total=len(labels), desc=desc, unit="row", disable=not progress, leave=False)
@@ -120,22 +121,32 @@ def replay_encoded(compensation: ErrorCompensation, logits: np.ndarray, inputs: 
         for b0, b1 in _batches(b - a, batch_size):
             rows = slice(a + b0, a + b1)
             x = inputs[rows]  # the keys a row is read by are the keys it is written by
-            out = (compensation.compensate_keys(logits[rows], x) if by_keys
-                   else compensation.compensate(logits[rows], x))
+            out = read(logits[rows], x)
             probs.append(out["probability"].numpy())
             base.append(out["base_probability"].numpy())
-            served.append((x, out["base_probability"]))
-        for (b0, b1), (x, served_base) in zip(_batches(b - a, batch_size), served):
-            rows = slice(a + b0, a + b1)
-            if by_keys:
-                compensation.update_memory_by_keys(x, served_base, labels[rows],
-                                                   learn_trust=learn_trust)
-            else:
-                compensation.update_memory(logits[rows], x, labels[rows],
-                                           learn_trust=learn_trust)
+            served.append((rows, x, out["base_probability"]))
+        for rows, x, served_base in served:
+            write(logits[rows], x, served_base, labels[rows])
         bar.update(b - a)
     bar.close()
     return {"probability": np.concatenate(probs), "base_probability": np.concatenate(base)}
+
+
+def _window_calls(compensation: ErrorCompensation, learn_trust: bool):
+    """The replay's read ``(logits, inputs)`` and write ``(logits, inputs, served base
+    probabilities, labels)`` of a batch of rows. By keys (the sketch) each is traced once for
+    any batch size, so that a feedback window costs two graph calls instead of some hundred
+    eager ops each, which is what a replay with short windows spent its time on; the same ops
+    and kernels, equal to the eager calls bit for bit (tests/test_benchmark.py)."""
+    if not isinstance(compensation.memory, LSHErrorMemory):  # k-NN: eager, by hidden vectors
+        return compensation.compensate, lambda logits, hidden, served, labels: (
+            compensation.update_memory(logits, hidden, labels, learn_trust=learn_trust))
+    keys = tf.TensorSpec([None, compensation.memory.num_key_columns], tf.int32)
+    rows = tf.TensorSpec([None], tf.float32)
+    read = tf.function(compensation.compensate_keys, input_signature=[rows, keys])
+    by_keys = tf.function(lambda x, served, labels: compensation.update_memory_by_keys(
+        x, served, labels, learn_trust=learn_trust), input_signature=[keys, rows, rows])
+    return read, lambda logits, x, served, labels: by_keys(x, served, labels)
 
 
 def warm_start(compensation: ErrorCompensation, logits: np.ndarray, inputs: np.ndarray,
