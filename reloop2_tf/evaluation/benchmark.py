@@ -149,7 +149,6 @@ class MemoryConfig:
                                  temperature=self.temperature, gamma=self.gamma,
                                  prior_count=self.prior_count, self_tuning=self.self_tuning)
 
-
     def fit_to_log(self, df: pd.DataFrame, train_df: pd.DataFrame) -> None:
         """Fills what the default memory reads off a log: its id groups from the columns of
         ``df`` and its id tables' size from the keys of the training rows ``train_df`` (never
