@@ -136,8 +136,9 @@ def _window_calls(compensation: ErrorCompensation, learn_trust: bool):
     """The replay's read ``(logits, inputs)`` and write ``(logits, inputs, served base
     probabilities, labels)`` of a batch of rows. By keys (the sketch) each is traced once for
     any batch size, so that a feedback window costs two graph calls instead of some hundred
-    eager ops each, which is what a replay with short windows spent its time on; the same ops
-    and kernels, equal to the eager calls bit for bit (tests/test_benchmark.py)."""
+    eager ops each, which is what a replay with short windows spent its time on. The same ops
+    as the eager calls: equal to them bit for bit in tests/test_benchmark.py; over a whole log
+    the graph may round differently in the ninth decimal (docs/benchmarks.md)."""
     if not isinstance(compensation.memory, LSHErrorMemory):  # k-NN: eager, by hidden vectors
         return compensation.compensate, lambda logits, hidden, served, labels: (
             compensation.update_memory(logits, hidden, labels, learn_trust=learn_trust))
