@@ -123,17 +123,24 @@ def id_bits_for_frame(df: pd.DataFrame, id_groups, rows: int | None = SIZING_ROW
     return int(min(max(wanted, low), high))
 
 
+def token_slots(values: pd.Series) -> list[np.ndarray]:
+    """What a ``"<name>:each"`` feature keys in each row: its first ``EACH_SLOTS`` tokens
+    (``"Comedy| Drama"`` -> ``"Comedy"``, ``"Drama"``), stripped, one object array per slot,
+    ``""`` where a row lists fewer (the memory's ``id_keys.split_tokens``)."""
+    tokens = values.astype(str).str.split(EACH_SEPARATOR, regex=False)
+    return [tokens.str[j].fillna("").str.strip().to_numpy(object) for j in range(EACH_SLOTS)]
+
+
 def _key_part(df: pd.DataFrame, name: str) -> pd.Series:
     """One feature's part of the rows' keys (a list of tokens for ``"<name>:each"``)."""
     column = each_of(name) or popularity_of(name) or name
     if column not in df.columns:
         raise DataError(f"id group feature {name!r} needs column {column!r}, which the log does "
                         f"not have; columns: {list(df.columns)}")
-    values = df[column].astype(str)
     if each_of(name):
-        tokens = values.str.split(EACH_SEPARATOR, regex=False).map(
-            lambda parts: [t.strip() for t in parts[:EACH_SLOTS] if t.strip()] or np.nan)
-        return tokens.reset_index(drop=True)
+        return pd.Series([[t for t in row if t] or np.nan for row in zip(*token_slots(df[column]))],
+                         dtype=object)
+    values = df[column].astype(str)
     if popularity_of(name):
         seen = values.groupby(values).cumcount().to_numpy()
         bucket = np.minimum(np.floor(np.log2(1.0 + seen)), POPULARITY_BUCKETS - 1)

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from reloop2_tf._keras import keras, tf
 from reloop2_tf.data import DataError, id_bits_for_frame, id_groups_for_frame, slots as split_slots
+from reloop2_tf.data.sides import token_slots
 from reloop2_tf.evaluation import metrics
 from reloop2_tf.evaluation.baselines import BiasMemory, FTRLOffset
 from reloop2_tf.evaluation.plotting import plot_head_to_head, plot_slots, plot_sweeps
@@ -49,7 +50,7 @@ from reloop2_tf.evaluation.streaming import encode, memory_inputs, replay_encode
 from reloop2_tf.evaluation.windows import feedback_chunks, feedback_windows
 from reloop2_tf.features import FeatureSpec, SequenceFeature, SparseFeature, features_from_frame
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
-from reloop2_tf.layers.id_keys import EACH_SEPARATOR, EACH_SLOTS, each_of, popularity_of
+from reloop2_tf.layers.id_keys import each_of, popularity_of
 from reloop2_tf.models import build_model
 from reloop2_tf.training import TrainingProgress, compile_model, make_dataset
 from reloop2_tf.wrapper import ReLoop2Model, default_srp_centre
@@ -374,9 +375,7 @@ def _cross_keys(df: pd.DataFrame, groups) -> np.ndarray:
         values = [df[group[0]].astype(str).to_numpy(object)]
         for name in group[1:]:
             if each_of(name):
-                tokens = df[each_of(name)].astype(str).str.split(EACH_SEPARATOR, regex=False)
-                slots = [tokens.str[j].fillna("").str.strip().to_numpy(object)
-                         for j in range(EACH_SLOTS)]
+                slots = token_slots(df[each_of(name)])
                 values = [v + "\x1f" + t for v in values for t in slots]
                 empty = [t == "" for t in slots]
             else:
