@@ -163,17 +163,26 @@ def test_id_tables_are_sized_to_the_keys_of_their_rows_by_hand():
     # own table, which both crosses are read net of: a, b, c.
     assert id_keys_for_frame(df, groups) == {"item_id": 3, "user_id*genres:each": 4,
                                              "user_id*item_id:popularity": 3, "user_id": 3}
-    # The fewest bits whose buckets the largest table fills at most 5 %: 4 keys -> 80 -> 2^7.
-    assert id_bits_for_frame(df, groups, bits_range=(1, 24)) == 7
-    assert id_bits_for_frame(df, groups, shared_bucket_chance=0.5, bits_range=(1, 24)) == 3
-    assert id_bits_for_frame(df, groups) == 16  # the default range's floor
-    # Only the newest rows count: (b, x, "C") and (c, z, "") hold 2 keys per table -> 40 -> 2^6.
-    assert id_bits_for_frame(df, groups, rows=2, bits_range=(1, 24)) == 6
-    many = pd.DataFrame({"item_id": np.arange(300_000).astype(str)})
-    # 200,000 newest keys want 2^22; the default range stops at 2^20.
-    assert id_bits_for_frame(many, ["item_id"], bits_range=(1, 24)) == 22
-    assert id_bits_for_frame(many, ["item_id"]) == 20
-    assert id_bits_for_frame(many, ["item_id"], rows=None, bits_range=(1, 24)) == 23
+    # Per table, the fewest bits whose buckets its keys fill at most 5 %: 3 keys -> 60 -> 2^6,
+    # 4 keys -> 80 -> 2^7.
+    assert id_bits_for_frame(df, groups, bits_range=(1, 24)) == {
+        "item_id": 6, "user_id*genres:each": 7, "user_id*item_id:popularity": 6, "user_id": 6}
+    assert id_bits_for_frame(df, groups, shared_bucket_chance=0.5, bits_range=(1, 24)) == {
+        "item_id": 3, "user_id*genres:each": 3, "user_id*item_id:popularity": 3, "user_id": 3}
+    assert set(id_bits_for_frame(df, groups).values()) == {16}  # the default range's floor
+    # Only the newest rows count: (b, x, "C") and (c, z, "") hold 2 keys per table -> 40 -> 2^6,
+    # one user x genre (c lists none) -> 20 -> 2^5.
+    assert id_bits_for_frame(df, groups, rows=2, bits_range=(1, 24)) == {
+        "item_id": 6, "user_id*genres:each": 5, "user_id*item_id:popularity": 6, "user_id": 6}
+    many = pd.DataFrame({"item_id": np.arange(300_000).astype(str),
+                         "user_id": (np.arange(300_000) % 100).astype(str)})
+    # 200,000 newest items want 2^22 (the default range stops at 2^20), 100 users 2^11.
+    crossed = ["item_id", ("user_id", "item_id:popularity")]
+    assert id_bits_for_frame(many, crossed, bits_range=(1, 24)) == {
+        "item_id": 22, "user_id*item_id:popularity": 11, "user_id": 11}
+    assert id_bits_for_frame(many, crossed) == {
+        "item_id": 20, "user_id*item_id:popularity": 16, "user_id": 16}
+    assert id_bits_for_frame(many, ["item_id"], rows=None, bits_range=(1, 24)) == {"item_id": 23}
     for kwargs, message in (({"shared_bucket_chance": 0.0}, "shared_bucket_chance"),
                             ({"bits_range": (20, 18)}, "bits_range"), ({"rows": 0}, "rows")):
         with pytest.raises(ValueError, match=message):
@@ -193,9 +202,10 @@ def test_the_benchmark_sizes_the_id_tables_from_the_training_rows_only(ml100k):
     memory = benchmark.MemoryConfig()
     memory.fit_to_log(df, train)
     assert memory.id_groups == id_groups_for_frame(df)
-    assert memory.id_bits == id_bits_for_frame(train, memory.id_groups) == 16
-    assert id_bits_for_frame(df, memory.id_groups, bits_range=(1, 24)) == 21  # 101,000 items
-    assert memory.layer(0).memory.id_bits == 16
+    assert memory.id_bits == id_bits_for_frame(train, memory.id_groups)
+    assert set(memory.id_bits.values()) == {16}
+    assert id_bits_for_frame(df, memory.id_groups, bits_range=(1, 24))["item_id"] == 21  # 101,000 items
+    assert memory.layer(0).memory.id_bits == 16  # the same size for every table: one int
     fixed = benchmark.MemoryConfig(id_bits=12)
     fixed.fit_to_log(df, train)
     assert fixed.id_bits == 12 and fixed.layer(0).memory.id_bits == 12

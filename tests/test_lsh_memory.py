@@ -227,6 +227,46 @@ def test_bad_config(kwargs, name):
         r2.LSHErrorMemory(**kwargs)
 
 
+def test_each_id_table_can_have_its_own_size(rng):
+    groups = ["item", ("user", "genre"), ("user", "item:popularity")]
+    bits = {"item": 9, "user*genre": 12, "user*item:popularity": 7, "user": 6}
+    mem = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_groups=groups, id_bits=bits)
+    # SRP tables, the listed groups, the cross's first feature, the item's recent table.
+    assert mem.table_sizes == (8, 8, 2**9, 2**12, 2**7, 2**6, 2**9)
+    assert mem.id_bits == bits and mem.layout()["id_bits"] == bits
+    hidden = rng.normal(size=(300, 4)).astype(np.float32)
+    ids = {"item": rng.integers(0, 50, 300), "user": rng.integers(0, 400, 300),
+           "genre": rng.choice(["x", "y", "z"], 300)}
+    keys = mem.keys(hidden, ids).numpy()
+    assert (keys[:, 2:].max(axis=0) < np.array(mem.table_sizes[2:])).all()
+    # A table's bucket is the top bits of the same key: the one-size memory's bucket, shifted.
+    wide = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_groups=groups, id_bits=12)
+    wide_keys = wide.keys(hidden, ids).numpy()
+    for column, b in zip(range(2, 7), (9, 12, 7, 6, 9)):
+        if column != 4:  # the popularity bucket reads the item table's counts (both empty: 0)
+            np.testing.assert_array_equal(keys[:, column], wide_keys[:, column] >> (12 - b))
+    # Writes by keys and by features land in the same cells; the config round-trips.
+    labels, base = rng.integers(0, 2, 300).astype(np.float32), np.full(300, 0.4, np.float32)
+    mem.update(hidden, labels, base, ids=ids)
+    twin = r2.LSHErrorMemory.from_config(mem.get_config())
+    twin.build(tf.TensorShape([None, 4]))
+    twin.update_by_keys(keys, labels, base)
+    np.testing.assert_array_equal(twin.snapshot().numpy(), mem.snapshot().numpy())
+    # The same size everywhere is the one-int layout of earlier releases.
+    same = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_groups=groups,
+                             id_bits=dict.fromkeys(bits, 12))
+    assert same.id_bits == 12 and same.layout() == wide.layout()
+    # Memories of other sizes do not merge.
+    wide.build(tf.TensorShape([None, 4]))
+    with pytest.raises(ValueError, match="id_bits"):
+        mem.merge(wide)
+    with pytest.raises(ValueError, match=r"missing \['user'\], unknown \['users'\]"):
+        r2.LSHErrorMemory(id_groups=groups, id_bits={
+            "item": 9, "user*genre": 12, "user*item:popularity": 7, "users": 6})
+    with pytest.raises(ValueError, match="`id_bits`"):
+        r2.LSHErrorMemory(id_groups=groups, id_bits={**bits, "item": 25})
+
+
 def test_id_tables_key_rows_by_identity_and_crosses_get_their_first_feature(rng):
     mem = r2.LSHErrorMemory(num_tables=2, num_bits=3, id_groups=["item", ("user", "genre")],
                             id_bits=10, half_life=None)

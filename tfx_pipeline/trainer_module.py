@@ -113,7 +113,7 @@ def run_fn(fn_args) -> None:
     id_bits = settings.id_bits
     if id_bits == "auto":  # the id tables sized to the keys of the newest training rows
         id_bits = id_bits_for_frame(_frame(newest, spec), id_groups)
-    logger.info("memory id groups: %s, id tables of 2^%d buckets", id_groups, id_bits)
+    logger.info("memory id groups: %s, id tables' bits: %s", id_groups, id_bits)
     model = ReLoop2Model(base, hidden_layer=HIDDEN_LAYER, compensation=ErrorCompensation(
         LSHErrorMemory(num_tables=settings.num_tables, num_bits=settings.num_bits,
                        half_life=settings.half_life, id_groups=id_groups, id_bits=id_bits,

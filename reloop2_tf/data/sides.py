@@ -20,11 +20,11 @@ from reloop2_tf.layers.id_keys import (
 )
 from reloop2_tf.wrapper import default_id_groups
 
-# The id tables' size for a log: the newest SIZING_ROWS rows (twice the tables' default
+# Each id table's size for a log: the newest SIZING_ROWS rows (twice the tables' default
 # half-life, after which a row weighs a quarter) and at most SHARED_BUCKET_CHANCE that a new key
-# lands in a bucket another key already uses (docs/core.md, "How big the id tables are"), within
-# ID_BITS_RANGE: at most 2^20 buckets (the size measured to help on ML-1M; 2^22 gave nothing more
-# there), four times the library's default, about 110 MB of state for the MovieLens groups.
+# lands in a bucket another key of the table already uses (docs/core.md, "How big the id tables
+# are"), within ID_BITS_RANGE: at most 2^20 buckets (the size measured to help on ML-1M; 2^22
+# gave nothing more there), four times the library's default.
 SIZING_ROWS = 200_000
 SHARED_BUCKET_CHANCE = 0.05
 ID_BITS_RANGE = (16, 20)
@@ -102,12 +102,12 @@ def id_keys_for_frame(df: pd.DataFrame, id_groups) -> dict[str, int]:
 
 def id_bits_for_frame(df: pd.DataFrame, id_groups, rows: int | None = SIZING_ROWS,
                       shared_bucket_chance: float = SHARED_BUCKET_CHANCE,
-                      bits_range: tuple[int, int] = ID_BITS_RANGE) -> int:
-    """``LSHErrorMemory(id_bits=...)`` for a log: the fewest bits (within ``bits_range``) at
-    which the largest id table's keys over the newest ``rows`` rows of ``df`` (`None`: all of
-    them) fill at most ``shared_bucket_chance`` of its buckets, which is about the chance that
-    a new key reads a stranger's residual. ``df`` must be in time order; give it the training
-    rows only."""
+                      bits_range: tuple[int, int] = ID_BITS_RANGE) -> dict[str, int]:
+    """``LSHErrorMemory(id_bits=...)`` for a log: for every id table (named as in
+    ``id_keys_for_frame``), the fewest bits (within ``bits_range``) at which its keys over the
+    newest ``rows`` rows of ``df`` (`None`: all of them) fill at most ``shared_bucket_chance``
+    of its buckets, which is about the chance that a new key reads a stranger's residual.
+    ``df`` must be in time order; give it the training rows only."""
     if not 0.0 < shared_bucket_chance < 1.0:
         raise ValueError("`shared_bucket_chance` should be in (0, 1). "
                          f"Received: shared_bucket_chance={shared_bucket_chance!r}")
@@ -118,9 +118,11 @@ def id_bits_for_frame(df: pd.DataFrame, id_groups, rows: int | None = SIZING_ROW
     if rows is not None and rows < 1:
         raise ValueError(f"`rows` should be >= 1 or None. Received: rows={rows!r}")
     newest = df if rows is None else df.iloc[-rows:]
-    most = max(id_keys_for_frame(newest, id_groups).values(), default=0)
-    wanted = math.ceil(math.log2(max(most, 1) / shared_bucket_chance))
-    return int(min(max(wanted, low), high))
+    bits = {}
+    for table, keys in id_keys_for_frame(newest, id_groups).items():
+        wanted = math.ceil(math.log2(max(keys, 1) / shared_bucket_chance))
+        bits[table] = int(min(max(wanted, low), high))
+    return bits
 
 
 def token_slots(values: pd.Series) -> list[np.ndarray]:

@@ -122,7 +122,7 @@ class MemoryConfig:
     num_bits: int = 8
     half_life: float | None = 100_000.0
     id_groups: list | None = None
-    id_bits: int | None = None
+    id_bits: int | dict[str, int] | None = None
     trust_half_life: float | None = 20_000.0
     recent_groups: list | None = None
     recent_half_life: float = 5_000.0
@@ -158,7 +158,7 @@ class MemoryConfig:
             self.id_groups = id_groups_for_frame(df)
         if self.id_bits is None:
             self.id_bits = id_bits_for_frame(train_df, self.id_groups)
-            logger.info("id tables of 2^%d buckets (sized to the training rows' keys)", self.id_bits)
+            logger.info("id tables sized to the training rows' keys (bits): %s", self.id_bits)
 
 
 def paper_memory() -> MemoryConfig:

@@ -85,11 +85,12 @@ def as_id_strings(ids, name: str) -> tf.Tensor:
     return tf.reshape(ids, [-1])
 
 
-def mix_keys(hashed, seeds, positions, id_bits: int) -> tf.Tensor:
+def mix_keys(hashed, seeds, positions, id_bits) -> tf.Tensor:
     """int32 ``[len(seeds), B]``: the buckets of id key columns from ``hashed`` (uint64
     ``[R, B]``, one row per hashed feature). Column ``c`` starts from ``seeds[c]`` and mixes in,
     position by position, the row ``positions[j][c]`` of ``hashed`` (multiply-xorshift); its
-    bucket is the key's top ``id_bits`` bits. All columns at once, whatever their number."""
+    bucket is the key's top ``id_bits`` bits (an int, or one per column). All columns at once,
+    whatever their number."""
     mix, shift = tf.constant(MIX, tf.uint64), tf.constant(SHIFT, tf.uint64)
     key = tf.constant(seeds, tf.uint64)[:, None]
     for rows in positions:
@@ -97,7 +98,9 @@ def mix_keys(hashed, seeds, positions, id_bits: int) -> tf.Tensor:
         key = key * mix
         key = tf.bitwise.bitwise_xor(key, tf.bitwise.right_shift(key, shift))
     key = key * mix
-    return tf.cast(tf.bitwise.right_shift(key, tf.constant(64 - id_bits, tf.uint64)), tf.int32)
+    shifts = (64 - np.asarray(id_bits, np.int64)).astype(np.uint64)
+    shifts = tf.constant(shifts if shifts.ndim == 0 else shifts[:, None], tf.uint64)
+    return tf.cast(tf.bitwise.right_shift(key, shifts), tf.int32)
 
 
 def transpose_keys(keys_t) -> tf.Tensor:

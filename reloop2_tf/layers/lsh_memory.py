@@ -39,10 +39,10 @@ class LSHErrorMemory(ErrorMemory):
 
     * ``num_tables`` SRP tables of ``2**num_bits`` buckets: a row's bucket in table ``k`` is
       ``sum_j [ (h - center) . P[k, :, j] > 0 ] * 2**j`` (the paper's sketch).
-    * One id table of ``2**id_bits`` buckets per entry of ``id_groups``: a row's bucket is a
-      FarmHash of the group's feature values (``"item_id"``, or a cross such as
-      ``("user_id", "genre")``). A cross is read as its deviation from its first feature's own
-      residual, so the first feature of every cross gets a table too (listed or not).
+    * One id table of ``2**id_bits`` buckets (or its own size) per entry of ``id_groups``: a
+      row's bucket is a FarmHash of the group's feature values (``"item_id"``, or a cross such
+      as ``("user_id", "genre")``). A cross is read as its deviation from its first feature's
+      own residual, so the first feature of every cross gets a table too (listed or not).
     * A cross may name a single-feature group's popularity, ``"<name>:popularity"`` (e.g.
       ``("user_id", "item_id:popularity")``): the bucket ``floor(log2(1 + c))`` (at most 15)
       of the count ``c`` in ``<name>``'s table when the row is read. It is read off the memory,
@@ -75,7 +75,11 @@ class LSHErrorMemory(ErrorMemory):
             written (O(1) per write); `None` keeps every row at full weight. Defaults to
             `100_000`.
         id_groups: feature names or tuples of names that key id tables. Defaults to `()`.
-        id_bits: int. Each id table has ``2**id_bits`` buckets. Defaults to `18`.
+        id_bits: int, or a dict by id table. Each id table has ``2**id_bits`` buckets; a dict
+            gives every table's bits by its features joined with ``"*"`` (``"item_id"``,
+            ``"user_id*genre"``, a cross's first feature ``"user_id"``; a recent table has its
+            group's), as ``reloop2_tf.data.id_bits_for_frame`` sizes them for a log. Defaults
+            to `18`.
         trust_half_life: optional float. The half-life, in rows, of the self-tuning combiner's
             sums (its evidence about how much to trust each group), apart from the tables':
             a handful of trusts re-learn from recent rows after a shift while the tables keep
@@ -104,7 +108,8 @@ class LSHErrorMemory(ErrorMemory):
     """
 
     def __init__(self, num_tables: int = 4, num_bits: int = 8, seed: int = 0,
-                 half_life: float | None = 100_000.0, id_groups: Iterable = (), id_bits: int = 18,
+                 half_life: float | None = 100_000.0, id_groups: Iterable = (),
+                 id_bits: int | Mapping[str, int] = 18,
                  trust_half_life: float | None = 20_000.0, recent_groups: Iterable | None = None,
                  recent_half_life: float = 5_000.0, pooled_groups: Iterable | None = None,
                  srp_centre: str | None = None, **kwargs):
@@ -113,8 +118,10 @@ class LSHErrorMemory(ErrorMemory):
             raise ValueError(f"`num_tables` should be an int >= 0. Received: num_tables={num_tables!r}")
         if not isinstance(num_bits, int) or not 1 <= num_bits <= 24:
             raise ValueError(f"`num_bits` should be an int in [1, 24]. Received: num_bits={num_bits!r}")
-        if not isinstance(id_bits, int) or not 1 <= id_bits <= 24:
-            raise ValueError(f"`id_bits` should be an int in [1, 24]. Received: id_bits={id_bits!r}")
+        for bits in (id_bits.values() if isinstance(id_bits, Mapping) else [id_bits]):
+            if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 24:
+                raise ValueError("`id_bits` should be an int in [1, 24], or a dict of them by id "
+                                 f"table. Received: id_bits={id_bits!r}")
         if recent_half_life is None:
             raise ValueError("`recent_half_life` should be a positive number (no recent tables: "
                              "`recent_groups=()`). Received: recent_half_life=None")
@@ -131,7 +138,6 @@ class LSHErrorMemory(ErrorMemory):
                              f"Received: num_tables=0, id_groups={list(id_groups)!r}")
         self.num_tables = num_tables
         self.num_bits = num_bits
-        self.id_bits = id_bits
         self.seed = int(seed)
         self.half_life = None if half_life is None else float(half_life)
         self.trust_half_life = None if trust_half_life is None else float(trust_half_life)
@@ -147,6 +153,23 @@ class LSHErrorMemory(ErrorMemory):
             if len(group) > 1 and group[:1] not in tables:
                 tables.append(group[:1])
         self._first_recent = num_tables + len(tables)  # the first recent table (all tables)
+        # Every table's bits: `id_bits`, or its entry by name (a recent table: its group's).
+        names = ["*".join(t) for t in (*tables, *self.recent_groups)]
+        if isinstance(id_bits, Mapping):
+            missing = [n for n in dict.fromkeys(names) if n not in id_bits]
+            unknown = [n for n in id_bits if n not in names]
+            if missing or unknown:
+                raise ValueError(f"`id_bits` should give the bits of every id table "
+                                 f"{list(dict.fromkeys(names))} (a cross's first feature has a "
+                                 f"table too): missing {missing}, unknown {unknown}. "
+                                 f"Received: id_bits={dict(id_bits)!r}")
+            table_bits = [id_bits[n] for n in names]
+        else:
+            table_bits = [id_bits] * len(names)
+        # One int when every table has the same size (the layout of earlier releases).
+        self.id_bits: int | dict[str, int] = (
+            table_bits[0] if table_bits and len(set(table_bits)) == 1
+            else dict(zip(names, table_bits)) if isinstance(id_bits, Mapping) else id_bits)
         tables += self.recent_groups
         self.id_tables: tuple[tuple[str, ...], ...] = tuple(tables)
         self._parents = [tables.index(g[:1]) if len(g) > 1 else -1 for g in self.id_groups]
@@ -221,6 +244,7 @@ class LSHErrorMemory(ErrorMemory):
                 *((f, j) for f in self._each_features for j in range(EACH_SLOTS))]
         id_columns = self._column_tables[num_tables:]
         self._column_seeds = [seeds[t - num_tables] for t in id_columns]
+        self._column_bits = [table_bits[t - num_tables] for t in id_columns]
 
         def row(column: int, position: int) -> int:
             table = self._column_tables[column]
@@ -245,13 +269,12 @@ class LSHErrorMemory(ErrorMemory):
 
         self._column_token_rows = [token_row(c) - first_token
                                    for c in range(num_tables, len(self._column_tables))]
-        sizes = [2**num_bits] * num_tables + [2**id_bits] * len(tables)
+        sizes = [2**num_bits] * num_tables + [2**b for b in table_bits]
         if sum(sizes) >= 2**31:
             raise ValueError(f"the memory would hold {sum(sizes)} buckets; at most 2**31 - 1")
         self.table_sizes: tuple[int, ...] = tuple(sizes)
         # Rows of `sketch` held at the recent tables' scale: [_recent_cells[0], _recent_cells[1]).
-        start = sum(sizes[:self._first_recent])
-        self._recent_cells = (start, start + 2**id_bits * len(self.recent_groups))
+        self._recent_cells = (sum(sizes[:self._first_recent]), sum(sizes))
 
     @property
     def keys_read_state(self) -> bool:
@@ -466,9 +489,10 @@ class LSHErrorMemory(ErrorMemory):
         """int32 ``[len(columns), B]``: the buckets of these id key columns (0 is the first id
         table's) from the hashed rows (``_id_columns``)."""
         columns = list(columns)
+        bits = [self._column_bits[c] for c in columns]
         return mix_keys(hashed, [self._column_seeds[c] for c in columns],
                         [[position[c] for c in columns] for position in self._id_columns],
-                        self.id_bits)
+                        bits[0] if len(set(bits)) == 1 else bits)
 
     def _popularity_rows(self, hashed) -> tf.Tensor:
         """uint64 ``[P, B]``: every row's popularity bucket (plus 1) of each group a cross names,
