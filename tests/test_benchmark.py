@@ -164,25 +164,27 @@ def test_id_tables_are_sized_to_the_keys_of_their_rows_by_hand():
     assert id_keys_for_frame(df, groups) == {"item_id": 3, "user_id*genres:each": 4,
                                              "user_id*item_id:popularity": 3, "user_id": 3}
     # Per table, the fewest bits whose buckets its keys fill at most 5 %: 3 keys -> 60 -> 2^6,
-    # 4 keys -> 80 -> 2^7.
-    assert id_bits_for_frame(df, groups, bits_range=(1, 24)) == {
+    # 4 keys -> 80 -> 2^7; at the default 2 %, 150 and 200 -> 2^8.
+    five = {"shared_bucket_chance": 0.05, "bits_range": (1, 24)}
+    assert id_bits_for_frame(df, groups, **five) == {
         "item_id": 6, "user_id*genres:each": 7, "user_id*item_id:popularity": 6, "user_id": 6}
+    assert set(id_bits_for_frame(df, groups, bits_range=(1, 24)).values()) == {8}
     assert id_bits_for_frame(df, groups, shared_bucket_chance=0.5, bits_range=(1, 24)) == {
         "item_id": 3, "user_id*genres:each": 3, "user_id*item_id:popularity": 3, "user_id": 3}
     assert set(id_bits_for_frame(df, groups).values()) == {16}  # the default range's floor
     # Only the newest rows count: (b, x, "C") and (c, z, "") hold 2 keys per table -> 40 -> 2^6,
     # one user x genre (c lists none) -> 20 -> 2^5.
-    assert id_bits_for_frame(df, groups, rows=2, bits_range=(1, 24)) == {
+    assert id_bits_for_frame(df, groups, rows=2, **five) == {
         "item_id": 6, "user_id*genres:each": 5, "user_id*item_id:popularity": 6, "user_id": 6}
     many = pd.DataFrame({"item_id": np.arange(300_000).astype(str),
                          "user_id": (np.arange(300_000) % 100).astype(str)})
-    # 200,000 newest items want 2^22 (the default range stops at 2^20), 100 users 2^11.
+    # 200,000 newest items want 2^22 at 5 % (the default range stops at 2^20), 100 users 2^11.
     crossed = ["item_id", ("user_id", "item_id:popularity")]
-    assert id_bits_for_frame(many, crossed, bits_range=(1, 24)) == {
+    assert id_bits_for_frame(many, crossed, **five) == {
         "item_id": 22, "user_id*item_id:popularity": 11, "user_id": 11}
     assert id_bits_for_frame(many, crossed) == {
         "item_id": 20, "user_id*item_id:popularity": 16, "user_id": 16}
-    assert id_bits_for_frame(many, ["item_id"], rows=None, bits_range=(1, 24)) == {"item_id": 23}
+    assert id_bits_for_frame(many, ["item_id"], rows=None, **five) == {"item_id": 23}
     for kwargs, message in (({"shared_bucket_chance": 0.0}, "shared_bucket_chance"),
                             ({"bits_range": (20, 18)}, "bits_range"), ({"rows": 0}, "rows")):
         with pytest.raises(ValueError, match=message):

@@ -166,10 +166,11 @@ class LSHErrorMemory(ErrorMemory):
             table_bits = [id_bits[n] for n in names]
         else:
             table_bits = [id_bits] * len(names)
-        # One int when every table has the same size (the layout of earlier releases).
-        self.id_bits: int | dict[str, int] = (
-            table_bits[0] if table_bits and len(set(table_bits)) == 1
-            else dict(zip(names, table_bits)) if isinstance(id_bits, Mapping) else id_bits)
+        # One int when every table has the same size (the layout of earlier releases); kept as
+        # pairs, since a dict set on a layer becomes a tracked wrapper (`id_bits` rebuilds it).
+        self._id_bits = (table_bits[0] if table_bits and len(set(table_bits)) == 1
+                         else tuple(dict(zip(names, table_bits)).items())
+                         if isinstance(id_bits, Mapping) else id_bits)
         tables += self.recent_groups
         self.id_tables: tuple[tuple[str, ...], ...] = tuple(tables)
         self._parents = [tables.index(g[:1]) if len(g) > 1 else -1 for g in self.id_groups]
@@ -275,6 +276,12 @@ class LSHErrorMemory(ErrorMemory):
         self.table_sizes: tuple[int, ...] = tuple(sizes)
         # Rows of `sketch` held at the recent tables' scale: [_recent_cells[0], _recent_cells[1]).
         self._recent_cells = (sum(sizes[:self._first_recent]), sum(sizes))
+
+    @property
+    def id_bits(self) -> int | dict[str, int]:
+        """Every id table's bits: one int when they are all the same size, else a dict by
+        table name (the features joined with ``"*"``)."""
+        return self._id_bits if isinstance(self._id_bits, int) else dict(self._id_bits)
 
     @property
     def keys_read_state(self) -> bool:
