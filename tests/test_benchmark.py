@@ -164,12 +164,16 @@ def test_id_tables_are_sized_to_the_keys_of_their_rows_by_hand():
     assert id_keys_for_frame(df, groups) == {"item_id": 3, "user_id*genres:each": 4,
                                              "user_id*item_id:popularity": 3, "user_id": 3}
     # Per table, the fewest bits whose buckets its keys fill at most 5 %: 3 keys -> 60 -> 2^6,
-    # 4 keys -> 80 -> 2^7; at the default 2 %, 150 and 200 -> 2^8.
-    five = {"shared_bucket_chance": 0.05, "bits_range": (1, 24)}
+    # 4 keys -> 80 -> 2^7.
+    five = {"shared_bucket_chance": 0.05, "single_feature_chance": 0.05, "bits_range": (1, 24)}
     assert id_bits_for_frame(df, groups, **five) == {
         "item_id": 6, "user_id*genres:each": 7, "user_id*item_id:popularity": 6, "user_id": 6}
-    assert set(id_bits_for_frame(df, groups, bits_range=(1, 24)).values()) == {8}
-    assert id_bits_for_frame(df, groups, shared_bucket_chance=0.5, bits_range=(1, 24)) == {
+    # By default a cross's table at 2 % (150 and 200 -> 2^8), a single feature's at 0.1 %
+    # (3,000 -> 2^12).
+    assert id_bits_for_frame(df, groups, bits_range=(1, 24)) == {
+        "item_id": 12, "user_id*genres:each": 8, "user_id*item_id:popularity": 8, "user_id": 12}
+    assert id_bits_for_frame(df, groups, shared_bucket_chance=0.5, single_feature_chance=0.5,
+                             bits_range=(1, 24)) == {
         "item_id": 3, "user_id*genres:each": 3, "user_id*item_id:popularity": 3, "user_id": 3}
     assert set(id_bits_for_frame(df, groups).values()) == {16}  # the default range's floor
     # Only the newest rows count: (b, x, "C") and (c, z, "") hold 2 keys per table -> 40 -> 2^6,
@@ -182,10 +186,11 @@ def test_id_tables_are_sized_to_the_keys_of_their_rows_by_hand():
     crossed = ["item_id", ("user_id", "item_id:popularity")]
     assert id_bits_for_frame(many, crossed, **five) == {
         "item_id": 22, "user_id*item_id:popularity": 11, "user_id": 11}
-    assert id_bits_for_frame(many, crossed) == {
-        "item_id": 20, "user_id*item_id:popularity": 16, "user_id": 16}
+    assert id_bits_for_frame(many, crossed) == {  # the users at 0.1 %: 100,000 -> 2^17
+        "item_id": 20, "user_id*item_id:popularity": 16, "user_id": 17}
     assert id_bits_for_frame(many, ["item_id"], rows=None, **five) == {"item_id": 23}
     for kwargs, message in (({"shared_bucket_chance": 0.0}, "shared_bucket_chance"),
+                            ({"single_feature_chance": 1.0}, "single_feature_chance"),
                             ({"bits_range": (20, 18)}, "bits_range"), ({"rows": 0}, "rows")):
         with pytest.raises(ValueError, match=message):
             id_bits_for_frame(df, groups, **kwargs)

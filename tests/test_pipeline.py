@@ -204,17 +204,19 @@ def test_warm_started_memory_is_in_the_pushed_model(first_run, movielens):
     # what a half-life of 100,000 rows takes (< 2 %): a fresh deployment starts with a memory.
     snapshot = session("memory_snapshot")
     assert float(snapshot["memory_weight"]) == pytest.approx(TRAIN_ROWS, rel=0.02)
-    # Its id tables are sized to the keys of those rows (configs.ID_BITS "auto"): 2^16 buckets,
-    # the floor, not the library's 2^18. The snapshot holds exactly that memory's cells.
+    # Its id tables are sized to the keys of those rows, each to its own (configs.ID_BITS
+    # "auto"): the 861 items get 2^20 buckets (a single feature's table, at 0.1 %), item x age's
+    # 3,030 keys 2^18 (a cross's, at 2 %), the 38 users the floor 2^16. The snapshot holds
+    # exactly that memory's cells.
     from reloop2_tf import LSHErrorMemory
     from reloop2_tf.data import id_bits_for_frame, id_groups_for_frame
 
     train = movielens["frame"].iloc[:TRAIN_ROWS].drop(columns=["label", "timestamp", "history"])
     groups = id_groups_for_frame(train)
-    assert set(id_bits_for_frame(train, groups).values()) == {16}
-    sized = LSHErrorMemory(id_groups=groups, id_bits=16, srp_centre="user_id")
+    bits = id_bits_for_frame(train, groups)
+    assert (bits["item_id"], bits["item_id*age"], bits["user_id"]) == (20, 18, 16)
+    sized = LSHErrorMemory(id_groups=groups, id_bits=bits, srp_centre="user_id")
     assert snapshot["sketch"].shape[0] == sized.num_state_rows
-    assert LSHErrorMemory(id_groups=groups, srp_centre="user_id").num_state_rows > sized.num_state_rows
 
 
 @pytest.mark.e2e

@@ -22,11 +22,14 @@ from reloop2_tf.wrapper import default_id_groups
 
 # Each id table's size for a log: the newest SIZING_ROWS rows (twice the tables' default
 # half-life, after which a row weighs a quarter) and at most SHARED_BUCKET_CHANCE that a new key
-# lands in a bucket another key of the table already uses (docs/core.md, "How big the id tables
-# are"; 5 % per table cost ML-1M 0.01 gAUC, 2 % nothing measurable), within ID_BITS_RANGE: at
-# most 2^20 buckets (the size measured to help on ML-1M; 2^22 gave nothing more there).
+# of a cross lands in a bucket another key of the table already uses, SINGLE_FEATURE_CHANCE for
+# a table of one feature (the item, the user: many rows per key, the groups the combiner leans
+# on; at 2 % the hash draw alone moved ML-100K's gAUC by +-0.02), within ID_BITS_RANGE: at most
+# 2^20 buckets (the size measured to help on ML-1M; 2^22 gave nothing more there). docs/core.md,
+# "How big the id tables are"; docs/benchmarks.md, "Each id table sized to its own keys".
 SIZING_ROWS = 200_000
 SHARED_BUCKET_CHANCE = 0.02
+SINGLE_FEATURE_CHANCE = 0.001
 ID_BITS_RANGE = (16, 20)
 
 _NOT_FEATURES = ("timestamp", "label", "history")
@@ -102,15 +105,18 @@ def id_keys_for_frame(df: pd.DataFrame, id_groups) -> dict[str, int]:
 
 def id_bits_for_frame(df: pd.DataFrame, id_groups, rows: int | None = SIZING_ROWS,
                       shared_bucket_chance: float = SHARED_BUCKET_CHANCE,
+                      single_feature_chance: float = SINGLE_FEATURE_CHANCE,
                       bits_range: tuple[int, int] = ID_BITS_RANGE) -> dict[str, int]:
     """``LSHErrorMemory(id_bits=...)`` for a log: for every id table (named as in
     ``id_keys_for_frame``), the fewest bits (within ``bits_range``) at which its keys over the
     newest ``rows`` rows of ``df`` (`None`: all of them) fill at most ``shared_bucket_chance``
-    of its buckets, which is about the chance that a new key reads a stranger's residual.
+    of its buckets (a cross's table) or ``single_feature_chance`` (a table of one feature, such
+    as the item), which is about the chance that a new key reads a stranger's residual.
     ``df`` must be in time order; give it the training rows only."""
-    if not 0.0 < shared_bucket_chance < 1.0:
-        raise ValueError("`shared_bucket_chance` should be in (0, 1). "
-                         f"Received: shared_bucket_chance={shared_bucket_chance!r}")
+    for name, chance in (("shared_bucket_chance", shared_bucket_chance),
+                         ("single_feature_chance", single_feature_chance)):
+        if not 0.0 < chance < 1.0:
+            raise ValueError(f"`{name}` should be in (0, 1). Received: {name}={chance!r}")
     low, high = bits_range
     if not 1 <= low <= high <= 24:
         raise ValueError(f"`bits_range` should be (low, high) with 1 <= low <= high <= 24. "
@@ -120,7 +126,8 @@ def id_bits_for_frame(df: pd.DataFrame, id_groups, rows: int | None = SIZING_ROW
     newest = df if rows is None else df.iloc[-rows:]
     bits = {}
     for table, keys in id_keys_for_frame(newest, id_groups).items():
-        wanted = math.ceil(math.log2(max(keys, 1) / shared_bucket_chance))
+        chance = shared_bucket_chance if "*" in table else single_feature_chance
+        wanted = math.ceil(math.log2(max(keys, 1) / chance))
         bits[table] = int(min(max(wanted, low), high))
     return bits
 
