@@ -6,6 +6,7 @@
     python benchmarks/trust_study.py crosses runs/study/ml-1m-bare.npz   # dumped with --csv
     python benchmarks/trust_study.py ranking runs/study/ml-100k-dcn.npz --item-file ml-100k.item
     python benchmarks/trust_study.py delay runs/study17/ml-1m-dcn-s1.npz
+    python benchmarks/trust_study.py collisions runs/study17/ml-1m-dcn-s*.npz --dataset ml-1m
 
 ``dump`` trains the benchmark's base model (``reloop2 bench`` defaults, no sweep) and saves its
 test stream and warm-start rows; ``run`` replays each combiner variant over them in NumPy
@@ -20,7 +21,9 @@ user's activity or with each of the user's most recent items, two hindsight fits
 trust, and the user crossed with every genre of the item (``trust_study/ranking.py``).
 ``delay`` replays the default memory and item-bias with labels every 1,000, 100 and 10 rows,
 and the memory with labels a fixed time after their row, and prints what its keys would give
-in hindsight (``trust_study/delay.py``).
+in hindsight (``trust_study/delay.py``). ``collisions`` gives every key of a table a random
+bucket of its size (``trust_study/collisions.py``) and compares sizing rules for the id tables
+over several hash draws (docs/benchmarks.md, "Each id table sized to its own keys").
 """
 
 from __future__ import annotations
@@ -295,6 +298,54 @@ def delay(args) -> None:
         line("hindsight ceiling of the keys (not a method)", s, hindsight_ceiling(s))
 
 
+def collisions(args) -> None:
+    """The default memory with every id table of one size, and with each table sized by
+    ``id_bits_for_frame`` at a few chances, each over ``--hash-seeds`` hash draws: mean and
+    spread of the lift over static. The tables are sized from the log's rows before the test
+    stream (``--dataset``, as ``reloop2 bench`` sizes them), else from the dump's warm rows."""
+    import pandas as pd
+
+    from reloop2_tf.data import id_bits_for_frame, load_dataset
+    from trust_study.collisions import Hashed
+    from trust_study.replica import Replica, Stream
+
+    rules = {"every table 2^18": None, "every table 2^20": None,
+             "5 % per table": (0.05, 0.05), "2 % per table": (0.02, 0.02),
+             "2 % per cross, 0.1 % per single feature (the default)": (0.02, 0.001)}
+    for path in args.streams:
+        s = Stream(path)
+        if args.dataset:
+            log = load_dataset(args.dataset)
+            frame = log.iloc[:len(log) - len(s.y)]
+        else:
+            frame = pd.DataFrame(s.warm)
+        exact = _versus_static(s, Replica(s).run())
+        print(f"\n{path}: every key apart ΔgAUC {100 * (exact[0]['gauc'] - exact[1]['gauc']):+.3f}")
+        for name, chances in rules.items():
+            if chances is None:
+                bits = {"*".join(t): int(name[-2:]) for t in _tables(s.groups)}
+            else:
+                bits = id_bits_for_frame(frame, s.groups, shared_bucket_chance=chances[0],
+                                         single_feature_chance=chances[1])
+            lifts, aucs, cells = [], [], 0
+            for seed in range(args.hash_seeds):
+                r = Hashed(s, lambda t: bits["*".join(t)], seed=seed)
+                m, st = _versus_static(s, r.run())
+                lifts.append(100 * (m["gauc"] - st["gauc"]))
+                aucs.append(100 * (m["auc"] - st["auc"]))
+                cells = sum(r.sizes)
+            print(f"  {name:56s} ΔgAUC {np.mean(lifts):+.3f} ± {np.std(lifts):.3f}  "
+                  f"ΔAUC {np.mean(aucs):+.3f}  cells {cells:,}  {bits}", flush=True)
+
+
+def _tables(groups):
+    tables = list(groups)
+    for group in groups:
+        if len(group) > 1 and group[:1] not in tables:
+            tables.append(group[:1])
+    return tables
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -324,13 +375,18 @@ def main() -> None:
     k.add_argument("--item-file", help="the log's RecBole .item file: every genre of an item")
     k.add_argument("--row-ids", action="store_true",
                    help="items are numbered by their row of the .item file (ML-1M)")
+    h = sub.add_parser("collisions")
+    h.add_argument("streams", nargs="+")
+    h.add_argument("--hash-seeds", type=int, default=8)
+    h.add_argument("--dataset", default=None,
+                   help="the dumped log (ml-100k, ml-1m), to size the tables from its training rows")
     e = sub.add_parser("delay")
     e.add_argument("streams", nargs="+")
     e.add_argument("--delays", type=float, nargs="+", default=[0.0, 600.0, 3600.0, 86400.0],
                    help="label delays in seconds of the log's timestamps")
     args = parser.parse_args()
     {"dump": dump, "run": run, "shift": shift, "crosses": crosses,
-     "ranking": ranking, "delay": delay}[args.command](args)
+     "ranking": ranking, "delay": delay, "collisions": collisions}[args.command](args)
 
 
 if __name__ == "__main__":

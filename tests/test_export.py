@@ -175,12 +175,16 @@ def test_writes_by_keys_equal_writes_by_features_in_session(exported, rng):
     by_keys.close()
 
 
-def test_a_multi_valued_cross_serves_and_writes_in_session_as_in_keras(tmp_path, rng):
+@pytest.mark.parametrize("id_bits", [10, {"item_id": 9, "user_id*item_id:each": 11, "user_id": 7}],
+                         ids=["one size", "each table its own"])
+def test_a_multi_valued_cross_serves_and_writes_in_session_as_in_keras(tmp_path, rng, id_bits):
     # ("user_id", "item_id:each"): the request's item_id lists tokens ("i3|i7"); the Session
-    # keys, reads and writes them as the Keras model does, by features and by keys.
+    # keys, reads and writes them as the Keras model does, by features and by keys, with every
+    # id table of one size or each of its own.
     model = build_model(seed=1, memory=r2.LSHErrorMemory(
-        num_tables=2, num_bits=4, half_life=None, id_bits=10, recent_groups=(),
+        num_tables=2, num_bits=4, half_life=None, id_bits=id_bits, recent_groups=(),
         id_groups=["item_id", ("user_id", "item_id:each")]))
+    assert model.memory.table_sizes[2:] == ((2**10,) * 3 if id_bits == 10 else (2**9, 2**11, 2**7))
 
     def rows(n):
         x = make_features(n, rng)

@@ -120,3 +120,20 @@ def test_same_window_share_counts_rows_whose_users_last_row_shares_their_window(
     # a@2 (last a@0, same), a@3 (a@2, other), b@4 (b@1, other), c@6 (c@5, other), a@7 (a@3, other)
     assert same_window_share(users, 3) == 1 / 5
     assert same_window_share(users, 8) == 1.0
+
+
+def test_hashed_tables_keep_keys_apart_when_big_enough_and_mix_them_when_not(tmp_path):
+    from trust_study.collisions import Hashed
+    from trust_study.replica import Replica
+
+    s, _ = _stream(tmp_path)
+    exact = Replica(s).run()
+    # 2^20 buckets for 60 items and 200 user x genre keys: with this draw no two keys share one.
+    apart = Hashed(s, lambda table: 20, seed=0)
+    assert all(len(np.unique(c)) == len(np.unique(e)) for c, e in zip(apart.codes, Replica(s).codes))
+    np.testing.assert_allclose(apart.run(), exact, rtol=1e-12)
+    assert apart.sizes == [2**20] * 3
+    # One bucket per table: every item reads every item's residual; the item offsets are lost.
+    mixed = Hashed(s, lambda table: 0 if table == ("item_id",) else 20, seed=0)
+    assert mixed.sizes == [1, 2**20, 2**20]
+    assert np.abs(mixed.run() - exact).max() > 0.05
