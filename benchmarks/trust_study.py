@@ -306,6 +306,7 @@ def collisions(args) -> None:
     import pandas as pd
 
     from reloop2_tf.data import id_bits_for_frame, load_dataset
+    from reloop2_tf.layers.id_keys import long_id_tables
     from trust_study.collisions import Hashed
     from trust_study.replica import Replica, Stream
 
@@ -323,7 +324,7 @@ def collisions(args) -> None:
         print(f"\n{path}: every key apart ΔgAUC {100 * (exact[0]['gauc'] - exact[1]['gauc']):+.3f}")
         for name, chances in rules.items():
             if chances is None:
-                bits = {"*".join(t): int(name[-2:]) for t in _tables(s.groups)}
+                bits = {"*".join(t): int(name[-2:]) for t in long_id_tables(s.groups)}
             else:
                 bits = id_bits_for_frame(frame, s.groups, shared_bucket_chance=chances[0],
                                          single_feature_chance=chances[1])
@@ -336,14 +337,6 @@ def collisions(args) -> None:
                 cells = sum(r.sizes)
             print(f"  {name:56s} ΔgAUC {np.mean(lifts):+.3f} ± {np.std(lifts):.3f}  "
                   f"ΔAUC {np.mean(aucs):+.3f}  cells {cells:,}  {bits}", flush=True)
-
-
-def _tables(groups):
-    tables = list(groups)
-    for group in groups:
-        if len(group) > 1 and group[:1] not in tables:
-            tables.append(group[:1])
-    return tables
 
 
 def main() -> None:

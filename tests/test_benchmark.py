@@ -232,6 +232,24 @@ def test_the_benchmarks_default_memory_centres_its_srp_tables_as_the_librarys_do
     assert benchmark.paper_memory().layer(0).memory.srp_centre is None
 
 
+def test_every_ablation_builds_with_the_tables_sized_one_by_one():
+    # A config sized to a log holds every table's bits; a variant without some groups builds
+    # with the bits of the tables it keeps, and a variant with the bare user group gets the
+    # size the log gave the user's table (the crosses' first feature).
+    groups = [["item_id"], ["user_id", "genre"], ["user_id", "item_id:popularity"]]
+    bits = {"item_id": 9, "user_id*genre": 11, "user_id*item_id:popularity": 8, "user_id": 7}
+    memory = benchmark.MemoryConfig(id_groups=groups, id_bits=bits)
+    built = {name: m.layer(0).memory for name, m in benchmark.ablations(memory).items()}
+    assert built["reloop2 no-crosses"].id_bits == 9
+    assert built["reloop2 no-ids"].id_tables == ()
+    assert built["reloop2 no-user_id*genre"].id_bits == {
+        "item_id": 9, "user_id*item_id:popularity": 8, "user_id": 7}
+    assert built["reloop2 + user"].id_bits == {**bits}
+    # ..., the user's table, then the recent item's and the recent user's (a single feature now)
+    assert built["reloop2 + user"].table_sizes[-3:] == (2**7, 2**9, 2**7)
+    assert memory.layer(0).memory.id_bits == bits
+
+
 def test_ftrl_crosses_a_multi_valued_feature_token_by_token():
     df = pd.DataFrame({"user_id": ["u", "v"], "genres": ["a| b", ""]})
     keys = benchmark._cross_keys(df, [("user_id",), ("user_id", "genres:each")])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from reloop2_tf.layers.id_keys import long_id_tables
 from trust_study.replica import Replica, Stream
 
 
@@ -16,12 +17,8 @@ class Hashed(Replica):
     def __init__(self, s: Stream, bits_of, seed: int = 0, **kwargs):
         super().__init__(s, **kwargs)
         rng = np.random.default_rng(seed)
-        tables = list(self.groups)
-        for group in self.groups:
-            if len(group) > 1 and group[:1] not in tables:
-                tables.append(group[:1])
         self.sizes = []
-        for i, table in enumerate(tables):
+        for i, table in enumerate(long_id_tables(self.groups)):
             size = 2 ** int(bits_of(table))
             bucket = rng.integers(0, size, int(self.codes[i].max()) + 1)
             self.codes[i] = bucket[self.codes[i]]

@@ -15,7 +15,7 @@ from reloop2_tf.layers.id_keys import (
     EACH_SLOTS,
     POPULARITY_BUCKETS,
     each_of,
-    normalize_id_groups,
+    long_id_tables,
     popularity_of,
 )
 from reloop2_tf.wrapper import default_id_groups
@@ -90,10 +90,8 @@ def id_keys_for_frame(df: pd.DataFrame, id_groups) -> dict[str, int]:
     ``"<name>:popularity"`` feature is the bucket ``floor(log2(1 + c))`` of the rows of that
     name before the row (``c``), as the memory reads it off its counts.
     """
-    groups = normalize_id_groups(id_groups)
-    tables = list(groups) + [g[:1] for g in groups if len(g) > 1 and g[:1] not in groups]
     keys = {}
-    for table in dict.fromkeys(tables):
+    for table in long_id_tables(id_groups):
         parts = pd.DataFrame({name: _key_part(df, name) for name in table})
         for name in table:
             if each_of(name):

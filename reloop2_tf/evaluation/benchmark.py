@@ -50,6 +50,7 @@ from reloop2_tf.evaluation.streaming import encode, memory_inputs, replay_encode
 from reloop2_tf.evaluation.windows import feedback_chunks, feedback_windows
 from reloop2_tf.features import FeatureSpec, SequenceFeature, SparseFeature, features_from_frame
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
+from reloop2_tf.layers.id_keys import long_id_tables
 from reloop2_tf.layers.id_keys import each_of, popularity_of
 from reloop2_tf.models import build_model
 from reloop2_tf.training import TrainingProgress, compile_model, make_dataset
@@ -137,6 +138,10 @@ class MemoryConfig:
     self_tuning: bool = True
 
     def layer(self, seed: int) -> ErrorCompensation:
+        id_bits = self.id_bits
+        if isinstance(id_bits, dict):  # the log's sizes, for the tables these groups have
+            names = {"*".join(t) for t in long_id_tables(self.id_groups or ())}
+            id_bits = {name: bits for name, bits in id_bits.items() if name in names}
         memory = LSHErrorMemory(num_tables=self.num_tables, num_bits=self.num_bits, seed=seed,
                                 half_life=self.half_life, id_groups=self.id_groups or (),
                                 trust_half_life=self.trust_half_life,
@@ -145,7 +150,7 @@ class MemoryConfig:
                                 pooled_groups=self.pooled_groups,
                                 srp_centre=(default_srp_centre(self.id_groups or ())
                                             if self.centre_srp and self.num_tables else None),
-                                **({} if self.id_bits is None else {"id_bits": self.id_bits}))
+                                **({} if id_bits is None else {"id_bits": id_bits}))
         return ErrorCompensation(memory, compensation_weight=self.compensation_weight,
                                  temperature=self.temperature, gamma=self.gamma,
                                  prior_count=self.prior_count, self_tuning=self.self_tuning)

@@ -48,6 +48,17 @@ def normalize_id_groups(id_groups) -> tuple[tuple[str, ...], ...]:
     return tuple(groups)
 
 
+def long_id_tables(id_groups) -> tuple[tuple[str, ...], ...]:
+    """The id tables a memory keyed by ``id_groups`` holds besides its recent copies: the groups,
+    then the first feature of every cross that is not a group itself (a cross is read net of
+    it). A table is named by its features joined with ``"*"`` (``LSHErrorMemory(id_bits=...)``)."""
+    tables = list(normalize_id_groups(id_groups))
+    for group in list(tables):
+        if len(group) > 1 and group[:1] not in tables:
+            tables.append(group[:1])
+    return tuple(tables)
+
+
 def popularity_of(name: str) -> str | None:
     """The group whose popularity ``name`` stands for (``"item_id:popularity"`` ->
     ``"item_id"``), or `None` for a plain feature name."""

@@ -16,9 +16,9 @@ from reloop2_tf.layers import _validation as v
 from reloop2_tf.layers import combiner
 from reloop2_tf.layers._mutex import locked, mutex_name, when
 from reloop2_tf.layers.id_keys import (EACH, EACH_SEPARATOR, EACH_SLOTS, ID_HASH,
-                                       POPULARITY_BUCKETS, as_id_strings, each_of, mix_keys,
-                                       normalize_id_groups, popularity_of, split_tokens,
-                                       transpose_keys)
+                                       POPULARITY_BUCKETS, as_id_strings, each_of,
+                                       long_id_tables, mix_keys, normalize_id_groups,
+                                       popularity_of, split_tokens, transpose_keys)
 from reloop2_tf.layers.memory_base import ErrorMemory, probability_to_logit
 
 # Below this scale a clock's rows are folded back into true units, so float32 never overflows:
@@ -148,10 +148,7 @@ class LSHErrorMemory(ErrorMemory):
         # The stored id tables: the listed groups, then the first features of crosses that are
         # not listed themselves, then the recent tables (the last `len(recent_groups)`).
         # `_parents[i]` is the table a listed group is centred on (-1: none).
-        tables = list(self.id_groups)
-        for group in self.id_groups:
-            if len(group) > 1 and group[:1] not in tables:
-                tables.append(group[:1])
+        tables = list(long_id_tables(self.id_groups))
         self._first_recent = num_tables + len(tables)  # the first recent table (all tables)
         # Every table's bits: `id_bits`, or its entry by name (a recent table: its group's).
         names = ["*".join(t) for t in (*tables, *self.recent_groups)]
