@@ -210,9 +210,12 @@ def test_the_benchmark_sizes_the_id_tables_from_the_training_rows_only(ml100k):
     memory.fit_to_log(df, train)
     assert memory.id_groups == id_groups_for_frame(df)
     assert memory.id_bits == id_bits_for_frame(train, memory.id_groups)
-    assert set(memory.id_bits.values()) == {16}
-    assert id_bits_for_frame(df, memory.id_groups, bits_range=(1, 24))["item_id"] == 21  # 101,000 items
-    assert memory.layer(0).memory.id_bits == 16  # the same size for every table: one int
+    # The crosses with the item would want 2^20 with the test rows' items (100,000 new keys at
+    # 2 %), the item table 2^20 either way (a single feature's keys at 0.1 %).
+    everything = id_bits_for_frame(df, memory.id_groups)
+    assert everything["item_id*age"] == 20 and memory.id_bits["item_id*age"] < 20
+    assert memory.id_bits["item_id"] == everything["item_id"] == 20
+    assert memory.layer(0).memory.id_bits == memory.id_bits
     fixed = benchmark.MemoryConfig(id_bits=12)
     fixed.fit_to_log(df, train)
     assert fixed.id_bits == 12 and fixed.layer(0).memory.id_bits == 12

@@ -50,8 +50,7 @@ from reloop2_tf.evaluation.streaming import encode, memory_inputs, replay_encode
 from reloop2_tf.evaluation.windows import feedback_chunks, feedback_windows
 from reloop2_tf.features import FeatureSpec, SequenceFeature, SparseFeature, features_from_frame
 from reloop2_tf.layers import ErrorCompensation, KNNErrorMemory, LSHErrorMemory
-from reloop2_tf.layers.id_keys import long_id_tables
-from reloop2_tf.layers.id_keys import each_of, popularity_of
+from reloop2_tf.layers.id_keys import each_of, long_id_tables, popularity_of
 from reloop2_tf.models import build_model
 from reloop2_tf.training import TrainingProgress, compile_model, make_dataset
 from reloop2_tf.wrapper import ReLoop2Model, default_srp_centre

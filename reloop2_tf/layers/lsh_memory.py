@@ -163,11 +163,13 @@ class LSHErrorMemory(ErrorMemory):
             table_bits = [id_bits[n] for n in names]
         else:
             table_bits = [id_bits] * len(names)
-        # One int when every table has the same size (the layout of earlier releases); kept as
-        # pairs, since a dict set on a layer becomes a tracked wrapper (`id_bits` rebuilds it).
-        self._id_bits = (table_bits[0] if table_bits and len(set(table_bits)) == 1
-                         else tuple(dict(zip(names, table_bits)).items())
-                         if isinstance(id_bits, Mapping) else id_bits)
+        # One int when every table has the same size (the layout of earlier releases), else the
+        # sizes by name, kept as pairs: a dict set on a layer becomes a tracked wrapper (the
+        # `id_bits` property rebuilds it).
+        if len(set(table_bits)) == 1 or not isinstance(id_bits, Mapping):
+            self._id_bits = table_bits[0] if table_bits else id_bits
+        else:
+            self._id_bits = tuple(dict(zip(names, table_bits)).items())
         tables += self.recent_groups
         self.id_tables: tuple[tuple[str, ...], ...] = tuple(tables)
         self._parents = [tables.index(g[:1]) if len(g) > 1 else -1 for g in self.id_groups]
