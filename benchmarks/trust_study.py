@@ -313,13 +313,10 @@ def collisions(args) -> None:
     rules = {"every table 2^18": None, "every table 2^20": None,
              "5 % per table": (0.05, 0.05), "2 % per table": (0.02, 0.02),
              "2 % per cross, 0.1 % per single feature (the default)": (0.02, 0.001)}
+    log = load_dataset(args.dataset) if args.dataset else None
     for path in args.streams:
         s = Stream(path)
-        if args.dataset:
-            log = load_dataset(args.dataset)
-            frame = log.iloc[:len(log) - len(s.y)]
-        else:
-            frame = pd.DataFrame(s.warm)
+        frame = pd.DataFrame(s.warm) if log is None else log.iloc[:len(log) - len(s.y)]
         exact = _versus_static(s, Replica(s).run())
         print(f"\n{path}: every key apart ΔgAUC {100 * (exact[0]['gauc'] - exact[1]['gauc']):+.3f}")
         for name, chances in rules.items():

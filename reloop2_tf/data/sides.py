@@ -122,11 +122,13 @@ def id_bits_for_frame(df: pd.DataFrame, id_groups, rows: int | None = SIZING_ROW
     if rows is not None and rows < 1:
         raise ValueError(f"`rows` should be >= 1 or None. Received: rows={rows!r}")
     newest = df if rows is None else df.iloc[-rows:]
+    keys = id_keys_for_frame(newest, id_groups)
     bits = {}
-    for table, keys in id_keys_for_frame(newest, id_groups).items():
-        chance = shared_bucket_chance if "*" in table else single_feature_chance
-        wanted = math.ceil(math.log2(max(keys, 1) / chance))
-        bits[table] = int(min(max(wanted, low), high))
+    for table in long_id_tables(id_groups):
+        name = "*".join(table)
+        chance = single_feature_chance if len(table) == 1 else shared_bucket_chance
+        wanted = math.ceil(math.log2(max(keys[name], 1) / chance))
+        bits[name] = int(min(max(wanted, low), high))
     return bits
 
 
