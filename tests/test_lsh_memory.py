@@ -430,6 +430,7 @@ def _features_by_hand(mem, stats, totals, recent_totals, base, n):
         t = mem._first_recent + j
         cols.append(r[:, t] / (w[:, t] + n + 1e-12))
     level = (totals[2] + 0.5) / (totals[0] + 1.0)
+    cols = [col / (4.0 * level * (1.0 - level)) for col in cols]  # logit units at the level
     cols.append(np.log(base) - np.log1p(-base) - np.log(level / (1 - level)))
     cols.append(np.ones_like(base))
     return np.stack(cols, axis=1)
@@ -699,9 +700,10 @@ def test_a_multi_valued_cross_keys_a_cell_per_token_and_reads_them_pooled():
     np.testing.assert_allclose(mem.snapshot().numpy()[mem.table_sizes[0]], 0.0)  # bucket 0
     np.testing.assert_allclose(mem.totals().numpy(), [4.0, 3.0, 1.4])  # every row once
     # The read, by hand: the cross pooled over the row's tokens, net of the stream's shift,
-    # centred on the user's own residual, at n = 2 (and 20).
+    # centred on the user's own residual, at n = 2 (and 20), in logit units at the level.
     rho = (3.0 - 1.4) / (1.4 + 1.0)
-    features = mem.trust_features(keys, base, 2.0).numpy()
+    level = (1.4 + 0.5) / (4.0 + 1.0)
+    features = mem.trust_features(keys, base, 2.0).numpy() * (4 * level * (1 - level))
     for row in range(4):
         c, y, b = stats[row, 1:5].sum(0)
         cu, yu, bu = stats[row, 5]

@@ -21,11 +21,14 @@ RIDGE = 10.0
 # that moves from one batch to the next reorders rows the base model barely separates (docs/core.md;
 # Open Bandit in docs/benchmarks.md). A group's column moves only rows whose bucket has evidence.
 GLOBAL_RIDGE = 100.0
-# The bias (the level) is shrunk by max(0, 1 - LEVEL_GATE * var / w^2), var its posterior
-# variance: it moves only on evidence past two standard errors. A level step between batches
-# reorders a whole stream whose rows the base barely separates (rare positives), whether right or
-# not; a real base-rate shift is many standard errors out within a batch (docs/core.md).
-LEVEL_GATE = 4.0
+# Evidence gates (positive-part James-Stein factors): the bias (the level) is shrunk by
+# max(0, 1 - EVIDENCE_GATE * var / w^2), var its posterior variance, and the groups' trust as a
+# whole by max(0, 1 - EVIDENCE_GATE / (w' P w)), P their posterior precision: each moves only
+# on evidence past two standard errors. A level step between batches reorders a whole stream
+# whose rows the base barely separates (rare positives), whether right or not; a real base-rate
+# shift is many standard errors out within a batch; the groups' trust on a log of a few dozen
+# clicks is noise that reorders it the same way (docs/core.md).
+EVIDENCE_GATE = 4.0
 # Trust stays in [-MAX_TRUST, MAX_TRUST] per group (docs/core.md).
 MAX_TRUST = 16.0
 # The base-logit column's trust stays in [-MAX_TEMPER, MAX_TEMPER]: the corrected logit keeps
@@ -38,15 +41,17 @@ def solve_trust(curvature, moment) -> tf.Tensor:
     ``[F]`` in true units, the last two columns the base logit's and the bias.
 
     Solves ``(H + R) w = m`` (``R``: ridge 10 on the groups' columns, 100 on the base logit's and
-    the bias), the base-logit column held in ``[-0.5, 0.5]``, the bias shrunk towards zero unless
-    its evidence is past two standard errors, and every trust in ``[-16, 16]`` (docs/core.md).
+    the bias), the base-logit column held in ``[-0.5, 0.5]``, the bias and then the groups' trust
+    as a whole shrunk towards zero unless their evidence is past two standard errors, and every
+    trust in ``[-16, 16]`` (docs/core.md).
     """
     f = int(moment.shape[0])
     ridge = tf.constant([RIDGE] * (f - 2) + [GLOBAL_RIDGE] * 2, tf.float32)
     # One inverse of the system gives every step below: holding a column at a value is a
     # rank-one correction along the inverse's column, and the inverse's diagonal gives the
     # posterior variances (three solves before: ~0.1 ms of every write, docs/performance.md).
-    inverse = tf.linalg.inv(curvature + tf.linalg.diag(ridge))
+    system = curvature + tf.linalg.diag(ridge)
+    inverse = tf.linalg.inv(system)
     solved = tf.linalg.matvec(inverse, moment)
     # The base-logit column (second to last) may temper the base model's logit, never invert
     # or double it: its trust stays in [-MAX_TEMPER, MAX_TEMPER] and the others are solved
@@ -63,10 +68,26 @@ def solve_trust(curvature, moment) -> tf.Tensor:
     # The level moves every row at once: it is shrunk by the positive-part James-Stein
     # factor, zero until it is two standard errors from zero (bias^2 > 4 var), and the
     # groups are solved again around it (the same solution when the factor is 1).
-    shrink = tf.maximum(0.0, 1.0 - LEVEL_GATE * variance / tf.maximum(bias * bias, 1e-30))
+    shrink = tf.maximum(0.0, 1.0 - EVIDENCE_GATE * variance / tf.maximum(bias * bias, 1e-30))
     groups = held[:z] + along_b[:z] * (bias * (shrink - 1.0) / variance)
+    # The groups' trust as a whole, by its Wald statistic (squared Mahalanobis distance from
+    # zero under their posterior precision, the system's block): hundreds on MovieLens (the
+    # factor ~1), ~10-30 with 6 % positives, ~1 on a log of 65 clicks (docs/core.md).
+    wald = tf.tensordot(groups, tf.linalg.matvec(system[:z, :z], groups), 1)
+    groups = groups * tf.maximum(0.0, 1.0 - EVIDENCE_GATE / tf.maximum(wald, 1e-30))
     trust = tf.concat([groups, temper[None], (bias * shrink)[None]], axis=0)
     return tf.clip_by_value(trust, -MAX_TRUST, MAX_TRUST)
+
+
+def rate_scale(level) -> tf.Tensor:
+    """``1 / (4 p (1 - p))`` at ``p = sigmoid(level)``: a residual in probability units times
+    this is the change of logit it means at the memory's level, in units of p = 0.5's.
+
+    So the ridge and the trust's bounds mean the same on every log: at a rate of 6 % a residual
+    of 0.01 is 0.18 logits, and unscaled its column needed a trust 4.4 times larger, which the
+    ridge held back (20 times harder in curvature) on every log with rare positives
+    (docs/core.md). 1 at p = 0.5 (an empty memory), 1.02 on MovieLens (57 % positives)."""
+    return 0.5 * (1.0 + tf.cosh(level))
 
 
 def stream_shift(labels, base) -> tf.Tensor:
@@ -162,6 +183,9 @@ class ReadLayout:
         if len(parts) != memory.num_trust_features:
             raise AssertionError(f"{len(parts)} read features, {memory.num_trust_features} trusts")
         self.parts = np.array(parts, np.int32).T  # [5, F]
+        self._level = readouts["level"]
+        # Every feature but the base logit and the bias is a residual in probability units.
+        self._in_probability = np.array([1.0] * (len(parts) - 2) + [0.0, 0.0], np.float32)[:, None]
         rows, columns, sources, constants = zip(*entries)
         self._indices = np.stack([rows, columns], axis=1).astype(np.int32)
         self._sources = np.array(sources, np.int32)
@@ -176,8 +200,10 @@ class ReadLayout:
     def features(self, rows, prior_count: float) -> tf.Tensor:
         """float32 ``[F, B]``: ``(r - c p / (q + n1)) / (d + n2)`` of every feature, from
         ``rows``: the read-outs ``[U, B]``, then the base probability, its logit and 1
-        (``with_base_rows``)."""
+        (``with_base_rows``); every feature but the last two (the residuals, in probability
+        units) times ``rate_scale`` of the memory's level."""
         r, c, p, q, d = tf.unstack(tf.gather(rows, self.parts), axis=0)
         n1, n2 = ((a[:, :1] * prior_count + a[:, 1:]).astype(np.float32)
                   for a in (self._n1, self._n2))
-        return (r - c * p / (q + n1)) / (d + n2)
+        scale = rate_scale(rows[self._level])  # [B]: the level is one value, the memory's
+        return (r - c * p / (q + n1)) / (d + n2) * (1.0 + self._in_probability * (scale - 1.0))
