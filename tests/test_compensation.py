@@ -502,12 +502,14 @@ def test_the_base_logit_trust_tempers_but_never_inverts_the_base(rng):
     trust = comp.trust().numpy()
     assert trust[-2] == pytest.approx(-0.5)
     # The others solved again with it held at -0.5; then the bias (the level) shrunk by
-    # max(0, 1 - 4 var / bias^2) and the groups solved around it (docs/core.md).
+    # max(0, 1 - 4 var / bias^2), the groups solved around it and shrunk by
+    # max(0, 1 - 4 / (g' P g)) (docs/core.md).
     rest = [i for i in range(len(moment)) if i != len(moment) - 2]
     sub, rhs = system[np.ix_(rest, rest)], moment[rest] - system[rest, -2] * -0.5
     held = np.linalg.solve(sub, rhs)
     bias = held[-1] * max(0.0, 1 - 4 * np.linalg.inv(sub)[-1, -1] / held[-1] ** 2)
     groups = np.linalg.solve(sub[:-1, :-1], rhs[:-1] - sub[:-1, -1] * bias)
+    groups *= max(0.0, 1 - 4 / (groups @ sub[:-1, :-1] @ groups))
     expected = np.append(groups, bias)
     np.testing.assert_allclose(trust[rest], np.clip(expected, -16, 16), rtol=1e-3, atol=1e-4)
 

@@ -413,6 +413,9 @@ def _features_by_hand(mem, stats, totals, recent_totals, base, n):
     """``trust_features`` written out from the docstring, in NumPy: ``stats`` ``[B, T, 3]`` true
     units (``lookup_keys``), the totals rows, base probabilities ``[B]``, ``prior_count``."""
     w, y, b = (stats[..., i].astype(np.float64) for i in range(3))
+    level = (totals[2] + 0.5) / (totals[0] + 1.0)
+    scale = 1.0 / (4.0 * level * (1.0 - level))  # residuals in logit units at the level,
+    n = n * scale  # their shrinkage n rows' worth of information there
     rho = [(t[1] - t[2]) / (t[2] + 1.0) for t in (totals, recent_totals)]
     clock = np.array([0] * mem._first_recent + [1] * len(mem.recent_groups))
     r = y - b * (1.0 + np.array(rho)[clock])
@@ -429,8 +432,7 @@ def _features_by_hand(mem, stats, totals, recent_totals, base, n):
     for j in range(len(mem.recent_groups)):
         t = mem._first_recent + j
         cols.append(r[:, t] / (w[:, t] + n + 1e-12))
-    level = (totals[2] + 0.5) / (totals[0] + 1.0)
-    cols = [col / (4.0 * level * (1.0 - level)) for col in cols]  # logit units at the level
+    cols = [col * scale for col in cols]
     cols.append(np.log(base) - np.log1p(-base) - np.log(level / (1 - level)))
     cols.append(np.ones_like(base))
     return np.stack(cols, axis=1)
@@ -700,14 +702,16 @@ def test_a_multi_valued_cross_keys_a_cell_per_token_and_reads_them_pooled():
     np.testing.assert_allclose(mem.snapshot().numpy()[mem.table_sizes[0]], 0.0)  # bucket 0
     np.testing.assert_allclose(mem.totals().numpy(), [4.0, 3.0, 1.4])  # every row once
     # The read, by hand: the cross pooled over the row's tokens, net of the stream's shift,
-    # centred on the user's own residual, at n = 2 (and 20), in logit units at the level.
+    # centred on the user's own residual, at n = 2 (and 20) rows' worth of information, in
+    # logit units at the level.
     rho = (3.0 - 1.4) / (1.4 + 1.0)
     level = (1.4 + 0.5) / (4.0 + 1.0)
-    features = mem.trust_features(keys, base, 2.0).numpy() * (4 * level * (1 - level))
+    scale = 1.0 / (4 * level * (1 - level))
+    features = mem.trust_features(keys, base, 2.0).numpy() / scale
     for row in range(4):
         c, y, b = stats[row, 1:5].sum(0)
         cu, yu, bu = stats[row, 5]
-        for column, n in ((1, 2.0), (3, 20.0)):
+        for column, n in ((1, 2.0 * scale), (3, 20.0 * scale)):
             r_user = (yu - (1 + rho) * bu) / (cu + n)
             np.testing.assert_allclose(features[row, column],
                                        (y - (1 + rho) * b - c * r_user) / (c + n), rtol=1e-5)

@@ -81,7 +81,9 @@ def solve_trust(curvature, moment) -> tf.Tensor:
 
 def rate_scale(level) -> tf.Tensor:
     """``1 / (4 p (1 - p))`` at ``p = sigmoid(level)``: a residual in probability units times
-    this is the change of logit it means at the memory's level, in units of p = 0.5's.
+    this is the change of logit it means at the memory's level, in units of p = 0.5's; a row
+    there holds ``1 / s`` of the information of a row at p = 0.5, so a shrinkage of ``n`` rows'
+    worth is ``n * s`` rows.
 
     So the ridge and the trust's bounds mean the same on every log: at a rate of 6 % a residual
     of 0.01 is 0.18 logits, and unscaled its column needed a trust 4.4 times larger, which the
@@ -200,10 +202,11 @@ class ReadLayout:
     def features(self, rows, prior_count: float) -> tf.Tensor:
         """float32 ``[F, B]``: ``(r - c p / (q + n1)) / (d + n2)`` of every feature, from
         ``rows``: the read-outs ``[U, B]``, then the base probability, its logit and 1
-        (``with_base_rows``); every feature but the last two (the residuals, in probability
-        units) times ``rate_scale`` of the memory's level."""
+        (``with_base_rows``). Every feature but the last two (the residuals, in probability
+        units) is read in logit units at the memory's level: times ``s = rate_scale(level)``,
+        its shrinkages ``prior_count`` rows' worth of information (``prior_count * s`` rows)."""
         r, c, p, q, d = tf.unstack(tf.gather(rows, self.parts), axis=0)
-        n1, n2 = ((a[:, :1] * prior_count + a[:, 1:]).astype(np.float32)
+        s = 1.0 + self._in_probability * (rate_scale(rows[self._level]) - 1.0)  # [F, B]
+        n1, n2 = (a[:, :1].astype(np.float32) * (prior_count * s) + a[:, 1:].astype(np.float32)
                   for a in (self._n1, self._n2))
-        scale = rate_scale(rows[self._level])  # [B]: the level is one value, the memory's
-        return (r - c * p / (q + n1)) / (d + n2) * (1.0 + self._in_probability * (scale - 1.0))
+        return s * (r - c * p / (q + n1)) / (d + n2)
