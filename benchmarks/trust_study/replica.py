@@ -40,20 +40,23 @@ class Replica:
     trust, else at zero trust), ``warm_trust`` (learn the trust from the warm rows too),
     ``half_life`` (tables), ``trust_half_life`` (the combiner's sums; None: ``half_life``),
     ``recent_half_life`` (a recent table per single-feature group; None: none), ``level_gate``
-    (the bias shrunk by ``max(0, 1 - level_gate * var / w^2)``; 0: not), ``net`` (every long
-    group's residual net of the stream's relative shift, ``- rho * b``), ``parent_prior`` (a
-    cross centred on its first feature's residual shrunk at this count; None: the column's
-    own), ``groups``."""
+    (the bias shrunk by ``max(0, 1 - level_gate * var / w^2)``; 0: not), ``group_gate`` (the
+    groups' trust shrunk by ``max(0, 1 - group_gate / (w' P w))``; 0: not), ``rate_scaled``
+    (residuals in logit units at the memory's level, their shrinkages counted in information:
+    the layers' ``combiner.rate_scale``), ``net`` (every long group's residual net of the
+    stream's relative shift, ``- rho * b``), ``parent_prior`` (a cross centred on its first
+    feature's residual shrunk at this count; None: the column's own), ``groups``."""
 
     def __init__(self, s: Stream, groups=None, priors=(2.0, 20.0), logit=True, ridge=10.0,
                  online=True, warm_trust=False, half_life=1e5, every=1000, centred=True,
                  global_ridge=100.0, trust_half_life=2e4, recent_half_life=5e3, level_gate=4.0,
-                 net=True, parent_prior=None):
+                 net=True, parent_prior=None, group_gate=4.0, rate_scaled=True):
         self.s, self.groups = s, list(groups or s.groups)
         self.priors, self.logit, self.ridge, self.online = priors, logit, ridge, online
         self.warm_trust, self.half_life, self.every = warm_trust, half_life, every
         self.centred, self.global_ridge, self.level_gate = centred, global_ridge, level_gate
         self.net, self.parent_prior = net, parent_prior
+        self.group_gate, self.rate_scaled = group_gate, rate_scaled
         self.trust_half_life = trust_half_life or half_life
         tables = list(self.groups)
         for g in self.groups:
@@ -79,13 +82,15 @@ class Replica:
         # Every row is in one bucket of each table: the first one's sums are the stream's.
         total_c, total_y, total_b = self.state[0].sum(0)
         shift = (total_y - total_b) / (total_b + 1.0) if self.net else 0.0
+        mean = (total_b + 0.5) / (total_c + 1.0)
+        scale = 1.0 / (4.0 * mean * (1.0 - mean)) if self.rate_scaled else 1.0
         cols = []
-        for n in self.priors:
+        for n in (prior * scale for prior in self.priors):
             pool = []
             for i, par in enumerate(self.parents):
                 c, r = st[i][:, 0], st[i][:, 1] - (1 + shift) * st[i][:, 2]
                 if par >= 0:
-                    shrink = n if self.parent_prior is None else self.parent_prior
+                    shrink = n if self.parent_prior is None else self.parent_prior * scale
                     rp = st[par][:, 1] - (1 + shift) * st[par][:, 2]
                     r = r - c * rp / (st[par][:, 0] + shrink)
                 else:
@@ -95,7 +100,8 @@ class Replica:
         rho = (self.recent_totals[1] - self.recent_totals[2]) / (self.recent_totals[2] + 1.0)
         for i, table in self.recent:
             st = table[self.codes[i][idx]]
-            cols.append((st[:, 1] - st[:, 2] - rho * st[:, 2]) / (st[:, 0] + self.priors[0]))
+            cols.append((st[:, 1] - st[:, 2] - rho * st[:, 2]) / (st[:, 0] + self.priors[0] * scale))
+        cols = [col * scale for col in cols]
         if self.logit:
             level = 0.0
             if self.centred:
@@ -107,13 +113,16 @@ class Replica:
 
     def solve(self, system, m):
         w = np.linalg.solve(system, m)
-        if not self.level_gate:
-            return w
         b = len(m) - 1
-        var = np.linalg.inv(system)[b, b]
-        w[b] *= max(0.0, 1.0 - self.level_gate * var / max(w[b] ** 2, 1e-30))
-        rest = list(range(b))
-        w[:b] = np.linalg.solve(system[np.ix_(rest, rest)], (m - system[:, b] * w[b])[:b])
+        if self.level_gate:
+            var = np.linalg.inv(system)[b, b]
+            w[b] *= max(0.0, 1.0 - self.level_gate * var / max(w[b] ** 2, 1e-30))
+            rest = list(range(b))
+            w[:b] = np.linalg.solve(system[np.ix_(rest, rest)], (m - system[:, b] * w[b])[:b])
+        if self.group_gate:
+            g = b - int(self.logit)  # the groups' columns: all but the base logit's and the bias
+            wald = w[:g] @ system[:g, :g] @ w[:g]
+            w[:g] *= max(0.0, 1.0 - self.group_gate / max(wald, 1e-30))
         return w
 
     def run(self) -> np.ndarray:
