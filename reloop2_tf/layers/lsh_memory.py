@@ -631,6 +631,10 @@ class LSHErrorMemory(ErrorMemory):
           window: ``y - b - rho * b``, ``rho = (Y - B) / (B + 1)`` from ``totals`` (the recent
           tables: ``recent_totals``). A change of the whole stream's rate (every label thinned
           alike) then leaves them at zero; a change that hits some items moves them.
+        * Every one of these is read in logit units at the memory's level ``p``: times
+          ``s = 1 / (4 p (1 - p))``, with every shrinkage ``n`` counted as ``n * s`` rows (``n``
+          rows' worth of information at that rate; ``combiner.rate_scale``), so the trust means
+          the same on a log of 5 % positives as on one of 50 %.
 
         Then the row's base logit, centred on the logit of the memory's mean base probability
         (the combiner can temper an over- or under-confident base around the stream's level, and
