@@ -21,13 +21,13 @@ validation stream, before any shift. Methods:
   ftrl-offset                FTRL over the memory's id groups with the base logit as offset;
   incremental                one fine-tuning pass per revealed slot (learning rate 1e-4);
   incremental-hot            the same at learning rate 1e-3 (adapts harder to the newest slot);
-  incremental+reloop2        both, the memory rebuilt from re-encoded recent rows after each pass;
+  incremental+reloop2        both; each updated model takes over the memory as it stands;
   incremental-hot+reloop2    the same with the hot learning rate;
   periodic-retrain           from scratch on every revealed row every ``retrain_every`` slots.
 
 Ablation rows (the default memory with one thing changed): feedback once per slot, no
-centering of hidden vectors, no id tables, no forgetting; and the item-bias memory with its own
-validated settings.
+centering of hidden vectors, no id tables, no SRP tables, no forgetting; and the item-bias
+memory with its own validated settings.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ VALIDATED_FTRL = FTRLOffset(alpha=0.02)
 METHODS = ("static", "reloop2", "reloop2-paper", "item-bias", "user-bias", "ftrl-offset",
            "incremental", "incremental-hot", "incremental+reloop2", "incremental-hot+reloop2",
            "periodic-retrain")
-ABLATIONS = ("reloop2 slot-feedback", "reloop2 no-center", "reloop2 no-ids",
+ABLATIONS = ("reloop2 slot-feedback", "reloop2 no-center", "reloop2 no-ids", "reloop2 no-srp",
              "reloop2 no-forgetting", "item-bias validated")
 
 
@@ -220,6 +220,7 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
     variants = {"reloop2-paper": (config.paper, config.window),
                 "reloop2 slot-feedback": (m, None),
                 "reloop2 no-ids": (replace(m, id_groups=[]), config.window),
+                "reloop2 no-srp": (replace(m, num_tables=0), config.window),
                 "reloop2 no-forgetting": (replace(m, half_life=None), config.window)}
     for name, (memory, every) in variants.items():
         if name in wanted:
