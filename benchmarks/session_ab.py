@@ -2,11 +2,12 @@
 
 Each SavedModel is loaded into its own ``tf.compat.v1.Session`` and its signatures are run
 through callables made from ``CallableOptions`` (no Python feed or fetch handling per call):
-``predict`` at batch 1 and 1024, and, where the model has it, ``update_memory_by_keys`` at batch
-256 with the keys and base probabilities its own ``predict`` returned and a fresh ``write_id``
-per call. Rounds of 10 calls alternate between the models; the median ms per call is printed
-with each model's ratio to the first. Use it to compare two versions of the code (export with
-each, then compare), or a base model with its ReLoop2 export (both are exported).
+``predict`` at batch 1 and 1024 (``--batches``), and, where the model has it,
+``update_memory_by_keys`` at batch 256 with the keys and base probabilities its own
+``predict`` returned and a fresh ``write_id`` per call. Rounds of 10 calls alternate between
+the models; the median ms per call is printed with each model's ratio to the first. Use it to
+compare two versions of the code (export with each, then compare), or a base model with its
+ReLoop2 export (both are exported).
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py --export DIR   # this code
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py DIR/base OLD/memory DIR/memory
@@ -67,11 +68,11 @@ def _rows(batch: int, rng) -> dict:
     return {k: v.astype(bytes) for k, v in make_features(r2.FeatureSpec.movielens(), batch, rng).items()}
 
 
-def compare(paths: list[str], rounds: int) -> dict:
+def compare(paths: list[str], rounds: int, batches=(1, 1024)) -> dict:
     rng = np.random.default_rng(1)
     models = [_Loaded(p) for p in paths]
     calls = {}
-    for batch in (1, 1024):
+    for batch in batches:
         x = _rows(batch, rng)
         calls[f"predict, batch {batch}"] = [
             m.callable("predict", {k: x[k] for k in m.signatures["predict"].inputs}) for m in models]
@@ -114,11 +115,12 @@ def main() -> None:
     p.add_argument("--num-tables", type=int, default=None,
                    help="with --export: SRP tables of the memory (default: the default's)")
     p.add_argument("--rounds", type=int, default=25)
+    p.add_argument("--batches", default="1,1024", help="predict batch sizes, comma-separated")
     args = p.parse_args()
     if args.export:
         export(args.export, args.num_tables)
     if args.paths:
-        compare(args.paths, args.rounds)
+        compare(args.paths, args.rounds, tuple(int(b) for b in args.batches.split(",")))
 
 
 if __name__ == "__main__":
