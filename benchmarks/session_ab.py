@@ -107,6 +107,16 @@ def compare(paths: list[str], rounds: int, batches=(1, 1024)) -> dict:
     return out
 
 
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        batches = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        batches = ()
+    if not batches or min(batches) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive batch sizes such as 1,256,1024; got {text!r}")
+    return batches
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="*", help="SavedModel directories to compare")
@@ -115,12 +125,13 @@ def main() -> None:
     p.add_argument("--num-tables", type=int, default=None,
                    help="with --export: SRP tables of the memory (default: the default's)")
     p.add_argument("--rounds", type=int, default=25)
-    p.add_argument("--batches", default="1,1024", help="predict batch sizes, comma-separated")
+    p.add_argument("--batches", type=_batches, default=(1, 1024),
+                   help="predict batch sizes, comma-separated (default: 1,1024)")
     args = p.parse_args()
     if args.export:
         export(args.export, args.num_tables)
     if args.paths:
-        compare(args.paths, args.rounds, tuple(int(b) for b in args.batches.split(",")))
+        compare(args.paths, args.rounds, args.batches)
 
 
 if __name__ == "__main__":
