@@ -47,8 +47,8 @@ from reloop2_tf.evaluation import metrics, recovery
 from reloop2_tf.evaluation.baselines import BiasMemory, FTRLOffset
 from reloop2_tf.evaluation.benchmark import (BenchConfig, MemoryConfig, _check_frame,
                                              _cross_keys, _ftrl_groups, _incremental, _jsonable,
-                                             _Probe, _sigmoid, _Stream, _train, encode_logits,
-                                             spec_for_frame)
+                                             _Probe, _sigmoid, _Stream, _train, ablations,
+                                             encode_logits, spec_for_frame)
 from reloop2_tf.evaluation.plotting import plot_windows
 from reloop2_tf.evaluation.scenarios import Scenario, get_scenario
 
@@ -217,13 +217,18 @@ def run_drift(df: pd.DataFrame, config: DriftConfig, output_dir, progress: bool 
     if "reloop2" in wanted:
         probs["reloop2"] = out["probability"]
     m = config.memory
+    switched_off = ablations(m)  # the streaming benchmark's, where the two testbeds share one
     variants = {"reloop2-paper": (config.paper, config.window),
                 "reloop2 slot-feedback": (m, None),
-                "reloop2 no-ids": (replace(m, id_groups=[]), config.window),
-                "reloop2 no-srp": (replace(m, num_tables=0), config.window),
+                "reloop2 no-ids": (switched_off["reloop2 no-ids"], config.window),
+                "reloop2 no-srp": (switched_off["reloop2 no-srp"], config.window),
+                # The tables' forgetting only (the benchmark's also stops the combiner's).
                 "reloop2 no-forgetting": (replace(m, half_life=None), config.window)}
     for name, (memory, every) in variants.items():
-        if name in wanted:
+        if name in wanted and not (memory.num_tables or memory.id_groups):
+            logger.warning("skipping %s: without its SRP tables or id groups the memory is empty",
+                           name)
+        elif name in wanted:
             probs[name] = probe.replay(memory.layer(bench.seed), progress, name,
                                        feedback=probe.feedback(every))["probability"]
     if "reloop2 no-center" in wanted:
