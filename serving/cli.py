@@ -74,10 +74,9 @@ def register_keep(memory_subparsers) -> None:
 
 
 def _keep(args: argparse.Namespace) -> int:
-    import signal
-    import threading
 
     from reloop2_serving.keep import Keeper, probe_server
+    from reloop2_serving import signals
     from reloop2_serving.store import MemoryStore
 
     try:
@@ -90,14 +89,12 @@ def _keep(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:
         print(f"reloop2 memory keep: error: {err}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = signals.stop_event()
     keeper.start()
     host, port = http.server_address[:2]
     print(f"reloop2 memory keep: keeping {args.target} model '{args.model_name}' in {store.url}; "
           f"probes on http://{host}:{port}/ready", flush=True)
-    stop.wait()
+    signals.wait(stop)
     keeper.stop()
     http.shutdown()
     return 0

@@ -20,7 +20,6 @@ import argparse
 import logging
 import os
 import re
-import signal
 import sys
 import threading
 import time
@@ -54,6 +53,7 @@ from reloop2_tf.export import (
 from reloop2_serving.durable import DurableMemory, MemoryEndpoint
 from reloop2_serving.errors import ServingError
 from reloop2_serving.flags import add_serve_arguments
+from reloop2_serving import signals
 from reloop2_serving.rest import start_rest_server
 from reloop2_serving.store import MemoryStore
 from reloop2_serving.tensor_proto import from_proto, to_proto
@@ -430,15 +430,13 @@ def serve(model_dir: str | os.PathLike, port: int = 8500, model_name: str = "rel
             server.stop(grace=0).wait()
             manager.close()
             raise
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = signals.stop_event()
     if rest is not None:  # printed before the ready line, which readiness checks wait for
         print(f"reloop2 dev server: REST API at http://{rest.host}:{rest.port}/v1/models/"
               f"{model_name}", flush=True)
     print(f"reloop2 dev server: serving model '{model_name}' version {manager.current.version} "
           f"from {manager.current.path} on {host}:{bound}", flush=True)
-    stop.wait()
+    signals.wait(stop)
     logger.info("shutting down")
     if rest is not None:
         rest.close()

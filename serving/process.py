@@ -74,6 +74,7 @@ class DevServerProcess:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                self._dump_stacks()
                 self.proc.kill()
                 self.proc.wait()
         drain = getattr(self, "_drain", None)
@@ -84,6 +85,14 @@ class DevServerProcess:
             if rest:
                 self.lines.append(rest)
         return self.proc.returncode
+
+    def _dump_stacks(self) -> None:
+        """Asks a server that did not stop for its threads' stacks (SIGUSR1), for the report."""
+        try:
+            self.proc.send_signal(signal.SIGUSR1)
+            self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            pass
 
     def __enter__(self) -> "DevServerProcess":
         return self
