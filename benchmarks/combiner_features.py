@@ -13,7 +13,7 @@ paper sketch's and k-NN's sweeps to one point, as a study runs neither.
 Feature names (``feature_names``): ``srp``, ``resid:<group>`` (both shrinkages),
 ``base:<group>`` (a single-feature group's pooling of the base prediction towards the group's
 mean one; ``base`` switches off every group's), ``recent:<group>``, ``temper`` (the centred base
-logit) and ``bias``. docs/benchmarks.md, "What the combiner trades".
+logit) and ``bias``. docs/history/benchmarks.md, "What the combiner trades".
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a multi-valued cross costs: the default memory on a zoo DCN with ``user x genre`` against
 the same memory with ``user x genre:each`` (the genre values list 1 to 3 tokens, ``"a|b"``),
-interleaved in one process (docs/performance.md, "Multi-valued crosses").
+interleaved in one process (docs/history/performance.md, "Multi-valued crosses").
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/each_cost.py --output runs/each_cost.json
 

@@ -23,7 +23,7 @@ trust, and the user crossed with every genre of the item (``trust_study/ranking.
 and the memory with labels a fixed time after their row, and prints what its keys would give
 in hindsight (``trust_study/delay.py``). ``collisions`` gives every key of a table a random
 bucket of its size (``trust_study/collisions.py``) and compares sizing rules for the id tables
-over several hash draws (docs/benchmarks.md, "Each id table sized to its own keys").
+over several hash draws (docs/history/benchmarks.md, "Each id table sized to its own keys").
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def ranking(args) -> None:
     """The default against combiner variants aimed at per-user ranking, more crosses (the item
     with the user's activity, with each of the user's most recent items), two hindsight fits
     of its trust (oracles), and ``user x`` every genre of the item in place of ``user x genre``
-    (docs/benchmarks.md, "Sixth session" and "Seventh session")."""
+    (docs/history/benchmarks.md, "Sixth session" and "Seventh session")."""
     from trust_study.ranking import (RecentItems, Tokens, UserActivity, Variant, genre_lists,
                                        hindsight)
     from trust_study.replica import OnlinePopularity, Stream

@@ -65,7 +65,7 @@ def default_srp_centre(id_groups, user: str = "user_id") -> str | None:
     rows fills SRP buckets of their own, and a plain SRP residual becomes that user's running
     offset, which re-ranks the user's rows for the worse (as a bare ``(user,)`` group does);
     centred, the buckets hold similar rows' errors beyond their users' levels
-    (docs/benchmarks.md, "A log the project never saw").
+    (docs/history/benchmarks.md, "A log the project never saw").
     """
     firsts = {tuple(g)[0] if not isinstance(g, str) else g for g in id_groups}
     return user if user in firsts else None

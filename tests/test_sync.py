@@ -3,7 +3,7 @@
 Each replica receives a different third of a labelled stream; one round makes every replica's
 tables equal to one memory fed the whole stream. The self-tuning trust sums are not the one
 memory's: each replica learnt them from the feedback it saw, and after a round every replica
-holds the sum of the three replicas' own trust deltas (docs/sync_section.md).
+holds the sum of the three replicas' own trust deltas (docs/serving.md, "Keeping replicas equal").
 """
 
 import argparse

@@ -1,5 +1,5 @@
 """How fast labels come back, in the replica: labels a fixed time after their row instead of every
-N rows, and what the memory's keys would know in hindsight (docs/benchmarks.md, "How fast labels
+N rows, and what the memory's keys would know in hindsight (docs/history/benchmarks.md, "How fast labels
 come back")."""
 
 from __future__ import annotations

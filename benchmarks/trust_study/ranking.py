@@ -1,5 +1,5 @@
 """Combiner variants aimed at per-user ranking (gAUC), a multi-valued cross and more crosses,
-in the NumPy replica (docs/benchmarks.md, "Sixth session" and "Seventh session"). None of the
+in the NumPy replica (docs/history/benchmarks.md, "Sixth session" and "Seventh session"). None of the
 combiner variants and crosses is adopted; the multi-valued cross is the library's
 ``"<name>:each"`` (``LSHErrorMemory``)."""
 

@@ -26,7 +26,7 @@ from reloop2_tf.wrapper import default_id_groups
 # a table of one feature (the item, the user: many rows per key, the groups the combiner leans
 # on; at 2 % the hash draw alone moved ML-100K's gAUC by +-0.02), within ID_BITS_RANGE: at most
 # 2^20 buckets (the size measured to help on ML-1M; 2^22 gave nothing more there). docs/core.md,
-# "How big the id tables are"; docs/benchmarks.md, "Each id table sized to its own keys".
+# "How big the id tables are"; docs/history/benchmarks.md, "Each id table sized to its own keys".
 SIZING_ROWS = 200_000
 SHARED_BUCKET_CHANCE = 0.02
 SINGLE_FEATURE_CHANCE = 0.001
