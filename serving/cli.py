@@ -89,12 +89,12 @@ def _keep(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:
         print(f"reloop2 memory keep: error: {err}", file=sys.stderr)
         return 2
-    stop = signals.stop_event()
+    stop = signals.StopSignal()
     keeper.start()
     host, port = http.server_address[:2]
     print(f"reloop2 memory keep: keeping {args.target} model '{args.model_name}' in {store.url}; "
           f"probes on http://{host}:{port}/ready", flush=True)
-    signals.wait(stop)
+    stop.wait()
     keeper.stop()
     http.shutdown()
     return 0

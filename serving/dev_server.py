@@ -430,13 +430,13 @@ def serve(model_dir: str | os.PathLike, port: int = 8500, model_name: str = "rel
             server.stop(grace=0).wait()
             manager.close()
             raise
-    stop = signals.stop_event()
+    stop = signals.StopSignal()
     if rest is not None:  # printed before the ready line, which readiness checks wait for
         print(f"reloop2 dev server: REST API at http://{rest.host}:{rest.port}/v1/models/"
               f"{model_name}", flush=True)
     print(f"reloop2 dev server: serving model '{model_name}' version {manager.current.version} "
           f"from {manager.current.path} on {host}:{bound}", flush=True)
-    signals.wait(stop)
+    stop.wait()
     logger.info("shutting down")
     if rest is not None:
         rest.close()

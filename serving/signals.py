@@ -1,29 +1,36 @@
 """How the long-running commands (the dev server, ``reloop2 memory keep``) wait for their stop.
 
-``stop_event()`` is set by SIGTERM or SIGINT; ``wait(stop)`` blocks until it is. The wait wakes
-twice a second, so the main thread runs Python's signal handlers even when the kernel hands the
-signal to one of the many other threads gRPC and TensorFlow start. SIGUSR1 prints every thread's
-stack to stderr (``faulthandler`` does it from the signal handler, so it works even when the
-Python threads are stuck); the test helpers send it before they kill a server that did not stop.
+``StopSignal()`` catches SIGTERM and SIGINT; its ``wait()`` blocks until one arrives. The
+handler only records the signal (taking no lock: a handler that sets a ``threading.Event`` can
+deadlock on the event's own lock when the signal lands while the main thread is inside
+``Event.wait``), and ``wait`` sleeps in short steps, so the main thread runs Python's handlers
+even when the kernel hands the signal to one of the many other threads gRPC and TensorFlow
+start. SIGUSR1 prints every thread's stack to stderr (``faulthandler`` does it from the signal
+handler itself, so it works even when the Python threads are stuck); the test helpers send it
+before they kill a server that did not stop.
 """
 
 from __future__ import annotations
 
 import faulthandler
 import signal
-import threading
+import time
 
 
-def stop_event() -> threading.Event:
-    """An event SIGTERM or SIGINT sets; also makes SIGUSR1 dump the threads' stacks."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    return stop
+class StopSignal:
+    """Installs the handlers (call it from the main thread); ``signum`` is the signal received."""
 
+    def __init__(self):
+        self.signum: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._received)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
-def wait(stop: threading.Event, poll_seconds: float = 0.5) -> None:
-    """Blocks until ``stop`` is set, waking every ``poll_seconds``."""
-    while not stop.wait(poll_seconds):
-        pass
+    def _received(self, signum, frame) -> None:
+        self.signum = signum
+
+    def wait(self, poll_seconds: float = 0.25) -> int:
+        """Blocks until SIGTERM or SIGINT arrives; returns it."""
+        while self.signum is None:
+            time.sleep(poll_seconds)
+        return self.signum

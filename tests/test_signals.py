@@ -17,14 +17,14 @@ _OTHER_THREAD = """
 import signal, sys, threading, time
 from reloop2_serving import signals
 
-stop = signals.stop_event()
+stop = signals.StopSignal()
 started = threading.Event()
 worker = threading.Thread(target=lambda: (started.set(), time.sleep(60)), daemon=True)
 worker.start()
 started.wait()
 threading.Timer(0.2, signal.pthread_kill, (worker.ident, signal.SIGTERM)).start()
 began = time.monotonic()
-signals.wait(stop)
+assert stop.wait() == signal.SIGTERM
 print(f"stopped after {time.monotonic() - began:.2f} s", flush=True)
 """
 
@@ -32,7 +32,7 @@ _STUCK = """
 import signal, threading, time
 from reloop2_serving import signals
 
-signals.stop_event()
+signals.StopSignal()
 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a server that will not stop
 
 def blocked_here():
@@ -57,7 +57,7 @@ def test_sigterm_delivered_to_another_thread_stops_the_wait():
         proc.kill()
     assert proc.returncode == 0, out
     seconds = float(out.split("stopped after ")[1].split()[0])
-    assert seconds < 5, out  # a plain `stop.wait()` would sleep until the test's timeout
+    assert seconds < 5, out  # a main thread blocked in `Event.wait()` would sleep until killed
 
 
 def test_a_server_that_does_not_stop_leaves_its_stacks_in_the_report():
