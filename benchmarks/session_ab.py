@@ -12,6 +12,13 @@ ReLoop2 export (both are exported).
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py --export DIR   # this code
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py DIR/base OLD/memory DIR/memory
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py --export DIR2 --num-tables 2
+
+``--profile`` traces ``predict`` at each batch size instead (``RunOptions.FULL_TRACE``) and
+prints where the time goes: per op type, the nodes run and the microseconds spent in them per
+call (summed over ops, so parallel ops count twice), each model against the first:
+
+    TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py DIR/base DIR/memory \
+        --profile --batches 256,1024
 """
 
 from __future__ import annotations
@@ -107,6 +114,56 @@ def compare(paths: list[str], rounds: int, batches=(1, 1024)) -> dict:
     return out
 
 
+def op_times(step_stats) -> dict[str, tuple[int, float]]:
+    """``{op type: (nodes run, microseconds)}`` of one traced run, from its ``StepStats``."""
+    out: dict[str, tuple[int, float]] = {}
+    for device in step_stats.dev_stats:
+        for node in device.node_stats:
+            label = node.timeline_label
+            op = label.split(" = ", 1)[1].split("(", 1)[0] if " = " in label else node.node_name
+            count, micros = out.get(op, (0, 0.0))
+            out[op] = (count + 1, micros + node.op_end_rel_micros - node.op_start_rel_micros)
+    return out
+
+
+def profile(paths: list[str], rounds: int, batches=(1, 1024), top: int = 20) -> dict:
+    """Per batch size, ``op_times`` of ``predict`` for each model, averaged over ``rounds``
+    traced calls after 20 untimed ones; prints the op types that take the longest."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    models = [_Loaded(p) for p in paths]
+    out = {}
+    for batch in batches:
+        x = _rows(batch, rng)
+        per_model = []
+        for m in models:
+            sig = m.signatures["predict"]
+            feeds = {sig.inputs[k].name: x[k] for k in sig.inputs}
+            fetches = {k: t.name for k, t in sig.outputs.items()}
+            for _ in range(20):
+                m.session.run(fetches, feeds)
+            total: dict[str, list[float]] = {}
+            for _ in range(rounds):
+                meta = tf.compat.v1.RunMetadata()
+                m.session.run(fetches, feeds, run_metadata=meta, options=tf.compat.v1.RunOptions(
+                    trace_level=tf.compat.v1.RunOptions.FULL_TRACE))
+                for op, (count, micros) in op_times(meta.step_stats).items():
+                    acc = total.setdefault(op, [0.0, 0.0])
+                    acc[0], acc[1] = acc[0] + count / rounds, acc[1] + micros / rounds
+            per_model.append(total)
+        out[batch] = per_model
+        sums = [sum(v[1] for v in t.values()) for t in per_model]
+        print(f"predict, batch {batch}: op time per call " + "  ".join(f"{s:.0f} us" for s in sums))
+        ops = sorted(set().union(*per_model), key=lambda op: -max(t.get(op, [0, 0])[1]
+                                                                  for t in per_model))
+        for op in ops[:top]:
+            cells = [t.get(op, [0.0, 0.0]) for t in per_model]
+            print(f"  {op:28s}" + "  ".join(f"{c[0]:4.0f} x {c[1]:8.1f} us" for c in cells)
+                  + "   vs the first: " + " ".join(f"{c[1] - cells[0][1]:+8.1f}" for c in cells[1:]))
+    return out
+
+
 def _batches(text: str) -> tuple[int, ...]:
     try:
         batches = tuple(int(b) for b in text.split(","))
@@ -125,13 +182,15 @@ def main() -> None:
     p.add_argument("--num-tables", type=int, default=None,
                    help="with --export: SRP tables of the memory (default: the default's)")
     p.add_argument("--rounds", type=int, default=25)
+    p.add_argument("--profile", action="store_true",
+                   help="trace predict and print the time per op type instead of timing calls")
     p.add_argument("--batches", type=_batches, default=(1, 1024),
                    help="predict batch sizes, comma-separated (default: 1,1024)")
     args = p.parse_args()
     if args.export:
         export(args.export, args.num_tables)
     if args.paths:
-        compare(args.paths, args.rounds, args.batches)
+        (profile if args.profile else compare)(args.paths, args.rounds, args.batches)
 
 
 if __name__ == "__main__":

@@ -79,3 +79,22 @@ def test_interleaved_medians_alternates_and_takes_medians():
     assert order == ["a", "a", "b", "b"] * 3
     with pytest.raises(ValueError, match="rounds=0"):
         stats.interleaved_medians({"a": make("a", 1.0)}, rounds=0, calls=1)
+
+
+def test_session_profile_sums_op_time_by_op_type():
+    from tensorflow.core.framework import step_stats_pb2
+
+    from session_ab import op_times
+
+    stats = step_stats_pb2.StepStats()
+    device = stats.dev_stats.add(device="/cpu:0")
+    for name, label, start, end in [("a", "a = MatMul(x, w)", 10, 40),
+                                    ("b", "b = MatMul(a, v)", 45, 55),
+                                    ("c", "c = StridedSlice(b, s, e, t)", 60, 61),
+                                    ("_SOURCE", "", 0, 2)]:
+        device.node_stats.add(node_name=name, timeline_label=label, op_start_rel_micros=start,
+                              op_end_rel_micros=end)
+    other = stats.dev_stats.add(device="/cpu:1")
+    other.node_stats.add(node_name="d", timeline_label="d = MatMul(c, u)", op_start_rel_micros=5,
+                         op_end_rel_micros=9)
+    assert op_times(stats) == {"MatMul": (3, 44.0), "StridedSlice": (1, 1.0), "_SOURCE": (1, 2.0)}
