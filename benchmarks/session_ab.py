@@ -13,9 +13,9 @@ ReLoop2 export (both are exported).
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py DIR/base OLD/memory DIR/memory
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py --export DIR2 --num-tables 2
 
-``--profile`` traces ``predict`` at each batch size instead (``RunOptions.FULL_TRACE``) and
-prints where the time goes: per op type, the nodes run and the microseconds spent in them per
-call (summed over ops, so parallel ops count twice), each model against the first:
+``--profile`` traces ``predict`` at each batch size instead (``RunOptions.FULL_TRACE``) in
+single-threaded Sessions and prints where the work goes: per op type, the nodes run and the
+microseconds spent in them per call, each model against the first:
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/session_ab.py DIR/base DIR/memory \
         --profile --batches 256,1024
@@ -50,11 +50,13 @@ def export(path: str, num_tables: int | None = None) -> None:
 
 
 class _Loaded:
-    def __init__(self, path: str):
+    def __init__(self, path: str, threads: int | None = None):
         import tensorflow as tf
 
         self.graph = tf.Graph()
-        self.session = tf.compat.v1.Session(graph=self.graph)
+        config = None if threads is None else tf.compat.v1.ConfigProto(
+            inter_op_parallelism_threads=threads, intra_op_parallelism_threads=threads)
+        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         with self.graph.as_default():
             self.signatures = tf.compat.v1.saved_model.load(self.session, ["serve"], path).signature_def
 
@@ -126,13 +128,18 @@ def op_times(step_stats) -> dict[str, tuple[int, float]]:
     return out
 
 
-def profile(paths: list[str], rounds: int, batches=(1, 1024), top: int = 20) -> dict:
+def profile(paths: list[str], rounds: int, batches=(1, 1024), top: int = 20,
+            threads: int | None = 1) -> dict:
     """Per batch size, ``op_times`` of ``predict`` for each model, averaged over ``rounds``
-    traced calls after 20 untimed ones; prints the op types that take the longest."""
+    traced calls after 20 untimed ones; prints the op types that take the longest.
+
+    One thread by default: where branches run in parallel on few cores, an op's traced time
+    also counts the time it waited for a core (a small op beside the base model's matmuls
+    shows tens of microseconds), so only a single-threaded trace measures the work."""
     import tensorflow as tf
 
     rng = np.random.default_rng(1)
-    models = [_Loaded(p) for p in paths]
+    models = [_Loaded(p, threads) for p in paths]
     out = {}
     for batch in batches:
         x = _rows(batch, rng)
