@@ -74,9 +74,8 @@ def register_keep(memory_subparsers) -> None:
 
 
 def _keep(args: argparse.Namespace) -> int:
-
-    from reloop2_serving.keep import Keeper, probe_server
     from reloop2_serving import signals
+    from reloop2_serving.keep import Keeper, probe_server
     from reloop2_serving.store import MemoryStore
 
     try:

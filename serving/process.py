@@ -90,7 +90,7 @@ class DevServerProcess:
         """Asks a server that did not stop for its threads' stacks (SIGUSR1), for the report."""
         try:
             self.proc.send_signal(signal.SIGUSR1)
-            self.proc.wait(timeout=3)
+            self.proc.wait(timeout=3)  # time to write the stacks; the server is killed next
         except subprocess.TimeoutExpired:
             pass
 
