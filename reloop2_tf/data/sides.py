@@ -41,7 +41,10 @@ def feature_sides(df: pd.DataFrame, item: str = "item_id",
 
     A column is item-side when every item has one value of it (genre), user-side when every
     user has one (age), context otherwise (position). Left out: constant columns, float columns
-    (scores, not ids) and columns with a distinct value in most rows (row numbers, free text).
+    (scores, not ids), columns with a distinct value in most rows (row numbers, free text), and
+    a side's column that names its ids rather than grouping them, one value for fewer than two
+    of them on average (a movie's title): a cross with it is a cross with the id itself, which
+    a log where a user meets an item once never reads twice.
     """
     sides: dict[str, list[str]] = {"item": [], "user": [], "context": []}
     for column in df.columns:
@@ -50,10 +53,12 @@ def feature_sides(df: pd.DataFrame, item: str = "item_id",
         distinct = df[column].nunique()
         if distinct < 2 or distinct > len(df) // 2:
             continue
-        if item in df and df.groupby(item)[column].nunique().max() <= 1:
-            sides["item"].append(column)
-        elif user in df and df.groupby(user)[column].nunique().max() <= 1:
-            sides["user"].append(column)
+        for side, key in (("item", item), ("user", user)):
+            if key in df and df.groupby(key)[column].nunique().max() <= 1:
+                if 2 * distinct > df[key].nunique():
+                    break  # names the ids: left out
+                sides[side].append(column)
+                break
         else:
             sides["context"].append(column)
     return sides
