@@ -33,6 +33,9 @@ SINGLE_FEATURE_CHANCE = 0.001
 ID_BITS_RANGE = (16, 20)
 
 _NOT_FEATURES = ("timestamp", "label", "history")
+# A side's column whose value at most this share of its ids share with another id names them
+# (a title; a few titles are shared by two films) rather than grouping them (a genre).
+NAME_SHARED_IDS = 0.1
 
 
 def feature_sides(df: pd.DataFrame, item: str = "item_id",
@@ -42,9 +45,10 @@ def feature_sides(df: pd.DataFrame, item: str = "item_id",
     A column is item-side when every item has one value of it (genre), user-side when every
     user has one (age), context otherwise (position). Left out: constant columns, float columns
     (scores, not ids), columns with a distinct value in most rows (row numbers, free text), and
-    a side's column that names its ids rather than grouping them, one value for fewer than two
-    of them on average (a movie's title): a cross with it is a cross with the id itself, which
-    a log where a user meets an item once never reads twice.
+    a side's column that names its ids rather than grouping them, where at most
+    ``NAME_SHARED_IDS`` of the ids share their value with another id (a movie's title): a cross
+    with it is a cross with the id itself, which a log where a user meets an item once never
+    reads twice.
     """
     sides: dict[str, list[str]] = {"item": [], "user": [], "context": []}
     for column in df.columns:
@@ -55,13 +59,19 @@ def feature_sides(df: pd.DataFrame, item: str = "item_id",
             continue
         for side, key in (("item", item), ("user", user)):
             if key in df and df.groupby(key)[column].nunique().max() <= 1:
-                if 2 * distinct > df[key].nunique():
-                    break  # names the ids: left out
-                sides[side].append(column)
+                if not _names_ids(df, key, column):
+                    sides[side].append(column)
                 break
         else:
             sides["context"].append(column)
     return sides
+
+
+def _names_ids(df: pd.DataFrame, key: str, column: str) -> bool:
+    """Whether ``column``, one value per ``key``, names the keys: at most ``NAME_SHARED_IDS`` of
+    them share their value with another key."""
+    values = df[[key, column]].dropna().drop_duplicates(key)[column]
+    return bool((values.map(values.value_counts()) > 1).mean() <= NAME_SHARED_IDS)
 
 
 def id_groups_for_frame(df: pd.DataFrame, item: str = "item_id",
