@@ -119,3 +119,19 @@ def test_bad_drift_arguments_fail_before_training(tmp_path, monkeypatch, capsys)
     with pytest.raises(SystemExit):
         cli.main(["bench", "--dataset", "ml-100k", "--scenario", "meteor", "--output", str(tmp_path)])
 
+
+
+def test_cli_warm_start_rows_flag_reaches_the_drift_testbed(tmp_path, monkeypatch):
+    seen = []
+
+    def record(df, config, output, **kwargs):
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(drift_bench, "run_drift", record)
+    for flags, rows in (([], 20_000), (["--quick"], 5_000), (["--warm-start-rows", "3000"], 3_000),
+                        (["--quick", "--warm-start-rows", "0"], 0)):
+        with pytest.raises(SystemExit):
+            cli.main(["bench", "--dataset", "ml-100k", "--scenario", "cold-start",
+                      "--output", str(tmp_path), *flags])
+        assert seen.pop().bench.warm_start_rows == rows, flags

@@ -175,6 +175,8 @@ def _bench(args) -> int:
         config = drift_bench.DriftConfig(scenario=args.scenario, bench=bench, cohort=args.cohort)
         if args.quick:
             config = drift_bench.quick_config(config)
+        if args.warm_start_rows is not None:
+            bench.warm_start_rows = args.warm_start_rows
         config.t0_slot = args.t0_slot if args.t0_slot is not None else config.t0_slot
         config.window = args.window if args.window is not None else config.window
         if args.half_life is not None:

@@ -838,11 +838,13 @@ def format_table(results: dict) -> str:
 
 
 def quick_config(config: BenchConfig) -> BenchConfig:
-    """A run of a few minutes on 2 cores (meant for ML-100K): one epoch, 5 slots, small sweeps."""
+    """A run of a few minutes on 2 cores (meant for ML-100K): one epoch, 5 slots, small sweeps.
+
+    The memories and baselines start from the full protocol's warm rows: a warm start costs
+    seconds, and a shorter one changed which method led (docs/benchmarks.md, "--quick")."""
     config.quick = True
     config.epochs = 1
     config.num_slots = min(config.num_slots, 5)
-    config.warm_start_rows = 5_000
     config.center_rows = 20_000
     config.knn = KNNConfig(**{**asdict(config.knn), "capacity": 10_000})
     return config
