@@ -129,7 +129,7 @@ def test_cli_warm_start_rows_flag_reaches_the_drift_testbed(tmp_path, monkeypatc
         raise SystemExit(0)
 
     monkeypatch.setattr(drift_bench, "run_drift", record)
-    for flags, rows in (([], 20_000), (["--quick"], 5_000), (["--warm-start-rows", "3000"], 3_000),
+    for flags, rows in (([], 20_000), (["--quick"], 20_000), (["--warm-start-rows", "3000"], 3_000),
                         (["--quick", "--warm-start-rows", "0"], 0)):
         with pytest.raises(SystemExit):
             cli.main(["bench", "--dataset", "ml-100k", "--scenario", "cold-start",
