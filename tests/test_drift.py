@@ -120,7 +120,6 @@ def test_bad_drift_arguments_fail_before_training(tmp_path, monkeypatch, capsys)
         cli.main(["bench", "--dataset", "ml-100k", "--scenario", "meteor", "--output", str(tmp_path)])
 
 
-
 def test_cli_warm_start_rows_flag_reaches_the_drift_testbed(tmp_path, monkeypatch):
     seen = []
 

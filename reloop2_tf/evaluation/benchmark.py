@@ -841,7 +841,8 @@ def quick_config(config: BenchConfig) -> BenchConfig:
     """A run of a few minutes on 2 cores (meant for ML-100K): one epoch, 5 slots, small sweeps.
 
     The memories and baselines start from the full protocol's warm rows: a warm start costs
-    seconds, and a shorter one changed which method led (docs/benchmarks.md, "--quick")."""
+    seconds, and 5,000 rows changed which method led on a log with a long history
+    (docs/history/benchmarks.md, twenty-fourth session)."""
     config.quick = True
     config.epochs = 1
     config.num_slots = min(config.num_slots, 5)
