@@ -49,6 +49,7 @@ from reloop2_tf.evaluation.benchmark import (BenchConfig, MemoryConfig, _check_f
                                              _cross_keys, _ftrl_groups, _incremental, _jsonable,
                                              _Probe, _sigmoid, _Stream, _train, ablations,
                                              encode_logits, spec_for_frame)
+from reloop2_tf.evaluation.benchmark import quick_config as benchmark_quick_config
 from reloop2_tf.evaluation.plotting import plot_windows
 from reloop2_tf.evaluation.scenarios import Scenario, get_scenario
 
@@ -318,11 +319,9 @@ def format_table(results: dict) -> str:
 
 
 def quick_config(config: DriftConfig) -> DriftConfig:
-    """A few minutes on 2 cores for ML-100K: one epoch, 5 slots, windows of 500 rows; the full
-    protocol's warm start, as ``benchmark.quick_config``."""
-    bench = config.bench
-    bench.quick, bench.epochs, bench.num_slots = True, 1, 5
-    bench.center_rows = 20_000
+    """A few minutes on 2 cores for ML-100K: the benchmark's quick run (``quick_config``: one
+    epoch, at most 5 slots, the full warm start), windows of 500 rows."""
+    benchmark_quick_config(config.bench)
     config.t0_slot, config.window, config.smooth, config.steady_slots = 1, 500, 3, 2
     config.retrain_every = 3
     config.paper = replace(config.paper, num_tables=32, num_bits=10, half_life=5_000.0)
